@@ -1,0 +1,89 @@
+//! Configuration: a TOML file, overridable key by key from the environment
+//! (`OVERLAYD__NODE__UNDERLAY=192.0.2.9` overrides `node.underlay`), deserialised into a
+//! strict mirror ([`raw`]) and validated into domain types ([`validate`]). Every error names
+//! the key it is about.
+
+pub mod raw;
+pub mod validate;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::core::{Encap, FdbConfig, Vni};
+
+pub use validate::ConfigError;
+
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/overlayd/overlayd.sock";
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub metrics_listen: SocketAddr,
+    pub admin_socket: PathBuf,
+    pub networks: Vec<NetworkConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub underlay: IpAddr,
+    pub underlay_mtu: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub name: String,
+    pub encap: Encap,
+    pub vni: Vni,
+    pub tap: String,
+    /// Address and prefix length put on the TAP.
+    pub address: Option<(IpAddr, u8)>,
+    pub peers: Vec<IpAddr>,
+    /// TAP MTU; `None` = underlay MTU minus the encapsulation overhead.
+    pub mtu: Option<u16>,
+    pub vxlan_port: u16,
+    pub fdb: FdbConfig,
+}
+
+impl NetworkConfig {
+    /// Bytes the encapsulation adds on the underlay (outer IP + UDP + VXLAN + inner Ethernet).
+    pub fn overhead(&self, underlay: IpAddr) -> u16 {
+        use crate::core::wire::vxlan;
+        match (self.encap, underlay) {
+            (Encap::Vxlan, IpAddr::V4(_)) => vxlan::OVERHEAD_V4,
+            (Encap::Vxlan, IpAddr::V6(_)) => vxlan::OVERHEAD_V6,
+        }
+    }
+}
+
+/// Read `path`, apply `OVERLAYD__*` environment overrides, validate.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_with_env(path, std::env::vars())
+}
+
+/// [`load`] with an explicit environment (tests pass their own).
+pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
+    from_str_with_env(&text, env)
+}
+
+/// Parse and validate config text.
+pub fn from_str_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    use config::{Environment, File, FileFormat};
+    let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("OVERLAYD__")).collect();
+    let built = config::Config::builder()
+        .add_source(File::from_str(text, FileFormat::Toml))
+        .add_source(
+            Environment::with_prefix("OVERLAYD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        )
+        .build()
+        .map_err(ConfigError::from_config)?;
+    let raw: raw::Raw = built.try_deserialize().map_err(ConfigError::from_config)?;
+    validate::validate(raw)
+}

@@ -1,0 +1,52 @@
+//! The serde mirror of the config file. Every table denies unknown keys, so a typo is an
+//! error that names the key instead of a silently ignored setting.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Raw {
+    pub node: RawNode,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub networks: Vec<RawNetwork>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNode {
+    pub underlay: String,
+    /// MTU of the underlay path; read off the interface holding `underlay` if not given.
+    pub underlay_mtu: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub name: String,
+    pub encap: String,
+    pub vni: i64,
+    pub tap: String,
+    pub address: Option<String>,
+    #[serde(default)]
+    pub peers: Vec<String>,
+    pub mtu: Option<i64>,
+    pub vxlan_port: Option<i64>,
+    pub fdb_ageing_secs: Option<i64>,
+    pub fdb_max_entries: Option<i64>,
+}

@@ -1,0 +1,282 @@
+//! Raw → Config: "parse, don't validate". Every check names the offending key path, e.g.
+//! `networks[1].vni: 16777216 does not fit 24 bits (VXLAN VNIs are 0..=16777215)`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::{Raw, RawNetwork};
+use super::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, NetworkConfig, NodeConfig};
+use crate::core::wire::vxlan;
+use crate::core::{Encap, FdbConfig, Vni};
+
+/// A configuration problem: the key it is about and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), problem: problem.into() }
+    }
+
+    pub(super) fn from_config(e: config::ConfigError) -> Self {
+        // the config crate words its errors with the key already ("missing field `vni` for key
+        // `networks[0]`", "invalid type: ... for key `node.underlay`"); keep them whole
+        // it writes nested keys as `networks[0]vni`; print them the way the file spells them
+        let text = e.to_string();
+        let mut out = String::with_capacity(text.len() + 4);
+        let mut prev = ' ';
+        for c in text.chars() {
+            if prev == ']' && (c.is_ascii_alphanumeric() || c == '_') {
+                out.push('.');
+            }
+            out.push(c);
+            prev = c;
+        }
+        ConfigError::new("", out)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.problem)
+        } else {
+            write!(f, "{}: {}", self.key, self.problem)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+fn err<T>(key: impl Into<String>, problem: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError::new(key, problem))
+}
+
+fn ip(key: &str, s: &str) -> Result<IpAddr, ConfigError> {
+    s.trim().parse().or_else(|_| err(key, format!("{s:?} is not an IPv4 or IPv6 address")))
+}
+
+fn ranged(key: &str, v: i64, lo: i64, hi: i64, what: &str) -> Result<i64, ConfigError> {
+    if (lo..=hi).contains(&v) { Ok(v) } else { err(key, format!("{v} is out of range ({what} must be {lo}..={hi})")) }
+}
+
+pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
+    let underlay = ip("node.underlay", &raw.node.underlay)?;
+    if underlay.is_unspecified() || underlay.is_multicast() {
+        return err("node.underlay", format!("{underlay} cannot be a tunnel source (need a unicast address of this host)"));
+    }
+    let underlay_mtu = raw
+        .node
+        .underlay_mtu
+        .map(|m| ranged("node.underlay_mtu", i64::from(m), 576, 65535, "an MTU").map(|m| m as u16))
+        .transpose()?;
+    let metrics_listen = match raw.metrics.listen.as_deref() {
+        None => DEFAULT_METRICS_LISTEN.parse().or_else(|_| err("metrics.listen", "bad default"))?,
+        Some(s) => s
+            .parse::<SocketAddr>()
+            .or_else(|_| err("metrics.listen", format!("{s:?} is not an address:port (e.g. 127.0.0.1:9477)")))?,
+    };
+    let admin_socket = PathBuf::from(raw.admin.socket.as_deref().unwrap_or(DEFAULT_ADMIN_SOCKET));
+    if admin_socket.as_os_str().is_empty() {
+        return err("admin.socket", "must not be empty");
+    }
+
+    let mut names = HashSet::new();
+    let mut taps = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut networks = Vec::with_capacity(raw.networks.len());
+    for (i, n) in raw.networks.into_iter().enumerate() {
+        let at = format!("networks[{i}]");
+        let net = network(&at, n, underlay, underlay_mtu)?;
+        if !names.insert(net.name.clone()) {
+            return err(format!("{at}.name"), format!("{:?} is used by another network", net.name));
+        }
+        if !taps.insert(net.tap.clone()) {
+            return err(format!("{at}.tap"), format!("{:?} is used by another network", net.tap));
+        }
+        if !keys.insert((net.encap, net.vxlan_port, net.vni)) {
+            return err(format!("{at}.vni"), format!("{} on UDP port {} is used by another network", net.vni, net.vxlan_port));
+        }
+        networks.push(net);
+    }
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu }, metrics_listen, admin_socket, networks })
+}
+
+fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
+    let name = n.name.trim().to_string();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return err(format!("{at}.name"), format!("{:?} must be non-empty letters, digits, '-' or '_'", n.name));
+    }
+    let encap = match n.encap.as_str() {
+        "vxlan" => Encap::Vxlan,
+        other => return err(format!("{at}.encap"), format!("{other:?} is not a supported encapsulation (expected \"vxlan\")")),
+    };
+    let vni = match encap {
+        Encap::Vxlan => {
+            let v = ranged(&format!("{at}.vni"), n.vni, 0, i64::from(Vni::MAX_VXLAN), "a VXLAN VNI (24 bits)")?;
+            Vni::new_unchecked(v as u32)
+        }
+    };
+    if n.tap.is_empty() || n.tap.len() > IFNAME_MAX || n.tap.contains(['/', ' ', ':']) || n.tap == "." || n.tap == ".." {
+        return err(format!("{at}.tap"), format!("{:?} is not a valid interface name (1..=15 characters, no '/', ':' or spaces)", n.tap));
+    }
+    let address = n
+        .address
+        .as_deref()
+        .map(|s| {
+            let key = format!("{at}.address");
+            let (a, p) = s.split_once('/').ok_or_else(|| ConfigError::new(&key, format!("{s:?} needs a prefix length, e.g. 198.51.100.1/24")))?;
+            let addr = ip(&key, a)?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let plen: u8 = p
+                .parse()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| ConfigError::new(&key, format!("prefix length {p:?} is not 0..={max}")))?;
+            Ok((addr, plen))
+        })
+        .transpose()?;
+    let mut peers = Vec::with_capacity(n.peers.len());
+    for (j, p) in n.peers.iter().enumerate() {
+        let key = format!("{at}.peers[{j}]");
+        let a = ip(&key, p)?;
+        if a.is_ipv4() != underlay.is_ipv4() {
+            return err(key, format!("{a} is not of the underlay's address family (node.underlay is {underlay}); a network's peers must share it"));
+        }
+        if a == underlay {
+            return err(key, format!("{a} is this node's own underlay address"));
+        }
+        if a.is_unspecified() || a.is_multicast() {
+            return err(key, format!("{a} is not a unicast address"));
+        }
+        if peers.contains(&a) {
+            return err(key, format!("{a} is listed twice"));
+        }
+        peers.push(a);
+    }
+    let vxlan_port = n
+        .vxlan_port
+        .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
+        .transpose()?
+        .unwrap_or(vxlan::DEFAULT_PORT);
+    let mut cfg = NetworkConfig { name, encap, vni, tap: n.tap, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default() };
+    if let Some(m) = n.mtu {
+        let overhead = cfg.overhead(underlay);
+        let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
+        cfg.mtu = Some(ranged(&format!("{at}.mtu"), m, 68, hi, "the TAP MTU (underlay MTU minus encapsulation overhead at most)")? as u16);
+    }
+    if let Some(s) = n.fdb_ageing_secs {
+        let s = ranged(&format!("{at}.fdb_ageing_secs"), s, 1, 1_000_000, "the ageing time in seconds")?;
+        cfg.fdb.ageing = Duration::from_secs(s as u64);
+    }
+    if let Some(m) = n.fdb_max_entries {
+        cfg.fdb.max_entries = ranged(&format!("{at}.fdb_max_entries"), m, 1, 16_777_216, "the MAC table size")? as usize;
+    }
+    Ok(cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::from_str_with_env;
+    use super::*;
+
+    const GOOD: &str = r#"
+        [node]
+        underlay = "192.0.2.1"
+        [admin]
+        socket = "/tmp/x.sock"
+        [[networks]]
+        name = "blue"
+        encap = "vxlan"
+        vni = 42
+        tap = "ovl-blue"
+        address = "198.51.100.1/24"
+        peers = ["192.0.2.2", "192.0.2.3"]
+    "#;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        from_str_with_env(s, Vec::new())
+    }
+
+    fn problem(s: &str) -> String {
+        parse(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config_has_the_documented_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.metrics_listen, "127.0.0.1:9477".parse().unwrap());
+        let n = &c.networks[0];
+        assert_eq!(n.vni.get(), 42);
+        assert_eq!(n.vxlan_port, 4789);
+        assert_eq!(n.mtu, None);
+        assert_eq!(n.fdb, FdbConfig::default());
+        assert_eq!(n.address, Some(("198.51.100.1".parse().unwrap(), 24)));
+        assert_eq!(n.overhead(c.node.underlay), 50);
+    }
+
+    #[test]
+    fn environment_overrides_a_key() {
+        let env = vec![("OVERLAYD__NODE__UNDERLAY".to_string(), "192.0.2.9".to_string())];
+        let c = from_str_with_env(GOOD, env).unwrap();
+        assert_eq!(c.node.underlay, "192.0.2.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nvnii = 1"));
+        assert!(p.contains("vnii"), "{p}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let p = problem(&GOOD.replace("vni = 42", ""));
+        assert!(p.contains("vni"), "{p}");
+    }
+
+    #[test]
+    fn out_of_range_vni_names_the_key() {
+        let p = problem(&GOOD.replace("vni = 42", "vni = 16777216"));
+        assert!(p.starts_with("networks[0].vni:"), "{p}");
+    }
+
+    #[test]
+    fn peers_of_another_family_are_refused() {
+        let p = problem(&GOOD.replace("\"192.0.2.3\"", "\"2001:db8::3\""));
+        assert!(p.starts_with("networks[0].peers[1]:") && p.contains("family"), "{p}");
+    }
+
+    #[test]
+    fn bad_address_names_the_key() {
+        assert!(problem(&GOOD.replace("198.51.100.1/24", "198.51.100.1")).starts_with("networks[0].address:"));
+        assert!(problem(&GOOD.replace("198.51.100.1/24", "198.51.100.1/33")).starts_with("networks[0].address:"));
+        assert!(problem(&GOOD.replace("\"192.0.2.2\"", "\"192.0.2.x\"")).starts_with("networks[0].peers[0]:"));
+    }
+
+    #[test]
+    fn duplicate_vni_and_tap_are_refused() {
+        let twice = format!("{GOOD}\n[[networks]]\nname = \"red\"\nencap = \"vxlan\"\nvni = 42\ntap = \"ovl-red\"\n");
+        assert!(problem(&twice).starts_with("networks[1].vni:"));
+        let twice = twice.replace("vni = 42\ntap = \"ovl-red\"", "vni = 43\ntap = \"ovl-blue\"");
+        assert!(problem(&twice).starts_with("networks[1].tap:"));
+    }
+
+    #[test]
+    fn long_tap_name_is_refused() {
+        assert!(problem(&GOOD.replace("ovl-blue", "a-very-long-tap-name")).starts_with("networks[0].tap:"));
+    }
+
+    #[test]
+    fn unsupported_encap_is_refused() {
+        assert!(problem(&GOOD.replace("\"vxlan\"", "\"geneve\"")).starts_with("networks[0].encap:"));
+    }
+}

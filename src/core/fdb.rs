@@ -1,0 +1,459 @@
+//! The MAC learning table (forwarding database) of one network.
+//!
+//! Semantics follow Linux bridges and Open vSwitch's `mac-learning`:
+//! - the source MAC of every frame is learned against its ingress port (a local port, or the
+//!   peer the tunnel packet came from); a MAC seen on another port *moves* there;
+//! - an entry not refreshed for `ageing` (default 300 s) is treated as unknown at once and
+//!   removed by the next [`Fdb::sweep`];
+//! - the table holds at most `max_entries` (default 8192). When it is full, the entry evicted
+//!   is the oldest-learned one *of the port that holds the most entries*. A port flooding the
+//!   table with random source MACs therefore ends up evicting its own entries, and every
+//!   other port keeps its MACs (OVS `evict_mac_from_busiest_port`).
+//!
+//! Concurrency: lookups and refreshes run on the data-path threads and take no lock — the
+//! map is a lock-free `papaya::HashMap` and an entry's port and timestamp are atomics. Only
+//! changes (a new MAC, a move, an eviction, ageing, a flush) take the `book` mutex, which
+//! keeps the per-port counts and insertion order needed for fair eviction. In steady state
+//! nothing is new, so the data path never touches the mutex.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::time::Instant;
+use super::wire::ethernet::MacAddr;
+use super::Port;
+
+/// Defaults as in Linux bridges and Open vSwitch.
+pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
+pub const DEFAULT_MAX_ENTRIES: usize = 8192;
+
+/// Refreshing an entry's timestamp writes to a shared cache line; do it at most this often.
+const REFRESH_GRANULARITY_MS: u64 = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbConfig {
+    pub ageing: Duration,
+    pub max_entries: usize,
+}
+
+impl Default for FdbConfig {
+    fn default() -> Self {
+        FdbConfig { ageing: DEFAULT_AGEING, max_entries: DEFAULT_MAX_ENTRIES }
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    port: AtomicU32,
+    last_seen: AtomicU64,
+    /// Position in its port's insertion order; written under the book mutex only.
+    seq: AtomicU64,
+}
+
+/// What learning a source MAC did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Learned {
+    /// Already known on this port (timestamp refreshed).
+    Known,
+    /// New entry.
+    New { evicted: Option<MacAddr> },
+    /// The MAC moved from another port.
+    Moved { from: Port },
+}
+
+/// Counts of table changes since start, for `overlayd_fdb_events_total`.
+#[derive(Debug, Default)]
+pub struct FdbEvents {
+    pub learned: AtomicU64,
+    pub moved: AtomicU64,
+    pub expired: AtomicU64,
+    pub evicted: AtomicU64,
+    pub flushed: AtomicU64,
+}
+
+/// One row of [`Fdb::entries`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbRow {
+    pub mac: MacAddr,
+    pub port: Port,
+    pub age: Duration,
+}
+
+#[derive(Debug, Default)]
+struct PortBook {
+    count: usize,
+    /// (mac, seq) in insertion order; items whose entry moved or vanished are stale and
+    /// skipped (their seq no longer matches).
+    order: VecDeque<(MacAddr, u64)>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    ports: HashMap<Port, PortBook>,
+    total: usize,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+pub struct Fdb {
+    map: papaya::HashMap<MacAddr, Entry>,
+    book: Mutex<Book>,
+    cfg: FdbConfig,
+    pub events: FdbEvents,
+}
+
+impl Fdb {
+    pub fn new(cfg: FdbConfig) -> Self {
+        Fdb {
+            map: papaya::HashMap::with_capacity(cfg.max_entries.min(1 << 16)),
+            book: Mutex::new(Book::default()),
+            cfg,
+            events: FdbEvents::default(),
+        }
+    }
+
+    pub fn config(&self) -> FdbConfig {
+        self.cfg
+    }
+
+    fn fresh(&self, e: &Entry, now: Instant) -> bool {
+        now.as_millis().saturating_sub(e.last_seen.load(Relaxed)) <= self.cfg.ageing.as_millis() as u64
+    }
+
+    /// Where `mac` lives, if known and not aged out. Lock-free.
+    pub fn lookup(&self, mac: MacAddr, now: Instant) -> Option<Port> {
+        let g = self.map.guard();
+        let e = self.map.get(&mac, &g)?;
+        self.fresh(e, now).then(|| Port::from_u32(e.port.load(Relaxed)))
+    }
+
+    /// Learn `mac` on `port`. Lock-free when the MAC is already known there.
+    pub fn learn(&self, mac: MacAddr, port: Port, now: Instant) -> Learned {
+        let code = port.to_u32();
+        {
+            let g = self.map.guard();
+            if let Some(e) = self.map.get(&mac, &g) {
+                if e.port.load(Relaxed) == code {
+                    let ms = now.as_millis();
+                    if ms.saturating_sub(e.last_seen.load(Relaxed)) >= REFRESH_GRANULARITY_MS {
+                        e.last_seen.store(ms, Relaxed);
+                    }
+                    return Learned::Known;
+                }
+            }
+        }
+        self.learn_slow(mac, port, now)
+    }
+
+    fn learn_slow(&self, mac: MacAddr, port: Port, now: Instant) -> Learned {
+        let code = port.to_u32();
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.map.guard();
+        if let Some(e) = self.map.get(&mac, &g) {
+            // re-check under the lock: another thread may have moved or learned it meanwhile
+            let old = e.port.load(Relaxed);
+            e.last_seen.store(now.as_millis(), Relaxed);
+            if old == code {
+                return Learned::Known;
+            }
+            let from = Port::from_u32(old);
+            if let Some(pb) = book.ports.get_mut(&from) {
+                pb.count = pb.count.saturating_sub(1);
+            }
+            let seq = book.next_seq;
+            book.next_seq += 1;
+            e.seq.store(seq, Relaxed);
+            e.port.store(code, Relaxed);
+            let pb = book.ports.entry(port).or_default();
+            pb.count += 1;
+            pb.order.push_back((mac, seq));
+            self.compact_if_bloated(&mut book, port);
+            self.events.moved.fetch_add(1, Relaxed);
+            return Learned::Moved { from };
+        }
+        let evicted = if book.total >= self.cfg.max_entries { self.evict_one(&mut book, port) } else { None };
+        if book.total >= self.cfg.max_entries {
+            // nothing evictable (max_entries == 0): do not learn
+            return Learned::Known;
+        }
+        let seq = book.next_seq;
+        book.next_seq += 1;
+        self.map.insert(
+            mac,
+            Entry { port: AtomicU32::new(code), last_seen: AtomicU64::new(now.as_millis()), seq: AtomicU64::new(seq) },
+            &g,
+        );
+        book.total += 1;
+        let pb = book.ports.entry(port).or_default();
+        pb.count += 1;
+        pb.order.push_back((mac, seq));
+        self.events.learned.fetch_add(1, Relaxed);
+        Learned::New { evicted }
+    }
+
+    /// Evict the oldest entry of the busiest port (ties go to the learning port, so a port at
+    /// parity with the others pays for its own new MAC).
+    fn evict_one(&self, book: &mut Book, learner: Port) -> Option<MacAddr> {
+        let learner_count = book.ports.get(&learner).map_or(0, |p| p.count);
+        let mut victim = learner;
+        let mut most = learner_count;
+        for (p, pb) in &book.ports {
+            if pb.count > most {
+                most = pb.count;
+                victim = *p;
+            }
+        }
+        if most == 0 {
+            return None;
+        }
+        let g = self.map.guard();
+        let pb = book.ports.get_mut(&victim)?;
+        while let Some((mac, seq)) = pb.order.pop_front() {
+            let current = self.map.get(&mac, &g).is_some_and(|e| {
+                e.seq.load(Relaxed) == seq && e.port.load(Relaxed) == victim.to_u32()
+            });
+            if current {
+                self.map.remove(&mac, &g);
+                pb.count -= 1;
+                book.total -= 1;
+                self.events.evicted.fetch_add(1, Relaxed);
+                return Some(mac);
+            }
+        }
+        None
+    }
+
+    /// Stale order items pile up when MACs move back and forth; drop them once they
+    /// outnumber the live entries.
+    fn compact_if_bloated(&self, book: &mut Book, port: Port) {
+        let g = self.map.guard();
+        if let Some(pb) = book.ports.get_mut(&port) {
+            if pb.order.len() > 2 * pb.count + 64 {
+                let code = port.to_u32();
+                pb.order.retain(|(mac, seq)| {
+                    self.map
+                        .get(mac, &g)
+                        .is_some_and(|e| e.seq.load(Relaxed) == *seq && e.port.load(Relaxed) == code)
+                });
+            }
+        }
+    }
+
+    /// Remove entries not refreshed for the ageing time; returns how many expired.
+    pub fn sweep(&self, now: Instant) -> usize {
+        self.remove_where(now, |e, now| !self.fresh(e, now), &self.events.expired)
+    }
+
+    /// Forget every MAC learned on `port` (a peer gone down, a port removed).
+    pub fn flush_port(&self, port: Port, now: Instant) -> usize {
+        let code = port.to_u32();
+        self.remove_where(now, |e, _| e.port.load(Relaxed) == code, &self.events.flushed)
+    }
+
+    /// Forget everything.
+    pub fn flush_all(&self, now: Instant) -> usize {
+        self.remove_where(now, |_, _| true, &self.events.flushed)
+    }
+
+    fn remove_where(&self, now: Instant, pred: impl Fn(&Entry, Instant) -> bool, counter: &AtomicU64) -> usize {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.map.guard();
+        let mut removed = 0;
+        for (mac, e) in self.map.iter(&g) {
+            if pred(e, now) {
+                let port = Port::from_u32(e.port.load(Relaxed));
+                if self.map.remove(mac, &g).is_some() {
+                    removed += 1;
+                    book.total = book.total.saturating_sub(1);
+                    if let Some(pb) = book.ports.get_mut(&port) {
+                        pb.count = pb.count.saturating_sub(1);
+                    }
+                }
+            }
+        }
+        if removed > 0 {
+            counter.fetch_add(removed as u64, Relaxed);
+            let map = &self.map;
+            book.ports.retain(|port, pb| {
+                let code = port.to_u32();
+                pb.order.retain(|(mac, seq)| {
+                    map.get(mac, &g).is_some_and(|e| e.seq.load(Relaxed) == *seq && e.port.load(Relaxed) == code)
+                });
+                pb.count > 0
+            });
+        }
+        removed
+    }
+
+    /// Number of entries (aged ones included until the next sweep).
+    pub fn len(&self) -> usize {
+        self.book.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Entries per port, for tests and the admin view.
+    pub fn count_on(&self, port: Port) -> usize {
+        self.book.lock().unwrap_or_else(|p| p.into_inner()).ports.get(&port).map_or(0, |p| p.count)
+    }
+
+    /// A copy of the live table (aged entries left out), sorted by MAC.
+    pub fn entries(&self, now: Instant) -> Vec<FdbRow> {
+        let g = self.map.guard();
+        let mut rows: Vec<FdbRow> = self
+            .map
+            .iter(&g)
+            .filter(|(_, e)| self.fresh(e, now))
+            .map(|(mac, e)| FdbRow {
+                mac: *mac,
+                port: Port::from_u32(e.port.load(Relaxed)),
+                age: now.saturating_since(Instant::from_millis(e.last_seen.load(Relaxed))),
+            })
+            .collect();
+        rows.sort_by_key(|r| r.mac);
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{LocalPort, PeerIdx};
+
+    const L0: Port = Port::Local(LocalPort(0));
+    const P0: Port = Port::Peer(PeerIdx(0));
+    const P1: Port = Port::Peer(PeerIdx(1));
+
+    fn mac(n: u32) -> MacAddr {
+        let b = n.to_be_bytes();
+        MacAddr([0x02, 0, b[0], b[1], b[2], b[3]])
+    }
+
+    fn fdb(max: usize) -> Fdb {
+        Fdb::new(FdbConfig { ageing: Duration::from_secs(300), max_entries: max })
+    }
+
+    #[test]
+    fn learned_mac_is_found_on_its_port() {
+        let f = fdb(16);
+        assert_eq!(f.learn(mac(1), P0, Instant::ZERO), Learned::New { evicted: None });
+        assert_eq!(f.learn(mac(1), P0, Instant::ZERO), Learned::Known);
+        assert_eq!(f.lookup(mac(1), Instant::ZERO), Some(P0));
+        assert_eq!(f.lookup(mac(2), Instant::ZERO), None);
+        assert_eq!(f.events.learned.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn mac_seen_on_another_port_moves_and_is_counted() {
+        let f = fdb(16);
+        f.learn(mac(1), P0, Instant::ZERO);
+        assert_eq!(f.learn(mac(1), L0, Instant::from_secs(1)), Learned::Moved { from: P0 });
+        assert_eq!(f.lookup(mac(1), Instant::from_secs(1)), Some(L0));
+        assert_eq!(f.count_on(P0), 0);
+        assert_eq!(f.count_on(L0), 1);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.events.moved.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn entries_age_out_after_ageing_time_unless_refreshed() {
+        let f = fdb(16);
+        f.learn(mac(1), P0, Instant::ZERO);
+        f.learn(mac(2), P0, Instant::ZERO);
+        f.learn(mac(2), P0, Instant::from_secs(200)); // refreshed
+        let t = Instant::from_secs(301);
+        assert_eq!(f.lookup(mac(1), t), None, "aged entry is unknown at once");
+        assert_eq!(f.sweep(t), 1);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f.lookup(mac(2), t), Some(P0));
+        assert_eq!(f.events.expired.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn table_never_exceeds_its_cap() {
+        let f = fdb(8);
+        for i in 0..100 {
+            f.learn(mac(i), P0, Instant::ZERO);
+            assert!(f.len() <= 8);
+        }
+        assert_eq!(f.len(), 8);
+        assert_eq!(f.events.evicted.load(Relaxed), 92);
+    }
+
+    #[test]
+    fn a_flooding_port_evicts_its_own_macs_not_the_others() {
+        let f = fdb(100);
+        for i in 0..10 {
+            f.learn(mac(i), L0, Instant::ZERO);
+            f.learn(mac(1000 + i), P1, Instant::ZERO);
+        }
+        for i in 0..100_000 {
+            f.learn(mac(1_000_000 + i), P0, Instant::from_millis(i.into()));
+        }
+        assert_eq!(f.len(), 100);
+        for i in 0..10 {
+            assert_eq!(f.lookup(mac(i), Instant::ZERO), Some(L0));
+            assert_eq!(f.lookup(mac(1000 + i), Instant::ZERO), Some(P1));
+        }
+        assert_eq!(f.count_on(P0), 80);
+        // the survivors of the flooding port are its newest MACs
+        assert_eq!(f.lookup(mac(1_000_000 + 99_999), Instant::ZERO), Some(P0));
+        assert_eq!(f.lookup(mac(1_000_000), Instant::ZERO), None);
+    }
+
+    #[test]
+    fn a_full_table_gives_a_small_port_room_by_evicting_the_busiest() {
+        let f = fdb(10);
+        for i in 0..10 {
+            f.learn(mac(i), P0, Instant::ZERO);
+        }
+        assert_eq!(f.learn(mac(100), L0, Instant::ZERO), Learned::New { evicted: Some(mac(0)) });
+        assert_eq!(f.lookup(mac(100), Instant::ZERO), Some(L0));
+        assert_eq!(f.len(), 10);
+    }
+
+    #[test]
+    fn flapping_mac_does_not_grow_bookkeeping_without_bound() {
+        let f = fdb(16);
+        for i in 0..10_000u64 {
+            let p = if i % 2 == 0 { P0 } else { P1 };
+            f.learn(mac(1), p, Instant::from_millis(i));
+        }
+        let book = f.book.lock().unwrap();
+        let queued: usize = book.ports.values().map(|p| p.order.len()).sum();
+        assert!(queued < 200, "{queued} order items for one MAC");
+        assert_eq!(book.total, 1);
+    }
+
+    #[test]
+    fn flush_port_forgets_only_that_port() {
+        let f = fdb(16);
+        f.learn(mac(1), P0, Instant::ZERO);
+        f.learn(mac(2), P1, Instant::ZERO);
+        f.learn(mac(3), P0, Instant::ZERO);
+        assert_eq!(f.flush_port(P0, Instant::ZERO), 2);
+        assert_eq!(f.lookup(mac(1), Instant::ZERO), None);
+        assert_eq!(f.lookup(mac(2), Instant::ZERO), Some(P1));
+        assert_eq!(f.len(), 1);
+        // the freed room is usable again and counts stay right
+        for i in 10..25 {
+            f.learn(mac(i), P0, Instant::ZERO);
+        }
+        assert_eq!(f.len(), 16);
+    }
+
+    #[test]
+    fn entries_lists_live_rows_with_age() {
+        let f = fdb(16);
+        f.learn(mac(2), P1, Instant::from_secs(5));
+        f.learn(mac(1), L0, Instant::from_secs(8));
+        let rows = f.entries(Instant::from_secs(10));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0], FdbRow { mac: mac(1), port: L0, age: Duration::from_secs(2) });
+        assert_eq!(rows[1].age, Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,127 @@
+//! The sans-IO core: wire formats, the MAC table, the forwarding decision, encapsulation and
+//! counters. Nothing in here opens a socket, reads a clock or spawns a thread.
+//!
+//! The contract with the I/O side (`crate::io`, `crate::daemon`):
+//! - a frame read from a local port goes through [`Network::from_local`], a datagram read from
+//!   the underlay through [`Fabric::classify_vxlan`] and then [`Network::from_peer`]; each returns
+//!   an [`Action`] that says where the frame goes (one local port, one peer, a flood, or a drop
+//!   with its [`DropReason`]);
+//! - time is an argument (`now: Instant`, always last), so tests drive it explicitly;
+//! - every data structure the data path touches per frame is safe to share between threads
+//!   without a lock: the FDB is read lock-free, counters are atomics in per-thread shards.
+
+pub mod fabric;
+pub mod fdb;
+pub mod network;
+pub mod stats;
+pub mod time;
+pub mod wire;
+
+pub use fabric::Fabric;
+pub use fdb::{Fdb, FdbConfig};
+pub use network::{Action, Network, NetworkSpec, Peer};
+pub use stats::DropReason;
+pub use time::Instant;
+
+use std::fmt;
+
+/// A virtual network identifier: the VXLAN VNI (24 bits) or the GRE key (32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vni(u32);
+
+impl Vni {
+    /// Largest VXLAN VNI (24 bits, RFC 7348 §5).
+    pub const MAX_VXLAN: u32 = (1 << 24) - 1;
+
+    /// A VNI for VXLAN, or `None` if it does not fit 24 bits.
+    pub const fn vxlan(v: u32) -> Option<Vni> {
+        if v <= Self::MAX_VXLAN { Some(Vni(v)) } else { None }
+    }
+
+    /// Any 32-bit value; the caller knows it fits the encapsulation (parsed off the wire, or a
+    /// GRE key).
+    pub const fn new_unchecked(v: u32) -> Vni {
+        Vni(v)
+    }
+
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Vni {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Index of a local port (TAP device, later VM sockets) within its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LocalPort(pub u16);
+
+/// Index of a peer (remote daemon) within its network's peer list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerIdx(pub u16);
+
+/// Where a frame entered the switch, or where a MAC lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Port {
+    Local(LocalPort),
+    Peer(PeerIdx),
+}
+
+impl Port {
+    const PEER_BIT: u32 = 1 << 31;
+
+    /// Pack into a `u32` so it fits an atomic (bit 31 tells a peer from a local port).
+    pub const fn to_u32(self) -> u32 {
+        match self {
+            Port::Local(LocalPort(p)) => p as u32,
+            Port::Peer(PeerIdx(p)) => Self::PEER_BIT | p as u32,
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Port {
+        if v & Self::PEER_BIT != 0 {
+            Port::Peer(PeerIdx(v as u16))
+        } else {
+            Port::Local(LocalPort(v as u16))
+        }
+    }
+
+    pub const fn is_peer(self) -> bool {
+        matches!(self, Port::Peer(_))
+    }
+}
+
+/// The encapsulation a network uses on the underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encap {
+    Vxlan,
+}
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Encap::Vxlan => f.write_str("vxlan"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_packs_into_u32_and_back() {
+        for p in [Port::Local(LocalPort(0)), Port::Local(LocalPort(65535)), Port::Peer(PeerIdx(0)), Port::Peer(PeerIdx(7))] {
+            assert_eq!(Port::from_u32(p.to_u32()), p);
+        }
+    }
+
+    #[test]
+    fn vxlan_vni_is_24_bits() {
+        assert!(Vni::vxlan(0xff_ffff).is_some());
+        assert!(Vni::vxlan(0x100_0000).is_none());
+    }
+}

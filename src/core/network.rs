@@ -1,0 +1,230 @@
+//! One virtual network (L2 segment): its peers, its MAC table, its counters, and the
+//! forwarding decision for a frame.
+//!
+//! The decision is the learning-switch rule set of design.md:
+//! - learn the source MAC against the ingress port (never a multicast/zero source);
+//! - broadcast, multicast and unknown unicast are flooded: to every other local port and, if
+//!   the frame came from a local port, to every peer (head-end replication). A frame that
+//!   came from a tunnel is never sent into a tunnel again (split horizon; the peers of a
+//!   network form a full mesh, so every peer got its own copy from the sender);
+//! - known unicast goes to exactly one port, never back to its ingress.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::fdb::{Fdb, FdbConfig, Learned};
+use super::stats::{DropReason, NetStats};
+use super::time::Instant;
+use super::wire::ethernet::{EthernetFrame, HEADER_LEN};
+use super::{Encap, LocalPort, PeerIdx, Port, Vni};
+
+/// What the configuration says about a network, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub name: String,
+    pub encap: Encap,
+    pub vni: Vni,
+    /// MTU of the local ports: the largest L3 payload a frame may carry.
+    pub mtu: u16,
+    /// Underlay endpoints of the peers (address and UDP destination port).
+    pub peers: Vec<SocketAddr>,
+    pub fdb: FdbConfig,
+    /// Number of local ports (TAP devices) the network has.
+    pub local_ports: u16,
+}
+
+/// A neighbouring daemon that carries this network.
+#[derive(Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// When a packet of this network last arrived from the peer (ms, see [`Instant`]); 0 = never.
+    pub last_seen: AtomicU64,
+}
+
+/// Where one frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// To one local port.
+    Local(LocalPort),
+    /// Into the tunnel to one peer.
+    Peer(PeerIdx),
+    /// To every port allowed by [`Network::flood_ports`].
+    Flood,
+    Drop(DropReason),
+}
+
+#[derive(Debug)]
+pub struct Network {
+    pub spec: NetworkSpec,
+    pub peers: Vec<Peer>,
+    pub fdb: Fdb,
+    pub stats: NetStats,
+}
+
+impl Network {
+    pub fn new(spec: NetworkSpec) -> Self {
+        Network {
+            peers: spec.peers.iter().map(|&addr| Peer { addr, last_seen: AtomicU64::new(0) }).collect(),
+            fdb: Fdb::new(spec.fdb),
+            stats: NetStats::new(spec.peers.len()),
+            spec,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The peer whose underlay address is `ip`, if any. Peer lists are short: a linear scan
+    /// of a contiguous array beats hashing here.
+    pub fn peer_by_ip(&self, ip: std::net::IpAddr) -> Option<PeerIdx> {
+        self.peers.iter().position(|p| p.addr.ip() == ip).map(|i| PeerIdx(i as u16))
+    }
+
+    /// Decide where a frame read from local port `ingress` goes, learning its source.
+    pub fn from_local(&self, ingress: LocalPort, frame: &[u8], now: Instant) -> Action {
+        self.decide(Port::Local(ingress), frame, now)
+    }
+
+    /// Decide where a frame decapsulated from peer `peer` goes, learning its source.
+    pub fn from_peer(&self, peer: PeerIdx, frame: &[u8], now: Instant) -> Action {
+        if let Some(p) = self.peers.get(usize::from(peer.0)) {
+            let ms = now.as_millis().max(1);
+            if p.last_seen.load(Relaxed) != ms {
+                p.last_seen.store(ms, Relaxed);
+            }
+        }
+        self.decide(Port::Peer(peer), frame, now)
+    }
+
+    fn decide(&self, ingress: Port, frame: &[u8], now: Instant) -> Action {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return Action::Drop(DropReason::Malformed);
+        };
+        let src = eth.src();
+        if src.is_multicast() || src.is_zero() {
+            return Action::Drop(DropReason::BadSourceMac);
+        }
+        let l3 = eth.l3().map_or(HEADER_LEN, |(off, _)| off);
+        if frame.len().saturating_sub(l3) > usize::from(self.spec.mtu) {
+            return Action::Drop(DropReason::MtuExceeded);
+        }
+        if let Learned::Moved { .. } = self.fdb.learn(src, ingress, now) {
+            // counted in fdb.events; logging is the caller's (rate-limited) business
+        }
+        let dst = eth.dst();
+        if dst.is_multicast() {
+            return Action::Flood;
+        }
+        match self.fdb.lookup(dst, now) {
+            None => Action::Flood,
+            Some(p) if p == ingress => Action::Drop(DropReason::Hairpin),
+            Some(Port::Local(l)) => Action::Local(l),
+            Some(Port::Peer(_)) if ingress.is_peer() => Action::Drop(DropReason::SplitHorizon),
+            Some(Port::Peer(p)) => Action::Peer(p),
+        }
+    }
+
+    /// The ports a flooded frame from `ingress` goes to: every local port but the ingress,
+    /// and every peer if (and only if) the frame came from a local port.
+    pub fn flood_ports(&self, ingress: Port) -> impl Iterator<Item = Port> + '_ {
+        let locals = (0..self.spec.local_ports)
+            .map(|i| Port::Local(LocalPort(i)))
+            .filter(move |p| *p != ingress);
+        let peers = (0..self.peers.len() as u16)
+            .map(|i| Port::Peer(PeerIdx(i)))
+            .filter(move |_| !ingress.is_peer());
+        locals.chain(peers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::wire::ethernet::MacAddr;
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+    const C: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc]);
+    const L0: LocalPort = LocalPort(0);
+
+    fn net(local_ports: u16, peers: usize) -> Network {
+        Network::new(NetworkSpec {
+            name: "blue".into(),
+            encap: Encap::Vxlan,
+            vni: Vni::new_unchecked(42),
+            mtu: 1450,
+            peers: (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect(),
+            fdb: FdbConfig::default(),
+            local_ports,
+        })
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
+        let mut f = vec![0u8; len];
+        f[..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f
+    }
+
+    const T: Instant = Instant::ZERO;
+
+    #[test]
+    fn broadcast_from_local_port_floods_to_every_peer_not_back() {
+        let n = net(1, 3);
+        assert_eq!(n.from_local(L0, &frame(MacAddr::BROADCAST, A, 60), T), Action::Flood);
+        let ports: Vec<Port> = n.flood_ports(Port::Local(L0)).collect();
+        assert_eq!(ports, vec![Port::Peer(PeerIdx(0)), Port::Peer(PeerIdx(1)), Port::Peer(PeerIdx(2))]);
+    }
+
+    #[test]
+    fn flood_from_a_tunnel_never_reenters_a_tunnel() {
+        let n = net(2, 3);
+        assert_eq!(n.from_peer(PeerIdx(1), &frame(MacAddr::BROADCAST, A, 60), T), Action::Flood);
+        let ports: Vec<Port> = n.flood_ports(Port::Peer(PeerIdx(1))).collect();
+        assert_eq!(ports, vec![Port::Local(LocalPort(0)), Port::Local(LocalPort(1))]);
+    }
+
+    #[test]
+    fn unicast_after_learning_goes_to_exactly_one_peer() {
+        let n = net(1, 3);
+        // B answers from peer 2: learned there
+        assert_eq!(n.from_peer(PeerIdx(2), &frame(A, B, 60), T), Action::Flood);
+        assert_eq!(n.from_local(L0, &frame(B, A, 60), T), Action::Peer(PeerIdx(2)));
+        // and the reply direction now knows A on the local port
+        assert_eq!(n.from_peer(PeerIdx(2), &frame(A, B, 60), T), Action::Local(L0));
+    }
+
+    #[test]
+    fn tunnel_frame_for_a_mac_behind_another_tunnel_is_dropped() {
+        let n = net(1, 3);
+        n.from_peer(PeerIdx(0), &frame(MacAddr::BROADCAST, B, 60), T);
+        assert_eq!(n.from_peer(PeerIdx(1), &frame(B, C, 60), T), Action::Drop(DropReason::SplitHorizon));
+        assert_eq!(n.from_peer(PeerIdx(0), &frame(B, A, 60), T), Action::Drop(DropReason::Hairpin));
+    }
+
+    #[test]
+    fn multicast_source_is_never_learned() {
+        let n = net(1, 1);
+        let m = MacAddr([0x01, 0, 0x5e, 0, 0, 1]);
+        assert_eq!(n.from_local(L0, &frame(B, m, 60), T), Action::Drop(DropReason::BadSourceMac));
+        assert!(n.fdb.is_empty());
+    }
+
+    #[test]
+    fn short_and_oversized_frames_are_dropped_with_their_reason() {
+        let n = net(1, 1);
+        assert_eq!(n.from_peer(PeerIdx(0), &[0u8; 13], T), Action::Drop(DropReason::Malformed));
+        assert_eq!(n.from_local(L0, &frame(B, A, 14 + 1450), T), Action::Flood);
+        assert_eq!(n.from_local(L0, &frame(B, A, 14 + 1451), T), Action::Drop(DropReason::MtuExceeded));
+    }
+
+    #[test]
+    fn tunnel_frames_mark_the_peer_as_seen() {
+        let n = net(1, 2);
+        n.from_peer(PeerIdx(1), &frame(A, B, 60), Instant::from_secs(7));
+        assert_eq!(n.peers[1].last_seen.load(Relaxed), 7000);
+        assert_eq!(n.peers[0].last_seen.load(Relaxed), 0);
+    }
+}

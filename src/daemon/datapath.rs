@@ -1,0 +1,270 @@
+//! The data path: blocking threads that move frames between local ports and the underlay.
+//!
+//! - One *port thread* per local port (TAP): wait for readiness, drain up to [`BATCH`] frames,
+//!   decide each frame with [`Network::from_local`], write the VXLAN header into the headroom
+//!   in front of the frame (no copy of the frame), queue it for its peer(s), and send the whole
+//!   batch with one `sendmmsg` per source-port socket.
+//! - One *underlay thread* per receive socket: `recvmmsg` a batch, classify each datagram to a
+//!   network and peer, decide with [`Network::from_peer`], and write the inner frame straight
+//!   from the receive buffer to the TAP.
+//!
+//! Nothing here allocates per frame, takes a lock, or logs per frame: errors are counted and
+//! logged at most once a second per thread with the number suppressed.
+
+use std::io;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::core::fabric::Fabric;
+use crate::core::stats::{GlobalDrops, Shard};
+use crate::core::wire::ethernet::EthernetFrame;
+use crate::core::wire::vxlan;
+use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port};
+use crate::io::clock;
+use crate::io::sys::{self, StopFd, Wake};
+use crate::io::tap::{MAX_FRAME, Tap};
+use crate::io::udp::{BATCH, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
+
+/// Room in front of a frame read from a port for the tunnel header.
+pub const HEADROOM: usize = 64;
+
+/// What the I/O side attaches to each network: its local ports.
+#[derive(Debug)]
+pub struct NetIo {
+    pub taps: Vec<Arc<Tap>>,
+}
+
+pub type SharedFabric = Arc<ArcSwap<Fabric<Arc<NetIo>>>>;
+
+/// Log at most once per second per call site and thread, with the count of what was muted.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    last: Option<Instant>,
+    muted: u64,
+}
+
+impl RateLimit {
+    /// `Some(muted)` when a line may be logged now.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_since(t).as_millis() < 1000 => {
+                self.muted += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.muted))
+            }
+        }
+    }
+}
+
+/// Write one frame to local port `port` of a network, counting the outcome.
+fn write_local(net: &Network, io: &NetIo, port: LocalPort, frame: &[u8], shard: Shard, rl: &mut RateLimit, now: Instant) {
+    let Some(tap) = io.taps.get(usize::from(port.0)) else {
+        net.stats.count_drop(shard, DropReason::TapWriteFailed);
+        return;
+    };
+    match tap.write(frame) {
+        Ok(_) => net.stats.tap_tx(shard, frame.len()),
+        Err(e) => {
+            net.stats.count_drop(shard, DropReason::TapWriteFailed);
+            if let Some(muted) = rl.allow(now) {
+                tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "write to tap failed");
+            }
+        }
+    }
+}
+
+/// Everything a port thread needs.
+pub struct PortThread {
+    pub net: Arc<Network>,
+    pub io: Arc<NetIo>,
+    pub port: LocalPort,
+    pub tx: Arc<TxSockets>,
+    pub stop: Arc<StopFd>,
+}
+
+impl PortThread {
+    pub fn run(self) {
+        let PortThread { net, io, port, tx, stop } = self;
+        let Some(tap) = io.taps.get(usize::from(port.0)).cloned() else { return };
+        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
+        let mut lens = [0usize; BATCH];
+        let mut q = SendQueue::new(tx.len());
+        let (mut rl_read, mut rl_send, mut rl_write) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
+        let shard = Shard::LOCAL;
+        let ingress = Port::Local(port);
+        loop {
+            match sys::wait_readable(tap.fd(), &stop) {
+                Ok(Wake::Stop) => break,
+                Ok(Wake::Ready) => {}
+                Err(e) => {
+                    tracing::error!(network = net.name(), tap = tap.name(), error = %e, "tap poll failed; port stopped");
+                    break;
+                }
+            }
+            let now = clock::now();
+            let mut n = 0;
+            while n < BATCH {
+                match tap.read(&mut bufs[n][HEADROOM..]) {
+                    Ok(len) => {
+                        lens[n] = len;
+                        n += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if let Some(muted) = rl_read.allow(now) {
+                            tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "read from tap failed");
+                        }
+                        break;
+                    }
+                }
+            }
+            for i in 0..n {
+                let len = lens[i];
+                let frame = &bufs[i][HEADROOM..HEADROOM + len];
+                net.stats.tap_rx(shard, len);
+                let action = net.from_local(port, frame, now);
+                let hash = match action {
+                    Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
+                    _ => 0,
+                };
+                match action {
+                    Action::Drop(r) => net.stats.count_drop(shard, r),
+                    Action::Local(p) => write_local(&net, &io, p, frame, shard, &mut rl_write, now),
+                    Action::Peer(p) => {
+                        vxlan::emit(&mut bufs[i][HEADROOM - vxlan::HEADER_LEN..], net.spec.vni);
+                        queue(&net, &mut q, i, len, p, hash);
+                    }
+                    Action::Flood => {
+                        net.stats.flooded(shard);
+                        vxlan::emit(&mut bufs[i][HEADROOM - vxlan::HEADER_LEN..], net.spec.vni);
+                        for target in net.flood_ports(ingress) {
+                            match target {
+                                Port::Local(p) => {
+                                    let frame = &bufs[i][HEADROOM..HEADROOM + len];
+                                    write_local(&net, &io, p, frame, shard, &mut rl_write, now);
+                                }
+                                Port::Peer(p) => queue(&net, &mut q, i, len, p, hash),
+                            }
+                        }
+                    }
+                }
+            }
+            if !q.is_empty() {
+                q.flush(&tx, &bufs, |it, r| match r {
+                    Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
+                    Err(e) => {
+                        net.stats.count_drop(shard, DropReason::SendFailed);
+                        if let Some(muted) = rl_send.allow(now) {
+                            tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
+                        }
+                    }
+                });
+            }
+        }
+        tracing::debug!(network = net.name(), tap = tap.name(), "port thread stopped");
+    }
+}
+
+#[inline]
+fn queue(net: &Network, q: &mut SendQueue, buf: usize, len: usize, peer: PeerIdx, hash: usize) {
+    if let Some(p) = net.peers.get(usize::from(peer.0)) {
+        q.push(
+            hash,
+            TxItem {
+                buf: buf as u16,
+                start: (HEADROOM - vxlan::HEADER_LEN) as u32,
+                len: (len + vxlan::HEADER_LEN) as u32,
+                dst: p.addr,
+                tag: peer.0,
+            },
+        );
+    }
+}
+
+/// Everything an underlay thread needs.
+pub struct UnderlayThread {
+    pub rx: RxSocket,
+    pub fabric: SharedFabric,
+    pub global: Arc<GlobalDrops>,
+    pub stop: Arc<StopFd>,
+    /// Largest datagram accepted (underlay MTU).
+    pub slot: usize,
+}
+
+impl UnderlayThread {
+    pub fn run(self) {
+        let UnderlayThread { rx, fabric, global, stop, slot } = self;
+        let port = rx.local.port();
+        let mut batch = RecvBatch::new(slot);
+        let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
+        let shard = Shard::UNDERLAY;
+        loop {
+            match sys::wait_readable(rx.fd(), &stop) {
+                Ok(Wake::Stop) => break,
+                Ok(Wake::Ready) => {}
+                Err(e) => {
+                    tracing::error!(socket = %rx.local, error = %e, "underlay poll failed; receiver stopped");
+                    break;
+                }
+            }
+            loop {
+                let now = clock::now();
+                let n = match batch.recv(rx.fd()) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if let Some(muted) = rl_recv.allow(now) {
+                            tracing::warn!(socket = %rx.local, error = %e, muted, "underlay receive failed");
+                        }
+                        0
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                let f = fabric.load();
+                for i in 0..n {
+                    let Some((from, data, truncated)) = batch.get(i) else { continue };
+                    if truncated {
+                        global.count_drop(DropReason::MtuExceeded);
+                        continue;
+                    }
+                    let c = match f.classify_vxlan(port, from.ip(), data) {
+                        Ok(c) => c,
+                        Err(refused) => {
+                            match refused.network.and_then(|i| f.networks.get(i)) {
+                                Some(e) => e.net.stats.count_drop(shard, refused.reason),
+                                None => global.count_drop(refused.reason),
+                            }
+                            continue;
+                        }
+                    };
+                    let net = &c.entry.net;
+                    net.stats.peer_rx(shard, usize::from(c.peer.0), data.len());
+                    match net.from_peer(c.peer, c.inner, now) {
+                        Action::Drop(r) => net.stats.count_drop(shard, r),
+                        Action::Local(p) => write_local(net, &c.entry.io, p, c.inner, shard, &mut rl_write, now),
+                        Action::Flood => {
+                            net.stats.flooded(shard);
+                            for target in net.flood_ports(Port::Peer(c.peer)) {
+                                if let Port::Local(p) = target {
+                                    write_local(net, &c.entry.io, p, c.inner, shard, &mut rl_write, now);
+                                }
+                            }
+                        }
+                        // from_peer never sends into a tunnel (split horizon)
+                        Action::Peer(_) => net.stats.count_drop(shard, DropReason::SplitHorizon),
+                    }
+                }
+                if n < BATCH {
+                    break;
+                }
+            }
+        }
+        tracing::debug!(socket = %rx.local, "underlay thread stopped");
+    }
+}

@@ -1,0 +1,179 @@
+//! The daemon: opens the devices and sockets a configuration asks for, runs the data path on
+//! dedicated threads, and the control path (timers, signals) on tokio.
+//!
+//! Start-up order: underlay MTU → UDP sockets → TAP devices → data-path threads → "ready".
+//! Any failure before "ready" is a [`StartupError`] that names what failed; nothing is left
+//! behind (TAPs we created vanish when their descriptors close).
+
+pub mod datapath;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, NetworkConfig};
+use crate::core::fabric::{Fabric, NetEntry};
+use crate::core::stats::GlobalDrops;
+use crate::core::{LocalPort, Network, NetworkSpec};
+use crate::io::clock;
+use crate::io::sys::{self, StopFd};
+use crate::io::tap::Tap;
+use crate::io::udp::{self, RxSocket, TxSockets};
+use datapath::{NetIo, PortThread, SharedFabric, UnderlayThread};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("underlay: {0}")]
+    Underlay(String),
+    #[error("{0}")]
+    Tap(std::io::Error),
+    #[error("{0}")]
+    Socket(std::io::Error),
+    #[error("spawn thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Underlay MTU when nothing better is known.
+const FALLBACK_UNDERLAY_MTU: u16 = 1500;
+
+/// A running daemon. Dropping it without [`Daemon::stop`] leaves threads running until exit.
+pub struct Daemon {
+    pub fabric: SharedFabric,
+    pub global: Arc<GlobalDrops>,
+    stop: Arc<StopFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The underlay MTU: configured, or read off the interface that holds the underlay address.
+fn underlay_mtu(cfg: &Config) -> Result<u16, StartupError> {
+    if let Some(m) = cfg.node.underlay_mtu {
+        return Ok(m);
+    }
+    let ifname = sys::interface_of(cfg.node.underlay)
+        .map_err(|e| StartupError::Underlay(format!("cannot list interfaces: {e}")))?
+        .ok_or_else(|| {
+            StartupError::Underlay(format!(
+                "node.underlay {} is not an address of any interface in this network namespace",
+                cfg.node.underlay
+            ))
+        })?;
+    match sys::interface_mtu(&ifname) {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            tracing::warn!(interface = ifname, error = %e, mtu = FALLBACK_UNDERLAY_MTU, "cannot read underlay MTU, assuming a default");
+            Ok(FALLBACK_UNDERLAY_MTU)
+        }
+    }
+}
+
+fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
+    NetworkSpec {
+        name: n.name.clone(),
+        encap: n.encap,
+        vni: n.vni,
+        mtu: tap_mtu,
+        peers: n.peers.iter().map(|&ip| SocketAddr::new(ip, n.vxlan_port)).collect(),
+        fdb: n.fdb,
+        local_ports: 1,
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartupError> {
+    std::thread::Builder::new().name(name).spawn(f).map_err(StartupError::Thread)
+}
+
+impl Daemon {
+    /// Open everything `cfg` asks for and start the data path.
+    pub fn start(cfg: &Config) -> Result<Daemon, StartupError> {
+        let umtu = underlay_mtu(cfg)?;
+        let underlay = cfg.node.underlay;
+        let ports: BTreeSet<u16> = cfg.networks.iter().map(|n| n.vxlan_port).collect();
+        let mut rxs = Vec::new();
+        for &p in &ports {
+            rxs.push(RxSocket::bind(SocketAddr::new(underlay, p)).map_err(StartupError::Socket)?);
+        }
+        let tx = Arc::new(TxSockets::bind(underlay, udp::SOURCE_PORTS).map_err(StartupError::Socket)?);
+
+        let mut entries = Vec::new();
+        let mut vxlan_ports = Vec::new();
+        for n in &cfg.networks {
+            let overhead = n.overhead(underlay);
+            let tap_mtu = n.mtu.unwrap_or(umtu.saturating_sub(overhead));
+            if usize::from(tap_mtu) + usize::from(overhead) > usize::from(umtu) {
+                tracing::warn!(network = n.name, tap_mtu, underlay_mtu = umtu, overhead,
+                    "TAP MTU plus encapsulation exceeds the underlay MTU; large frames will be fragmented or dropped");
+            }
+            let tap = Tap::open(&n.tap, tap_mtu, n.address).map_err(StartupError::Tap)?;
+            tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(),
+                vni = %n.vni, encap = %n.encap, peers = n.peers.len(), "network up");
+            entries.push(NetEntry { net: Arc::new(Network::new(spec_of(n, tap_mtu))), io: Arc::new(NetIo { taps: vec![Arc::new(tap)] }) });
+            vxlan_ports.push(n.vxlan_port);
+        }
+        let fabric: SharedFabric = Arc::new(ArcSwap::from_pointee(Fabric::new(entries, &vxlan_ports)));
+        let global = Arc::new(GlobalDrops::default());
+        let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
+
+        let mut threads = Vec::new();
+        for e in &fabric.load().networks {
+            for (i, tap) in e.io.taps.iter().enumerate() {
+                let t = PortThread { net: e.net.clone(), io: e.io.clone(), port: LocalPort(i as u16), tx: tx.clone(), stop: stop.clone() };
+                threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
+            }
+        }
+        let slot = usize::from(umtu).max(2048) + 64;
+        for rx in rxs {
+            tracing::info!(socket = %rx.local, "listening for VXLAN");
+            let t = UnderlayThread { rx, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot };
+            threads.push(spawn("underlay".into(), move || t.run())?);
+        }
+        tracing::info!(source_ports = ?tx.ports(), "sending VXLAN");
+        Ok(Daemon { fabric, global, stop, threads })
+    }
+
+    /// Periodic housekeeping: FDB ageing.
+    pub fn tick(&self) {
+        let now = clock::now();
+        for e in &self.fabric.load().networks {
+            let n = e.net.fdb.sweep(now);
+            if n > 0 {
+                tracing::debug!(network = e.net.name(), expired = n, "fdb entries aged out");
+            }
+        }
+    }
+
+    /// Stop the data path and close every device and socket.
+    pub fn stop(self) {
+        self.stop.raise();
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("a data-path thread panicked");
+            }
+        }
+        // dropping the fabric closes the TAPs; the ones we created disappear with them
+        let names: Vec<String> = self.fabric.load().networks.iter().flat_map(|e| e.io.taps.iter().map(|t| t.name().to_string())).collect();
+        drop(self.fabric);
+        tracing::info!(taps = ?names, "stopped");
+    }
+}
+
+/// Run until `shutdown` resolves: start, housekeeping every second, stop.
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartupError> {
+    let daemon = Daemon::start(&cfg)?;
+    tracing::info!(networks = cfg.networks.len(), "overlayd ready");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => daemon.tick(),
+        }
+    }
+    tracing::info!("shutting down");
+    daemon.stop();
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! The one place that reads the system clock.
+
+use std::sync::OnceLock;
+
+use crate::core::Instant;
+
+static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+
+/// Milliseconds since the process first asked, plus one second so that 0 keeps meaning
+/// "never" in timestamps such as a peer's last-seen time.
+pub fn now() -> Instant {
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    Instant::from_millis(1000 + origin.elapsed().as_millis() as u64)
+}

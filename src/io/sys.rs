@@ -1,0 +1,125 @@
+//! Small system helpers: a stop signal threads can poll on, readiness waits, and the MTU of
+//! the interface that holds an address.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// An eventfd that, once raised, wakes every thread polling on it (it stays readable).
+#[derive(Debug)]
+pub struct StopFd(OwnedFd);
+
+impl StopFd {
+    pub fn new() -> io::Result<StopFd> {
+        // SAFETY: eventfd has no pointer arguments; a negative return is an error.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(StopFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn raise(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn is_raised(&self) -> bool {
+        let mut p = libc::pollfd { fd: self.0.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) > 0 }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Outcome of [`wait_readable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Ready,
+    Stop,
+}
+
+/// Block until `fd` is readable or `stop` is raised.
+pub fn wait_readable(fd: RawFd, stop: &StopFd) -> io::Result<Wake> {
+    let mut fds = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: stop.fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    loop {
+        // SAFETY: two valid pollfds, infinite timeout.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Wake::Stop);
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 && fds[0].revents & libc::POLLIN == 0 {
+            return Err(io::Error::other(format!("descriptor {fd} reports an error (revents {:#x})", fds[0].revents)));
+        }
+        return Ok(Wake::Ready);
+    }
+}
+
+/// Name of the interface that holds `addr`, if any.
+pub fn interface_of(addr: IpAddr) -> io::Result<Option<String>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list returned by getifaddrs, valid until freeifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it declares.
+            let fam = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            let a: Option<IpAddr> = match fam {
+                libc::AF_INET => {
+                    // SAFETY: family is AF_INET, so the sockaddr is a sockaddr_in.
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: family is AF_INET6, so the sockaddr is a sockaddr_in6.
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    Some(IpAddr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => None,
+            };
+            if a == Some(addr) {
+                // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+                found = Some(unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
+                break;
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(found)
+}
+
+/// The MTU of interface `name`, from sysfs.
+pub fn interface_mtu(name: &str) -> io::Result<u16> {
+    let s = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
+    s.trim().parse().map_err(|_| io::Error::other(format!("unreadable MTU {s:?} for {name}")))
+}
+
+/// Whether a network interface of this name exists in our namespace.
+pub fn interface_exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
