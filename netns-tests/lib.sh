@@ -1,0 +1,418 @@
+# shellcheck shell=bash
+# netns-tests/lib.sh - helpers for the privileged overlayd labs (network namespaces + veth).
+#
+# Source it at the top of a scenario:   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# What sourcing does: sets `set -Eeuo pipefail`, checks we are root and have the tools, picks a
+# per-run PREFIX ("o" + 4 random hex chars) and a work dir $WORK, and installs an EXIT trap that
+# stops the processes this run started (only those, by PID), deletes this run's namespaces and
+# removes $WORK. Everything a lab creates lives inside its own namespaces: nothing is added to the
+# host's namespace, so a crashed run leaves nothing but namespaces named $PREFIX-*.
+#
+# Naming: namespaces "$PREFIX-<name>", interfaces "$PREFIX<short>" (<= 15 chars, so <short> must
+# be <= 10 chars).
+#
+# A lab that cannot set itself up FAILS (exit 1) with the reason; it never skips.
+#
+# Addresses: labs only use documentation ranges: underlay 192.0.2.0/24 and 2001:db8::/32,
+# overlay 198.51.100.0/24 and 203.0.113.0/24.
+#
+# Environment:
+#   OVERLAYD_BIN   daemon binary [<repo>/target/release/overlayd]
+#   READY_TIMEOUT  seconds to wait for "overlayd ready" [20]
+#   KEEP_WORK=1    keep $WORK (configs, logs, captures) after the run
+#   VERBOSE=1      trace commands (set -x)
+
+set -Eeuo pipefail
+
+LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$LIB_DIR/.." && pwd)
+OVERLAYD_BIN=${OVERLAYD_BIN:-$REPO_DIR/target/release/overlayd}
+READY_TIMEOUT=${READY_TIMEOUT:-20}
+KEEP_WORK=${KEEP_WORK:-0}
+
+# ----------------------------------------------------------------------------- messages
+log()  { printf '== %s\n' "$*"; }            # a step of the lab
+ok()   { printf '   ok: %s\n' "$*"; }        # a check that passed
+info() { printf '   %s\n' "$*"; }            # a measurement or a fact (never asserted)
+die()  { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+_on_err() { printf 'FAIL: line %s: command failed (status %s): %s\n' "$1" "$2" "$3" >&2; }
+trap '_on_err "$LINENO" "$?" "$BASH_COMMAND"' ERR
+[[ ${VERBOSE:-0} == 1 ]] && set -x
+
+# ----------------------------------------------------------------------------- run state
+PREFIX=o$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')
+_PIDS=()                 # background processes started by this run (children of this shell)
+_NAMESPACES=()           # namespaces created by this run
+declare -A _DAEMON_PID=() _DAEMON_LOG=() _CAP_PID=() _LOG_SHOWN=()
+WORK=""
+TRANSFER_MBIT=""         # set by tcp_transfer
+EXIT_STATUS=0            # set by wait_exit
+
+_cleanup() {
+  local rc=$? pid nsn name i
+  set +e +x
+  trap - ERR
+  if ((rc != 0)) && [[ -n $WORK ]]; then
+    for name in "${!_DAEMON_LOG[@]}"; do
+      [[ -z ${_LOG_SHOWN[${_DAEMON_LOG[$name]}]:-} ]] || continue
+      printf -- '--- last lines of %s (%s)\n' "$name" "${_DAEMON_LOG[$name]}" >&2
+      tail -n 25 "${_DAEMON_LOG[$name]}" >&2
+    done
+  fi
+  # Only our own children: a PID whose parent is not this shell was reaped and may be reused.
+  for pid in "${_PIDS[@]}"; do _is_ours "$pid" && kill -TERM "$pid" 2>/dev/null; done
+  for ((i = 0; i < 30; i++)); do
+    local alive=0
+    for pid in "${_PIDS[@]}"; do _is_ours "$pid" && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  for pid in "${_PIDS[@]}"; do _is_ours "$pid" && kill -KILL "$pid" 2>/dev/null; done
+  wait 2>/dev/null
+  for ((i = ${#_NAMESPACES[@]} - 1; i >= 0; i--)); do
+    nsn=${_NAMESPACES[i]}
+    [[ -e /run/netns/$nsn ]] && ip netns del "$nsn"
+  done
+  if [[ -n $WORK && -d $WORK ]]; then
+    if [[ $KEEP_WORK == 1 ]]; then printf '(work dir kept: %s)\n' "$WORK" >&2; else rm -rf "$WORK"; fi
+  fi
+  exit "$rc"
+}
+trap _cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# _is_ours PID - PID is a live (not yet exited) child of this shell
+_is_ours() {
+  local stat ppid
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }                 # fields after "pid (comm) "
+  read -r _ ppid _ <<<"$stat"
+  [[ $ppid == "$$" && ${stat%% *} != Z ]]
+}
+
+# ----------------------------------------------------------------------------- preconditions
+[[ $EUID == 0 ]] || die "netns labs must run as root (network namespaces, TAP devices)"
+for _t in ip ss ping tcpdump socat sha256sum timeout od; do
+  command -v "$_t" >/dev/null || die "missing tool: $_t (see .ci/run for the package list)"
+done
+unset _t
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/overlayd-lab-$PREFIX.XXXXXX")
+
+# need_daemon - fail unless the overlayd binary exists
+need_daemon() {
+  [[ -x $OVERLAYD_BIN ]] || die "overlayd binary not found at $OVERLAYD_BIN (run: cargo build --release, or set OVERLAYD_BIN)"
+}
+
+# ----------------------------------------------------------------------------- namespaces, links
+ns_exec() { ip netns exec "$@"; }         # ns_exec NS cmd...
+
+# add_ns NS... - create namespaces (cleanup registered), loopback up
+add_ns() {
+  local nsn
+  for nsn; do
+    ip netns add "$nsn" || die "cannot create network namespace $nsn"
+    _NAMESPACES+=("$nsn")
+    ip -n "$nsn" link set lo up
+  done
+}
+
+# add_veth NS1 DEV1 ADDR1 NS2 DEV2 ADDR2 [MTU] - veth pair between two namespaces, both ends up.
+# ADDR is a CIDR (IPv4, or IPv6 added with nodad) or "-" for none.
+add_veth() {
+  local ns1=$1 dev1=$2 addr1=$3 ns2=$4 dev2=$5 addr2=$6 mtu=${7:-1500}
+  ip link add "$dev1" netns "$ns1" mtu "$mtu" type veth peer name "$dev2" netns "$ns2" mtu "$mtu" ||
+    die "cannot create veth $dev1 ($ns1) <-> $dev2 ($ns2)"
+  _if_addr_up "$ns1" "$dev1" "$addr1"
+  _if_addr_up "$ns2" "$dev2" "$addr2"
+}
+
+_if_addr_up() {
+  local nsn=$1 dev=$2 addr=$3
+  if [[ $addr == *:* ]]; then
+    ip -n "$nsn" addr add "$addr" dev "$dev" nodad
+  elif [[ $addr != - ]]; then
+    ip -n "$nsn" addr add "$addr" dev "$dev"
+  fi
+  ip -n "$nsn" link set dev "$dev" up
+}
+
+# add_bridge NS BR [PORT...] - Linux bridge in NS with the given ports, all up
+add_bridge() {
+  local nsn=$1 br=$2 port; shift 2
+  ip -n "$nsn" link add "$br" type bridge || die "cannot create bridge $br in $nsn"
+  for port; do ip -n "$nsn" link set dev "$port" master "$br" up; done
+  ip -n "$nsn" link set dev "$br" up
+}
+
+# add_native_vxlan NS DEV VNI LOCAL REMOTE UNDERLAY_DEV [PORT] - Linux kernel vxlan device
+# (point to point: REMOTE is the default destination for every MAC). Not brought up.
+add_native_vxlan() {
+  local nsn=$1 dev=$2 vni=$3 lcl=$4 rmt=$5 udev=$6 port=${7:-4789}
+  ip -n "$nsn" link add "$dev" type vxlan id "$vni" dstport "$port" local "$lcl" remote "$rmt" dev "$udev" ||
+    die "cannot create kernel vxlan $dev in $nsn"
+}
+
+# checksum_offload_off NS DEV... - finish checksums in software (veth leaves them partial)
+checksum_offload_off() {
+  local nsn=$1 dev; shift
+  command -v ethtool >/dev/null || die "ethtool not installed"
+  for dev; do ns_exec "$nsn" ethtool -K "$dev" tx off >/dev/null || die "ethtool -K $dev tx off failed in $nsn"; done
+}
+
+link_mtu() { ns_exec "$1" cat "/sys/class/net/$2/mtu"; }        # link_mtu NS DEV
+link_mac() { ns_exec "$1" cat "/sys/class/net/$2/address"; }    # link_mac NS DEV
+link_exists() { ip -n "$1" link show dev "$2" >/dev/null 2>&1; }
+
+# snmp_counter NS GROUP NAME - a counter of /proc/net/snmp in NS, e.g. snmp_counter h1 Ip FragCreates
+snmp_counter() {
+  # shellcheck disable=SC2016 # awk program
+  ns_exec "$1" awk -v g="$2:" -v n="$3" '
+    $1 == g && !hdr { for (i = 2; i <= NF; i++) col[$i] = i; hdr = 1; next }
+    $1 == g && hdr  { if (n in col) print $col[n]; exit }' /proc/net/snmp | grep . ||
+    die "no counter $2 $3 in /proc/net/snmp of $1"
+}
+
+# ----------------------------------------------------------------------------- polling
+# wait_until [-t SECONDS] CMD... - run CMD every 0.2 s until it succeeds; status 1 on timeout
+wait_until() {
+  local t=10
+  if [[ $1 == -t ]]; then t=$2; shift 2; fi
+  local deadline=$((SECONDS + t))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# ----------------------------------------------------------------------------- background jobs
+# start_bg NS LOGFILE CMD... - run CMD in NS in the background; PID in $BG_PID
+start_bg() {
+  local nsn=$1 logf=$2; shift 2
+  ip netns exec "$nsn" "$@" >"$logf" 2>&1 </dev/null &
+  BG_PID=$!
+  _PIDS+=("$BG_PID")
+}
+
+# wait_exit PID TIMEOUT - wait for our child PID to exit; its status in $EXIT_STATUS; 1 on timeout
+wait_exit() {
+  local pid=$1 t=$2 deadline=$((SECONDS + $2))
+  while _is_ours "$pid"; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+  EXIT_STATUS=0
+  wait "$pid" 2>/dev/null || EXIT_STATUS=$?
+}
+
+# ----------------------------------------------------------------------------- daemon
+# write_config FILE UNDERLAY - start a daemon config: [node] and [admin] (socket in $WORK, so
+# daemons of one run never share the default /run/overlayd/overlayd.sock)
+write_config() {
+  local file=$1 underlay=$2 sock
+  sock=$WORK/$(basename "$file" .toml).sock
+  printf '[node]\nunderlay = "%s"\n\n[admin]\nsocket = "%s"\n' "$underlay" "$sock" >"$file"
+}
+
+# add_network FILE NAME VNI TAP ADDRESS "PEER..." [KEY=TOML_VALUE...] - append a [[networks]]
+# entry (encap vxlan). ADDRESS is a CIDR put on the TAP by the daemon, or "-" for none.
+add_network() {
+  local file=$1 name=$2 vni=$3 tap=$4 addr=$5 peers=$6 kv p list=""; shift 6
+  for p in $peers; do list+="${list:+, }\"$p\""; done
+  {
+    printf '\n[[networks]]\nname = "%s"\nencap = "vxlan"\nvni = %s\ntap = "%s"\n' "$name" "$vni" "$tap"
+    [[ $addr == - ]] || printf 'address = "%s"\n' "$addr"
+    printf 'peers = [%s]\n' "$list"
+    for kv; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}"; done
+  } >>"$file"
+}
+
+# start_daemon NS NAME CONFIG - run `overlayd run --config CONFIG` in NS; log in $WORK/NAME.log
+start_daemon() {
+  local nsn=$1 name=$2 cfg=$3
+  need_daemon
+  _DAEMON_LOG[$name]=$WORK/$name.log
+  start_bg "$nsn" "${_DAEMON_LOG[$name]}" "$OVERLAYD_BIN" run --config "$cfg"
+  _DAEMON_PID[$name]=$BG_PID
+  info "started $name (pid $BG_PID) in $nsn"
+}
+
+# wait_ready NAME [TIMEOUT] - wait for the "overlayd ready" log line; fail with the log if the
+# daemon died or never got ready
+wait_ready() {
+  local name=$1 t=${2:-$READY_TIMEOUT} pid=${_DAEMON_PID[$1]} logf=${_DAEMON_LOG[$1]}
+  local deadline=$((SECONDS + t))
+  until grep -q 'overlayd ready' "$logf" 2>/dev/null; do
+    if ! _is_ours "$pid"; then
+      wait "$pid" 2>/dev/null && EXIT_STATUS=0 || EXIT_STATUS=$?
+      _print_log "$logf"
+      die "daemon $name exited (status $EXIT_STATUS) before it was ready"
+    fi
+    if ((SECONDS >= deadline)); then
+      _print_log "$logf"
+      die "daemon $name not ready after ${t}s (no 'overlayd ready' line in its log)"
+    fi
+    sleep 0.1
+  done
+  ok "$name ready"
+}
+
+# stop_daemon NAME - SIGTERM; the daemon must exit with status 0 within 10 s
+stop_daemon() {
+  local name=$1 pid=${_DAEMON_PID[$1]}
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_exit "$pid" 10; then
+    _print_log "${_DAEMON_LOG[$name]}"
+    die "daemon $name did not exit within 10 s of SIGTERM"
+  fi
+  if ((EXIT_STATUS != 0)); then
+    _print_log "${_DAEMON_LOG[$name]}"
+    die "daemon $name exited with status $EXIT_STATUS after SIGTERM (expected 0)"
+  fi
+  ok "$name stopped cleanly on SIGTERM"
+}
+
+_print_log() {
+  _LOG_SHOWN[$1]=1
+  printf -- '--- %s\n' "$1" >&2
+  cat "$1" >&2 || true
+  printf -- '--- end of %s\n' "$1" >&2
+}
+
+# ----------------------------------------------------------------------------- assertions
+# assert_eq WHAT EXPECTED SEEN
+assert_eq() {
+  [[ $2 == "$3" ]] || die "$1: expected $2, seen $3"
+  ok "$1: $3"
+}
+
+# assert_ge WHAT MIN SEEN (integers)
+assert_ge() {
+  (($3 >= $2)) || die "$1: expected at least $2, seen $3"
+  ok "$1: $3 (>= $2)"
+}
+
+# assert_ok WHAT CMD... - CMD must exit 0 (its output is shown if not)
+assert_ok() {
+  local what=$1 out rc=0; shift
+  out=$("$@" 2>&1) || rc=$?
+  ((rc == 0)) || die "$what: expected exit status 0, seen $rc from: $*"$'\n'"$out"
+  ok "$what"
+}
+
+# assert_fails WHAT CMD... - CMD must exit non-zero
+assert_fails() {
+  local what=$1 out rc=0; shift
+  out=$("$@" 2>&1) || rc=$?
+  ((rc != 0)) || die "$what: expected a non-zero exit status, seen 0 from: $*"$'\n'"$out"
+  ok "$what (exit status $rc)"
+}
+
+# ping_ok NS DST COUNT [PING_ARGS...] - every one of COUNT pings must be answered
+ping_ok() {
+  local nsn=$1 dst=$2 count=$3 out rc=0 rx; shift 3
+  out=$(ns_exec "$nsn" ping -n -c "$count" -i 0.2 -W 2 "$@" "$dst" 2>&1) || rc=$?
+  rx=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' <<<"$out")
+  [[ $rc == 0 && $rx == "$count" ]] ||
+    die "ping $* $dst from $nsn: expected $count/$count replies, seen ${rx:-0}/$count (status $rc)"$'\n'"$out"
+  ok "ping ${*:+$* }$dst from $nsn: $rx/$count replies"
+}
+
+# wait_ping NS DST [TIMEOUT] - wait until DST answers a ping (ARP, learning, startup)
+wait_ping() {
+  wait_until -t "${3:-10}" ns_exec "$1" ping -n -c 1 -W 1 "$2" ||
+    die "no ping reply from $2 in $1 within ${3:-10}s"
+}
+
+# ----------------------------------------------------------------------------- captures
+# capture_start NAME NS DEV [FILTER...] - tcpdump on DEV into $WORK/NAME.pcap (running once
+# this returns)
+capture_start() {
+  local name=$1 nsn=$2 dev=$3; shift 3
+  start_bg "$nsn" "$WORK/$name.tcpdump.log" tcpdump -i "$dev" -n -U --immediate-mode -Z root -w "$WORK/$name.pcap" "$@"
+  _CAP_PID[$name]=$BG_PID
+  wait_until -t 10 grep -q 'listening on' "$WORK/$name.tcpdump.log" || {
+    _print_log "$WORK/$name.tcpdump.log"
+    die "tcpdump on $dev in $nsn did not start"
+  }
+}
+
+# capture_stop NAME... - stop captures (after a short grace so in-flight frames land); fail if
+# tcpdump wrote fewer frames than its filter accepted, so a count is never silently short
+capture_stop() {
+  local name logf got passed
+  sleep 0.5
+  for name; do kill -INT "${_CAP_PID[$name]}" 2>/dev/null || true; done
+  for name; do
+    logf=$WORK/$name.tcpdump.log
+    wait_exit "${_CAP_PID[$name]}" 10 || die "tcpdump $name did not stop"
+    got=$(sed -n 's/^\([0-9]*\) packets\{0,1\} captured.*/\1/p' "$logf")
+    passed=$(sed -n 's/^\([0-9]*\) packets\{0,1\} received by filter.*/\1/p' "$logf")
+    [[ -n $got && $got == "$passed" ]] || {
+      _print_log "$logf"
+      die "capture $name is incomplete: $got frames written, $passed accepted by the filter"
+    }
+  done
+}
+
+# send_frame NS DEV SCAPY_EXPR - send exactly one frame built by scapy (/usr/bin/python3 with
+# python3-scapy) on DEV, e.g. send_frame h1 tap0 "Ether(dst='ff:ff:ff:ff:ff:ff') / ARP(...)"
+send_frame() {
+  local nsn=$1 dev=$2 expr=$3
+  ns_exec "$nsn" /usr/bin/python3 -c "
+import logging, sys
+logging.getLogger('scapy').setLevel(logging.ERROR)
+from scapy.all import *
+sendp($expr, iface=sys.argv[1], count=1, verbose=False)" "$dev" ||
+    die "could not send a frame on $dev in $nsn: $expr"
+}
+
+# capture_count NAME [FILTER...] - number of frames in the capture matching FILTER
+capture_count() {
+  local name=$1; shift
+  tcpdump -n -r "$WORK/$name.pcap" "$@" 2>/dev/null | wc -l
+}
+
+# capture_show NAME [FILTER...] - print the first 20 matching frames (for failure reports)
+capture_show() {
+  local name=$1; shift
+  { tcpdump -n -e -r "$WORK/$name.pcap" "$@" 2>/dev/null || true; } | head -n 20 | sed 's/^/     /' || true
+}
+
+# ----------------------------------------------------------------------------- bulk transfer
+# make_random_file FILE MEGABYTES
+make_random_file() {
+  dd if=/dev/urandom of="$1" bs=1M count="$2" status=none
+}
+
+# tcp_transfer SRC_NS DST_NS DST_ADDR PORT FILE LABEL - send FILE over TCP from SRC_NS to
+# DST_ADDR:PORT in DST_NS with socat; fail unless the received bytes have the same sha256.
+# Sets TRANSFER_MBIT (rate, for printing only: never assert on timing).
+tcp_transfer() {
+  local src_ns=$1 dst_ns=$2 addr=$3 port=$4 file=$5 label=$6
+  local tag=${label//[^A-Za-z0-9]/_} srv t0 t1 bytes want got
+  local out=$WORK/recv-$tag
+  rm -f "$out"
+  start_bg "$dst_ns" "$WORK/socat-srv-$tag.log" \
+    socat -u -b 131072 "TCP-LISTEN:$port,bind=$addr,reuseaddr" "CREATE:$out"
+  srv=$BG_PID
+  wait_until -t 10 _tcp_listening "$dst_ns" "$port" || die "$label: socat server on $addr:$port did not start"
+  t0=$(date +%s%N)
+  timeout 120 ip netns exec "$src_ns" socat -u -b 131072 "OPEN:$file" "TCP:$addr:$port,connect-timeout=5" ||
+    die "$label: sending $file to $addr:$port failed"
+  wait_exit "$srv" 60 || die "$label: receiver did not finish within 60 s"
+  t1=$(date +%s%N)
+  ((EXIT_STATUS == 0)) || die "$label: socat receiver exited with status $EXIT_STATUS"
+  bytes=$(stat -c %s "$out")
+  want=$(sha256sum <"$file" | cut -d' ' -f1)
+  got=$(sha256sum <"$out" | cut -d' ' -f1)
+  [[ $want == "$got" ]] || die "$label: sha256 differs: sent $want ($(stat -c %s "$file") bytes), received $got ($bytes bytes)"
+  # shellcheck disable=SC2034 # read by the scenarios
+  TRANSFER_MBIT=$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN { printf "%.0f", b * 8 / (ns / 1e9) / 1e6 }')
+  ok "$label: $bytes bytes arrived byte-identical (sha256 ${got:0:16}...)"
+  rm -f "$out"
+}
+
+_tcp_listening() { ns_exec "$1" ss -Hltn "sport = :$2" | grep -q .; }
