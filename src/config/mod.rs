@@ -9,7 +9,7 @@ pub mod validate;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use crate::core::{Encap, FdbConfig, Vni};
+use crate::core::{Dscp, Encap, FdbConfig, Vni};
 
 pub use validate::ConfigError;
 
@@ -44,16 +44,29 @@ pub struct NetworkConfig {
     pub mtu: Option<u16>,
     pub vxlan_port: u16,
     pub fdb: FdbConfig,
+    /// TTL (IPv4) or hop limit (IPv6) of the outer header.
+    pub ttl: u8,
+    /// DSCP of the outer header.
+    pub dscp: Dscp,
 }
 
+/// Outer TTL / hop limit when the config sets none (the Linux default, `net.ipv4.ip_default_ttl`).
+pub const DEFAULT_TTL: u8 = 64;
+
 impl NetworkConfig {
-    /// Bytes the encapsulation adds on the underlay (outer IP + UDP + VXLAN + inner Ethernet).
+    /// Bytes the encapsulation adds on the underlay: outer IP header, UDP + VXLAN or the GRE
+    /// header (with the fields this network sends), and the inner Ethernet header.
     pub fn overhead(&self, underlay: IpAddr) -> u16 {
-        use crate::core::wire::vxlan;
-        match (self.encap, underlay) {
-            (Encap::Vxlan, IpAddr::V4(_)) => vxlan::OVERHEAD_V4,
-            (Encap::Vxlan, IpAddr::V6(_)) => vxlan::OVERHEAD_V6,
-        }
+        use crate::core::wire::{ethernet, gre, ip, vxlan};
+        let outer_ip = match underlay {
+            IpAddr::V4(_) => ip::IPV4_MIN_HEADER_LEN,
+            IpAddr::V6(_) => ip::IPV6_HEADER_LEN,
+        };
+        let tunnel = match self.encap {
+            Encap::Vxlan => 8 + vxlan::HEADER_LEN,
+            Encap::Gre(o) => gre::GreRepr { key: o.key.then_some(self.vni.get()), checksum: o.checksum }.header_len(),
+        };
+        (outer_ip + tunnel + ethernet::HEADER_LEN) as u16
     }
 }
 

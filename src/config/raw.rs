@@ -49,4 +49,12 @@ pub struct RawNetwork {
     pub vxlan_port: Option<i64>,
     pub fdb_ageing_secs: Option<i64>,
     pub fdb_max_entries: Option<i64>,
+    /// GRE only: carry `vni` in the GRE key (default true).
+    pub key: Option<bool>,
+    /// GRE only: send the GRE checksum (default false).
+    pub gre_checksum: Option<bool>,
+    /// TTL / hop limit of the outer header (default 64).
+    pub ttl: Option<i64>,
+    /// DSCP of the outer header: "inherit" (default: copy the inner packet's) or 0..=63.
+    pub dscp: Option<String>,
 }

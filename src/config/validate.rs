@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawNetwork};
-use super::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, NetworkConfig, NodeConfig};
+use super::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, NetworkConfig, NodeConfig};
 use crate::core::wire::vxlan;
-use crate::core::{Encap, FdbConfig, Vni};
+use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
 /// A configuration problem: the key it is about and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +103,17 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
         if !taps.insert(net.tap.clone()) {
             return err(format!("{at}.tap"), format!("{:?} is used by another network", net.tap));
         }
-        if !keys.insert((net.encap, net.vxlan_port, net.vni)) {
-            return err(format!("{at}.vni"), format!("{} on UDP port {} is used by another network", net.vni, net.vxlan_port));
+        // what tells this network's packets apart on the wire
+        let wire_id = match net.encap {
+            Encap::Vxlan => (Some(net.vxlan_port), Some(net.vni)),
+            Encap::Gre(o) => (None, o.key.then_some(net.vni)),
+        };
+        if !keys.insert(wire_id) {
+            return match wire_id {
+                (Some(port), _) => err(format!("{at}.vni"), format!("{} on UDP port {port} is used by another network", net.vni)),
+                (None, Some(_)) => err(format!("{at}.vni"), format!("GRE key {} is used by another GRE network", net.vni)),
+                (None, None) => err(format!("{at}.key"), "another GRE network is keyless already; only one keyless GRE network can exist"),
+            };
         }
         networks.push(net);
     }
@@ -118,13 +127,35 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
     }
     let encap = match n.encap.as_str() {
         "vxlan" => Encap::Vxlan,
-        other => return err(format!("{at}.encap"), format!("{other:?} is not a supported encapsulation (expected \"vxlan\")")),
+        "gre" => Encap::Gre(GreOptions { key: n.key.unwrap_or(true), checksum: n.gre_checksum.unwrap_or(false) }),
+        other => return err(format!("{at}.encap"), format!("{other:?} is not a supported encapsulation (expected \"vxlan\" or \"gre\")")),
     };
+    if encap == Encap::Vxlan {
+        for (key, set) in [("key", n.key.is_some()), ("gre_checksum", n.gre_checksum.is_some())] {
+            if set {
+                return err(format!("{at}.{key}"), "only applies to encap = \"gre\"");
+            }
+        }
+    } else if n.vxlan_port.is_some() {
+        return err(format!("{at}.vxlan_port"), "only applies to encap = \"vxlan\"");
+    }
     let vni = match encap {
         Encap::Vxlan => {
             let v = ranged(&format!("{at}.vni"), n.vni, 0, i64::from(Vni::MAX_VXLAN), "a VXLAN VNI (24 bits)")?;
             Vni::new_unchecked(v as u32)
         }
+        Encap::Gre(_) => {
+            let v = ranged(&format!("{at}.vni"), n.vni, 0, i64::from(u32::MAX), "a GRE key (32 bits)")?;
+            Vni::new_unchecked(v as u32)
+        }
+    };
+    let ttl = n.ttl.map(|t| ranged(&format!("{at}.ttl"), t, 1, 255, "the outer TTL / hop limit")).transpose()?.map_or(DEFAULT_TTL, |t| t as u8);
+    let dscp = match n.dscp.as_deref().map(str::trim) {
+        None | Some("inherit") => Dscp::Inherit,
+        Some(s) => match s.parse::<u8>() {
+            Ok(d) if d <= 63 => Dscp::Fixed(d),
+            _ => return err(format!("{at}.dscp"), format!("{s:?} is neither \"inherit\" nor a DSCP value 0..=63")),
+        },
     };
     if n.tap.is_empty() || n.tap.len() > IFNAME_MAX || n.tap.contains(['/', ' ', ':']) || n.tap == "." || n.tap == ".." {
         return err(format!("{at}.tap"), format!("{:?} is not a valid interface name (1..=15 characters, no '/', ':' or spaces)", n.tap));
@@ -168,7 +199,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, tap: n.tap, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default() };
+    let mut cfg = NetworkConfig { name, encap, vni, tap: n.tap, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), ttl, dscp };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -273,6 +304,80 @@ mod tests {
     #[test]
     fn long_tap_name_is_refused() {
         assert!(problem(&GOOD.replace("ovl-blue", "a-very-long-tap-name")).starts_with("networks[0].tap:"));
+    }
+
+    const GRE: &str = r#"
+        [node]
+        underlay = "2001:db8::1"
+        [[networks]]
+        name = "blue"
+        encap = "gre"
+        vni = 4000000000
+        tap = "ovl-blue"
+        peers = ["2001:db8::2"]
+    "#;
+
+    #[test]
+    fn gre_network_defaults_to_key_without_checksum_ttl_64_and_inherited_dscp() {
+        let c = parse(GRE).unwrap();
+        let n = &c.networks[0];
+        assert_eq!(n.encap, Encap::Gre(GreOptions { key: true, checksum: false }));
+        assert_eq!(n.vni.get(), 4_000_000_000);
+        assert_eq!((n.ttl, n.dscp), (64, Dscp::Inherit));
+        // IPv6 (40) + GRE with key (8) + Ethernet (14)
+        assert_eq!(n.overhead(c.node.underlay), 62);
+    }
+
+    #[test]
+    fn overhead_is_the_real_header_size_per_encap_and_family() {
+        let v4 = GRE.replace("2001:db8::1", "192.0.2.1").replace("2001:db8::2", "192.0.2.2");
+        let cases = [
+            (v4.clone(), 42),
+            (v4.replace("vni = 4000000000", "vni = 1\nkey = false"), 38),
+            (v4.replace("vni = 4000000000", "vni = 1\ngre_checksum = true"), 46),
+            (v4.replace("vni = 4000000000", "vni = 1\nkey = false\ngre_checksum = true"), 42),
+            (v4.replace("\"gre\"", "\"vxlan\"").replace("4000000000", "1"), 50),
+            (GRE.replace("\"gre\"", "\"vxlan\"").replace("4000000000", "1"), 70),
+            (GRE.replace("vni = 4000000000", "vni = 1\nkey = false"), 58),
+        ];
+        for (text, want) in cases {
+            let c = parse(&text).unwrap();
+            assert_eq!(c.networks[0].overhead(c.node.underlay), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn gre_and_vxlan_options_are_refused_on_the_other_encap() {
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\nkey = false")).starts_with("networks[0].key:"));
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\ngre_checksum = true")).starts_with("networks[0].gre_checksum:"));
+        assert!(problem(&GRE.replace("vni = 4000000000", "vni = 1\nvxlan_port = 4789")).starts_with("networks[0].vxlan_port:"));
+    }
+
+    #[test]
+    fn ttl_and_dscp_are_validated() {
+        let c = parse(&GRE.replace("vni = 4000000000", "vni = 1\nttl = 8\ndscp = 46")).unwrap();
+        assert_eq!((c.networks[0].ttl, c.networks[0].dscp), (8, Dscp::Fixed(46)));
+        assert!(problem(&GRE.replace("vni = 4000000000", "vni = 1\nttl = 0")).starts_with("networks[0].ttl:"));
+        assert!(problem(&GRE.replace("vni = 4000000000", "vni = 1\ndscp = 64")).starts_with("networks[0].dscp:"));
+        assert!(problem(&GRE.replace("vni = 4000000000", "vni = 1\ndscp = \"copy\"")).starts_with("networks[0].dscp:"));
+    }
+
+    #[test]
+    fn gre_keys_and_keyless_networks_must_be_unique() {
+        let second = "\n[[networks]]\nname = \"red\"\nencap = \"gre\"\ntap = \"ovl-red\"\npeers = [\"2001:db8::3\"]\n";
+        assert!(problem(&format!("{GRE}{second}vni = 4000000000\n")).starts_with("networks[1].vni:"));
+        assert!(parse(&format!("{GRE}{second}vni = 7\n")).is_ok());
+        let keyless = GRE.replace("vni = 4000000000", "vni = 1\nkey = false");
+        assert!(problem(&format!("{keyless}{second}vni = 2\nkey = false\n")).starts_with("networks[1].key:"));
+        // the same number as a VXLAN VNI and a GRE key is fine: different wire formats
+        let vx = "\n[[networks]]\nname = \"red\"\nencap = \"vxlan\"\ntap = \"ovl-red\"\nvni = 1\n";
+        assert!(parse(&format!("{keyless}{vx}")).is_ok());
+    }
+
+    #[test]
+    fn ipv6_underlay_refuses_ipv4_peers_naming_the_key() {
+        let p = problem(&GRE.replace("\"2001:db8::2\"", "\"2001:db8::2\", \"192.0.2.2\""));
+        assert!(p.starts_with("networks[0].peers[1]:") && p.contains("family"), "{p}");
     }
 
     #[test]

@@ -97,13 +97,61 @@ impl Port {
 /// The encapsulation a network uses on the underlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encap {
+    /// VXLAN (RFC 7348) over UDP; the VNI is the network id.
     Vxlan,
+    /// GRE (RFC 2784/2890) with protocol type 0x6558 (Ethernet), straight over IP (protocol 47).
+    Gre(GreOptions),
+}
+
+/// How a GRE network fills the optional GRE fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GreOptions {
+    /// Carry the network's `vni` in the key field (RFC 2890); `false` = keyless GRE, as a
+    /// `gretap` without `key` sends.
+    pub key: bool,
+    /// Send the checksum field (RFC 2784 §2.5).
+    pub checksum: bool,
+}
+
+impl Default for GreOptions {
+    fn default() -> Self {
+        GreOptions { key: true, checksum: false }
+    }
+}
+
+impl Encap {
+    pub const fn is_gre(self) -> bool {
+        matches!(self, Encap::Gre(_))
+    }
 }
 
 impl fmt::Display for Encap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Encap::Vxlan => f.write_str("vxlan"),
+            Encap::Gre(GreOptions { key: true, checksum: false }) => f.write_str("gre"),
+            Encap::Gre(o) => write!(f, "gre(key={}, checksum={})", o.key, o.checksum),
+        }
+    }
+}
+
+/// The DSCP of the outer IP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dscp {
+    /// Copy the inner packet's DSCP (0 for non-IP frames), like a Linux tunnel with `tos inherit`.
+    #[default]
+    Inherit,
+    /// Always this value (0..=63).
+    Fixed(u8),
+}
+
+impl Dscp {
+    /// The outer DSCP for an inner Ethernet frame.
+    #[inline]
+    pub fn for_frame(self, frame: &[u8]) -> u8 {
+        match self {
+            Dscp::Inherit => wire::ip::inner_dscp(frame),
+            Dscp::Fixed(d) => d,
         }
     }
 }

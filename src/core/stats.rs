@@ -52,6 +52,18 @@ drop_reasons! {
     TapWriteFailed => "tap_write_failed",
     /// Sending to the underlay failed.
     SendFailed => "send_failed",
+    /// GRE version other than 0 (RFC 2784 §2.3.1).
+    GreVersion => "gre_version",
+    /// GRE routing bit set (RFC 1701 source routing, not supported).
+    GreRouting => "gre_routing",
+    /// GRE protocol type other than 0x6558 (transparent Ethernet bridging).
+    GreProtocol => "gre_protocol",
+    /// GRE without a key, but no keyless GRE network is configured.
+    GreKeyMissing => "gre_key_missing",
+    /// GRE with a key, but only a keyless GRE network is configured.
+    GreKeyUnexpected => "gre_key_unexpected",
+    /// GRE checksum present and wrong.
+    GreChecksum => "gre_checksum",
 }
 
 /// Per-network counters, one instance per shard.

@@ -90,6 +90,9 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 impl Daemon {
     /// Open everything `cfg` asks for and start the data path.
     pub fn start(cfg: &Config) -> Result<Daemon, StartupError> {
+        if let Some(n) = cfg.networks.iter().find(|n| n.encap.is_gre()) {
+            return Err(StartupError::Underlay(format!("network {}: the GRE underlay is not wired into the data path yet", n.name)));
+        }
         let umtu = underlay_mtu(cfg)?;
         let underlay = cfg.node.underlay;
         let ports: BTreeSet<u16> = cfg.networks.iter().map(|n| n.vxlan_port).collect();

@@ -6,6 +6,8 @@
 //! allocates, and nothing panics on input that passed `new_checked`.
 
 pub mod ethernet;
+pub mod gre;
+pub mod ip;
 pub mod vxlan;
 
 use std::fmt;
