@@ -416,3 +416,34 @@ tcp_transfer() {
 }
 
 _tcp_listening() { ns_exec "$1" ss -Hltn "sport = :$2" | grep -q .; }
+
+# ----------------------------------------------------------------------------- metrics
+# set_metrics_listen FILE ADDR:PORT - add a [metrics] table to a config from write_config
+set_metrics_listen() {
+  printf '\n[metrics]\nlisten = "%s"\n' "$2" >>"$1"
+}
+
+# scrape NS URL - the text of a metrics endpoint, fetched from inside NS (fails the lab if the
+# endpoint does not answer 200)
+scrape() {
+  ns_exec "$1" curl -fsS --max-time 5 "$2" || die "scrape of $2 in $1 failed"
+}
+
+# metric TEXT SERIES - the value of one series (exact name and labels as exported, labels
+# sorted by name) in a scrape's TEXT; fails the lab if the series is absent
+metric() {
+  local v
+  v=$(awk -v s="$2" '$1 == s { print $2; found = 1; exit } END { exit !found }' <<<"$1") ||
+    die "series $2 is not exported"
+  printf '%s\n' "$v"
+}
+
+# quiet_ipv6 NS... - no IPv6 on new links of NS (no router/neighbour solicitations on TAPs, so
+# frame counts are exactly what a lab sends)
+quiet_ipv6() {
+  local nsn
+  for nsn; do
+    ns_exec "$nsn" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 ||
+      die "cannot disable IPv6 in $nsn"
+  done
+}

@@ -9,6 +9,8 @@
 //! - [`io`]: thin adapters: TAP devices, UDP sockets (batched), the clock.
 //! - [`daemon`]: ties them together: data-path threads (blocking, batched syscalls), and the
 //!   control path (signals, timers) on tokio.
+//! - [`metrics`]: the Prometheus exporter (every `overlayd_*` metric defined in one place) and
+//!   its HTTP endpoint, fed from counter snapshots taken on the control path.
 //! - [`config`]: the TOML file (plus `OVERLAYD__...` environment overrides), validated into
 //!   domain types; errors name the key.
 #![deny(unsafe_code)]
@@ -17,3 +19,4 @@ pub mod config;
 pub mod core;
 pub mod daemon;
 pub mod io;
+pub mod metrics;

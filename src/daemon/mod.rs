@@ -36,6 +36,10 @@ pub enum StartupError {
     Socket(std::io::Error),
     #[error("spawn thread: {0}")]
     Thread(std::io::Error),
+    #[error("metrics.listen {addr}: {error}")]
+    Metrics { addr: SocketAddr, error: std::io::Error },
+    #[error("metrics: {0}")]
+    MetricsRegistry(prometheus::Error),
 }
 
 /// Underlay MTU when nothing better is known.
@@ -149,6 +153,11 @@ impl Daemon {
         }
     }
 
+    /// Every counter, folded over the data-path shards (control path only).
+    pub fn sample(&self) -> crate::metrics::Sample {
+        sample_of(&self.fabric, &self.global)
+    }
+
     /// Stop the data path and close every device and socket.
     pub fn stop(self) {
         self.stop.raise();
@@ -164,9 +173,29 @@ impl Daemon {
     }
 }
 
+fn sample_of(fabric: &SharedFabric, global: &GlobalDrops) -> crate::metrics::Sample {
+    crate::metrics::sample::take(&fabric.load(), global, clock::now(), clock::unix_now())
+}
+
 /// Run until `shutdown` resolves: start, housekeeping every second, stop.
+///
+/// The control path (this task) also serves the metrics endpoint; a scrape only reads the
+/// data path's atomics.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartupError> {
+    let listen = cfg.metrics_listen;
+    let metrics_listener =
+        crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
     let daemon = Daemon::start(&cfg)?;
+    let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
+    let metrics = match crate::metrics::Metrics::new(move || sample_of(&fabric, &global)) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            daemon.stop();
+            return Err(StartupError::MetricsRegistry(e));
+        }
+    };
+    let metrics_task = tokio::spawn(crate::metrics::http::serve(metrics_listener, metrics));
+    tracing::info!(listen = %listen, "serving metrics at /metrics");
     tracing::info!(networks = cfg.networks.len(), "overlayd ready");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -177,6 +206,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         }
     }
     tracing::info!("shutting down");
+    // the exporter holds the fabric: let it go first so that stop() really closes the TAPs
+    metrics_task.abort();
+    let _cancelled = metrics_task.await;
     daemon.stop();
     Ok(())
 }

@@ -12,3 +12,8 @@ pub fn now() -> Instant {
     let origin = *ORIGIN.get_or_init(std::time::Instant::now);
     Instant::from_millis(1000 + origin.elapsed().as_millis() as u64)
 }
+
+/// Wall-clock time as Unix seconds (for exported timestamps only; never for timeouts).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

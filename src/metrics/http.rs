@@ -1,0 +1,66 @@
+//! The HTTP endpoint Prometheus scrapes: `GET /metrics` (text format), `GET /` (a pointer to
+//! it); anything else is 404, any method but GET/HEAD 405. HTTP/1.1 via hyper, on the tokio
+//! control path: a scrape never runs on a data-path thread.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::Metrics;
+
+/// Bind the metrics listener (an error here is a startup error: the port is taken, or the
+/// address is not local).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn handle(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+    }
+    match req.uri().path() {
+        "/metrics" => reply(StatusCode::OK, super::CONTENT_TYPE, metrics.render()),
+        "/" => reply(StatusCode::OK, "text/plain", "overlayd: metrics at /metrics\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; metrics are at /metrics\n"),
+    }
+}
+
+/// Serve scrapes on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, from) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // out of descriptors and the like: say so, back off, keep serving
+                tracing::warn!(error = %e, "metrics: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let r = handle(&metrics, &req);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(client = %from, error = %e, "metrics: connection ended with an error");
+            }
+        });
+    }
+}

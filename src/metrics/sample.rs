@@ -1,0 +1,189 @@
+//! A plain copy of every counter and gauge of a running daemon, taken on the control path.
+//!
+//! The data path only bumps atomics (sharded per thread role, see `core::stats`); a
+//! [`Sample`] folds the shards into plain numbers once per scrape or admin request. The same
+//! struct feeds the Prometheus exporter (`metrics::Metrics`) and the admin socket's `stats` and
+//! `peers` answers, so the two views can never disagree about what a counter means.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::Instant;
+use crate::core::fabric::Fabric;
+use crate::core::stats::{DropReason, GlobalDrops};
+
+/// Counters of the whole daemon at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub networks: Vec<NetSample>,
+    /// Drops that belong to no configured network (unknown VNI, a tunnel header too short or
+    /// with bad flags to tell the network): reason label -> count, every reason listed.
+    pub unattributed_drops: BTreeMap<String, u64>,
+}
+
+/// Counters of one network.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetSample {
+    pub name: String,
+    pub encap: String,
+    pub vni: u32,
+    pub tap_rx_frames: u64,
+    pub tap_rx_bytes: u64,
+    pub tap_tx_frames: u64,
+    pub tap_tx_bytes: u64,
+    pub flooded_frames: u64,
+    /// Reason label -> count; every reason of `DropReason::ALL` is present.
+    pub drops: BTreeMap<String, u64>,
+    pub fdb_entries: u64,
+    pub fdb_events: FdbEventCounts,
+    pub peers: Vec<PeerSample>,
+}
+
+/// Changes of a MAC table since start (`overlayd_fdb_events_total{event}`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FdbEventCounts {
+    pub learned: u64,
+    pub moved: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub flushed: u64,
+}
+
+impl FdbEventCounts {
+    /// (event label, count) pairs, in a fixed order.
+    pub fn labelled(&self) -> [(&'static str, u64); 5] {
+        [
+            ("learned", self.learned),
+            ("moved", self.moved),
+            ("expired", self.expired),
+            ("evicted", self.evicted),
+            ("flushed", self.flushed),
+        ]
+    }
+}
+
+/// Traffic with one peer of a network, and when it was last heard from.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerSample {
+    /// The peer's underlay address (no port).
+    pub peer: String,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Seconds since a packet of this network last came from the peer; `None` = never.
+    pub last_seen_ago_secs: Option<f64>,
+    /// The same moment as a Unix time in seconds; `None` = never.
+    pub last_seen_unix: Option<f64>,
+}
+
+fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
+    DropReason::ALL.iter().map(|r| (r.as_str().to_string(), counts[*r as usize])).collect()
+}
+
+/// Fold every counter of `fabric` into a [`Sample`]. `now` is the data path's clock (the one
+/// peers' last-seen times are taken on), `unix_now` the wall clock at the same moment.
+pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now: f64) -> Sample {
+    let networks = fabric
+        .networks
+        .iter()
+        .map(|e| {
+            let net = &e.net;
+            let s = net.stats.snapshot();
+            let ev = &net.fdb.events;
+            let peers = net
+                .peers
+                .iter()
+                .zip(s.peers.iter().copied().chain(std::iter::repeat(Default::default())))
+                .map(|(p, c)| {
+                    let seen = p.last_seen.load(Relaxed);
+                    let ago = (seen != 0).then(|| now.saturating_since(Instant::from_millis(seen)).as_secs_f64());
+                    PeerSample {
+                        peer: p.addr.ip().to_string(),
+                        tx_packets: c.tx_packets,
+                        tx_bytes: c.tx_bytes,
+                        rx_packets: c.rx_packets,
+                        rx_bytes: c.rx_bytes,
+                        last_seen_ago_secs: ago,
+                        last_seen_unix: ago.map(|a| unix_now - a),
+                    }
+                })
+                .collect();
+            NetSample {
+                name: net.name().to_string(),
+                encap: net.spec.encap.to_string(),
+                vni: net.spec.vni.get(),
+                tap_rx_frames: s.tap_rx_frames,
+                tap_rx_bytes: s.tap_rx_bytes,
+                tap_tx_frames: s.tap_tx_frames,
+                tap_tx_bytes: s.tap_tx_bytes,
+                flooded_frames: s.flooded_frames,
+                drops: drop_map(&s.drops),
+                fdb_entries: net.fdb.len() as u64,
+                fdb_events: FdbEventCounts {
+                    learned: ev.learned.load(Relaxed),
+                    moved: ev.moved.load(Relaxed),
+                    expired: ev.expired.load(Relaxed),
+                    evicted: ev.evicted.load(Relaxed),
+                    flushed: ev.flushed.load(Relaxed),
+                },
+                peers,
+            }
+        })
+        .collect();
+    Sample { networks, unattributed_drops: drop_map(&global.snapshot()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fabric::NetEntry;
+    use crate::core::stats::Shard;
+    use crate::core::{Encap, FdbConfig, Network, NetworkSpec, PeerIdx, Vni};
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    pub(crate) fn fabric() -> Fabric<()> {
+        let net = Network::new(NetworkSpec {
+            name: "blue".into(),
+            encap: Encap::Vxlan,
+            vni: Vni::new_unchecked(42),
+            mtu: 1450,
+            peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))],
+            fdb: FdbConfig::default(),
+            local_ports: 1,
+        });
+        Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])
+    }
+
+    #[test]
+    fn sample_carries_every_counter_and_the_peer_ages() {
+        let f = fabric();
+        let net = &f.networks[0].net;
+        net.stats.tap_rx(Shard::LOCAL, 60);
+        net.stats.peer_tx(Shard::LOCAL, 1, 110);
+        net.stats.count_drop(Shard::UNDERLAY, DropReason::UnknownPeer);
+        let frame = [[0xffu8; 6], [2, 0, 0, 0, 0, 1]].concat().into_iter().chain([8, 0]).chain([0; 46]).collect::<Vec<u8>>();
+        net.from_peer(PeerIdx(0), &frame, Instant::from_secs(10));
+        let global = GlobalDrops::default();
+        global.count_drop(DropReason::UnknownVni);
+
+        let s = take(&f, &global, Instant::from_secs(13), 1_000_000.0);
+        let n = &s.networks[0];
+        assert_eq!((n.name.as_str(), n.vni, n.encap.as_str()), ("blue", 42, "vxlan"));
+        assert_eq!((n.tap_rx_frames, n.tap_rx_bytes), (1, 60));
+        assert_eq!(n.drops.len(), DropReason::COUNT);
+        assert_eq!(n.drops["unknown_peer"], 1);
+        assert_eq!(n.drops["unknown_vni"], 0);
+        assert_eq!(s.unattributed_drops["unknown_vni"], 1);
+        assert_eq!(n.fdb_entries, 1);
+        assert_eq!(n.fdb_events.learned, 1);
+        assert_eq!(n.peers[0].peer, "192.0.2.2");
+        assert_eq!(n.peers[0].last_seen_ago_secs, Some(3.0));
+        assert_eq!(n.peers[0].last_seen_unix, Some(999_997.0));
+        assert_eq!(n.peers[1].last_seen_ago_secs, None, "never heard from");
+        assert_eq!((n.peers[1].tx_packets, n.peers[1].tx_bytes), (1, 110));
+    }
+}
