@@ -36,8 +36,10 @@ pub struct NetworkConfig {
     pub name: String,
     pub encap: Encap,
     pub vni: Vni,
-    pub tap: String,
-    /// Address and prefix length put on the TAP.
+    /// TAP devices (at least one local port: a TAP or `vm_socket`). The first one gets
+    /// `address`.
+    pub taps: Vec<String>,
+    /// Address and prefix length put on the first TAP.
     pub address: Option<(IpAddr, u8)>,
     pub peers: Vec<IpAddr>,
     /// TAP MTU; `None` = underlay MTU minus the encapsulation overhead.
@@ -48,10 +50,26 @@ pub struct NetworkConfig {
     pub ttl: u8,
     /// DSCP of the outer header.
     pub dscp: Dscp,
+    /// Where QEMU VMs connect as switch ports, if anywhere.
+    pub vm_socket: Option<VmSocketConfig>,
 }
 
 /// Outer TTL / hop limit when the config sets none (the Linux default, `net.ipv4.ip_default_ttl`).
 pub const DEFAULT_TTL: u8 = 64;
+
+/// A listening UNIX socket for QEMU `-netdev stream` clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSocketConfig {
+    pub path: PathBuf,
+    /// uid/gid to give the socket file; `None` leaves the daemon's own.
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+    /// Permission bits of the socket file.
+    pub mode: u32,
+}
+
+/// Socket files are owner and group read/write unless configured otherwise.
+pub const DEFAULT_VM_SOCKET_MODE: u32 = 0o660;
 
 impl NetworkConfig {
     /// Bytes the encapsulation adds on the underlay: outer IP header, UDP + VXLAN or the GRE

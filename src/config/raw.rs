@@ -41,7 +41,10 @@ pub struct RawNetwork {
     pub name: String,
     pub encap: String,
     pub vni: i64,
-    pub tap: String,
+    /// One TAP device: shorthand for `taps = [tap]`.
+    pub tap: Option<String>,
+    /// TAP devices, each a local port of the network.
+    pub taps: Option<Vec<String>>,
     pub address: Option<String>,
     #[serde(default)]
     pub peers: Vec<String>,
@@ -57,4 +60,20 @@ pub struct RawNetwork {
     pub ttl: Option<i64>,
     /// DSCP of the outer header: "inherit" (default: copy the inner packet's) or 0..=63.
     pub dscp: Option<String>,
+    /// UNIX stream socket QEMU (`-netdev stream`) connects to; every connection is a port.
+    pub vm_socket: Option<String>,
+    /// Owner (user name or uid) of `vm_socket`.
+    pub vm_socket_owner: Option<RawId>,
+    /// Group (group name or gid) of `vm_socket`.
+    pub vm_socket_group: Option<RawId>,
+    /// Permission bits of `vm_socket`: an octal string ("0660") or a TOML integer (0o660).
+    pub vm_socket_mode: Option<RawId>,
+}
+
+/// A name or a number (user, group, mode): TOML lets the user write either.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawId {
+    Num(i64),
+    Text(String),
 }

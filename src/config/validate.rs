@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{Raw, RawNetwork};
-use super::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, NetworkConfig, NodeConfig};
+use super::raw::{Raw, RawId, RawNetwork};
+use super::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -92,6 +92,7 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
 
     let mut names = HashSet::new();
     let mut taps = HashSet::new();
+    let mut sockets = HashSet::new();
     let mut keys = HashSet::new();
     let mut networks = Vec::with_capacity(raw.networks.len());
     for (i, n) in raw.networks.into_iter().enumerate() {
@@ -100,8 +101,15 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
         if !names.insert(net.name.clone()) {
             return err(format!("{at}.name"), format!("{:?} is used by another network", net.name));
         }
-        if !taps.insert(net.tap.clone()) {
-            return err(format!("{at}.tap"), format!("{:?} is used by another network", net.tap));
+        for (j, t) in net.taps.iter().enumerate() {
+            if !taps.insert(t.clone()) {
+                return err(tap_key(&at, j, net.taps.len()), format!("{t:?} is used by another network"));
+            }
+        }
+        if let Some(v) = &net.vm_socket {
+            if !sockets.insert(v.path.clone()) {
+                return err(format!("{at}.vm_socket"), format!("{} is used by another network", v.path.display()));
+            }
         }
         // what tells this network's packets apart on the wire
         let wire_id = match net.encap {
@@ -157,8 +165,26 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
             _ => return err(format!("{at}.dscp"), format!("{s:?} is neither \"inherit\" nor a DSCP value 0..=63")),
         },
     };
-    if n.tap.is_empty() || n.tap.len() > IFNAME_MAX || n.tap.contains(['/', ' ', ':']) || n.tap == "." || n.tap == ".." {
-        return err(format!("{at}.tap"), format!("{:?} is not a valid interface name (1..=15 characters, no '/', ':' or spaces)", n.tap));
+    let taps = match (n.tap, n.taps) {
+        (Some(_), Some(_)) => return err(format!("{at}.taps"), "give either tap (one TAP) or taps (a list), not both"),
+        (Some(t), None) => vec![t],
+        (None, Some(ts)) => ts,
+        (None, None) => Vec::new(),
+    };
+    for (j, t) in taps.iter().enumerate() {
+        if t.is_empty() || t.len() > IFNAME_MAX || t.contains(['/', ' ', ':']) || t == "." || t == ".." {
+            return err(tap_key(at, j, taps.len()), format!("{t:?} is not a valid interface name (1..=15 characters, no '/', ':' or spaces)"));
+        }
+        if taps[..j].contains(t) {
+            return err(tap_key(at, j, taps.len()), format!("{t:?} is listed twice"));
+        }
+    }
+    if taps.len() > MAX_TAPS {
+        return err(format!("{at}.taps"), format!("{} TAPs; at most {MAX_TAPS} per network", taps.len()));
+    }
+    let vm_socket = vm_socket(at, n.vm_socket, n.vm_socket_owner, n.vm_socket_group, n.vm_socket_mode)?;
+    if taps.is_empty() && vm_socket.is_none() {
+        return err(format!("{at}.tap"), "a network needs a local port: tap, taps or vm_socket");
     }
     let address = n
         .address
@@ -199,7 +225,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, tap: n.tap, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), ttl, dscp };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), ttl, dscp, vm_socket };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -213,6 +239,75 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         cfg.fdb.max_entries = ranged(&format!("{at}.fdb_max_entries"), m, 1, 16_777_216, "the MAC table size")? as usize;
     }
     Ok(cfg)
+}
+
+/// TAPs a network may list; the rest of the port table is for VM connections.
+pub const MAX_TAPS: usize = 64;
+
+/// `tap` when the network used the single-TAP shorthand, else `taps[j]`.
+fn tap_key(at: &str, j: usize, n: usize) -> String {
+    if n == 1 && j == 0 { format!("{at}.tap") } else { format!("{at}.taps[{j}]") }
+}
+
+/// Longest path a UNIX socket address holds (sun_path is 108 bytes with the NUL).
+const SUN_PATH_MAX: usize = 107;
+
+fn vm_socket(at: &str, path: Option<String>, owner: Option<RawId>, group: Option<RawId>, mode: Option<RawId>) -> Result<Option<VmSocketConfig>, ConfigError> {
+    let Some(path) = path else {
+        for (k, v) in [("vm_socket_owner", &owner), ("vm_socket_group", &group), ("vm_socket_mode", &mode)] {
+            if v.is_some() {
+                return err(format!("{at}.{k}"), "has no effect without vm_socket");
+            }
+        }
+        return Ok(None);
+    };
+    let key = format!("{at}.vm_socket");
+    let p = PathBuf::from(&path);
+    if !p.is_absolute() || p.file_name().is_none() {
+        return err(key, format!("{path:?} must be an absolute path to a socket file"));
+    }
+    if path.len() > SUN_PATH_MAX {
+        return err(key, format!("{path:?} is {} bytes; a UNIX socket path holds at most {SUN_PATH_MAX}", path.len()));
+    }
+    let owner = owner
+        .map(|o| {
+            let key = format!("{at}.vm_socket_owner");
+            match o {
+                RawId::Num(n) => ranged(&key, n, 0, i64::from(u32::MAX - 1), "a uid").map(|n| n as u32),
+                RawId::Text(name) => match nix::unistd::User::from_name(&name) {
+                    Ok(Some(u)) => Ok(u.uid.as_raw()),
+                    Ok(None) => name.parse::<u32>().or_else(|_| err(key, format!("no user named {name:?}"))),
+                    Err(e) => err(key, format!("cannot look up user {name:?}: {e}")),
+                },
+            }
+        })
+        .transpose()?;
+    let group = group
+        .map(|g| {
+            let key = format!("{at}.vm_socket_group");
+            match g {
+                RawId::Num(n) => ranged(&key, n, 0, i64::from(u32::MAX - 1), "a gid").map(|n| n as u32),
+                RawId::Text(name) => match nix::unistd::Group::from_name(&name) {
+                    Ok(Some(g)) => Ok(g.gid.as_raw()),
+                    Ok(None) => name.parse::<u32>().or_else(|_| err(key, format!("no group named {name:?}"))),
+                    Err(e) => err(key, format!("cannot look up group {name:?}: {e}")),
+                },
+            }
+        })
+        .transpose()?;
+    let mode = match mode {
+        None => DEFAULT_VM_SOCKET_MODE,
+        Some(m) => {
+            let key = format!("{at}.vm_socket_mode");
+            let v = match m {
+                RawId::Num(n) => n,
+                RawId::Text(t) => i64::from_str_radix(t.trim().trim_start_matches("0o"), 8)
+                    .or_else(|_| err(&key, format!("{t:?} is not an octal mode such as \"0660\"")))?,
+            };
+            ranged(&key, v, 0, 0o777, "permission bits (0..=0o777)")? as u32
+        }
+    };
+    Ok(Some(VmSocketConfig { path: p, owner, group, mode }))
 }
 
 #[cfg(test)]
@@ -378,6 +473,67 @@ mod tests {
     fn ipv6_underlay_refuses_ipv4_peers_naming_the_key() {
         let p = problem(&GRE.replace("\"2001:db8::2\"", "\"2001:db8::2\", \"192.0.2.2\""));
         assert!(p.starts_with("networks[0].peers[1]:") && p.contains("family"), "{p}");
+    }
+
+    #[test]
+    fn taps_list_and_tap_shorthand_give_the_same_ports() {
+        let one = parse(GOOD).unwrap();
+        assert_eq!(one.networks[0].taps, vec!["ovl-blue".to_string()]);
+        let list = parse(&GOOD.replace("tap = \"ovl-blue\"", "taps = [\"ovl-blue\", \"ovl-vm1\"]")).unwrap();
+        assert_eq!(list.networks[0].taps, vec!["ovl-blue".to_string(), "ovl-vm1".to_string()]);
+        assert_eq!(list.networks[0].vm_socket, None);
+    }
+
+    #[test]
+    fn tap_and_taps_together_or_no_port_at_all_are_refused() {
+        let both = GOOD.replace("tap = \"ovl-blue\"", "tap = \"ovl-blue\"\ntaps = [\"x\"]");
+        assert!(problem(&both).starts_with("networks[0].taps:"), "{}", problem(&both));
+        let none = GOOD.replace("tap = \"ovl-blue\"", "");
+        assert!(problem(&none).contains("needs a local port"), "{}", problem(&none));
+        let twice = GOOD.replace("tap = \"ovl-blue\"", "taps = [\"a\", \"b\", \"a\"]");
+        assert!(problem(&twice).starts_with("networks[0].taps[2]:"), "{}", problem(&twice));
+        let bad = GOOD.replace("tap = \"ovl-blue\"", "taps = [\"a\", \"b/c\"]");
+        assert!(problem(&bad).starts_with("networks[0].taps[1]:"), "{}", problem(&bad));
+    }
+
+    #[test]
+    fn vm_socket_alone_is_a_network_with_its_permissions() {
+        let c = parse(&GOOD.replace(
+            "tap = \"ovl-blue\"",
+            "vm_socket = \"/run/overlayd/blue.sock\"\nvm_socket_owner = 0\nvm_socket_group = \"root\"\nvm_socket_mode = \"0666\"",
+        ))
+        .unwrap();
+        let n = &c.networks[0];
+        assert!(n.taps.is_empty());
+        assert_eq!(
+            n.vm_socket,
+            Some(VmSocketConfig { path: "/run/overlayd/blue.sock".into(), owner: Some(0), group: Some(0), mode: 0o666 })
+        );
+        let c = parse(&GOOD.replace("tap = \"ovl-blue\"", "vm_socket = \"/tmp/b.sock\"\nvm_socket_mode = 0o600")).unwrap();
+        assert_eq!(c.networks[0].vm_socket.as_ref().map(|v| (v.mode, v.owner)), Some((0o600, None)));
+        let c = parse(&GOOD.replace("tap = \"ovl-blue\"", "vm_socket = \"/tmp/b.sock\"")).unwrap();
+        assert_eq!(c.networks[0].vm_socket.as_ref().map(|v| v.mode), Some(DEFAULT_VM_SOCKET_MODE));
+    }
+
+    #[test]
+    fn bad_vm_socket_settings_name_their_key() {
+        let with = |kv: &str| problem(&GOOD.replace("tap = \"ovl-blue\"", &format!("vm_socket = \"/tmp/b.sock\"\n{kv}")));
+        assert!(with("vm_socket_mode = \"0999\"").starts_with("networks[0].vm_socket_mode:"));
+        assert!(with("vm_socket_mode = 0o1777").starts_with("networks[0].vm_socket_mode:"));
+        assert!(with("vm_socket_owner = \"no-such-user-here\"").starts_with("networks[0].vm_socket_owner:"));
+        assert!(with("vm_socket_group = \"no-such-group-here\"").starts_with("networks[0].vm_socket_group:"));
+        let rel = problem(&GOOD.replace("tap = \"ovl-blue\"", "vm_socket = \"blue.sock\""));
+        assert!(rel.starts_with("networks[0].vm_socket:"), "{rel}");
+        let long = problem(&GOOD.replace("tap = \"ovl-blue\"", &format!("vm_socket = \"/{}\"", "x".repeat(120))));
+        assert!(long.starts_with("networks[0].vm_socket:"), "{long}");
+        let stray = problem(&GOOD.replace("tap = \"ovl-blue\"", "tap = \"ovl-blue\"\nvm_socket_mode = \"0600\""));
+        assert!(stray.starts_with("networks[0].vm_socket_mode:"), "{stray}");
+    }
+
+    #[test]
+    fn two_networks_cannot_share_a_vm_socket() {
+        let two = format!("{GOOD}vm_socket = \"/tmp/b.sock\"\n[[networks]]\nname = \"red\"\nencap = \"vxlan\"\nvni = 43\nvm_socket = \"/tmp/b.sock\"\n");
+        assert!(problem(&two).starts_with("networks[1].vm_socket:"), "{}", problem(&two));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod fabric;
 pub mod fdb;
 pub mod network;
+pub mod ports;
 pub mod stats;
 pub mod time;
 pub mod wire;
@@ -55,7 +56,8 @@ impl fmt::Display for Vni {
     }
 }
 
-/// Index of a local port (TAP device, later VM sockets) within its network.
+/// A local port (TAP device or VM connection) of a network: slot and generation in the
+/// network's [`ports::PortTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LocalPort(pub u16);
 

@@ -136,6 +136,14 @@ impl Network {
             .filter(move |_| !ingress.is_peer());
         locals.chain(peers)
     }
+
+    /// The peers a flooded frame from `ingress` goes to: all of them if it came from a local
+    /// port, none if it came from a tunnel (split horizon). Local ports are the caller's: the
+    /// live ones are in its [`super::ports::PortTable`].
+    pub fn flood_peers(&self, ingress: Port) -> impl Iterator<Item = PeerIdx> + '_ {
+        let n = if ingress.is_peer() { 0 } else { self.peers.len() as u16 };
+        (0..n).map(PeerIdx)
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,15 @@ drop_reasons! {
     GreKeyUnexpected => "gre_key_unexpected",
     /// GRE checksum present and wrong.
     GreChecksum => "gre_checksum",
+    /// A VM port's socket buffer is full (the VM does not read fast enough).
+    PortBusy => "port_busy",
+    /// Writing to a VM port failed, or the port disconnected meanwhile.
+    PortWriteFailed => "port_write_failed",
+    /// A VM client sent a frame length that cannot be (0 or beyond the largest frame); it is
+    /// disconnected.
+    BadFraming => "bad_framing",
+    /// A datagram from a VM socket client without an address to answer to.
+    UnnamedSender => "unnamed_sender",
 }
 
 /// Per-network counters, one instance per shard.

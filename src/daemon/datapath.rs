@@ -12,7 +12,7 @@
 //! logged at most once a second per thread with the number suppressed.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -26,13 +26,28 @@ use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
 use crate::io::udp::{BATCH, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
 
+use super::forward::{Forwarder, LocalIo, Ports};
+
 /// Room in front of a frame read from a port for the tunnel header.
 pub const HEADROOM: usize = 64;
 
 /// What the I/O side attaches to each network: its local ports.
 #[derive(Debug)]
 pub struct NetIo {
+    /// The TAP devices, in config order (also in `ports`, slots 0..).
     pub taps: Vec<Arc<Tap>>,
+    /// Every live local port (TAPs and VM connections); replaced whole on a connect or a
+    /// disconnect, read lock-free by the data path.
+    pub ports: ArcSwap<Ports>,
+    /// Serialises changes of `ports` (connects, disconnects); never taken by the data path.
+    pub port_changes: Mutex<()>,
+}
+
+impl NetIo {
+    pub fn new(taps: Vec<Arc<Tap>>) -> NetIo {
+        let ports = Ports::new(taps.iter().cloned().map(LocalIo::Tap));
+        NetIo { taps, ports: ArcSwap::from_pointee(ports), port_changes: Mutex::new(()) }
+    }
 }
 
 pub type SharedFabric = Arc<ArcSwap<Fabric<Arc<NetIo>>>>;
@@ -60,23 +75,6 @@ impl RateLimit {
     }
 }
 
-/// Write one frame to local port `port` of a network, counting the outcome.
-fn write_local(net: &Network, io: &NetIo, port: LocalPort, frame: &[u8], shard: Shard, rl: &mut RateLimit, now: Instant) {
-    let Some(tap) = io.taps.get(usize::from(port.0)) else {
-        net.stats.count_drop(shard, DropReason::TapWriteFailed);
-        return;
-    };
-    match tap.write(frame) {
-        Ok(_) => net.stats.tap_tx(shard, frame.len()),
-        Err(e) => {
-            net.stats.count_drop(shard, DropReason::TapWriteFailed);
-            if let Some(muted) = rl.allow(now) {
-                tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "write to tap failed");
-            }
-        }
-    }
-}
-
 /// Everything a port thread needs.
 pub struct PortThread {
     pub net: Arc<Network>,
@@ -89,11 +87,12 @@ pub struct PortThread {
 impl PortThread {
     pub fn run(self) {
         let PortThread { net, io, port, tx, stop } = self;
-        let Some(tap) = io.taps.get(usize::from(port.0)).cloned() else { return };
+        let Some(tap) = io.taps.get(port.slot()).cloned() else { return };
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
         let mut lens = [0usize; BATCH];
         let mut q = SendQueue::new(tx.len());
-        let (mut rl_read, mut rl_send, mut rl_write) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
+        let (mut rl_read, mut rl_send) = (RateLimit::default(), RateLimit::default());
+        let mut fwd = Forwarder::default();
         let shard = Shard::LOCAL;
         let ingress = Port::Local(port);
         loop {
@@ -123,6 +122,7 @@ impl PortThread {
                     }
                 }
             }
+            let ports = Forwarder::ports(&io);
             for i in 0..n {
                 let len = lens[i];
                 let frame = &bufs[i][HEADROOM..HEADROOM + len];
@@ -134,7 +134,7 @@ impl PortThread {
                 };
                 match action {
                     Action::Drop(r) => net.stats.count_drop(shard, r),
-                    Action::Local(p) => write_local(&net, &io, p, frame, shard, &mut rl_write, now),
+                    Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
                     Action::Peer(p) => {
                         vxlan::emit(&mut bufs[i][HEADROOM - vxlan::HEADER_LEN..], net.spec.vni);
                         queue(&net, &mut q, i, len, p, hash);
@@ -142,14 +142,9 @@ impl PortThread {
                     Action::Flood => {
                         net.stats.flooded(shard);
                         vxlan::emit(&mut bufs[i][HEADROOM - vxlan::HEADER_LEN..], net.spec.vni);
-                        for target in net.flood_ports(ingress) {
-                            match target {
-                                Port::Local(p) => {
-                                    let frame = &bufs[i][HEADROOM..HEADROOM + len];
-                                    write_local(&net, &io, p, frame, shard, &mut rl_write, now);
-                                }
-                                Port::Peer(p) => queue(&net, &mut q, i, len, p, hash),
-                            }
+                        fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
+                        for p in net.flood_peers(ingress) {
+                            queue(&net, &mut q, i, len, p, hash);
                         }
                     }
                 }
@@ -201,7 +196,8 @@ impl UnderlayThread {
         let UnderlayThread { rx, fabric, global, stop, slot } = self;
         let port = rx.local.port();
         let mut batch = RecvBatch::new(slot);
-        let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
+        let mut rl_recv = RateLimit::default();
+        let mut fwd = Forwarder::default();
         let shard = Shard::UNDERLAY;
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
@@ -247,14 +243,10 @@ impl UnderlayThread {
                     net.stats.peer_rx(shard, usize::from(c.peer.0), data.len());
                     match net.from_peer(c.peer, c.inner, now) {
                         Action::Drop(r) => net.stats.count_drop(shard, r),
-                        Action::Local(p) => write_local(net, &c.entry.io, p, c.inner, shard, &mut rl_write, now),
+                        Action::Local(p) => fwd.deliver(net, &Forwarder::ports(&c.entry.io), p, c.inner, shard, now),
                         Action::Flood => {
                             net.stats.flooded(shard);
-                            for target in net.flood_ports(Port::Peer(c.peer)) {
-                                if let Port::Local(p) = target {
-                                    write_local(net, &c.entry.io, p, c.inner, shard, &mut rl_write, now);
-                                }
-                            }
+                            fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
                         }
                         // from_peer never sends into a tunnel (split horizon)
                         Action::Peer(_) => net.stats.count_drop(shard, DropReason::SplitHorizon),

@@ -6,6 +6,8 @@
 //! behind (TAPs we created vanish when their descriptors close).
 
 pub mod datapath;
+pub mod forward;
+pub mod vmport;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -23,7 +25,9 @@ use crate::io::clock;
 use crate::io::sys::{self, StopFd};
 use crate::io::tap::Tap;
 use crate::io::udp::{self, RxSocket, TxSockets};
+use crate::io::vmsock::VmListener;
 use datapath::{NetIo, PortThread, SharedFabric, UnderlayThread};
+use vmport::VmPortServer;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +87,7 @@ fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
         mtu: tap_mtu,
         peers: n.peers.iter().map(|&ip| SocketAddr::new(ip, n.vxlan_port)).collect(),
         fdb: n.fdb,
-        local_ports: 1,
+        local_ports: n.taps.len() as u16,
     }
 }
 
@@ -108,6 +112,7 @@ impl Daemon {
 
         let mut entries = Vec::new();
         let mut vxlan_ports = Vec::new();
+        let mut listeners = Vec::new();
         for n in &cfg.networks {
             let overhead = n.overhead(underlay);
             let tap_mtu = n.mtu.unwrap_or(umtu.saturating_sub(overhead));
@@ -115,10 +120,22 @@ impl Daemon {
                 tracing::warn!(network = n.name, tap_mtu, underlay_mtu = umtu, overhead,
                     "TAP MTU plus encapsulation exceeds the underlay MTU; large frames will be fragmented or dropped");
             }
-            let tap = Tap::open(&n.tap, tap_mtu, n.address).map_err(StartupError::Tap)?;
-            tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(),
-                vni = %n.vni, encap = %n.encap, peers = n.peers.len(), "network up");
-            entries.push(NetEntry { net: Arc::new(Network::new(spec_of(n, tap_mtu))), io: Arc::new(NetIo { taps: vec![Arc::new(tap)] }) });
+            let mut taps = Vec::with_capacity(n.taps.len());
+            for (i, name) in n.taps.iter().enumerate() {
+                // the address goes on the first TAP only: one subnet, one host interface
+                let tap = Tap::open(name, tap_mtu, if i == 0 { n.address } else { None }).map_err(StartupError::Tap)?;
+                tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
+                taps.push(Arc::new(tap));
+            }
+            if let Some(v) = &n.vm_socket {
+                let l = VmListener::bind(v).map_err(StartupError::Socket)?;
+                tracing::info!(network = n.name, path = %l.path().display(), mode = format_args!("{:o}", v.mode),
+                    owner = v.owner, group = v.group, "listening for VMs (QEMU -netdev stream)");
+                listeners.push((entries.len(), l));
+            }
+            tracing::info!(network = n.name, mtu = tap_mtu, vni = %n.vni, encap = %n.encap, peers = n.peers.len(),
+                taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), "network up");
+            entries.push(NetEntry { net: Arc::new(Network::new(spec_of(n, tap_mtu))), io: Arc::new(NetIo::new(taps)) });
             vxlan_ports.push(n.vxlan_port);
         }
         let fabric: SharedFabric = Arc::new(ArcSwap::from_pointee(Fabric::new(entries, &vxlan_ports)));
@@ -128,9 +145,14 @@ impl Daemon {
         let mut threads = Vec::new();
         for e in &fabric.load().networks {
             for (i, tap) in e.io.taps.iter().enumerate() {
-                let t = PortThread { net: e.net.clone(), io: e.io.clone(), port: LocalPort(i as u16), tx: tx.clone(), stop: stop.clone() };
+                let t = PortThread { net: e.net.clone(), io: e.io.clone(), port: LocalPort::new(i, 0), tx: tx.clone(), stop: stop.clone() };
                 threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
             }
+        }
+        for (i, listener) in listeners {
+            let e = &fabric.load().networks[i];
+            let s = VmPortServer { listener, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone() };
+            threads.push(spawn(format!("vmsock-{}", e.net.name()), move || s.run())?);
         }
         let slot = usize::from(umtu).max(2048) + 64;
         for rx in rxs {

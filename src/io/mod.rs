@@ -5,3 +5,4 @@ pub mod clock;
 pub mod sys;
 pub mod tap;
 pub mod udp;
+pub mod vmsock;

@@ -8,6 +8,7 @@
 pub mod ethernet;
 pub mod gre;
 pub mod ip;
+pub mod qemu;
 pub mod vxlan;
 
 use std::fmt;

@@ -1,0 +1,208 @@
+#!/usr/bin/python3
+"""QEMU `-netdev stream` clients for the overlayd labs (4-byte big-endian length + frame).
+
+Usage:
+  qemu_stream.py connect SOCKET            connect, send one frame, exit 0 (permission checks)
+  qemu_stream.py local-switching SOCKET    the scenario of netns-tests/50-vm-socket-ports.sh
+
+The local-switching scenario prints one "ok: ..." line per check and "info: ..." lines for
+measurements; it exits 1 with "FAIL: ..." on the first check that does not hold. Inner
+EtherTypes mark the phases so the lab can count them in an underlay capture:
+  0x88b7  one broadcast from A (must reach B and go to the peer once)
+  0x88b5  unicast between A and B (must never reach the underlay)
+  0x88b6  unicast from A to B's MAC after B disconnected (B's MAC was flushed: flooded)
+"""
+import socket
+import struct
+import sys
+import threading
+import time
+
+MAC_A = bytes.fromhex("02000000000a")
+MAC_B = bytes.fromhex("02000000000b")
+BCAST = b"\xff" * 6
+
+
+def frame(dst, src, etype, payload):
+    return dst + src + struct.pack("!H", etype) + payload
+
+
+class Client:
+    def __init__(self, path, name):
+        self.name = name
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.buf = b""
+
+    def send(self, f):
+        self.s.sendall(struct.pack("!I", len(f)) + f)
+
+    def recv(self, timeout=3.0):
+        """Next frame, or None on timeout; raises EOFError when the daemon closed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack("!I", self.buf[:4])[0]
+                if len(self.buf) >= 4 + n:
+                    f, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+                    return f
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.s.settimeout(left)
+            try:
+                chunk = self.s.recv(1 << 20)
+            except socket.timeout:
+                return None
+            if not chunk:
+                raise EOFError(self.name)
+            self.buf += chunk
+
+    def recv_etype(self, etype, timeout=3.0):
+        """Next frame of EtherType etype (others, e.g. IPv6 noise, are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.recv(max(0.0, deadline - time.monotonic()))
+            if f is None or struct.unpack("!H", f[12:14])[0] == etype:
+                return f
+
+    def close(self):
+        self.s.close()
+
+
+def ok(msg):
+    print(f"ok: {msg}", flush=True)
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", flush=True)
+    sys.exit(1)
+
+
+def expect(cond, msg):
+    if not cond:
+        fail(msg)
+    ok(msg)
+
+
+def local_switching(path):
+    a, b = Client(path, "A"), Client(path, "B")
+    time.sleep(0.3)  # both ports in the table before the first flood
+
+    hello = frame(BCAST, MAC_A, 0x88B7, b"hello from A".ljust(46, b"."))
+    a.send(hello)
+    expect(b.recv_etype(0x88B7) == hello, "a broadcast from VM port A reaches VM port B unchanged")
+
+    # B answers: both MACs are now learned on their ports
+    b.send(frame(MAC_A, MAC_B, 0x88B5, b"reply".ljust(46, b".")))
+    got = a.recv_etype(0x88B5)
+    expect(got is not None and got[6:12] == MAC_B, "B's unicast reply reaches A")
+
+    for i in range(20):
+        a.send(frame(MAC_B, MAC_A, 0x88B5, struct.pack("!I", i) + b"x" * 100))
+    seq = []
+    for _ in range(20):
+        f = b.recv_etype(0x88B5)
+        if f is None:
+            break
+        seq.append(struct.unpack("!I", f[14:18])[0])
+    expect(seq == list(range(20)), "20 unicast frames A->B arrive complete and in order")
+
+    short = frame(MAC_B, MAC_A, 0x88B5, b"\x01" * 28)  # 42 bytes, like an ARP request
+    a.send(short)
+    f = b.recv_etype(0x88B5)
+    expect(f == short, "a 42-byte frame arrives as 42 bytes (no padding either way)")
+
+    # one frame written in pieces: the header split, then the body in two parts
+    split = frame(MAC_B, MAC_A, 0x88B5, bytes(range(256)) * 4)
+    wire = struct.pack("!I", len(split)) + split
+    for part in (wire[:2], wire[2:7], wire[7:500], wire[500:]):
+        a.s.sendall(part)
+        time.sleep(0.05)
+    expect(b.recv_etype(0x88B5) == split, "a frame written in four pieces (length prefix split too) arrives whole")
+
+    # a client that is not QEMU: disconnected, and nobody else notices
+    c = Client(path, "C")
+    c.s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        while c.recv(3.0) is not None:
+            pass
+        fail("a client sending garbage was not disconnected within 3 s")
+    except EOFError:
+        ok("a client sending garbage (length 0x47455420) is disconnected")
+    except ConnectionResetError:
+        ok("a client sending garbage is disconnected (reset)")
+    c.close()
+    z = Client(path, "Z")
+    z.s.sendall(struct.pack("!I", 0))
+    try:
+        while z.recv(3.0) is not None:
+            pass
+        fail("a client sending a zero length was not disconnected")
+    except (EOFError, ConnectionResetError):
+        ok("a client sending a zero frame length is disconnected")
+    z.close()
+    a.send(frame(MAC_B, MAC_A, 0x88B5, b"still there?".ljust(46, b".")))
+    b.send(frame(MAC_A, MAC_B, 0x88B5, b"yes".ljust(46, b".")))
+    expect(b.recv_etype(0x88B5) is not None and a.recv_etype(0x88B5) is not None,
+           "A and B still exchange frames after the bad clients were thrown out")
+
+    # local switching rate: A sends, B counts (never asserted: this is a shared machine)
+    n, size = 50000, 1400
+    payload = frame(MAC_B, MAC_A, 0x88B5, b"r" * (size - 14))
+    got = [0]
+
+    def reader():
+        while True:
+            try:
+                f = b.recv(1.0)
+            except EOFError:
+                return
+            if f is None:
+                return
+            got[0] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    t0 = time.monotonic()
+    msg = struct.pack("!I", len(payload)) + payload
+    burst = msg * 64
+    for _ in range(n // 64):
+        a.s.sendall(burst)
+    t.join()
+    dt = time.monotonic() - t0 - 1.0  # the reader's final 1 s wait
+    sent = (n // 64) * 64
+    print(f"info: local switching A->B: {got[0]}/{sent} frames of {size} bytes in {max(dt, 0.001):.2f} s "
+          f"= {got[0] * size * 8 / max(dt, 0.001) / 1e6:.0f} Mbit/s, {got[0] / max(dt, 0.001):.0f} frames/s "
+          f"(python clients; the rest were dropped as port_busy)", flush=True)
+    expect(got[0] > 0, "frames flowed A->B during the rate test")
+
+    # B leaves: its MAC is flushed, so frames for it flood again (the lab sees them on the underlay)
+    b.close()
+    time.sleep(0.5)
+    for i in range(3):
+        a.send(frame(MAC_B, MAC_A, 0x88B6, b"where is B".ljust(46, b".")))
+    time.sleep(0.3)
+    a.close()
+    ok("scenario complete")
+
+
+def main():
+    if len(sys.argv) != 3:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    mode, path = sys.argv[1], sys.argv[2]
+    if mode == "connect":
+        c = Client(path, "probe")
+        c.send(frame(BCAST, bytes.fromhex("02000000000c"), 0x88B8, b"probe".ljust(46, b".")))
+        c.close()
+        print("connected and sent a frame")
+    elif mode == "local-switching":
+        local_switching(path)
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+//! Delivery to local ports of any kind: TAP devices and VM connections.
+//!
+//! The data-path threads decide with the core ([`Network::from_local`],
+//! [`Network::from_peer`]) and hand frames for local ports to [`Forwarder`], which looks the
+//! port up in the network's current [`PortTable`] (one lock-free snapshot per batch), writes
+//! it, and counts the outcome. A port that disconnected after the FDB named it is simply not
+//! in the table any more (or its slot has a new generation): the frame is dropped and counted.
+
+use std::sync::Arc;
+
+use arc_swap::Guard;
+
+use crate::core::ports::PortTable;
+use crate::core::stats::Shard;
+use crate::core::{DropReason, Instant, LocalPort, Network};
+use crate::io::tap::Tap;
+use crate::io::vmsock::{SendError, VmConn};
+
+use super::datapath::{NetIo, RateLimit};
+
+/// What a local port writes to.
+#[derive(Debug, Clone)]
+pub enum LocalIo {
+    Tap(Arc<Tap>),
+    Vm(Arc<VmConn>),
+}
+
+pub type Ports = PortTable<LocalIo>;
+
+/// Writes frames to local ports for one data-path thread, logging failures rate-limited.
+#[derive(Debug, Default)]
+pub struct Forwarder {
+    rl_tap: RateLimit,
+    rl_vm: RateLimit,
+}
+
+impl Forwarder {
+    /// The ports of `io` as they are now; hold it for one batch, not longer.
+    #[inline]
+    pub fn ports(io: &NetIo) -> Guard<Arc<Ports>> {
+        io.ports.load()
+    }
+
+    /// Write `frame` to `port`, counting the outcome.
+    pub fn deliver(&mut self, net: &Network, ports: &Ports, port: LocalPort, frame: &[u8], shard: Shard, now: Instant) {
+        match ports.get(port) {
+            Some(LocalIo::Tap(tap)) => match tap.write(frame) {
+                Ok(_) => net.stats.tap_tx(shard, frame.len()),
+                Err(e) => {
+                    net.stats.count_drop(shard, DropReason::TapWriteFailed);
+                    if let Some(muted) = self.rl_tap.allow(now) {
+                        tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "write to tap failed");
+                    }
+                }
+            },
+            Some(LocalIo::Vm(vm)) => match vm.send_frame(frame) {
+                Ok(()) => net.stats.tap_tx(shard, frame.len()),
+                Err(SendError::Busy) => net.stats.count_drop(shard, DropReason::PortBusy),
+                Err(SendError::Failed(e)) => {
+                    net.stats.count_drop(shard, DropReason::PortWriteFailed);
+                    if let Some(muted) = self.rl_vm.allow(now) {
+                        tracing::warn!(network = net.name(), vm_pid = vm.pid, error = %e, muted, "write to vm failed");
+                    }
+                }
+            },
+            // gone since the FDB (or the caller) named it
+            None => net.stats.count_drop(shard, DropReason::PortWriteFailed),
+        }
+    }
+
+    /// Flood `frame` to every local port but `ingress`.
+    pub fn flood(&mut self, net: &Network, ports: &Ports, ingress: Option<LocalPort>, frame: &[u8], shard: Shard, now: Instant) {
+        for (p, _) in ports.others(ingress) {
+            self.deliver(net, ports, p, frame, shard, now);
+        }
+    }
+}

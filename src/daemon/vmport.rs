@@ -1,0 +1,286 @@
+//! VM ports: the accept loop of a network's `vm_socket`, and one reader thread per connected
+//! VM.
+//!
+//! A connection becomes a port the moment it is accepted: it gets a slot in the network's
+//! [`PortTable`](crate::core::ports::PortTable) (a new table is published; the data path
+//! never waits for this), and from then on floods reach it and its source MACs are learned
+//! against it. When the VM disconnects, or sends something that is not QEMU framing, the
+//! port leaves the table and every MAC learned on it is flushed from the FDB at once, so
+//! traffic for those MACs floods again instead of going nowhere until it ages out.
+//!
+//! The reader thread works like a TAP port thread: wait for readiness, read as much as the
+//! socket holds into the [`StreamDecoder`], switch every complete frame, and send the frames
+//! for peers in one `sendmmsg` per source socket. Frames for peers are copied once into a
+//! batch arena with room for the tunnel header in front (the stream has none between
+//! frames); frames for local ports are written straight from the decoder buffer's copy.
+
+use std::io;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::core::stats::Shard;
+use crate::core::wire::ethernet::EthernetFrame;
+use crate::core::wire::qemu::{FramingError, StreamDecoder};
+use crate::core::wire::vxlan;
+use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port};
+use crate::io::clock;
+use crate::io::sys::{self, StopFd, Wake};
+use crate::io::udp::{BATCH, SendQueue, TxItem, TxSockets};
+use crate::io::vmsock::{VmConn, VmListener};
+
+use super::datapath::{NetIo, RateLimit};
+use super::forward::{Forwarder, LocalIo};
+
+/// Bytes read per `read` call at most (many small frames per syscall).
+const READ_BUF: usize = 256 << 10;
+/// Bytes of frames (plus tunnel headers) collected before a batch is sent.
+const ARENA: usize = 256 << 10;
+
+/// The accept loop of one network's VM socket.
+pub struct VmPortServer {
+    pub listener: VmListener,
+    pub net: Arc<Network>,
+    pub io: Arc<NetIo>,
+    pub tx: Arc<TxSockets>,
+    pub stop: Arc<StopFd>,
+}
+
+impl VmPortServer {
+    pub fn run(self) {
+        let mut readers: Vec<JoinHandle<()>> = Vec::new();
+        let mut rl = RateLimit::default();
+        loop {
+            match sys::wait_readable(self.listener.fd(), &self.stop) {
+                Ok(Wake::Stop) => break,
+                Ok(Wake::Ready) => {}
+                Err(e) => {
+                    tracing::error!(network = self.net.name(), path = %self.listener.path().display(), error = %e, "vm socket poll failed; no more VMs accepted");
+                    break;
+                }
+            }
+            loop {
+                match self.listener.accept() {
+                    Ok(Some(conn)) => {
+                        if let Some(h) = self.connect(conn) {
+                            readers.push(h);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        if let Some(muted) = rl.allow(clock::now()) {
+                            tracing::warn!(network = self.net.name(), error = %e, muted, "accept on vm socket failed");
+                        }
+                        // e.g. out of descriptors: do not spin on a listener that stays readable
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        break;
+                    }
+                }
+            }
+            // reap the readers of VMs that are gone
+            let (done, live): (Vec<_>, Vec<_>) = readers.into_iter().partition(|h| h.is_finished());
+            readers = live;
+            for h in done {
+                if h.join().is_err() {
+                    tracing::error!(network = self.net.name(), "a vm reader thread panicked");
+                }
+            }
+        }
+        for h in readers {
+            if h.join().is_err() {
+                tracing::error!(network = self.net.name(), "a vm reader thread panicked");
+            }
+        }
+        tracing::debug!(network = self.net.name(), "vm socket closed");
+    }
+
+    /// Give `conn` a port and start its reader; `None` if it was turned away.
+    fn connect(&self, conn: VmConn) -> Option<JoinHandle<()>> {
+        let conn = Arc::new(conn);
+        let port = add_port(&self.io, LocalIo::Vm(conn.clone()));
+        let Some(port) = port else {
+            tracing::warn!(network = self.net.name(), vm_pid = conn.pid, "port table full; vm connection refused");
+            return None;
+        };
+        tracing::info!(network = self.net.name(), port = port.slot(), vm_pid = conn.pid, ports = self.io.ports.load().len(), "vm connected");
+        let reader = VmReader { net: self.net.clone(), io: self.io.clone(), tx: self.tx.clone(), stop: self.stop.clone(), conn, port };
+        match std::thread::Builder::new().name(format!("vm-{}-{}", self.net.name(), port.slot())).spawn(move || reader.run()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::error!(network = self.net.name(), error = %e, "cannot start a vm reader; connection dropped");
+                remove_port(&self.net, &self.io, port);
+                None
+            }
+        }
+    }
+}
+
+/// Publish a port table with `p` added; the port it got, or `None` if the table is full.
+pub fn add_port(io: &NetIo, p: LocalIo) -> Option<LocalPort> {
+    let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
+    let (t, port) = io.ports.load().with(p)?;
+    io.ports.store(Arc::new(t));
+    Some(port)
+}
+
+/// Publish a port table without `port` and forget the MACs learned on it; returns how many.
+pub fn remove_port(net: &Network, io: &NetIo, port: LocalPort) -> usize {
+    {
+        let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
+        let t = io.ports.load().without(port);
+        io.ports.store(Arc::new(t));
+    }
+    // only this port's reader learns on it, and it has stopped: nothing re-learns after this
+    net.fdb.flush_port(Port::Local(port), clock::now())
+}
+
+/// Why a VM's connection ended.
+enum End {
+    Closed,
+    Stopped,
+    Error(io::Error),
+    Framing(FramingError),
+}
+
+struct VmReader {
+    net: Arc<Network>,
+    io: Arc<NetIo>,
+    tx: Arc<TxSockets>,
+    stop: Arc<StopFd>,
+    conn: Arc<VmConn>,
+    port: LocalPort,
+}
+
+/// Frames of one batch: each sits in `arena` after [`vxlan::HEADER_LEN`] bytes of room.
+struct Batch {
+    arena: Vec<u8>,
+    /// (offset of the room, frame length)
+    items: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    fn fits(&self, len: usize) -> bool {
+        self.items.len() < BATCH && self.used() + vxlan::HEADER_LEN + len <= self.arena.len()
+    }
+
+    fn used(&self) -> usize {
+        self.items.last().map_or(0, |&(o, l)| o + vxlan::HEADER_LEN + l)
+    }
+
+    fn push(&mut self, frame: &[u8]) {
+        let o = self.used();
+        self.arena[o + vxlan::HEADER_LEN..o + vxlan::HEADER_LEN + frame.len()].copy_from_slice(frame);
+        self.items.push((o, frame.len()));
+    }
+}
+
+impl VmReader {
+    fn run(self) {
+        let mut dec = StreamDecoder::new(READ_BUF);
+        let mut batch = Batch { arena: vec![0; ARENA.max(vxlan::HEADER_LEN + crate::core::wire::qemu::MAX_FRAME)], items: Vec::with_capacity(BATCH) };
+        let mut q = SendQueue::new(self.tx.len());
+        let mut fwd = Forwarder::default();
+        let mut rl_send = RateLimit::default();
+        let end = 'conn: loop {
+            match sys::wait_readable(self.conn.fd(), &self.stop) {
+                Ok(Wake::Stop) => break 'conn End::Stopped,
+                Ok(Wake::Ready) => {}
+                Err(e) => break 'conn End::Error(e),
+            }
+            let now = clock::now();
+            loop {
+                match self.conn.read(&mut dec) {
+                    Ok(0) => {
+                        self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
+                        break 'conn End::Closed;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
+                        break 'conn End::Error(e);
+                    }
+                }
+                loop {
+                    match dec.next_frame() {
+                        Ok(Some(frame)) => {
+                            if !batch.fits(frame.len()) {
+                                self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
+                            }
+                            batch.push(frame);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
+                            self.net.stats.count_drop(Shard::LOCAL, DropReason::BadFraming);
+                            break 'conn End::Framing(e);
+                        }
+                    }
+                }
+            }
+            self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
+        };
+        let flushed = remove_port(&self.net, &self.io, self.port);
+        let (net, slot, pid) = (self.net.name(), self.port.slot(), self.conn.pid);
+        match end {
+            End::Closed => tracing::info!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, "vm disconnected"),
+            End::Stopped => tracing::debug!(network = net, port = slot, vm_pid = pid, "vm port closed on shutdown"),
+            End::Error(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm connection failed; disconnected"),
+            End::Framing(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm sent bad framing; disconnected"),
+        }
+    }
+
+    /// Switch every frame of `batch` and send what goes to peers; empties the batch.
+    fn switch(&self, batch: &mut Batch, q: &mut SendQueue, fwd: &mut Forwarder, rl_send: &mut RateLimit, now: Instant) {
+        if batch.items.is_empty() {
+            return;
+        }
+        let (net, shard, ingress) = (&*self.net, Shard::LOCAL, Port::Local(self.port));
+        let ports = Forwarder::ports(&self.io);
+        for &(o, len) in &batch.items {
+            let room = o..o + vxlan::HEADER_LEN + len;
+            let frame = &batch.arena[o + vxlan::HEADER_LEN..room.end];
+            net.stats.tap_rx(shard, len);
+            let action = net.from_local(self.port, frame, now);
+            let hash = match action {
+                Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
+                _ => 0,
+            };
+            match action {
+                Action::Drop(r) => net.stats.count_drop(shard, r),
+                Action::Local(p) => fwd.deliver(net, &ports, p, frame, shard, now),
+                Action::Peer(p) => {
+                    vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
+                    queue(net, q, room, p, hash);
+                }
+                Action::Flood => {
+                    net.stats.flooded(shard);
+                    fwd.flood(net, &ports, Some(self.port), frame, shard, now);
+                    vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
+                    for p in net.flood_peers(ingress) {
+                        queue(net, q, room.clone(), p, hash);
+                    }
+                }
+            }
+        }
+        if !q.is_empty() {
+            q.flush(&self.tx, std::slice::from_ref(&batch.arena), |it, r| match r {
+                Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
+                Err(e) => {
+                    net.stats.count_drop(shard, DropReason::SendFailed);
+                    if let Some(muted) = rl_send.allow(now) {
+                        tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
+                    }
+                }
+            });
+        }
+        batch.items.clear();
+    }
+}
+
+#[inline]
+fn queue(net: &Network, q: &mut SendQueue, room: std::ops::Range<usize>, peer: PeerIdx, hash: usize) {
+    if let Some(p) = net.peers.get(usize::from(peer.0)) {
+        q.push(hash, TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
+    }
+}
