@@ -12,6 +12,8 @@
 
 pub mod fabric;
 pub mod fdb;
+#[doc(hidden)]
+pub mod invariants;
 pub mod network;
 pub mod ports;
 pub mod stats;

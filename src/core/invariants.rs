@@ -1,0 +1,430 @@
+//! Properties the core must keep whatever bytes arrive, as functions over raw input.
+//!
+//! The fuzz targets in `fuzz/` call these with libFuzzer's input, and `tests/fuzz_replay.rs`
+//! calls them with every file of the fuzz corpus and every input that once crashed, so a
+//! plain `cargo test` (stable toolchain, no libFuzzer) re-checks everything the fuzzers
+//! found. A violated property panics with a message that says which one.
+//!
+//! - [`check_ethernet`]: Ethernet/802.1Q views never panic on any length, the accessors agree
+//!   with the bytes, and writing the parsed fields into a fresh buffer parses back the same.
+//! - [`check_vxlan`]: the VXLAN view accepts exactly what RFC 7348 §5 accepts and an emitted
+//!   header parses back to the same VNI and payload.
+//! - [`check_node`]: one whole node (the networks of a [`Fabric`]) driven by an arbitrary
+//!   sequence of underlay datagrams, TAP frames, clock steps, ageing sweeps and peer flushes,
+//!   checking the switch's promises after every step (see [`Node`]).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use super::fabric::{Fabric, NetEntry};
+use super::fdb::FdbConfig;
+use super::network::{Action, Network, NetworkSpec};
+use super::stats::DropReason;
+use super::time::Instant;
+use super::wire::ParseError;
+use super::wire::ethernet::{self, EthernetFrame, MacAddr};
+use super::wire::vxlan::{self, VxlanHeader};
+use super::{Encap, LocalPort, PeerIdx, Port, Vni};
+
+/// Ethernet parsing: no panic at any length; parse → emit → parse gives the same fields.
+pub fn check_ethernet(data: &[u8]) {
+    let parsed = EthernetFrame::new_checked(data);
+    if data.len() < ethernet::HEADER_LEN {
+        assert_eq!(parsed.err(), Some(ParseError::Truncated), "short frame must be Truncated");
+        return;
+    }
+    let f = parsed.expect("a frame of at least 14 bytes parses");
+    let (dst, src, et) = (f.dst(), f.src(), f.ethertype());
+    assert_eq!(dst.0, data[0..6], "dst is bytes 0..6");
+    assert_eq!(src.0, data[6..12], "src is bytes 6..12");
+    assert_eq!(et, u16::from_be_bytes([data[12], data[13]]), "ethertype is bytes 12..14");
+    let l3 = f.l3();
+    if let Some((off, _)) = l3 {
+        assert!(off >= ethernet::HEADER_LEN && off <= data.len(), "l3 offset {off} outside the frame of {}", data.len());
+        assert!((off - ethernet::HEADER_LEN) % 4 == 0 && off <= ethernet::HEADER_LEN + 8, "at most two 4-byte tags are skipped");
+    }
+    if let Some(vid) = f.vlan_id() {
+        assert!(vid < 4096, "VLAN id is 12 bits");
+        assert!(matches!(et, ethernet::ethertype::VLAN | ethernet::ethertype::QINQ), "VLAN id only for tagged frames");
+    }
+    let hash = f.flow_hash();
+
+    // emit the parsed header into a fresh buffer with the same payload: parses back identical
+    let mut copy = vec![0u8; data.len()];
+    copy[ethernet::HEADER_LEN..].copy_from_slice(&data[ethernet::HEADER_LEN..]);
+    let mut w = EthernetFrame::new_unchecked(&mut copy[..]);
+    w.set_dst(dst);
+    w.set_src(src);
+    w.set_ethertype(et);
+    assert_eq!(&copy[..], data, "parse -> emit -> bytes differ");
+    let g = EthernetFrame::new_checked(&copy[..]).expect("re-parse");
+    assert_eq!((g.dst(), g.src(), g.ethertype(), g.l3(), g.vlan_id()), (dst, src, et, l3, f.vlan_id()));
+    assert_eq!(g.flow_hash(), hash, "flow hash is a function of the bytes");
+
+    // MAC text form round-trips
+    for m in [dst, src] {
+        let text = m.to_string();
+        assert_eq!(text.parse::<MacAddr>().ok(), Some(m), "MAC {text} does not parse back");
+        assert_eq!(m.is_multicast(), !m.is_unicast());
+        assert!(!m.is_broadcast() || m.is_multicast(), "broadcast is multicast");
+    }
+    // and MAC parsing of arbitrary text never panics
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Ok(m) = s.parse::<MacAddr>() {
+            assert_eq!(m.to_string().parse::<MacAddr>().ok(), Some(m));
+        }
+    }
+}
+
+/// VXLAN parsing: accepted iff long enough and the I flag is set; emit → parse round-trips.
+pub fn check_vxlan(data: &[u8]) {
+    match VxlanHeader::new_checked(data) {
+        Err(ParseError::Truncated) => assert!(data.len() < vxlan::HEADER_LEN, "Truncated for a full header"),
+        Err(ParseError::BadFlags) => {
+            assert!(data.len() >= vxlan::HEADER_LEN && data[0] & 0x08 == 0, "BadFlags with the I flag set")
+        }
+        Ok(h) => {
+            assert!(data.len() >= vxlan::HEADER_LEN && data[0] & 0x08 != 0);
+            let vni = h.vni();
+            assert!(vni.get() <= Vni::MAX_VXLAN, "VNI is 24 bits");
+            assert_eq!(h.payload(), &data[vxlan::HEADER_LEN..]);
+            // reserved bits are ignored on receipt and zero on send
+            let mut out = vec![0xa5u8; data.len()];
+            vxlan::emit(&mut out, vni);
+            out[vxlan::HEADER_LEN..].copy_from_slice(h.payload());
+            assert_eq!(&out[..vxlan::HEADER_LEN], &[0x08, 0, 0, 0, data[4], data[5], data[6], 0], "emitted header");
+            let again = VxlanHeader::new_checked(&out[..]).expect("emitted header parses");
+            assert_eq!(again.vni(), vni);
+            assert_eq!(again.payload(), h.payload());
+        }
+    }
+}
+
+/// Take bytes off the front of the fuzz input; zeros once it runs out.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((b, rest)) => {
+                self.0 = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_be_bytes([self.u8(), self.u8()])
+    }
+    fn bytes(&mut self, n: usize) -> &'a [u8] {
+        let n = n.min(self.0.len());
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        a
+    }
+}
+
+/// Underlay addresses of the test node's world: .2 .3 .4 are peers (of some network), .9 is
+/// nobody's peer, and 2001:db8::2 peers with the IPv6 network.
+const ADDRS: [IpAddr; 5] = [
+    IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2)),
+    IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 3)),
+    IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 4)),
+    IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 9)),
+    IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2)),
+];
+const UDP_PORTS: [u16; 3] = [vxlan::DEFAULT_PORT, 8472, 4790];
+const VNIS: [u32; 4] = [42, 43, 44, 0x00ff_ffff];
+
+/// One node in memory: three networks with small tables so that caps, eviction and ageing
+/// are reached within a few dozen frames.
+///
+/// Checked after every step:
+/// - a datagram is only accepted for a network whose (UDP port, VNI) it names and whose peer
+///   list holds its outer source (isolation, spoofing);
+/// - a frame is never sent back to its ingress, a frame from a tunnel never goes into a
+///   tunnel (split horizon), and every output names an existing port or peer;
+/// - the source of a forwarded frame is then found on its ingress port (learning);
+/// - every FDB stays within its cap, its per-port counts add up to its size, and its event
+///   counters agree with its size (learned − evicted − expired − flushed = entries);
+/// - a frame sent into a tunnel, encapsulated, parses back to the same VNI and bytes;
+/// - the counters agree with what the node was fed.
+pub struct Node {
+    pub fabric: Fabric<()>,
+    now: u64,
+    /// Frames fed per network from local ports / from peers (accepted by classification).
+    fed_local: Vec<u64>,
+    fed_peer: Vec<Vec<u64>>,
+}
+
+fn spec(name: &str, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig) -> NetworkSpec {
+    NetworkSpec {
+        name: name.into(),
+        encap: Encap::Vxlan,
+        vni: Vni::new_unchecked(vni),
+        mtu: 200,
+        peers: peers.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
+        fdb,
+        local_ports,
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Node {
+    pub fn new() -> Self {
+        let small = |max_entries| FdbConfig { ageing: Duration::from_secs(5), max_entries, ..FdbConfig::default() };
+        let specs = [
+            (spec("blue", 42, 4789, &ADDRS[0..2], 2, small(8)), 4789),
+            (spec("red", 43, 4789, &ADDRS[1..3], 1, small(4)), 4789),
+            (spec("green", 42, 4790, &ADDRS[4..5], 3, small(6)), 4790),
+        ];
+        let ports: Vec<u16> = specs.iter().map(|(_, p)| *p).collect();
+        let networks: Vec<NetEntry<()>> =
+            specs.into_iter().map(|(s, _)| NetEntry { net: Arc::new(Network::new(s)), io: () }).collect();
+        let fed_peer = networks.iter().map(|e| vec![0; e.net.peers.len()]).collect();
+        Node { fed_local: vec![0; networks.len()], fed_peer, fabric: Fabric::new(networks, &ports), now: 1000 }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.now)
+    }
+
+    /// A frame built from a small pool of addresses, so the fuzzer meets known MACs often.
+    fn frame(inp: &mut Input<'_>) -> Vec<u8> {
+        let mac = |i: u8, inp: &mut Input<'_>| match i % 16 {
+            12 => MacAddr::BROADCAST,
+            13 => MacAddr([0x01, 0x00, 0x5e, 0, 0, 1]),
+            14 => MacAddr([0; 6]),
+            15 => MacAddr::from_bytes(inp.bytes(6)).unwrap_or_default(),
+            n => MacAddr([0x02, 0, 0, 0, 0, n]),
+        };
+        let (d, s) = (inp.u8(), inp.u8());
+        let dst = mac(d, inp);
+        let src = mac(s, inp);
+        // payload of zeros (no input spent on it); long enough to cross the MTU of 200
+        let len = 14 + 2 * usize::from(inp.u8());
+        let mut f = vec![0u8; len];
+        f[0..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f[12..14].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
+        f
+    }
+
+    /// Run one step of the fuzz input; false once the input is used up.
+    fn step(&mut self, inp: &mut Input<'_>) -> bool {
+        if inp.is_empty() {
+            return false;
+        }
+        match inp.u8() % 8 {
+            0 => {
+                // a raw underlay datagram
+                let (a, p) = (inp.u8(), inp.u8());
+                let n = usize::from(inp.u8());
+                let d = inp.bytes(n).to_vec();
+                self.underlay(ADDRS[usize::from(a) % ADDRS.len()], UDP_PORTS[usize::from(p) % UDP_PORTS.len()], &d);
+            }
+            1 => {
+                // a well-formed VXLAN datagram around a pool frame
+                let (a, p, v) = (inp.u8(), inp.u8(), inp.u8());
+                let mut d = vec![0u8; vxlan::HEADER_LEN];
+                vxlan::emit(&mut d, Vni::new_unchecked(VNIS[usize::from(v) % VNIS.len()]));
+                d.extend_from_slice(&Self::frame(inp));
+                self.underlay(ADDRS[usize::from(a) % ADDRS.len()], UDP_PORTS[usize::from(p) % UDP_PORTS.len()], &d);
+            }
+            2 => {
+                let (n, p) = (inp.u8(), inp.u8());
+                let len = usize::from(inp.u16() % 300);
+                let f = inp.bytes(len).to_vec();
+                self.local(usize::from(n), p, &f);
+            }
+            3 | 4 => {
+                let (n, p) = (inp.u8(), inp.u8());
+                let f = Self::frame(inp);
+                self.local(usize::from(n), p, &f);
+            }
+            5 => {
+                // the clock moves (data threads may also see it a little out of order)
+                let d = inp.u16();
+                if d & 0x8000 != 0 {
+                    self.now = self.now.saturating_sub(u64::from(d & 0x3ff));
+                } else {
+                    self.now += u64::from(d) * 4;
+                }
+            }
+            6 => {
+                let now = self.now();
+                for e in &self.fabric.networks {
+                    e.net.fdb.sweep(now);
+                }
+            }
+            _ => {
+                let (n, p) = (inp.u8(), inp.u8());
+                let nets = &self.fabric.networks;
+                let e = &nets[usize::from(n) % nets.len()];
+                let port = if p & 1 == 0 {
+                    Port::Peer(PeerIdx(u16::from(p >> 1) % e.net.peers.len() as u16))
+                } else {
+                    Port::Local(LocalPort(u16::from(p >> 1) % e.net.spec.local_ports))
+                };
+                e.net.fdb.flush_port(port, self.now());
+                assert_eq!(e.net.fdb.count_on(port), 0, "flush left entries on {port:?}");
+            }
+        }
+        self.check_tables();
+        true
+    }
+
+    fn underlay(&mut self, src: IpAddr, udp_port: u16, datagram: &[u8]) {
+        let now = self.now();
+        let c = match self.fabric.classify_vxlan(udp_port, src, datagram) {
+            Err(r) => {
+                let hdr = VxlanHeader::new_checked(datagram);
+                match r.reason {
+                    DropReason::Malformed => assert!(datagram.len() < vxlan::HEADER_LEN),
+                    DropReason::BadFlags => assert!(hdr.is_err()),
+                    DropReason::UnknownVni => {
+                        let vni = hdr.expect("UnknownVni after a parsed header").vni();
+                        assert!(
+                            !self.fabric.networks.iter().enumerate().any(|(_, e)| e.net.spec.vni == vni && self.port_of(e) == udp_port),
+                            "vni {vni} on port {udp_port} refused although configured"
+                        );
+                    }
+                    DropReason::UnknownPeer => {
+                        let e = &self.fabric.networks[r.network.expect("UnknownPeer names its network")];
+                        assert!(e.net.peer_by_ip(src).is_none(), "a configured peer was refused");
+                    }
+                    other => panic!("classification refused with {other:?}"),
+                }
+                return;
+            }
+            Ok(c) => c,
+        };
+        let hdr = VxlanHeader::new_checked(datagram).expect("accepted datagram parses");
+        let idx = self.index_of(&c.entry.net);
+        let net = &c.entry.net;
+        assert_eq!(net.spec.vni, hdr.vni(), "datagram accepted into another VNI");
+        assert_eq!(self.port_of(c.entry), udp_port, "datagram accepted from another UDP port");
+        assert_eq!(net.peers[usize::from(c.peer.0)].addr.ip(), src, "datagram charged to the wrong peer");
+        assert_eq!(c.inner, hdr.payload());
+        self.fed_peer[idx][usize::from(c.peer.0)] += 1;
+        net.stats.peer_rx(super::stats::Shard::UNDERLAY, usize::from(c.peer.0), datagram.len());
+        let ingress = Port::Peer(c.peer);
+        let action = net.from_peer(c.peer, c.inner, now);
+        assert!(net.peers[usize::from(c.peer.0)].last_seen.load(Relaxed) >= 1, "peer not marked seen");
+        self.check_action(idx, ingress, c.inner, action);
+    }
+
+    fn local(&mut self, n: usize, p: u8, frame: &[u8]) {
+        let idx = n % self.fabric.networks.len();
+        let net = self.fabric.networks[idx].net.clone();
+        let port = LocalPort(u16::from(p) % net.spec.local_ports);
+        self.fed_local[idx] += 1;
+        net.stats.tap_rx(super::stats::Shard::LOCAL, frame.len());
+        let action = net.from_local(port, frame, self.now());
+        self.check_action(idx, Port::Local(port), frame, action);
+    }
+
+    fn check_action(&self, idx: usize, ingress: Port, frame: &[u8], action: Action) {
+        let net = &self.fabric.networks[idx].net;
+        let now = self.now();
+        let valid = |p: Port| match p {
+            Port::Local(LocalPort(l)) => l < net.spec.local_ports,
+            Port::Peer(PeerIdx(i)) => usize::from(i) < net.peers.len(),
+        };
+        let outputs: Vec<Port> = match action {
+            Action::Drop(r) => {
+                net.stats.count_drop(super::stats::Shard::CONTROL, r);
+                Vec::new()
+            }
+            Action::Local(p) => vec![Port::Local(p)],
+            Action::Peer(p) => vec![Port::Peer(p)],
+            Action::Flood => net.flood_ports(ingress).collect(),
+        };
+        for &o in &outputs {
+            assert!(valid(o), "output {o:?} is not a port of {}", net.name());
+            assert_ne!(o, ingress, "frame sent back to its ingress");
+            assert!(!(ingress.is_peer() && o.is_peer()), "tunnel-to-tunnel forwarding {ingress:?} -> {o:?}");
+            if o.is_peer() {
+                // encapsulate as the data path does and parse it back
+                let mut d = vec![0u8; vxlan::HEADER_LEN + frame.len()];
+                vxlan::emit(&mut d, net.spec.vni);
+                d[vxlan::HEADER_LEN..].copy_from_slice(frame);
+                let h = VxlanHeader::new_checked(&d[..]).expect("our own encapsulation parses");
+                assert_eq!((h.vni(), h.payload()), (net.spec.vni, frame));
+            }
+        }
+        if let Action::Flood = action {
+            let locals = outputs.iter().filter(|p| !p.is_peer()).count();
+            let expect_locals = usize::from(net.spec.local_ports) - usize::from(!ingress.is_peer());
+            assert_eq!(locals, expect_locals, "a flood reaches every other local port");
+            if !ingress.is_peer() {
+                assert_eq!(outputs.len() - locals, net.peers.len(), "a local flood reaches every peer");
+            }
+        }
+        if !matches!(action, Action::Drop(_)) {
+            let eth = EthernetFrame::new_checked(frame).expect("a forwarded frame has an Ethernet header");
+            assert!(eth.src().is_unicast() && !eth.src().is_zero(), "forwarded a frame with source {}", eth.src());
+            assert_eq!(net.fdb.lookup(eth.src(), now), Some(ingress), "source not learned on its ingress");
+            if eth.dst().is_unicast() {
+                if let Some(known) = net.fdb.lookup(eth.dst(), now) {
+                    if known != ingress && !(ingress.is_peer() && known.is_peer()) {
+                        assert_eq!(outputs, vec![known], "known unicast goes to exactly its port");
+                    }
+                }
+            }
+        }
+        if let Action::Drop(DropReason::Malformed) = action {
+            assert!(frame.len() < ethernet::HEADER_LEN);
+        }
+    }
+
+    fn check_tables(&self) {
+        let now = self.now();
+        for (i, e) in self.fabric.networks.iter().enumerate() {
+            let fdb = &e.net.fdb;
+            let cap = fdb.config().max_entries;
+            let len = fdb.len();
+            assert!(len <= cap, "{}: FDB holds {len} entries, cap {cap}", e.net.name());
+            let ports = (0..e.net.spec.local_ports)
+                .map(|l| Port::Local(LocalPort(l)))
+                .chain((0..e.net.peers.len() as u16).map(|p| Port::Peer(PeerIdx(p))));
+            let per_port: usize = ports.map(|p| fdb.count_on(p)).sum();
+            assert_eq!(per_port, len, "{}: per-port counts do not add up", e.net.name());
+            let ev = &fdb.events;
+            let (l, ev_, ex, fl) = (ev.learned.load(Relaxed), ev.evicted.load(Relaxed), ev.expired.load(Relaxed), ev.flushed.load(Relaxed));
+            assert_eq!(l, ev_ + ex + fl + len as u64, "{}: learned {l} != evicted {ev_} + expired {ex} + flushed {fl} + entries {len}", e.net.name());
+            let rows = fdb.entries(now);
+            assert!(rows.len() <= len);
+            let snap = e.net.stats.snapshot();
+            assert_eq!(snap.tap_rx_frames, self.fed_local[i], "tap_rx_frames");
+            for (p, fed) in snap.peers.iter().zip(&self.fed_peer[i]) {
+                assert_eq!(p.rx_packets, *fed, "peer rx_packets");
+            }
+        }
+    }
+
+    fn index_of(&self, net: &Arc<Network>) -> usize {
+        self.fabric.networks.iter().position(|e| Arc::ptr_eq(&e.net, net)).expect("network of the fabric")
+    }
+
+    fn port_of(&self, e: &NetEntry<()>) -> u16 {
+        e.net.spec.peers.first().map_or(vxlan::DEFAULT_PORT, |p| p.port())
+    }
+}
+
+/// Drive one in-memory node with `data` (see [`Node`]).
+pub fn check_node(data: &[u8]) {
+    let mut node = Node::new();
+    let mut inp = Input(data);
+    while node.step(&mut inp) {}
+}
