@@ -39,3 +39,13 @@ fn vxlan_corpus_and_regressions_hold() {
 fn node_corpus_and_regressions_hold() {
     replay("node", invariants::check_node);
 }
+
+#[test]
+fn gre_corpus_and_regressions_hold() {
+    replay("gre", invariants::check_gre);
+}
+
+#[test]
+fn ipv4_corpus_and_regressions_hold() {
+    replay("ipv4", invariants::check_ipv4);
+}

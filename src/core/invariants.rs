@@ -9,6 +9,10 @@
 //!   with the bytes, and writing the parsed fields into a fresh buffer parses back the same.
 //! - [`check_vxlan`]: the VXLAN view accepts exactly what RFC 7348 §5 accepts and an emitted
 //!   header parses back to the same VNI and payload.
+//! - [`check_gre`]: the GRE view refuses what RFC 2784/2890 refuse, finds the optional fields
+//!   where the flags put them, and a header emitted from what was parsed parses back the same.
+//! - [`check_ipv4`]: the outer IPv4 view accepts exactly the headers whose version, IHL and
+//!   total length fit the buffer, and [`ip::inner_dscp`] reads any frame.
 //! - [`check_node`]: one whole node (the networks of a [`Fabric`]) driven by an arbitrary
 //!   sequence of underlay datagrams, TAP frames, clock steps, ageing sweeps and peer flushes,
 //!   checking the switch's promises after every step (see [`Node`]).
@@ -24,9 +28,11 @@ use super::network::{Action, Network, NetworkSpec};
 use super::stats::DropReason;
 use super::time::Instant;
 use super::wire::ParseError;
+use super::wire::gre::{self, GreError, GreHeader, GreRepr};
+use super::wire::ip::{self, Ipv4Error, Ipv4Packet};
 use super::wire::ethernet::{self, EthernetFrame, MacAddr};
 use super::wire::vxlan::{self, VxlanHeader};
-use super::{Encap, LocalPort, PeerIdx, Port, Vni};
+use super::{Encap, GreOptions, LocalPort, PeerIdx, Port, Vni};
 
 /// Ethernet parsing: no panic at any length; parse → emit → parse gives the same fields.
 pub fn check_ethernet(data: &[u8]) {
@@ -102,6 +108,68 @@ pub fn check_vxlan(data: &[u8]) {
     }
 }
 
+/// GRE parsing (RFC 2784/2890): refusals by reason, field positions, emit → parse round trip.
+pub fn check_gre(data: &[u8]) {
+    let _ = gre::internet_checksum(data); // any length, odd ones included
+    let flags = data.get(0..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    match GreHeader::new_checked(data) {
+        Err(GreError::Truncated) => {
+            let f = flags.unwrap_or(0);
+            let want = 4 + 4 * ((f >> 15 & 1) + (f >> 13 & 1) + (f >> 12 & 1)) as usize;
+            assert!(data.len() < 4 || data.len() < want, "Truncated although {} >= {want}", data.len());
+        }
+        Err(GreError::Version) => assert!(flags.is_some_and(|f| f & 7 != 0), "Version error for version 0"),
+        Err(GreError::Routing) => assert!(flags.is_some_and(|f| f & 0x4000 != 0 && f & 7 == 0), "Routing error without R"),
+        Ok(h) => {
+            let f = flags.expect("accepted header has flags");
+            assert!(f & 7 == 0 && f & 0x4000 == 0, "accepted version {} / routing bit", f & 7);
+            let hl = h.header_len();
+            assert!(hl <= data.len() && hl >= 4 && hl <= 16);
+            assert_eq!(h.has_key(), h.key().is_some());
+            assert_eq!(h.has_checksum(), h.checksum().is_some());
+            if let Some(k) = h.key() {
+                let at = if h.has_checksum() { 8 } else { 4 };
+                assert_eq!(k.to_be_bytes(), data[at..at + 4], "key read from the wrong offset");
+            }
+            assert_eq!(h.payload(), &data[hl..]);
+            // emit what we understood (key, checksum) around the same payload: parses back
+            let repr = GreRepr { key: h.key(), checksum: h.has_checksum() };
+            let mut out = vec![0u8; repr.header_len() + h.payload().len()];
+            out[repr.header_len()..].copy_from_slice(h.payload());
+            repr.emit(&mut out);
+            let g = GreHeader::new_checked(&out[..]).expect("emitted GRE header parses");
+            assert_eq!((g.key(), g.has_checksum(), g.has_sequence()), (h.key(), h.has_checksum(), false));
+            assert_eq!(g.protocol(), gre::PROTO_TEB);
+            assert!(g.checksum_ok(), "our own checksum does not verify");
+            assert_eq!(g.payload(), h.payload());
+            if h.has_checksum() && h.checksum_ok() {
+                assert_eq!(gre::internet_checksum(data), 0);
+            }
+        }
+    }
+}
+
+/// Outer IPv4 parsing and the inner DSCP reader.
+pub fn check_ipv4(data: &[u8]) {
+    let dscp = ip::inner_dscp(data);
+    assert!(dscp < 64, "DSCP is six bits");
+    let ihl = data.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
+    let total = data.get(2..4).map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let well_formed = data.len() >= ip::IPV4_MIN_HEADER_LEN && data[0] >> 4 == 4 && ihl >= 20 && total >= ihl;
+    match Ipv4Packet::new_checked(data) {
+        Ok(p) => {
+            assert!(well_formed && data.len() >= total, "accepted a bad IPv4 header");
+            assert_eq!((p.header_len(), p.total_len()), (ihl, total));
+            assert_eq!(p.payload(), &data[ihl..total]);
+            assert_eq!(p.src().octets(), data[12..16]);
+            assert_eq!(p.dst().octets(), data[16..20]);
+            assert_eq!(p.protocol(), data[9]);
+        }
+        Err(Ipv4Error::Truncated) => assert!(data.len() < ip::IPV4_MIN_HEADER_LEN || (well_formed && data.len() < total)),
+        Err(Ipv4Error::Malformed) => assert!(data.len() >= ip::IPV4_MIN_HEADER_LEN && !well_formed),
+    }
+}
+
 /// Take bytes off the front of the fuzz input; zeros once it runs out.
 struct Input<'a>(&'a [u8]);
 
@@ -141,7 +209,8 @@ const ADDRS: [IpAddr; 5] = [
 const UDP_PORTS: [u16; 3] = [vxlan::DEFAULT_PORT, 8472, 4790];
 const VNIS: [u32; 4] = [42, 43, 44, 0x00ff_ffff];
 
-/// One node in memory: three networks with small tables so that caps, eviction and ageing
+/// One node in memory: three VXLAN and two GRE networks (keyed with checksums, keyless) with
+/// small tables so that caps, eviction and ageing
 /// are reached within a few dozen frames.
 ///
 /// Checked after every step:
@@ -162,10 +231,10 @@ pub struct Node {
     fed_peer: Vec<Vec<u64>>,
 }
 
-fn spec(name: &str, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig) -> NetworkSpec {
+fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig) -> NetworkSpec {
     NetworkSpec {
         name: name.into(),
-        encap: Encap::Vxlan,
+        encap,
         vni: Vni::new_unchecked(vni),
         mtu: 200,
         peers: peers.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
@@ -184,9 +253,11 @@ impl Node {
     pub fn new() -> Self {
         let small = |max_entries| FdbConfig { ageing: Duration::from_secs(5), max_entries, ..FdbConfig::default() };
         let specs = [
-            (spec("blue", 42, 4789, &ADDRS[0..2], 2, small(8)), 4789),
-            (spec("red", 43, 4789, &ADDRS[1..3], 1, small(4)), 4789),
-            (spec("green", 42, 4790, &ADDRS[4..5], 3, small(6)), 4790),
+            (spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2], 2, small(8)), 4789),
+            (spec("red", Encap::Vxlan, 43, 4789, &ADDRS[1..3], 1, small(4)), 4789),
+            (spec("green", Encap::Vxlan, 42, 4790, &ADDRS[4..5], 3, small(6)), 4790),
+            (spec("keyed", Encap::Gre(GreOptions { key: true, checksum: true }), 43, 0, &[ADDRS[0], ADDRS[2]], 1, small(5)), 0),
+            (spec("keyless", Encap::Gre(GreOptions { key: false, checksum: false }), 0, 0, &ADDRS[1..2], 2, small(5)), 0),
         ];
         let ports: Vec<u16> = specs.iter().map(|(_, p)| *p).collect();
         let networks: Vec<NetEntry<()>> =
@@ -225,7 +296,7 @@ impl Node {
         if inp.is_empty() {
             return false;
         }
-        match inp.u8() % 8 {
+        match inp.u8() % 10 {
             0 => {
                 // a raw underlay datagram
                 let (a, p) = (inp.u8(), inp.u8());
@@ -267,6 +338,23 @@ impl Node {
                     e.net.fdb.sweep(now);
                 }
             }
+            8 => {
+                // a raw GRE packet (the IP payload)
+                let a = inp.u8();
+                let n = usize::from(inp.u8());
+                let d = inp.bytes(n).to_vec();
+                self.underlay_gre(ADDRS[usize::from(a) % ADDRS.len()], &d);
+            }
+            9 => {
+                // a well-formed GRE packet around a pool frame
+                let (a, k) = (inp.u8(), inp.u8());
+                let repr = GreRepr { key: (k & 1 != 0).then_some(u32::from(k >> 1) % 4 + 42), checksum: k & 0x80 != 0 };
+                let f = Self::frame(inp);
+                let mut d = vec![0u8; repr.header_len() + f.len()];
+                d[repr.header_len()..].copy_from_slice(&f);
+                repr.emit(&mut d);
+                self.underlay_gre(ADDRS[usize::from(a) % ADDRS.len()], &d);
+            }
             _ => {
                 let (n, p) = (inp.u8(), inp.u8());
                 let nets = &self.fabric.networks;
@@ -295,7 +383,7 @@ impl Node {
                     DropReason::UnknownVni => {
                         let vni = hdr.expect("UnknownVni after a parsed header").vni();
                         assert!(
-                            !self.fabric.networks.iter().enumerate().any(|(_, e)| e.net.spec.vni == vni && self.port_of(e) == udp_port),
+                            !self.fabric.networks.iter().any(|e| e.net.spec.encap == Encap::Vxlan && e.net.spec.vni == vni && self.port_of(e) == udp_port),
                             "vni {vni} on port {udp_port} refused although configured"
                         );
                     }
@@ -312,6 +400,7 @@ impl Node {
         let hdr = VxlanHeader::new_checked(datagram).expect("accepted datagram parses");
         let idx = self.index_of(&c.entry.net);
         let net = &c.entry.net;
+        assert_eq!(net.spec.encap, Encap::Vxlan, "VXLAN datagram accepted into a GRE network");
         assert_eq!(net.spec.vni, hdr.vni(), "datagram accepted into another VNI");
         assert_eq!(self.port_of(c.entry), udp_port, "datagram accepted from another UDP port");
         assert_eq!(net.peers[usize::from(c.peer.0)].addr.ip(), src, "datagram charged to the wrong peer");
@@ -322,6 +411,57 @@ impl Node {
         let action = net.from_peer(c.peer, c.inner, now);
         assert!(net.peers[usize::from(c.peer.0)].last_seen.load(Relaxed) >= 1, "peer not marked seen");
         self.check_action(idx, ingress, c.inner, action);
+    }
+
+    fn underlay_gre(&mut self, src: IpAddr, packet: &[u8]) {
+        let now = self.now();
+        let c = match self.fabric.classify_gre(src, packet) {
+            Err(r) => {
+                let hdr = GreHeader::new_checked(packet);
+                match r.reason {
+                    DropReason::Malformed => assert_eq!(hdr.err(), Some(GreError::Truncated)),
+                    DropReason::GreVersion => assert_eq!(hdr.err(), Some(GreError::Version)),
+                    DropReason::GreRouting => assert_eq!(hdr.err(), Some(GreError::Routing)),
+                    DropReason::GreProtocol => assert_ne!(hdr.expect("parsed").protocol(), gre::PROTO_TEB),
+                    DropReason::GreChecksum => assert!(!hdr.expect("parsed").checksum_ok()),
+                    DropReason::UnknownVni | DropReason::GreKeyUnexpected | DropReason::GreKeyMissing => {
+                        let key = hdr.expect("parsed").key();
+                        assert!(
+                            !self.fabric.networks.iter().any(|e| Self::gre_key(e) == Some(key)),
+                            "GRE key {key:?} refused although a network uses it"
+                        );
+                    }
+                    DropReason::UnknownPeer => {
+                        let e = &self.fabric.networks[r.network.expect("UnknownPeer names its network")];
+                        assert!(e.net.peer_by_ip(src).is_none(), "a configured GRE peer was refused");
+                    }
+                    other => panic!("GRE classification refused with {other:?}"),
+                }
+                return;
+            }
+            Ok(c) => c,
+        };
+        let hdr = GreHeader::new_checked(packet).expect("accepted GRE packet parses");
+        assert!(hdr.checksum_ok(), "accepted a GRE packet with a bad checksum");
+        assert_eq!(hdr.protocol(), gre::PROTO_TEB);
+        assert_eq!(Self::gre_key(c.entry), Some(hdr.key()), "GRE packet accepted into a network of another key");
+        let net = c.entry.net.clone();
+        assert_eq!(net.peers[usize::from(c.peer.0)].addr.ip(), src, "GRE packet charged to the wrong peer");
+        assert_eq!(c.inner, hdr.payload());
+        let idx = self.index_of(&net);
+        self.fed_peer[idx][usize::from(c.peer.0)] += 1;
+        net.stats.peer_rx(super::stats::Shard::UNDERLAY, usize::from(c.peer.0), packet.len());
+        let inner = c.inner.to_vec();
+        let action = net.from_peer(c.peer, &inner, now);
+        self.check_action(idx, Port::Peer(c.peer), &inner, action);
+    }
+
+    /// The GRE key a network's packets carry (`Some(None)` = keyless), `None` for VXLAN.
+    fn gre_key(e: &NetEntry<()>) -> Option<Option<u32>> {
+        match e.net.spec.encap {
+            Encap::Gre(o) => Some(o.key.then_some(e.net.spec.vni.get())),
+            Encap::Vxlan => None,
+        }
     }
 
     fn local(&mut self, n: usize, p: u8, frame: &[u8]) {
@@ -356,11 +496,24 @@ impl Node {
             assert!(!(ingress.is_peer() && o.is_peer()), "tunnel-to-tunnel forwarding {ingress:?} -> {o:?}");
             if o.is_peer() {
                 // encapsulate as the data path does and parse it back
-                let mut d = vec![0u8; vxlan::HEADER_LEN + frame.len()];
-                vxlan::emit(&mut d, net.spec.vni);
-                d[vxlan::HEADER_LEN..].copy_from_slice(frame);
-                let h = VxlanHeader::new_checked(&d[..]).expect("our own encapsulation parses");
-                assert_eq!((h.vni(), h.payload()), (net.spec.vni, frame));
+                match net.spec.encap {
+                    Encap::Vxlan => {
+                        let mut d = vec![0u8; vxlan::HEADER_LEN + frame.len()];
+                        vxlan::emit(&mut d, net.spec.vni);
+                        d[vxlan::HEADER_LEN..].copy_from_slice(frame);
+                        let h = VxlanHeader::new_checked(&d[..]).expect("our own encapsulation parses");
+                        assert_eq!((h.vni(), h.payload()), (net.spec.vni, frame));
+                    }
+                    Encap::Gre(opt) => {
+                        let repr = GreRepr { key: opt.key.then_some(net.spec.vni.get()), checksum: opt.checksum };
+                        let mut d = vec![0u8; repr.header_len() + frame.len()];
+                        d[repr.header_len()..].copy_from_slice(frame);
+                        repr.emit(&mut d);
+                        let h = GreHeader::new_checked(&d[..]).expect("our own GRE encapsulation parses");
+                        assert!(h.checksum_ok());
+                        assert_eq!((h.key(), h.payload()), (repr.key, frame));
+                    }
+                }
             }
         }
         if let Action::Flood = action {
