@@ -49,3 +49,8 @@ fn gre_corpus_and_regressions_hold() {
 fn ipv4_corpus_and_regressions_hold() {
     replay("ipv4", invariants::check_ipv4);
 }
+
+#[test]
+fn qemu_stream_corpus_and_regressions_hold() {
+    replay("qemu_stream", invariants::check_qemu_stream);
+}

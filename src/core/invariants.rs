@@ -13,6 +13,9 @@
 //!   where the flags put them, and a header emitted from what was parsed parses back the same.
 //! - [`check_ipv4`]: the outer IPv4 view accepts exactly the headers whose version, IHL and
 //!   total length fit the buffer, and [`ip::inner_dscp`] reads any frame.
+//! - [`check_qemu_stream`]: QEMU stream reassembly yields the same frames (and the same
+//!   framing error) as a straightforward reading of the stream, however the bytes are split
+//!   across reads.
 //! - [`check_node`]: one whole node (the networks of a [`Fabric`]) driven by an arbitrary
 //!   sequence of underlay datagrams, TAP frames, clock steps, ageing sweeps and peer flushes,
 //!   checking the switch's promises after every step (see [`Node`]).
@@ -167,6 +170,66 @@ pub fn check_ipv4(data: &[u8]) {
         }
         Err(Ipv4Error::Truncated) => assert!(data.len() < ip::IPV4_MIN_HEADER_LEN || (well_formed && data.len() < total)),
         Err(Ipv4Error::Malformed) => assert!(data.len() >= ip::IPV4_MIN_HEADER_LEN && !well_formed),
+    }
+}
+
+/// QEMU `-netdev stream` reassembly: the first input byte picks how the rest (the stream) is
+/// cut into reads; the frames and the error must not depend on the cut.
+pub fn check_qemu_stream(data: &[u8]) {
+    use super::wire::qemu::{self, FramingError, StreamDecoder};
+    let Some((&cut, stream)) = data.split_first() else { return };
+    // reference: read the stream front to back
+    let mut want: Vec<&[u8]> = Vec::new();
+    let mut want_err = None;
+    let mut rest = stream;
+    while let Some(h) = rest.first_chunk::<4>() {
+        let len = u32::from_be_bytes(*h);
+        if len == 0 || len as usize > qemu::MAX_FRAME {
+            want_err = Some(FramingError { len });
+            break;
+        }
+        let Some(frame) = rest.get(4..4 + len as usize) else { break };
+        want.push(frame);
+        rest = &rest[4 + len as usize..];
+    }
+    // decoder: reads of 1..=cut+1 bytes, varying
+    let mut dec = StreamDecoder::new(0);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut got_err = None;
+    let mut fed = 0;
+    let mut i = 0usize;
+    'feed: while fed < stream.len() {
+        i += 1;
+        let n = (1 + (usize::from(cut) * i) % (usize::from(cut) + 1)).min(stream.len() - fed);
+        let spare = dec.spare();
+        assert!(!spare.is_empty(), "decoder has no room for the next read");
+        let n = n.min(spare.len());
+        spare[..n].copy_from_slice(&stream[fed..fed + n]);
+        dec.filled(n);
+        fed += n;
+        loop {
+            match dec.next_frame() {
+                Ok(Some(f)) => got.push(f.to_vec()),
+                Ok(None) => break,
+                Err(e) => {
+                    got_err = Some(e);
+                    assert_eq!(dec.next_frame().err(), Some(e), "a broken stream stays broken");
+                    break 'feed;
+                }
+            }
+        }
+    }
+    assert_eq!(got_err, want_err, "framing error");
+    assert_eq!(got.len(), want.len(), "number of frames");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.as_slice(), *w, "frame bytes");
+    }
+    if want_err.is_none() {
+        assert_eq!(dec.pending(), rest.len(), "bytes of the incomplete last frame");
+    }
+    // the length prefix we write reads back
+    for w in &want {
+        assert_eq!(u32::from_be_bytes(qemu::header(w.len())) as usize, w.len());
     }
 }
 
