@@ -68,7 +68,8 @@ sendp(Ether(dst='ff:ff:ff:ff:ff:ff', src='02:00:00:00:00:0a', type=0x88b5) / Raw
       iface=sys.argv[1], count=int(sys.argv[2]), verbose=False)" "$TAP" "$N" || die "scapy could not send on $TAP"
 tx2() { metric "$(scrape "$H2" "$URL")" 'overlayd_tap_frames_total{direction="tx",network="blue"}'; }
 base_tx2=$(metric "$a2" 'overlayd_tap_frames_total{direction="tx",network="blue"}')
-wait_until -t 10 test "$(tx2)" -ge $((base_tx2 + N)) || die "h2 wrote only $(($(tx2) - base_tx2)) of $N frames to its TAP"
+all_written() { (($(tx2) >= base_tx2 + N)); }
+wait_until -t 10 all_written || die "h2 wrote only $(($(tx2) - base_tx2)) of $N frames to its TAP"
 sleep 0.5
 b1=$(scrape "$H1" "$URL") b2=$(scrape "$H2" "$URL")
 delta() { echo $(($(metric "$3" "$4") - $(metric "$2" "$4"))); }   # delta WHAT BEFORE AFTER SERIES
@@ -129,7 +130,8 @@ send_frame "$H1" "$RED" "Ether(dst='ff:ff:ff:ff:ff:ff', src='02:00:00:00:00:0e',
 ip -n "$H2" link set "$TAP" down
 send_frame "$H1" "$TAP" "Ether(dst='ff:ff:ff:ff:ff:ff', src='02:00:00:00:00:0a', type=0x88b5) / Raw(b'd' * 46)"
 h1_reason() { metric "$(scrape "$H1" "$URL")" "overlayd_drops_total{network=\"blue\",reason=\"split_horizon\"}"; }
-wait_until -t 10 test "$(h1_reason)" -ge 1 || die "h1 did not count the split-horizon packet"
+split_counted() { (($(h1_reason) >= 1)); }
+wait_until -t 10 split_counted || die "h1 did not count the split-horizon packet"
 sleep 0.5
 b1=$(scrape "$H1" "$URL") b2=$(scrape "$H2" "$URL")
 for r in unknown_vni bad_flags malformed; do

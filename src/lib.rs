@@ -11,10 +11,13 @@
 //!   control path (signals, timers) on tokio.
 //! - [`metrics`]: the Prometheus exporter (every `overlayd_*` metric defined in one place) and
 //!   its HTTP endpoint, fed from counter snapshots taken on the control path.
+//! - [`admin`]: the admin socket (`overlayd fdb | peers | stats`): JSON lines over a UNIX
+//!   socket, served on the control path; the same binary is the client.
 //! - [`config`]: the TOML file (plus `OVERLAYD__...` environment overrides), validated into
 //!   domain types; errors name the key.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod core;
 pub mod daemon;

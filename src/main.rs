@@ -27,6 +27,85 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the MAC table of the running daemon (MAC, port or peer, type, age).
+    Fdb {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this network.
+        #[arg(long, short)]
+        network: Option<String>,
+        #[command(subcommand)]
+        action: Option<FdbAction>,
+    },
+    /// Show the peers of the running daemon: last seen, packets and bytes each way.
+    Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this network.
+        #[arg(long, short)]
+        network: Option<String>,
+    },
+    /// Show every counter of the running daemon (the numbers /metrics exports).
+    Stats {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum FdbAction {
+    /// Forget the learned MACs (of one network with --network, else of all).
+    Flush {
+        /// Only this network.
+        #[arg(long, short)]
+        network: Option<String>,
+    },
+}
+
+/// How the client finds the daemon's admin socket: --admin PATH, else --config FILE's
+/// admin.socket, else the default.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Admin socket of the daemon.
+    #[arg(long, global = true, value_name = "PATH")]
+    admin: Option<PathBuf>,
+    /// Read the admin socket path from this config file.
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the daemon's answer as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+fn admin_socket(c: &ClientArgs) -> Result<PathBuf, String> {
+    if let Some(p) = &c.admin {
+        return Ok(p.clone());
+    }
+    if let Some(f) = &c.config {
+        return overlayd::config::load(f).map(|cfg| cfg.admin_socket).map_err(|e| format!("{}: {e}", f.display()));
+    }
+    Ok(PathBuf::from(overlayd::config::DEFAULT_ADMIN_SOCKET))
+}
+
+/// Ask the running daemon, print its answer; errors are one line on stderr.
+fn ask(c: &ClientArgs, req: overlayd::admin::Request) -> ExitCode {
+    use overlayd::admin::client;
+    let result = admin_socket(c).and_then(|path| {
+        let v = client::request(&path, &req).map_err(|e| e.to_string())?;
+        client::render(&req, v, c.json).map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(text) => {
+            use std::io::Write;
+            // a closed pipe (`overlayd fdb | head`) is not an error worth a message
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("overlayd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(level: &str) {
@@ -58,7 +137,14 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use overlayd::admin::Request;
     match cli.cmd {
+        Cmd::Fdb { client, network, action: None } => ask(&client, Request::Fdb { network }),
+        Cmd::Fdb { client, network, action: Some(FdbAction::Flush { network: n }) } => {
+            ask(&client, Request::FdbFlush { network: n.or(network) })
+        }
+        Cmd::Peers { client, network } => ask(&client, Request::Peers { network }),
+        Cmd::Stats { client } => ask(&client, Request::Stats),
         Cmd::Check { config } => match overlayd::config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} network{})", config.display(), c.networks.len(), if c.networks.len() == 1 { "" } else { "s" });

@@ -44,6 +44,14 @@ pub enum StartupError {
     Metrics { addr: SocketAddr, error: std::io::Error },
     #[error("metrics: {0}")]
     MetricsRegistry(prometheus::Error),
+    #[error("admin.socket {path}: {error}")]
+    Admin { path: String, error: std::io::Error },
+}
+
+impl crate::admin::PortNames for Arc<NetIo> {
+    fn local_port_name(&self, index: usize) -> String {
+        self.taps.get(index).map_or_else(|| format!("port{index}"), |t| t.name().to_string())
+    }
 }
 
 /// Underlay MTU when nothing better is known.
@@ -207,7 +215,16 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     let listen = cfg.metrics_listen;
     let metrics_listener =
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
+    let admin_socket = crate::admin::server::bind(&cfg.admin_socket)
+        .map_err(|error| StartupError::Admin { path: cfg.admin_socket.display().to_string(), error })?;
     let daemon = Daemon::start(&cfg)?;
+    let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
+    let answer = move |req: &crate::admin::Request| {
+        let now = clock::now();
+        crate::admin::handle(req, &fabric.load(), || sample_of(&fabric, &global), now)
+    };
+    let admin_task = tokio::spawn(crate::admin::server::serve(admin_socket, Arc::new(answer)));
+    tracing::info!(socket = %cfg.admin_socket.display(), "admin socket ready");
     let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
     let metrics = match crate::metrics::Metrics::new(move || sample_of(&fabric, &global)) {
         Ok(m) => Arc::new(m),
@@ -228,9 +245,12 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         }
     }
     tracing::info!("shutting down");
-    // the exporter holds the fabric: let it go first so that stop() really closes the TAPs
+    // the exporter and the admin socket hold the fabric: let them go first so that stop()
+    // really closes the TAPs (and the admin socket file is removed)
     metrics_task.abort();
+    admin_task.abort();
     let _cancelled = metrics_task.await;
+    let _cancelled = admin_task.await;
     daemon.stop();
     Ok(())
 }

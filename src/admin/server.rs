@@ -1,0 +1,115 @@
+//! The admin socket's server side: create the socket safely, answer requests line by line.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{Reply, Request};
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+/// A client that sends nothing for this long is disconnected.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// The bound socket; the file is removed when this is dropped.
+pub struct AdminSocket {
+    pub listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for AdminSocket {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the admin socket");
+        }
+    }
+}
+
+/// Create the socket at `path`, mode 0600: make the parent directory if missing (mode 0755),
+/// replace a stale socket left by a daemon that died, refuse to take over a live one or
+/// anything that is not a socket.
+pub fn bind(path: &Path) -> io::Result<AdminSocket> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(io::ErrorKind::AddrInUse, "another overlayd is already answering on this socket"));
+            }
+            Err(_) => {
+                tracing::info!(path = %path.display(), "removing a stale admin socket");
+                std::fs::remove_file(path)?;
+            }
+        },
+        Ok(_) => return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    let sock = AdminSocket { listener, path: path.to_path_buf() };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(sock)
+}
+
+/// Answer requests on `sock` until the task is dropped. `answer` runs on this (control) task.
+pub async fn serve(sock: AdminSocket, answer: Arc<dyn Fn(&Request) -> Reply + Send + Sync>) {
+    loop {
+        let stream = match sock.listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin: accept failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conversation(stream, &*answer).await {
+                tracing::debug!(error = %e, "admin: connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn conversation(stream: UnixStream, answer: &(dyn Fn(&Request) -> Reply + Send + Sync)) -> io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut rd = BufReader::new(rd);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = match tokio::time::timeout(IDLE, (&mut rd).take(MAX_REQUEST).read_line(&mut line)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let too_long = !line.ends_with('\n') && n as u64 >= MAX_REQUEST;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let reply = if too_long {
+            Reply::error(format!("request longer than {MAX_REQUEST} bytes"))
+        } else {
+            match serde_json::from_str::<Request>(text) {
+                Ok(req) => answer(&req),
+                Err(e) => Reply::error(format!("bad request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| br#"{"ok":false,"error":"cannot encode the reply"}"#.to_vec());
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+        if too_long {
+            return Ok(());
+        }
+    }
+}
