@@ -50,7 +50,13 @@ pub enum StartupError {
 
 impl crate::admin::PortNames for Arc<NetIo> {
     fn local_port_name(&self, index: usize) -> String {
-        self.taps.get(index).map_or_else(|| format!("port{index}"), |t| t.name().to_string())
+        let ports = self.ports.load();
+        match u16::try_from(index).ok().and_then(|i| ports.get(LocalPort(i))) {
+            Some(forward::LocalIo::Tap(t)) => t.name().to_string(),
+            Some(forward::LocalIo::Vm(c)) if c.pid > 0 => format!("vm{index} (pid {})", c.pid),
+            Some(forward::LocalIo::Vm(_)) => format!("vm{index}"),
+            None => format!("port{index}"),
+        }
     }
 }
 
