@@ -112,12 +112,12 @@ kill -KILL "${_DAEMON_PID[d1]}"
 wait_exit "${_DAEMON_PID[d1]}" 10 || die "d1 did not die on SIGKILL"
 [[ -S $SOCK ]] || die "expected the killed daemon's socket to remain"
 one_line_error "overlayd stats against a dead socket" "no overlayd is answering" "$BIN" stats --admin "$SOCK"
-start_daemon "$H1" d1 "$WORK/h1.toml"
-wait_ready d1
+start_daemon "$H1" d1again "$WORK/h1.toml"   # a new name: a new log, no stale "ready" line
+wait_ready d1again
 assert_ok "overlayd stats after the restart" "$BIN" stats --admin "$SOCK"
 
 log "shutdown"
-stop_daemon d1
+stop_daemon d1again
 [[ ! -e $SOCK ]] || die "admin socket $SOCK left behind after a clean stop"
 ok "admin socket removed on stop"
 one_line_error "overlayd peers after stop" "no overlayd admin socket" "$BIN" peers --admin "$SOCK"
