@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# 70-prometheus-dashboard.sh - a real Prometheus scrapes two daemons; every dashboard query
+# returns data.
+#
+#   netns h1                                            netns h2
+#   <P>u1 192.0.2.1/24  <======= veth underlay =======>  <P>u2 192.0.2.2/24
+#   overlayd d1, metrics on 192.0.2.1:9477               overlayd d2, metrics on 192.0.2.2:9477
+#   prometheus (127.0.0.1:9090 in h1 only, 1 s scrape of both, tsdb in $WORK)
+#
+# Proves:
+#   - /usr/bin/prometheus, started by the lab inside h1 (never the packaged service), scrapes
+#     both daemons: `up == 1` for both targets (polled: the first scrape takes a few seconds);
+#   - with traffic on the overlay (ping both ways, a TCP transfer), every PromQL expression of
+#     dashboards/overlayd.json ($network = blue, $__rate_interval = 10s) returns a non-empty
+#     result through the Prometheus HTTP API, and so does the network variable's query.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_daemon
+PROMETHEUS=${PROMETHEUS:-/usr/bin/prometheus}
+[[ -x $PROMETHEUS ]] || die "prometheus not installed at $PROMETHEUS (package prometheus)"
+command -v curl >/dev/null || die "curl not installed"
+DASHBOARD=$REPO_DIR/dashboards/overlayd.json
+[[ -r $DASHBOARD ]] || die "no dashboard at $DASHBOARD"
+
+H1=$PREFIX-h1 H2=$PREFIX-h2
+U1=192.0.2.1 U2=192.0.2.2 O1=198.51.100.1 O2=198.51.100.2
+TAP=${PREFIX}tap
+API=http://127.0.0.1:9090/api/v1
+
+add_ns "$H1" "$H2"
+add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
+write_config "$WORK/h1.toml" "$U1"
+set_metrics_listen "$WORK/h1.toml" "$U1:9477"
+add_network "$WORK/h1.toml" blue 42 "$TAP" "$O1/24" "$U2"
+write_config "$WORK/h2.toml" "$U2"
+set_metrics_listen "$WORK/h2.toml" "$U2:9477"
+add_network "$WORK/h2.toml" blue 42 "$TAP" "$O2/24" "$U1"
+start_daemon "$H1" d1 "$WORK/h1.toml"
+start_daemon "$H2" d2 "$WORK/h2.toml"
+wait_ready d1
+wait_ready d2
+
+log "prometheus in $H1, scraping both daemons every second"
+cat >"$WORK/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: overlayd
+    static_configs:
+      - targets: ["$U1:9477", "$U2:9477"]
+EOF
+mkdir "$WORK/tsdb"
+start_bg "$H1" "$WORK/prometheus.log" "$PROMETHEUS" --config.file="$WORK/prometheus.yml" \
+  --storage.tsdb.path="$WORK/tsdb" --web.listen-address=127.0.0.1:9090 --storage.tsdb.retention.time=1h
+PROM_PID=$BG_PID
+prom_ready() { ns_exec "$H1" curl -fsS --max-time 2 http://127.0.0.1:9090/-/ready; }
+wait_until -t 30 prom_ready || { _print_log "$WORK/prometheus.log"; die "prometheus did not get ready"; }
+ok "prometheus ready (pid $PROM_PID)"
+
+# query EXPR - the JSON answer of an instant query
+query() { ns_exec "$H1" curl -fsS --max-time 5 "$API/query" --data-urlencode "query=$1"; }
+both_up() { [[ $(query 'count(up{job="overlayd"} == 1)' | jq -r '.data.result[0].value[1] // 0') == 2 ]]; }
+t0=$SECONDS
+wait_until -t 40 both_up || die "prometheus does not see both daemons up: $(query 'up' | jq -c '.data.result')"
+ok "up == 1 for $U1:9477 and $U2:9477 (after ~$((SECONDS - t0)) s)"
+
+log "traffic over the overlay"
+wait_ping "$H1" "$O2"
+start_bg "$H1" "$WORK/ping1.log" ping -n -i 0.2 "$O2"
+start_bg "$H2" "$WORK/ping2.log" ping -n -i 0.2 "$O1"
+make_random_file "$WORK/payload" 10
+tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/payload" "overlay h1->h2"
+sleep 2   # two more scrapes after the transfer, so rate windows hold it
+
+log "every query of the dashboard through the Prometheus API"
+ns_exec "$H1" /usr/bin/python3 - "$DASHBOARD" "$API" <<'PY' || die "dashboard queries failed"
+import json, sys, time, urllib.parse, urllib.request
+dash, api = sys.argv[1], sys.argv[2]
+d = json.load(open(dash))
+subst = {"$__rate_interval": "10s", "${network}": "blue", "$network": "blue"}
+def fill(e):
+    for k, v in subst.items():
+        e = e.replace(k, v)
+    return e
+def query(e):
+    url = api + "/query?" + urllib.parse.urlencode({"query": e})
+    with urllib.request.urlopen(url, timeout=5) as r:
+        a = json.load(r)
+    if a.get("status") != "success":
+        raise SystemExit(f"query failed: {e}: {a}")
+    return a["data"]["result"]
+panels = []
+for p in d["panels"]:
+    panels.append(p)
+    panels.extend(p.get("panels", []))
+exprs = [(p["title"], fill(t["expr"])) for p in panels for t in p.get("targets", [])]
+var = next(v for v in d["templating"]["list"] if v["name"] == "network")
+metric = var["definition"].split("(", 1)[1].split(",")[0].strip()
+exprs.append(("variable network", f"count by (network) ({metric})"))
+failed = 0
+for title, e in exprs:
+    deadline = time.time() + 20
+    while True:
+        res = query(e)
+        if res or time.time() > deadline:
+            break
+        time.sleep(1)
+    if res:
+        print(f"   ok: {title}: {len(res)} series  [{e[:90]}{'...' if len(e) > 90 else ''}]")
+    else:
+        print(f"FAIL: {title}: empty result for {e}", file=sys.stderr)
+        failed += 1
+vals = sorted({r["metric"].get("network") for r in query(f"count by (network) ({metric})")})
+print(f"   ok: network variable values: {vals}")
+if "blue" not in vals:
+    raise SystemExit("the network variable does not offer blue")
+print(f"   {len(exprs)} queries, {failed} empty")
+sys.exit(1 if failed else 0)
+PY
+
+log "shutdown"
+kill -TERM "$PROM_PID"
+wait_exit "$PROM_PID" 20 || die "prometheus did not stop"
+stop_daemon d1
+stop_daemon d2
+log "PASS: prometheus scrapes both daemons; every dashboard query has data"
