@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# 80-metrics-cost.sh - what scraping /metrics every second costs the data path.
+#
+#   netns h1 <P>u1 192.0.2.1/24  <== veth ==>  netns h2 <P>u2 192.0.2.2/24
+#   blue: vni 42, 198.51.100.1 <-> 198.51.100.2; iperf3 h1 -> h2 over the overlay
+#
+# Runs REPEATS (default 4) pairs of TCP transfers of SECS (default 3) seconds each, in the same
+# lab run, alternating: one without any scrape, one while both daemons are scraped every second
+# (the interval of the Prometheus lab). Prints the medians and their ratio: information only,
+# never asserted (the machine is shared, timings vary).
+#
+# Proves (asserted):
+#   - every scrape during the loaded runs answered 200 (scraping works under full load);
+#   - h1's tap rx byte counter grew by at least the bytes iperf3 sent (nothing uncounted).
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_daemon
+command -v iperf3 >/dev/null || die "iperf3 not installed"
+command -v jq >/dev/null || die "jq not installed"
+REPEATS=${REPEATS:-4} SECS=${SECS:-3}
+
+H1=$PREFIX-h1 H2=$PREFIX-h2
+U1=192.0.2.1 U2=192.0.2.2 O1=198.51.100.1 O2=198.51.100.2
+TAP=${PREFIX}tap
+URL=http://127.0.0.1:9477/metrics
+
+add_ns "$H1" "$H2"
+add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
+write_config "$WORK/h1.toml" "$U1"
+add_network "$WORK/h1.toml" blue 42 "$TAP" "$O1/24" "$U2"
+write_config "$WORK/h2.toml" "$U2"
+add_network "$WORK/h2.toml" blue 42 "$TAP" "$O2/24" "$U1"
+start_daemon "$H1" d1 "$WORK/h1.toml"
+start_daemon "$H2" d2 "$WORK/h2.toml"
+wait_ready d1
+wait_ready d2
+wait_ping "$H1" "$O2"
+
+start_bg "$H2" "$WORK/iperf3-server.log" iperf3 -s -B "$O2" -p 5201
+iperf_listening() { ns_exec "$H2" ss -Hltn "sport = :5201" | grep -q .; }
+wait_until -t 10 iperf_listening || die "iperf3 server did not start"
+
+rx_bytes() { metric "$(scrape "$H1" "$URL")" 'overlayd_tap_bytes_total{direction="rx",network="blue"}'; }
+before=$(rx_bytes)
+sent=0
+# run LABEL - one iperf3 transfer; prints its rate in Mbit/s, adds its bytes to $WORK/sent
+run() {
+  local out
+  out=$(ns_exec "$H1" iperf3 -c "$O2" -p 5201 -t "$SECS" -J) || die "iperf3 $1 failed"
+  jq -r '.end.sum_sent.bytes' <<<"$out" >>"$WORK/sent"
+  jq -r '.end.sum_received.bits_per_second / 1e6 | floor' <<<"$out"
+}
+# scraper NS NAME - curl the daemon's /metrics once a second; one line per scrape: ok or fail
+scraper() {
+  start_bg "$1" "$WORK/scrape-$2.log" bash -c "while :; do curl -fsS -o /dev/null -w 'ok %{time_total}\\n' --max-time 2 $URL || echo fail; sleep 1; done"
+}
+
+log "$REPEATS x (${SECS} s without scraping, ${SECS} s with a 1 s scrape of both daemons)"
+plain=() scraped=()
+for ((i = 1; i <= REPEATS; i++)); do
+  plain+=("$(run "plain $i")")
+  scraper "$H1" "h1-$i"; s1=$BG_PID
+  scraper "$H2" "h2-$i"; s2=$BG_PID
+  scraped+=("$(run "scraped $i")")
+  kill -TERM "$s1" "$s2"
+  wait_exit "$s1" 5 && wait_exit "$s2" 5 || die "scraper did not stop"
+  info "pair $i: ${plain[-1]} Mbit/s without, ${scraped[-1]} Mbit/s with scraping"
+done
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+m_plain=$(median "${plain[@]}") m_scraped=$(median "${scraped[@]}")
+info "median without scraping: $m_plain Mbit/s; with a 1 s scrape: $m_scraped Mbit/s ($(awk -v a="$m_plain" -v b="$m_scraped" 'BEGIN { printf "%+.1f%%", (b - a) / a * 100 }'); not asserted)"
+
+scrapes=$(cat "$WORK"/scrape-*.log | wc -l)
+fails=$(cat "$WORK"/scrape-*.log | grep -vc '^ok ' || true)
+info "scrape time under load, median: $(median $(awk '$1 == "ok" { print $2 * 1000 }' "$WORK"/scrape-*.log)) ms"
+assert_ge "scrapes during the loaded runs" "$REPEATS" "$scrapes"
+assert_eq "scrapes that failed" 0 "$fails"
+sent=$(awk '{ s += $1 } END { printf "%.0f", s }' "$WORK/sent")
+counted=$(($(rx_bytes) - before))
+awk -v c="$counted" -v s="$sent" 'BEGIN { exit !(c >= s) }' || die "h1 counted $counted tap rx bytes, fewer than the $sent bytes iperf3 sent"
+ok "h1 tap rx bytes: $counted counted for $sent bytes of TCP payload sent"
+
+stop_daemon d1
+stop_daemon d2
+log "PASS: metrics cost measured"
