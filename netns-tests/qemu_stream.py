@@ -3,7 +3,7 @@
 
 Usage:
   qemu_stream.py connect SOCKET            connect, send one frame, exit 0 (permission checks)
-  qemu_stream.py local-switching SOCKET    the scenario of netns-tests/50-vm-socket-ports.sh
+  qemu_stream.py local-switching SOCKET    the scenario of netns-tests/55-vm-socket-ports.sh
 
 The local-switching scenario prints one "ok: ..." line per check and "info: ..." lines for
 measurements; it exits 1 with "FAIL: ..." on the first check that does not hold. Inner

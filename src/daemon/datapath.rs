@@ -34,7 +34,7 @@ pub const HEADROOM: usize = 64;
 /// What the I/O side attaches to each network: its local ports.
 #[derive(Debug)]
 pub struct NetIo {
-    /// The TAP devices, in config order (also in `ports`, slots 0..).
+    /// The TAP devices opened by the daemon, in config order (also in `ports`).
     pub taps: Vec<Arc<Tap>>,
     /// Every live local port (TAPs and VM connections); replaced whole on a connect or a
     /// disconnect, read lock-free by the data path.
@@ -44,9 +44,10 @@ pub struct NetIo {
 }
 
 impl NetIo {
-    pub fn new(taps: Vec<Arc<Tap>>) -> NetIo {
-        let ports = Ports::new(taps.iter().cloned().map(LocalIo::Tap));
-        NetIo { taps, ports: ArcSwap::from_pointee(ports), port_changes: Mutex::new(()) }
+    /// The configured ports (TAPs, attached interfaces) in config order: slots 0...
+    pub fn new(fixed: Vec<LocalIo>) -> NetIo {
+        let taps = fixed.iter().filter_map(|p| if let LocalIo::Tap(t) = p { Some(t.clone()) } else { None }).collect();
+        NetIo { taps, ports: ArcSwap::from_pointee(Ports::new(fixed)), port_changes: Mutex::new(()) }
     }
 }
 
@@ -87,7 +88,7 @@ pub struct PortThread {
 impl PortThread {
     pub fn run(self) {
         let PortThread { net, io, port, tx, stop } = self;
-        let Some(tap) = io.taps.get(port.slot()).cloned() else { return };
+        let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
         let mut lens = [0usize; BATCH];
         let mut q = SendQueue::new(tx.len());

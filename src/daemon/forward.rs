@@ -13,6 +13,7 @@ use arc_swap::Guard;
 use crate::core::ports::PortTable;
 use crate::core::stats::Shard;
 use crate::core::{DropReason, Instant, LocalPort, Network};
+use crate::io::packet::PacketPort;
 use crate::io::tap::Tap;
 use crate::io::vmsock::{SendError, VmConn};
 
@@ -23,6 +24,8 @@ use super::datapath::{NetIo, RateLimit};
 pub enum LocalIo {
     Tap(Arc<Tap>),
     Vm(Arc<VmConn>),
+    /// An existing interface (a VM's TAP held by QEMU) bound with a packet socket.
+    Packet(Arc<PacketPort>),
 }
 
 pub type Ports = PortTable<LocalIo>;
@@ -60,6 +63,18 @@ impl Forwarder {
                     net.stats.count_drop(shard, DropReason::PortWriteFailed);
                     if let Some(muted) = self.rl_vm.allow(now) {
                         tracing::warn!(network = net.name(), vm_pid = vm.pid, error = %e, muted, "write to vm failed");
+                    }
+                }
+            },
+            Some(LocalIo::Packet(dev)) => match dev.write(frame) {
+                Ok(_) => net.stats.tap_tx(shard, frame.len()),
+                Err(e) => {
+                    let busy = e.kind() == std::io::ErrorKind::WouldBlock;
+                    net.stats.count_drop(shard, if busy { DropReason::PortBusy } else { DropReason::TapWriteFailed });
+                    if !busy {
+                        if let Some(muted) = self.rl_tap.allow(now) {
+                            tracing::warn!(network = net.name(), interface = dev.name(), error = %e, muted, "write to interface failed");
+                        }
                     }
                 }
             },

@@ -7,6 +7,7 @@
 
 pub mod datapath;
 pub mod forward;
+pub mod packetport;
 pub mod vmport;
 
 use std::collections::BTreeSet;
@@ -20,13 +21,16 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, NetworkConfig};
 use crate::core::fabric::{Fabric, NetEntry};
 use crate::core::stats::GlobalDrops;
-use crate::core::{LocalPort, Network, NetworkSpec};
+use crate::core::{Network, NetworkSpec};
 use crate::io::clock;
 use crate::io::sys::{self, StopFd};
 use crate::io::tap::Tap;
 use crate::io::udp::{self, RxSocket, TxSockets};
+use crate::io::packet::PacketPort;
 use crate::io::vmsock::VmListener;
 use datapath::{NetIo, PortThread, SharedFabric, UnderlayThread};
+use forward::LocalIo;
+use packetport::PacketThread;
 use vmport::VmPortServer;
 
 /// Why the daemon could not start.
@@ -137,9 +141,26 @@ impl Daemon {
             let mut taps = Vec::with_capacity(n.taps.len());
             for (i, name) in n.taps.iter().enumerate() {
                 // the address goes on the first TAP only: one subnet, one host interface
-                let tap = Tap::open(name, tap_mtu, if i == 0 { n.address } else { None }).map_err(StartupError::Tap)?;
-                tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
-                taps.push(Arc::new(tap));
+                match Tap::open(name, tap_mtu, if i == 0 { n.address } else { None }) {
+                    Ok(tap) => {
+                        tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
+                        taps.push(LocalIo::Tap(Arc::new(tap)));
+                    }
+                    // a TAP another process holds (QEMU -netdev tap), or another kind of
+                    // interface: join it the way a bridge does
+                    Err(e) if sys::interface_exists(name) => {
+                        let dev = PacketPort::attach(name).map_err(|pe| {
+                            StartupError::Tap(std::io::Error::new(pe.kind(), format!("{e}; attaching it with a packet socket failed too: {pe}")))
+                        })?;
+                        tracing::info!(network = n.name, interface = name, ifindex = dev.ifindex(), reason = %e,
+                            "interface attached as a port with a packet socket (it is not a TAP we can open, e.g. a VM's TAP held by QEMU)");
+                        if i == 0 && n.address.is_some() {
+                            tracing::warn!(network = n.name, interface = name, "address not set: it is only put on a TAP the daemon opens");
+                        }
+                        taps.push(LocalIo::Packet(Arc::new(dev)));
+                    }
+                    Err(e) => return Err(StartupError::Tap(e)),
+                }
             }
             if let Some(v) = &n.vm_socket {
                 let l = VmListener::bind(v).map_err(StartupError::Socket)?;
@@ -158,9 +179,19 @@ impl Daemon {
 
         let mut threads = Vec::new();
         for e in &fabric.load().networks {
-            for (i, tap) in e.io.taps.iter().enumerate() {
-                let t = PortThread { net: e.net.clone(), io: e.io.clone(), port: LocalPort::new(i, 0), tx: tx.clone(), stop: stop.clone() };
-                threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
+            for (port, local) in e.io.ports.load().iter() {
+                let (net, io, tx, stop) = (e.net.clone(), e.io.clone(), tx.clone(), stop.clone());
+                match local {
+                    LocalIo::Tap(tap) => {
+                        let t = PortThread { net, io, port, tx, stop };
+                        threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
+                    }
+                    LocalIo::Packet(dev) => {
+                        let t = PacketThread { net, io, port, dev: dev.clone(), tx, stop };
+                        threads.push(spawn(format!("port-{}", dev.name()), move || t.run())?);
+                    }
+                    LocalIo::Vm(_) => {}
+                }
             }
         }
         for (i, listener) in listeners {

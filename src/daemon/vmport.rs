@@ -151,13 +151,21 @@ struct VmReader {
 }
 
 /// Frames of one batch: each sits in `arena` after [`vxlan::HEADER_LEN`] bytes of room.
-struct Batch {
+pub(super) struct Batch {
     arena: Vec<u8>,
     /// (offset of the room, frame length)
     items: Vec<(usize, usize)>,
 }
 
 impl Batch {
+    pub(super) fn new() -> Batch {
+        Batch { arena: vec![0; ARENA.max(vxlan::HEADER_LEN + crate::core::wire::qemu::MAX_FRAME)], items: Vec::with_capacity(BATCH) }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     fn fits(&self, len: usize) -> bool {
         self.items.len() < BATCH && self.used() + vxlan::HEADER_LEN + len <= self.arena.len()
     }
@@ -171,71 +179,47 @@ impl Batch {
         self.arena[o + vxlan::HEADER_LEN..o + vxlan::HEADER_LEN + frame.len()].copy_from_slice(frame);
         self.items.push((o, frame.len()));
     }
+
+    /// Room for reading the next frame in place, if `want` bytes fit; [`Self::commit`] it.
+    pub(super) fn room(&mut self, want: usize) -> Option<&mut [u8]> {
+        if !self.fits(want) {
+            return None;
+        }
+        let o = self.used() + vxlan::HEADER_LEN;
+        Some(&mut self.arena[o..o + want])
+    }
+
+    /// The frame of `len` bytes read into [`Self::room`] belongs to the batch.
+    pub(super) fn commit(&mut self, len: usize) {
+        let o = self.used();
+        self.items.push((o, len));
+    }
 }
 
-impl VmReader {
-    fn run(self) {
-        let mut dec = StreamDecoder::new(READ_BUF);
-        let mut batch = Batch { arena: vec![0; ARENA.max(vxlan::HEADER_LEN + crate::core::wire::qemu::MAX_FRAME)], items: Vec::with_capacity(BATCH) };
-        let mut q = SendQueue::new(self.tx.len());
-        let mut fwd = Forwarder::default();
-        let mut rl_send = RateLimit::default();
-        let end = 'conn: loop {
-            match sys::wait_readable(self.conn.fd(), &self.stop) {
-                Ok(Wake::Stop) => break 'conn End::Stopped,
-                Ok(Wake::Ready) => {}
-                Err(e) => break 'conn End::Error(e),
-            }
-            let now = clock::now();
-            loop {
-                match self.conn.read(&mut dec) {
-                    Ok(0) => {
-                        self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
-                        break 'conn End::Closed;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
-                        break 'conn End::Error(e);
-                    }
-                }
-                loop {
-                    match dec.next_frame() {
-                        Ok(Some(frame)) => {
-                            if !batch.fits(frame.len()) {
-                                self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
-                            }
-                            batch.push(frame);
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
-                            self.net.stats.count_drop(Shard::LOCAL, DropReason::BadFraming);
-                            break 'conn End::Framing(e);
-                        }
-                    }
-                }
-            }
-            self.switch(&mut batch, &mut q, &mut fwd, &mut rl_send, now);
-        };
-        let flushed = remove_port(&self.net, &self.io, self.port);
-        let (net, slot, pid) = (self.net.name(), self.port.slot(), self.conn.pid);
-        match end {
-            End::Closed => tracing::info!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, "vm disconnected"),
-            End::Stopped => tracing::debug!(network = net, port = slot, vm_pid = pid, "vm port closed on shutdown"),
-            End::Error(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm connection failed; disconnected"),
-            End::Framing(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm sent bad framing; disconnected"),
-        }
+/// Switches batches of frames that arrived on one local port.
+pub(super) struct Switcher {
+    pub net: Arc<Network>,
+    pub io: Arc<NetIo>,
+    pub tx: Arc<TxSockets>,
+    pub port: LocalPort,
+    q: SendQueue,
+    fwd: Forwarder,
+    rl_send: RateLimit,
+}
+
+impl Switcher {
+    pub(super) fn new(net: Arc<Network>, io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
+        let q = SendQueue::new(tx.len());
+        Switcher { net, io, tx, port, q, fwd: Forwarder::default(), rl_send: RateLimit::default() }
     }
 
     /// Switch every frame of `batch` and send what goes to peers; empties the batch.
-    fn switch(&self, batch: &mut Batch, q: &mut SendQueue, fwd: &mut Forwarder, rl_send: &mut RateLimit, now: Instant) {
+    pub(super) fn switch(&mut self, batch: &mut Batch, now: Instant) {
         if batch.items.is_empty() {
             return;
         }
         let (net, shard, ingress) = (&*self.net, Shard::LOCAL, Port::Local(self.port));
+        let (q, fwd) = (&mut self.q, &mut self.fwd);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
             let room = o..o + vxlan::HEADER_LEN + len;
@@ -264,6 +248,7 @@ impl VmReader {
             }
         }
         if !q.is_empty() {
+            let rl_send = &mut self.rl_send;
             q.flush(&self.tx, std::slice::from_ref(&batch.arena), |it, r| match r {
                 Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
                 Err(e) => {
@@ -275,6 +260,62 @@ impl VmReader {
             });
         }
         batch.items.clear();
+    }
+}
+
+impl VmReader {
+    fn run(self) {
+        let mut dec = StreamDecoder::new(READ_BUF);
+        let mut batch = Batch::new();
+        let mut sw = Switcher::new(self.net.clone(), self.io.clone(), self.tx.clone(), self.port);
+        let end = 'conn: loop {
+            match sys::wait_readable(self.conn.fd(), &self.stop) {
+                Ok(Wake::Stop) => break 'conn End::Stopped,
+                Ok(Wake::Ready) => {}
+                Err(e) => break 'conn End::Error(e),
+            }
+            let now = clock::now();
+            loop {
+                match self.conn.read(&mut dec) {
+                    Ok(0) => {
+                        sw.switch(&mut batch, now);
+                        break 'conn End::Closed;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        sw.switch(&mut batch, now);
+                        break 'conn End::Error(e);
+                    }
+                }
+                loop {
+                    match dec.next_frame() {
+                        Ok(Some(frame)) => {
+                            if !batch.fits(frame.len()) {
+                                sw.switch(&mut batch, now);
+                            }
+                            batch.push(frame);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            sw.switch(&mut batch, now);
+                            self.net.stats.count_drop(Shard::LOCAL, DropReason::BadFraming);
+                            break 'conn End::Framing(e);
+                        }
+                    }
+                }
+            }
+            sw.switch(&mut batch, now);
+        };
+        let flushed = remove_port(&self.net, &self.io, self.port);
+        let (net, slot, pid) = (self.net.name(), self.port.slot(), self.conn.pid);
+        match end {
+            End::Closed => tracing::info!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, "vm disconnected"),
+            End::Stopped => tracing::debug!(network = net, port = slot, vm_pid = pid, "vm port closed on shutdown"),
+            End::Error(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm connection failed; disconnected"),
+            End::Framing(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm sent bad framing; disconnected"),
+        }
     }
 }
 

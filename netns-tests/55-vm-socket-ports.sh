@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 50-vm-socket-ports.sh - QEMU socket ports: local switching between VM connections.
+# 55-vm-socket-ports.sh - QEMU socket ports: local switching between VM connections.
 #
 #   netns h1: overlayd, network blue (vni 42) with only a vm_socket (no TAP), peer h2
 #   netns h2: overlayd, network blue with a TAP 198.51.100.2/24, peer h1

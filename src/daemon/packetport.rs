@@ -1,0 +1,75 @@
+//! The reader of a port that is an existing interface bound with a packet socket (a VM's TAP
+//! held by QEMU): read frames straight into the batch arena, switch them like any local
+//! port's. See [`crate::io::packet`].
+
+use std::io;
+use std::sync::Arc;
+
+use crate::core::stats::Shard;
+use crate::core::{DropReason, LocalPort, Network};
+use crate::io::clock;
+use crate::io::packet::PacketPort;
+use crate::io::sys::{self, StopFd, Wake};
+use crate::io::udp::TxSockets;
+
+use super::datapath::{NetIo, RateLimit};
+use super::vmport::{Batch, Switcher};
+
+/// Everything the reader of a packet-socket port needs.
+pub struct PacketThread {
+    pub net: Arc<Network>,
+    pub io: Arc<NetIo>,
+    pub port: LocalPort,
+    pub dev: Arc<PacketPort>,
+    pub tx: Arc<TxSockets>,
+    pub stop: Arc<StopFd>,
+}
+
+impl PacketThread {
+    pub fn run(self) {
+        let PacketThread { net, io, port, dev, tx, stop } = self;
+        // a frame within the MTU (with a VLAN tag) always fits; a larger one is cut and
+        // counted, it would be dropped as over the MTU anyway
+        let want = usize::from(net.spec.mtu) + 32;
+        let mut batch = Batch::new();
+        let mut sw = Switcher::new(net.clone(), io, tx, port);
+        let mut rl = RateLimit::default();
+        loop {
+            match sys::wait_readable(dev.fd(), &stop) {
+                Ok(Wake::Stop) => break,
+                Ok(Wake::Ready) => {}
+                Err(e) => {
+                    tracing::error!(network = net.name(), interface = dev.name(), error = %e, "poll failed; port stopped");
+                    break;
+                }
+            }
+            let now = clock::now();
+            loop {
+                let Some(room) = batch.room(want) else {
+                    sw.switch(&mut batch, now);
+                    continue;
+                };
+                match dev.read(room) {
+                    Ok((_, true)) => net.stats.count_drop(Shard::LOCAL, DropReason::MtuExceeded),
+                    Ok((n, false)) => batch.commit(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if let Some(muted) = rl.allow(now) {
+                            tracing::warn!(network = net.name(), interface = dev.name(), error = %e, muted, "read from interface failed");
+                        }
+                        if e.raw_os_error() == Some(libc::ENETDOWN) {
+                            // the interface went down (e.g. its VM stopped): wait before retrying
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        break;
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                sw.switch(&mut batch, now);
+            }
+        }
+        tracing::debug!(network = net.name(), interface = dev.name(), "packet port thread stopped");
+    }
+}
