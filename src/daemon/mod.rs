@@ -55,11 +55,15 @@ pub enum StartupError {
 impl crate::admin::PortNames for Arc<NetIo> {
     fn local_port_name(&self, index: usize) -> String {
         let ports = self.ports.load();
-        match u16::try_from(index).ok().and_then(|i| ports.get(LocalPort(i))) {
+        // `index` is the whole LocalPort value (slot and generation); name VMs by slot
+        let port = u16::try_from(index).ok().map(crate::core::LocalPort);
+        let slot = port.map_or(index, |p| p.slot());
+        match port.and_then(|p| ports.get(p)) {
             Some(forward::LocalIo::Tap(t)) => t.name().to_string(),
-            Some(forward::LocalIo::Vm(c)) if c.pid > 0 => format!("vm{index} (pid {})", c.pid),
-            Some(forward::LocalIo::Vm(_)) => format!("vm{index}"),
-            None => format!("port{index}"),
+            Some(forward::LocalIo::Packet(d)) => d.name().to_string(),
+            Some(forward::LocalIo::Vm(c)) if c.pid > 0 => format!("vm{slot} (pid {})", c.pid),
+            Some(forward::LocalIo::Vm(_)) => format!("vm{slot}"),
+            None => format!("port{slot}"),
         }
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 60-vm-qemu-two-hosts.sh - QEMU VMs on two hosts in one L2 segment, one on a socket port, one
+# 65-vm-qemu-two-hosts.sh - QEMU VMs on two hosts in one L2 segment, one on a socket port, one
 # on a TAP port.
 #
 #   netns h1: overlayd, network blue: TAP <P>tap1 198.51.100.1/24 + vm_socket
