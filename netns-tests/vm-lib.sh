@@ -61,7 +61,8 @@ build_guest() {
   [[ -n $GUEST_KERNEL ]] || die "no kernel in /boot (install linux-image-amd64)"
   kver=${GUEST_KERNEL#/boot/vmlinuz-}
   [[ -d /lib/modules/$kver ]] || die "no /lib/modules/$kver for the guest kernel $GUEST_KERNEL"
-  [[ -x /bin/busybox ]] && /bin/busybox --list 2>/dev/null | grep -qx insmod || die "no static busybox (install busybox-static)"
+  # (no `busybox --list | grep -q`: under pipefail, grep quitting early fails the pipe)
+  [[ -x /bin/busybox && $(/bin/busybox --list 2>/dev/null) == *insmod* ]] || die "no static busybox (install busybox-static)"
   command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not installed (qemu-system-x86)"
   key=$( { _guest_init; echo "$kver"; sha256sum /bin/busybox; } | sha256sum | cut -c1-12)
   GUEST_INITRD=$GUEST_DIR/initramfs-$key.cpio.gz
