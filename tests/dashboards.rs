@@ -108,6 +108,7 @@ fn one_network() -> overlayd::metrics::Sample {
         mtu: 1450,
         peers: vec![std::net::SocketAddr::from(([192, 0, 2, 2], 4789))],
         fdb: FdbConfig::default(),
+        bum_pps_limit: None,
         local_ports: 1,
     });
     let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);

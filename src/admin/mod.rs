@@ -208,6 +208,7 @@ mod tests {
                 mtu: 1450,
                 peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789))],
                 fdb: FdbConfig::default(),
+                bum_pps_limit: None,
                 local_ports: 1,
             })),
             io: (),

@@ -46,6 +46,8 @@ pub struct NetworkConfig {
     pub mtu: Option<u16>,
     pub vxlan_port: u16,
     pub fdb: FdbConfig,
+    /// Storm control: flooded frames per second accepted from each port; `None` = no limit.
+    pub bum_pps_limit: Option<u32>,
     /// TTL (IPv4) or hop limit (IPv6) of the outer header.
     pub ttl: u8,
     /// DSCP of the outer header.

@@ -52,6 +52,11 @@ pub struct RawNetwork {
     pub vxlan_port: Option<i64>,
     pub fdb_ageing_secs: Option<i64>,
     pub fdb_max_entries: Option<i64>,
+    /// Flooded frames per second accepted from each port; absent = no limit.
+    pub bum_pps_limit: Option<i64>,
+    /// Moves within `mac_move_window_secs` after which a MAC is pinned (0 = never).
+    pub mac_move_limit: Option<i64>,
+    pub mac_move_window_secs: Option<i64>,
     /// GRE only: carry `vni` in the GRE key (default true).
     pub key: Option<bool>,
     /// GRE only: send the GRE checksum (default false).

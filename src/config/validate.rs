@@ -225,7 +225,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), ttl, dscp, vm_socket };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -237,6 +237,16 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
     }
     if let Some(m) = n.fdb_max_entries {
         cfg.fdb.max_entries = ranged(&format!("{at}.fdb_max_entries"), m, 1, 16_777_216, "the MAC table size")? as usize;
+    }
+    if let Some(p) = n.bum_pps_limit {
+        cfg.bum_pps_limit = Some(ranged(&format!("{at}.bum_pps_limit"), p, 1, 100_000_000, "flooded frames per second per port")? as u32);
+    }
+    if let Some(m) = n.mac_move_limit {
+        cfg.fdb.move_limit = ranged(&format!("{at}.mac_move_limit"), m, 0, 1_000_000, "moves per window (0 = never pin)")? as u32;
+    }
+    if let Some(s) = n.mac_move_window_secs {
+        let s = ranged(&format!("{at}.mac_move_window_secs"), s, 1, 86_400, "the MAC move window in seconds")?;
+        cfg.fdb.move_window = Duration::from_secs(s as u64);
     }
     Ok(cfg)
 }
@@ -394,6 +404,19 @@ mod tests {
         assert!(problem(&twice).starts_with("networks[1].vni:"));
         let twice = twice.replace("vni = 42\ntap = \"ovl-red\"", "vni = 43\ntap = \"ovl-blue\"");
         assert!(problem(&twice).starts_with("networks[1].tap:"));
+    }
+
+    #[test]
+    fn storm_and_move_damping_keys_have_rfc_defaults_and_name_their_key() {
+        let n = &parse(GOOD).unwrap().networks[0];
+        assert_eq!(n.bum_pps_limit, None, "storm control is off by default");
+        assert_eq!((n.fdb.move_limit, n.fdb.move_window), (5, Duration::from_secs(180)));
+        let c = parse(&GOOD.replace("vni = 42", "vni = 42\nbum_pps_limit = 500\nmac_move_limit = 0\nmac_move_window_secs = 60")).unwrap();
+        let n = &c.networks[0];
+        assert_eq!((n.bum_pps_limit, n.fdb.move_limit, n.fdb.move_window), (Some(500), 0, Duration::from_secs(60)));
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\nbum_pps_limit = 0")).starts_with("networks[0].bum_pps_limit:"));
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\nmac_move_limit = -1")).starts_with("networks[0].mac_move_limit:"));
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\nmac_move_window_secs = 0")).starts_with("networks[0].mac_move_window_secs:"));
     }
 
     #[test]

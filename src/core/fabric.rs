@@ -168,6 +168,7 @@ mod tests {
                 mtu: 1450,
                 peers,
                 fdb: FdbConfig::default(),
+                bum_pps_limit: None,
                 local_ports: 1,
             })),
             io: (),

@@ -10,6 +10,13 @@
 //!   table with random source MACs therefore ends up evicting its own entries, and every
 //!   other port keeps its MACs (OVS `evict_mac_from_busiest_port`).
 //!
+//! - a MAC that moves more than `move_limit` times within `move_window` (RFC 7432 §15
+//!   defaults: 5 moves in 180 s) is *pinned*: it stays on the port it is on for one
+//!   `move_window`, frames claiming it from another port are refused ([`Learned::Pinned`]),
+//!   and a [`PinEvent`] is queued for the control path to log. A loop through an outside
+//!   bridge, or two hosts using one MAC, then shows up as one log line instead of a MAC
+//!   flapping between ports thousands of times a second.
+//!
 //! Concurrency: lookups and refreshes run on the data-path threads and take no lock — the
 //! map is a lock-free `papaya::HashMap` and an entry's port and timestamp are atomics. Only
 //! changes (a new MAC, a move, an eviction, ageing, a flush) take the `book` mutex, which
@@ -28,6 +35,11 @@ use super::Port;
 /// Defaults as in Linux bridges and Open vSwitch.
 pub const DEFAULT_AGEING: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_ENTRIES: usize = 8192;
+/// MAC mobility defaults of RFC 7432 §15: more than 5 moves within 180 s is a duplicate.
+pub const DEFAULT_MOVE_LIMIT: u32 = 5;
+pub const DEFAULT_MOVE_WINDOW: Duration = Duration::from_secs(180);
+/// Pin events kept for the control path between two drains; more are only counted.
+const MAX_PIN_EVENTS: usize = 64;
 
 /// Refreshing an entry's timestamp writes to a shared cache line; do it at most this often.
 const REFRESH_GRANULARITY_MS: u64 = 1000;
@@ -36,11 +48,19 @@ const REFRESH_GRANULARITY_MS: u64 = 1000;
 pub struct FdbConfig {
     pub ageing: Duration,
     pub max_entries: usize,
+    /// Moves allowed within `move_window` before a MAC is pinned; 0 = never pin.
+    pub move_limit: u32,
+    pub move_window: Duration,
 }
 
 impl Default for FdbConfig {
     fn default() -> Self {
-        FdbConfig { ageing: DEFAULT_AGEING, max_entries: DEFAULT_MAX_ENTRIES }
+        FdbConfig {
+            ageing: DEFAULT_AGEING,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            move_limit: DEFAULT_MOVE_LIMIT,
+            move_window: DEFAULT_MOVE_WINDOW,
+        }
     }
 }
 
@@ -50,6 +70,41 @@ struct Entry {
     last_seen: AtomicU64,
     /// Position in its port's insertion order; written under the book mutex only.
     seq: AtomicU64,
+    /// Start of the current move-counting window (ms) and the moves in it; book mutex only.
+    window_start: AtomicU64,
+    moves: AtomicU32,
+    /// Pinned to its port until this time (ms); 0 = not pinned.
+    pinned_until: AtomicU64,
+}
+
+impl Entry {
+    fn new(code: u32, now: Instant, seq: u64) -> Self {
+        Entry {
+            port: AtomicU32::new(code),
+            last_seen: AtomicU64::new(now.as_millis()),
+            seq: AtomicU64::new(seq),
+            window_start: AtomicU64::new(now.as_millis()),
+            moves: AtomicU32::new(0),
+            pinned_until: AtomicU64::new(0),
+        }
+    }
+
+    fn pinned(&self, now: Instant) -> bool {
+        self.pinned_until.load(Relaxed) > now.as_millis()
+    }
+}
+
+/// A MAC that exceeded the move limit and was pinned (for the control path's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinEvent {
+    pub mac: MacAddr,
+    /// The port it stays on.
+    pub kept: Port,
+    /// The port whose claim was refused.
+    pub refused: Port,
+    /// Moves seen within the window, the refused one included.
+    pub moves: u32,
+    pub until: Instant,
 }
 
 /// What learning a source MAC did.
@@ -61,6 +116,8 @@ pub enum Learned {
     New { evicted: Option<MacAddr> },
     /// The MAC moved from another port.
     Moved { from: Port },
+    /// The MAC is pinned to `on` (it moved too often): not moved, the frame should be dropped.
+    Pinned { on: Port },
 }
 
 /// Counts of table changes since start, for `overlayd_fdb_events_total`.
@@ -71,6 +128,8 @@ pub struct FdbEvents {
     pub expired: AtomicU64,
     pub evicted: AtomicU64,
     pub flushed: AtomicU64,
+    /// MACs pinned for moving too often.
+    pub pinned: AtomicU64,
 }
 
 /// One row of [`Fdb::entries`].
@@ -94,6 +153,8 @@ struct Book {
     ports: HashMap<Port, PortBook>,
     total: usize,
     next_seq: u64,
+    pin_events: Vec<PinEvent>,
+    pin_events_lost: u64,
 }
 
 #[derive(Debug)]
@@ -142,6 +203,9 @@ impl Fdb {
                     }
                     return Learned::Known;
                 }
+                if e.pinned(now) {
+                    return Learned::Pinned { on: Port::from_u32(e.port.load(Relaxed)) };
+                }
             }
         }
         self.learn_slow(mac, port, now)
@@ -154,11 +218,38 @@ impl Fdb {
         if let Some(e) = self.map.get(&mac, &g) {
             // re-check under the lock: another thread may have moved or learned it meanwhile
             let old = e.port.load(Relaxed);
-            e.last_seen.store(now.as_millis(), Relaxed);
+            let from = Port::from_u32(old);
             if old == code {
+                e.last_seen.store(now.as_millis(), Relaxed);
                 return Learned::Known;
             }
-            let from = Port::from_u32(old);
+            if e.pinned(now) {
+                return Learned::Pinned { on: from };
+            }
+            if self.cfg.move_limit > 0 {
+                let ms = now.as_millis();
+                if ms.saturating_sub(e.window_start.load(Relaxed)) > self.cfg.move_window.as_millis() as u64 {
+                    e.window_start.store(ms, Relaxed);
+                    e.moves.store(0, Relaxed);
+                }
+                let moves = e.moves.load(Relaxed).saturating_add(1);
+                e.moves.store(moves, Relaxed);
+                if moves > self.cfg.move_limit {
+                    let until = now + self.cfg.move_window;
+                    e.pinned_until.store(until.as_millis().max(ms + 1), Relaxed);
+                    e.moves.store(0, Relaxed);
+                    e.window_start.store(until.as_millis(), Relaxed);
+                    self.events.pinned.fetch_add(1, Relaxed);
+                    let ev = PinEvent { mac, kept: from, refused: port, moves, until };
+                    if book.pin_events.len() < MAX_PIN_EVENTS {
+                        book.pin_events.push(ev);
+                    } else {
+                        book.pin_events_lost += 1;
+                    }
+                    return Learned::Pinned { on: from };
+                }
+            }
+            e.last_seen.store(now.as_millis(), Relaxed);
             if let Some(pb) = book.ports.get_mut(&from) {
                 pb.count = pb.count.saturating_sub(1);
             }
@@ -180,11 +271,7 @@ impl Fdb {
         }
         let seq = book.next_seq;
         book.next_seq += 1;
-        self.map.insert(
-            mac,
-            Entry { port: AtomicU32::new(code), last_seen: AtomicU64::new(now.as_millis()), seq: AtomicU64::new(seq) },
-            &g,
-        );
+        self.map.insert(mac, Entry::new(code, now, seq), &g);
         book.total += 1;
         let pb = book.ports.entry(port).or_default();
         pb.count += 1;
@@ -287,6 +374,18 @@ impl Fdb {
         removed
     }
 
+    /// The MACs pinned since the last call (at most 64), and how many more were not kept.
+    pub fn take_pin_events(&self) -> (Vec<PinEvent>, u64) {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        (std::mem::take(&mut book.pin_events), std::mem::take(&mut book.pin_events_lost))
+    }
+
+    /// Whether `mac` is pinned at `now`.
+    pub fn is_pinned(&self, mac: MacAddr, now: Instant) -> bool {
+        let g = self.map.guard();
+        self.map.get(&mac, &g).is_some_and(|e| e.pinned(now))
+    }
+
     /// Number of entries (aged ones included until the next sweep).
     pub fn len(&self) -> usize {
         self.book.lock().unwrap_or_else(|p| p.into_inner()).total
@@ -334,7 +433,74 @@ mod tests {
     }
 
     fn fdb(max: usize) -> Fdb {
-        Fdb::new(FdbConfig { ageing: Duration::from_secs(300), max_entries: max })
+        Fdb::new(FdbConfig { ageing: Duration::from_secs(300), max_entries: max, move_limit: 0, ..FdbConfig::default() })
+    }
+
+    fn damped(limit: u32, window_secs: u64) -> Fdb {
+        Fdb::new(FdbConfig { move_limit: limit, move_window: Duration::from_secs(window_secs), ..FdbConfig::default() })
+    }
+
+    #[test]
+    fn a_mac_moving_more_than_the_limit_is_pinned_and_reported_once() {
+        let f = damped(5, 180);
+        f.learn(mac(1), P0, Instant::ZERO);
+        // 5 moves within the window are allowed (P0 -> P1 -> P0 ...)
+        for i in 1..=5u64 {
+            let to = if i % 2 == 1 { P1 } else { P0 };
+            assert!(matches!(f.learn(mac(1), to, Instant::from_secs(i)), Learned::Moved { .. }), "move {i}");
+        }
+        assert_eq!(f.lookup(mac(1), Instant::from_secs(5)), Some(P1));
+        // the sixth is refused: it stays on P1, pinned
+        assert_eq!(f.learn(mac(1), P0, Instant::from_secs(6)), Learned::Pinned { on: P1 });
+        assert_eq!(f.lookup(mac(1), Instant::from_secs(6)), Some(P1));
+        assert!(f.is_pinned(mac(1), Instant::from_secs(6)));
+        // further claims are refused without new events; its own port still refreshes it
+        for t in 7..100 {
+            assert_eq!(f.learn(mac(1), P0, Instant::from_secs(t)), Learned::Pinned { on: P1 });
+            assert_eq!(f.learn(mac(1), P1, Instant::from_secs(t)), Learned::Known);
+        }
+        let (ev, lost) = f.take_pin_events();
+        assert_eq!(ev, vec![PinEvent { mac: mac(1), kept: P1, refused: P0, moves: 6, until: Instant::from_secs(186) }]);
+        assert_eq!(lost, 0);
+        assert_eq!(f.take_pin_events().0, vec![], "events are handed out once");
+        assert_eq!(f.events.pinned.load(Relaxed), 1);
+        assert_eq!(f.events.moved.load(Relaxed), 5);
+        // after one window it may move again
+        assert_eq!(f.learn(mac(1), P0, Instant::from_secs(187)), Learned::Moved { from: P1 });
+    }
+
+    #[test]
+    fn moves_spread_wider_than_the_window_never_pin() {
+        let f = damped(5, 180);
+        f.learn(mac(1), P0, Instant::ZERO);
+        for i in 1..=50u64 {
+            let to = if i % 2 == 1 { P1 } else { P0 };
+            // one move every 40 s: at most 5 in any 180 s window
+            assert!(matches!(f.learn(mac(1), to, Instant::from_secs(40 * i)), Learned::Moved { .. }), "move {i}");
+        }
+        assert_eq!(f.events.pinned.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn move_limit_zero_never_pins() {
+        let f = damped(0, 180);
+        f.learn(mac(1), P0, Instant::ZERO);
+        for i in 1..1000u64 {
+            let to = if i % 2 == 1 { P1 } else { P0 };
+            assert!(matches!(f.learn(mac(1), to, Instant::from_millis(i)), Learned::Moved { .. }));
+        }
+    }
+
+    #[test]
+    fn pin_events_are_bounded() {
+        let f = damped(1, 180);
+        for m in 0..200 {
+            f.learn(mac(m), P0, Instant::ZERO);
+            f.learn(mac(m), P1, Instant::ZERO);
+            assert_eq!(f.learn(mac(m), P0, Instant::ZERO), Learned::Pinned { on: P1 });
+        }
+        let (ev, lost) = f.take_pin_events();
+        assert_eq!((ev.len(), lost), (64, 136));
     }
 
     #[test]

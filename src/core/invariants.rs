@@ -292,9 +292,14 @@ pub struct Node {
     /// Frames fed per network from local ports / from peers (accepted by classification).
     fed_local: Vec<u64>,
     fed_peer: Vec<Vec<u64>>,
+    /// The latest time any step saw (the clock may step back a little).
+    max_now: u64,
+    /// Flooded frames per (network, ingress): first flood time and count, for the storm limit.
+    floods: std::collections::HashMap<(usize, Port), (u64, u64)>,
 }
 
-fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig) -> NetworkSpec {
+#[allow(clippy::too_many_arguments)]
+fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig, bum_pps_limit: Option<u32>) -> NetworkSpec {
     NetworkSpec {
         name: name.into(),
         encap,
@@ -302,6 +307,7 @@ fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_p
         mtu: 200,
         peers: peers.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
         fdb,
+        bum_pps_limit,
         local_ports,
     }
 }
@@ -314,19 +320,32 @@ impl Default for Node {
 
 impl Node {
     pub fn new() -> Self {
-        let small = |max_entries| FdbConfig { ageing: Duration::from_secs(5), max_entries, ..FdbConfig::default() };
+        let small = |max_entries, move_limit, window: u64| FdbConfig {
+            ageing: Duration::from_secs(5),
+            max_entries,
+            move_limit,
+            move_window: Duration::from_secs(window),
+        };
+        let gre = |key, checksum| Encap::Gre(GreOptions { key, checksum });
         let specs = [
-            (spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2], 2, small(8)), 4789),
-            (spec("red", Encap::Vxlan, 43, 4789, &ADDRS[1..3], 1, small(4)), 4789),
-            (spec("green", Encap::Vxlan, 42, 4790, &ADDRS[4..5], 3, small(6)), 4790),
-            (spec("keyed", Encap::Gre(GreOptions { key: true, checksum: true }), 43, 0, &[ADDRS[0], ADDRS[2]], 1, small(5)), 0),
-            (spec("keyless", Encap::Gre(GreOptions { key: false, checksum: false }), 0, 0, &ADDRS[1..2], 2, small(5)), 0),
+            (spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2], 2, small(8, 3, 10), Some(20)), 4789),
+            (spec("red", Encap::Vxlan, 43, 4789, &ADDRS[1..3], 1, small(4, 5, 180), None), 4789),
+            (spec("green", Encap::Vxlan, 42, 4790, &ADDRS[4..5], 3, small(6, 1, 2), Some(1)), 4790),
+            (spec("keyed", gre(true, true), 43, 0, &[ADDRS[0], ADDRS[2]], 1, small(5, 2, 5), Some(5)), 0),
+            (spec("keyless", gre(false, false), 0, 0, &ADDRS[1..2], 2, small(5, 0, 1), None), 0),
         ];
         let ports: Vec<u16> = specs.iter().map(|(_, p)| *p).collect();
         let networks: Vec<NetEntry<()>> =
             specs.into_iter().map(|(s, _)| NetEntry { net: Arc::new(Network::new(s)), io: () }).collect();
         let fed_peer = networks.iter().map(|e| vec![0; e.net.peers.len()]).collect();
-        Node { fed_local: vec![0; networks.len()], fed_peer, fabric: Fabric::new(networks, &ports), now: 1000 }
+        Node {
+            fed_local: vec![0; networks.len()],
+            fed_peer,
+            fabric: Fabric::new(networks, &ports),
+            now: 1000,
+            max_now: 1000,
+            floods: Default::default(),
+        }
     }
 
     fn now(&self) -> Instant {
@@ -394,11 +413,20 @@ impl Node {
                 } else {
                     self.now += u64::from(d) * 4;
                 }
+                self.max_now = self.max_now.max(self.now);
             }
             6 => {
                 let now = self.now();
+                // the control path's tick: ageing, and the pin events it logs
                 for e in &self.fabric.networks {
                     e.net.fdb.sweep(now);
+                    let (events, _) = e.net.fdb.take_pin_events();
+                    let cfg = e.net.fdb.config();
+                    for ev in events {
+                        assert!(cfg.move_limit > 0, "{}: pinned with damping off", e.net.name());
+                        assert_ne!(ev.kept, ev.refused, "pinned against its own port");
+                        assert!(ev.moves > cfg.move_limit, "pinned after {} moves (limit {})", ev.moves, cfg.move_limit);
+                    }
                 }
             }
             8 => {
@@ -537,7 +565,7 @@ impl Node {
         self.check_action(idx, Port::Local(port), frame, action);
     }
 
-    fn check_action(&self, idx: usize, ingress: Port, frame: &[u8], action: Action) {
+    fn check_action(&mut self, idx: usize, ingress: Port, frame: &[u8], action: Action) {
         let net = &self.fabric.networks[idx].net;
         let now = self.now();
         let valid = |p: Port| match p {
@@ -586,6 +614,26 @@ impl Node {
             if !ingress.is_peer() {
                 assert_eq!(outputs.len() - locals, net.peers.len(), "a local flood reaches every peer");
             }
+        }
+        if let Action::Flood = action {
+            if let Some(limit) = net.spec.bum_pps_limit {
+                let max_now = self.max_now.max(self.now);
+                let (first, n) = {
+                    let e = self.floods.entry((idx, ingress)).or_insert((self.now, 0));
+                    e.1 += 1;
+                    *e
+                };
+                // a burst of one second's worth, then the rate
+                let allowed = u64::from(limit) + u64::from(limit) * max_now.saturating_sub(first) / 1000 + 1;
+                assert!(n <= allowed, "{}: {n} floods from {ingress:?} since {first} ms, limit {limit}/s", net.name());
+            }
+        }
+        if let Action::Drop(DropReason::MacPinned) = action {
+            let src = EthernetFrame::new_checked(frame).expect("pinned frame has a header").src();
+            assert!(net.fdb.config().move_limit > 0, "{}: MAC pinned with damping off", net.name());
+            assert!(net.fdb.is_pinned(src, now), "dropped as pinned but not pinned");
+            let on = net.fdb.lookup(src, now);
+            assert!(on.is_some() && on != Some(ingress), "pinned MAC {src} not kept on another port ({on:?})");
         }
         if !matches!(action, Action::Drop(_)) {
             let eth = EthernetFrame::new_checked(frame).expect("a forwarded frame has an Ethernet header");

@@ -17,6 +17,7 @@ pub mod invariants;
 pub mod network;
 pub mod ports;
 pub mod stats;
+pub mod storm;
 pub mod time;
 pub mod wire;
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::fdb::{Fdb, FdbConfig, Learned};
 use super::stats::{DropReason, NetStats};
+use super::storm::StormControl;
 use super::time::Instant;
 use super::wire::ethernet::{EthernetFrame, HEADER_LEN};
 use super::{Encap, LocalPort, PeerIdx, Port, Vni};
@@ -29,6 +30,9 @@ pub struct NetworkSpec {
     /// Underlay endpoints of the peers (address and UDP destination port).
     pub peers: Vec<SocketAddr>,
     pub fdb: FdbConfig,
+    /// Flooded frames per second accepted from each port (local port or peer); `None` = no
+    /// limit.
+    pub bum_pps_limit: Option<u32>,
     /// Number of local ports (TAP devices) the network has.
     pub local_ports: u16,
 }
@@ -59,6 +63,7 @@ pub struct Network {
     pub peers: Vec<Peer>,
     pub fdb: Fdb,
     pub stats: NetStats,
+    pub storm: Option<StormControl>,
 }
 
 impl Network {
@@ -67,6 +72,7 @@ impl Network {
             peers: spec.peers.iter().map(|&addr| Peer { addr, last_seen: AtomicU64::new(0) }).collect(),
             fdb: Fdb::new(spec.fdb),
             stats: NetStats::new(spec.peers.len()),
+            storm: spec.bum_pps_limit.map(|pps| StormControl::new(pps, spec.peers.len())),
             spec,
         }
     }
@@ -109,19 +115,26 @@ impl Network {
         if frame.len().saturating_sub(l3) > usize::from(self.spec.mtu) {
             return Action::Drop(DropReason::MtuExceeded);
         }
-        if let Learned::Moved { .. } = self.fdb.learn(src, ingress, now) {
-            // counted in fdb.events; logging is the caller's (rate-limited) business
+        // moves are counted in fdb.events; pins are queued there for the control path to log
+        if let Learned::Pinned { .. } = self.fdb.learn(src, ingress, now) {
+            return Action::Drop(DropReason::MacPinned);
         }
         let dst = eth.dst();
-        if dst.is_multicast() {
-            return Action::Flood;
-        }
-        match self.fdb.lookup(dst, now) {
-            None => Action::Flood,
+        let known = if dst.is_multicast() { None } else { self.fdb.lookup(dst, now) };
+        match known {
+            None => self.flood(ingress, now),
             Some(p) if p == ingress => Action::Drop(DropReason::Hairpin),
             Some(Port::Local(l)) => Action::Local(l),
             Some(Port::Peer(_)) if ingress.is_peer() => Action::Drop(DropReason::SplitHorizon),
             Some(Port::Peer(p)) => Action::Peer(p),
+        }
+    }
+
+    /// Flood, unless the ingress is over its storm limit.
+    fn flood(&self, ingress: Port, now: Instant) -> Action {
+        match &self.storm {
+            Some(s) if !s.allow(ingress, now) => Action::Drop(DropReason::StormLimit),
+            _ => Action::Flood,
         }
     }
 
@@ -164,6 +177,7 @@ mod tests {
             mtu: 1450,
             peers: (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect(),
             fdb: FdbConfig::default(),
+            bum_pps_limit: None,
             local_ports,
         })
     }
@@ -234,5 +248,44 @@ mod tests {
         n.from_peer(PeerIdx(1), &frame(A, B, 60), Instant::from_secs(7));
         assert_eq!(n.peers[1].last_seen.load(Relaxed), 7000);
         assert_eq!(n.peers[0].last_seen.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn floods_beyond_the_storm_limit_are_dropped_per_port_and_unicast_is_not_limited() {
+        let mut n = net(2, 1);
+        n.storm = Some(StormControl::new(5, 1));
+        let t = Instant::from_secs(1);
+        let bcast = frame(MacAddr::BROADCAST, A, 60);
+        let actions: Vec<Action> = (0..10).map(|_| n.from_local(L0, &bcast, t)).collect();
+        assert_eq!(actions.iter().filter(|a| **a == Action::Flood).count(), 5);
+        assert_eq!(actions.iter().filter(|a| **a == Action::Drop(DropReason::StormLimit)).count(), 5);
+        // another port still floods: the storming port spent only its own budget
+        assert_eq!(n.from_local(LocalPort(1), &frame(MacAddr::BROADCAST, B, 60), t), Action::Flood);
+        // known unicast is never limited
+        n.from_peer(PeerIdx(0), &frame(A, C, 60), t);
+        for _ in 0..20 {
+            assert_eq!(n.from_local(L0, &frame(C, A, 60), t), Action::Peer(PeerIdx(0)));
+        }
+        // and a second later the port may flood again
+        assert_eq!(n.from_local(L0, &bcast, Instant::from_secs(2)), Action::Flood);
+    }
+
+    #[test]
+    fn a_flapping_mac_is_pinned_and_its_frames_from_elsewhere_dropped() {
+        let n = net(1, 1); // default damping: more than 5 moves in 180 s
+        let p0 = PeerIdx(0);
+        n.from_local(L0, &frame(MacAddr::BROADCAST, A, 60), T);
+        for i in 1..=5u64 {
+            let t = Instant::from_secs(i);
+            let a = if i % 2 == 1 { n.from_peer(p0, &frame(MacAddr::BROADCAST, A, 60), t) } else { n.from_local(L0, &frame(MacAddr::BROADCAST, A, 60), t) };
+            assert_eq!(a, Action::Flood, "move {i}");
+        }
+        assert_eq!(n.fdb.lookup(A, Instant::from_secs(5)), Some(Port::Peer(p0)));
+        let a = n.from_local(L0, &frame(MacAddr::BROADCAST, A, 60), Instant::from_secs(6));
+        assert_eq!(a, Action::Drop(DropReason::MacPinned));
+        assert_eq!(n.fdb.lookup(A, Instant::from_secs(6)), Some(Port::Peer(p0)), "stays where it was");
+        assert_eq!(n.fdb.take_pin_events().0.len(), 1);
+        // its frames from the port it is pinned to still flow
+        assert_eq!(n.from_peer(p0, &frame(B, A, 60), Instant::from_secs(7)), Action::Flood);
     }
 }

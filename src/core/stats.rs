@@ -73,6 +73,12 @@ drop_reasons! {
     BadFraming => "bad_framing",
     /// A datagram from a VM socket client without an address to answer to.
     UnnamedSender => "unnamed_sender",
+    /// A flooded (broadcast, multicast, unknown-unicast) frame beyond the ingress port's
+    /// `bum_pps_limit`.
+    StormLimit => "storm_limit",
+    /// A frame whose source MAC is pinned to another port (it moved more than
+    /// `mac_move_limit` times within `mac_move_window_secs`).
+    MacPinned => "mac_pinned",
 }
 
 /// Per-network counters, one instance per shard.

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod forward;
 pub mod packetport;
 pub mod vmport;
+pub mod watch;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -77,6 +78,7 @@ pub struct Daemon {
     pub global: Arc<GlobalDrops>,
     stop: Arc<StopFd>,
     threads: Vec<JoinHandle<()>>,
+    watch: watch::Watch,
 }
 
 /// The underlay MTU: configured, or read off the interface that holds the underlay address.
@@ -109,6 +111,7 @@ fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
         mtu: tap_mtu,
         peers: n.peers.iter().map(|&ip| SocketAddr::new(ip, n.vxlan_port)).collect(),
         fdb: n.fdb,
+        bum_pps_limit: n.bum_pps_limit,
         local_ports: n.taps.len() as u16,
     }
 }
@@ -210,7 +213,7 @@ impl Daemon {
             threads.push(spawn("underlay".into(), move || t.run())?);
         }
         tracing::info!(source_ports = ?tx.ports(), "sending VXLAN");
-        Ok(Daemon { fabric, global, stop, threads })
+        Ok(Daemon { fabric, global, stop, threads, watch: watch::Watch::default() })
     }
 
     /// Periodic housekeeping: FDB ageing.
@@ -222,6 +225,7 @@ impl Daemon {
                 tracing::debug!(network = e.net.name(), expired = n, "fdb entries aged out");
             }
         }
+        self.watch.tick(&self.fabric.load(), now);
     }
 
     /// Every counter, folded over the data-path shards (control path only).

@@ -153,6 +153,7 @@ mod tests {
             mtu: 1450,
             peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))],
             fdb: FdbConfig::default(),
+            bum_pps_limit: None,
             local_ports: 1,
         });
         Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])

@@ -1,0 +1,86 @@
+//! The control path's once-a-second look at the data path's state: MACs pinned for moving too
+//! often, MAC-move rates that suggest a loop. Everything here turns counters and queued events
+//! of the core into log lines, rate-limited so a storm of events is a few lines, not a flood.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::core::fabric::Fabric;
+use crate::core::{Instant, Port};
+
+/// MAC moves per second in one network above which the daemon warns of a probable loop.
+pub const LOOP_MOVES_PER_SEC: u64 = 20;
+/// Pin events logged one by one per network and tick; more are summarised in one line.
+const PIN_LINES_PER_TICK: usize = 4;
+/// At most one loop warning per network in this many milliseconds.
+const LOOP_WARN_INTERVAL_MS: u64 = 10_000;
+
+#[derive(Debug, Default)]
+struct NetWatch {
+    moved: u64,
+    at: Option<Instant>,
+    last_loop_warn: Option<Instant>,
+    moves_since_warn: u64,
+}
+
+/// Per-network memory of the previous tick.
+#[derive(Debug, Default)]
+pub struct Watch {
+    nets: Mutex<HashMap<String, NetWatch>>,
+}
+
+pub(crate) fn port_name(p: Port) -> String {
+    match p {
+        Port::Local(l) => format!("local port {}", l.slot()),
+        Port::Peer(i) => format!("peer {}", i.0),
+    }
+}
+
+impl Watch {
+    /// Log what happened since the last call.
+    pub fn tick<P>(&self, fabric: &Fabric<P>, now: Instant) {
+        let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());
+        for e in &fabric.networks {
+            let net = &e.net;
+            let peer_addr = |p: Port| match p {
+                Port::Peer(i) => net.peers.get(usize::from(i.0)).map_or_else(|| port_name(p), |x| format!("peer {}", x.addr.ip())),
+                Port::Local(_) => port_name(p),
+            };
+            let (events, lost) = net.fdb.take_pin_events();
+            let cfg = net.fdb.config();
+            for ev in events.iter().take(PIN_LINES_PER_TICK) {
+                tracing::warn!(
+                    network = net.name(), mac = %ev.mac, kept_on = peer_addr(ev.kept), refused_from = peer_addr(ev.refused),
+                    moves = ev.moves, window_secs = cfg.move_window.as_secs(), pinned_secs = cfg.move_window.as_secs(),
+                    "MAC moved too often (duplicate MAC or a loop): pinned, frames from it on other ports are dropped"
+                );
+            }
+            let more = (events.len().saturating_sub(PIN_LINES_PER_TICK)) as u64 + lost;
+            if more > 0 {
+                tracing::warn!(network = net.name(), more, "more MACs pinned for moving too often");
+            }
+
+            let w = nets.entry(net.name().to_string()).or_default();
+            let moved = net.fdb.events.moved.load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(at) = w.at {
+                let dt = now.saturating_since(at).as_millis().max(1) as u64;
+                let delta = moved.saturating_sub(w.moved);
+                w.moves_since_warn += delta;
+                if delta * 1000 / dt >= LOOP_MOVES_PER_SEC {
+                    let quiet = w.last_loop_warn.is_none_or(|t| now.saturating_since(t).as_millis() as u64 >= LOOP_WARN_INTERVAL_MS);
+                    if quiet {
+                        tracing::warn!(
+                            network = net.name(), moves_per_sec = delta * 1000 / dt, moves_since_last_warning = w.moves_since_warn,
+                            "MACs are moving between ports at a high rate: probably a loop through a bridge outside overlayd"
+                        );
+                        w.last_loop_warn = Some(now);
+                        w.moves_since_warn = 0;
+                    }
+                }
+            }
+            w.moved = moved;
+            w.at = Some(now);
+        }
+        nets.retain(|name, _| fabric.networks.iter().any(|e| e.net.name() == name));
+    }
+}
