@@ -71,6 +71,14 @@ median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 
 m_plain=$(median "${plain[@]}") m_scraped=$(median "${scraped[@]}")
 info "median without scraping: $m_plain Mbit/s; with a 1 s scrape: $m_scraped Mbit/s ($(awk -v a="$m_plain" -v b="$m_scraped" 'BEGIN { printf "%+.1f%%", (b - a) / a * 100 }'); not asserted)"
 
+# the daemon's own CPU time per scrape (utime + stime from /proc, in clock ticks), idle overlay
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/${_DAEMON_PID[d1]}/stat"; }
+K=300 c0=$(cpu_ticks)
+ns_exec "$H1" bash -c "for ((i = 0; i < $K; i++)); do curl -fsS -o /dev/null --max-time 2 $URL || exit 1; done" ||
+  die "a back-to-back scrape failed"
+c1=$(cpu_ticks) hz=$(getconf CLK_TCK)
+info "daemon CPU per scrape: $(awk -v t=$((c1 - c0)) -v hz="$hz" -v k=$K 'BEGIN { printf "%.2f ms (%d scrapes, %d ticks of 1/%d s); at one scrape a second: %.3f%% of a core", t / hz / k * 1000, k, t, hz, t / hz / k * 100 }')"
+
 scrapes=$(cat "$WORK"/scrape-*.log | wc -l)
 fails=$(cat "$WORK"/scrape-*.log | grep -vc '^ok ' || true)
 info "scrape time under load, median: $(median $(awk '$1 == "ok" { print $2 * 1000 }' "$WORK"/scrape-*.log)) ms"

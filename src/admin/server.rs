@@ -113,3 +113,62 @@ async fn conversation(stream: UnixStream, answer: &(dyn Fn(&Request) -> Reply + 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("overlayd-admin-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d.join("sub").join("a.sock")
+    }
+
+    #[tokio::test]
+    async fn socket_is_0600_answers_requests_and_is_removed_on_drop() {
+        let path = scratch("serve");
+        let sock = bind(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // a second daemon must not take over a live socket
+        assert_eq!(bind(&path).err().map(|e| e.kind()), Some(io::ErrorKind::AddrInUse));
+        let answer: Arc<dyn Fn(&Request) -> Reply + Send + Sync> = Arc::new(|r: &Request| Reply::ok(format!("{r:?}")));
+        let server = tokio::spawn(serve(sock, answer));
+        let p = path.clone();
+        let v = tokio::task::spawn_blocking(move || super::super::client::request(&p, &Request::Stats)).await.unwrap().unwrap();
+        assert_eq!(v, serde_json::json!("Stats"));
+        let p = path.clone();
+        let raw = tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead, Write};
+            let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+            s.write_all(b"{\"cmd\":\"bogus\"}\n").unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+            line
+        })
+        .await
+        .unwrap();
+        assert!(raw.starts_with(r#"{"ok":false,"error":"bad request: unknown variant `bogus`"#), "{raw}");
+        server.abort();
+        let _ = server.await;
+        assert!(!path.exists(), "socket file left behind");
+        let _ = std::fs::remove_dir_all(path.parent().and_then(Path::parent).unwrap());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_regular_file_is_refused() {
+        let path = scratch("stale");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let s = bind(&path).expect("stale socket replaced");
+            drop(s);
+        });
+        std::fs::write(&path, b"not a socket").unwrap();
+        let e = rt.block_on(async { bind(&path).err().unwrap() });
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket", "a regular file must be left alone");
+        let _ = std::fs::remove_dir_all(path.parent().and_then(Path::parent).unwrap());
+    }
+}
