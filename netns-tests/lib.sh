@@ -217,15 +217,17 @@ write_config() {
 }
 
 # add_network FILE NAME VNI TAP ADDRESS "PEER..." [KEY=TOML_VALUE...] - append a [[networks]]
-# entry (encap vxlan). ADDRESS is a CIDR put on the TAP by the daemon, or "-" for none.
+# entry (encap vxlan unless a KEY=VALUE says encap='"gre"'). ADDRESS is a CIDR put on the TAP
+# by the daemon, or "-" for none.
 add_network() {
-  local file=$1 name=$2 vni=$3 tap=$4 addr=$5 peers=$6 kv p list=""; shift 6
+  local file=$1 name=$2 vni=$3 tap=$4 addr=$5 peers=$6 kv p list="" encap='"vxlan"'; shift 6
   for p in $peers; do list+="${list:+, }\"$p\""; done
+  for kv; do [[ ${kv%%=*} != encap ]] || encap=${kv#*=}; done
   {
-    printf '\n[[networks]]\nname = "%s"\nencap = "vxlan"\nvni = %s\ntap = "%s"\n' "$name" "$vni" "$tap"
+    printf '\n[[networks]]\nname = "%s"\nencap = %s\nvni = %s\ntap = "%s"\n' "$name" "$encap" "$vni" "$tap"
     [[ $addr == - ]] || printf 'address = "%s"\n' "$addr"
     printf 'peers = [%s]\n' "$list"
-    for kv; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}"; done
+    for kv; do [[ ${kv%%=*} == encap ]] || printf '%s = %s\n' "${kv%%=*}" "${kv#*=}"; done
   } >>"$file"
 }
 
@@ -446,4 +448,27 @@ quiet_ipv6() {
     ns_exec "$nsn" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 ||
       die "cannot disable IPv6 in $nsn"
   done
+}
+
+# ----------------------------------------------------------------------------- drop counters
+# drop_totals NAME - ask daemon NAME for its drop totals (SIGUSR1) and wait until it logged
+# them: one "drop totals" line per scope ("-" for drops charged to no network, else the
+# network name), e.g.  ... drop totals scope="blue" drops="gre_checksum=1 malformed=2"
+drop_totals() {
+  local name=$1 logf=${_DAEMON_LOG[$1]} before
+  before=$(grep -c 'drop totals' "$logf" || true)
+  kill -USR1 "${_DAEMON_PID[$name]}" || die "cannot signal daemon $name"
+  wait_until -t 10 _more_lines "$logf" 'drop totals' "$before" || die "daemon $name logged no drop totals after SIGUSR1"
+  sleep 0.2   # the lines of one report are written back to back
+}
+_more_lines() { (($(grep -c "$2" "$1" || true) > $3)); }
+
+# drop_count NAME SCOPE REASON - REASON's count in the last drop totals of SCOPE logged by NAME
+# (0 when absent); call drop_totals first
+drop_count() {
+  local line n
+  line=$(grep 'drop totals' "${_DAEMON_LOG[$1]}" | grep -F "scope=\"$2\"" | tail -n 1)
+  [[ -n $line ]] || die "daemon $1 logged no drop totals for scope $2"
+  n=$(sed -n "s/.*[\" ]$3=\([0-9]*\).*/\1/p" <<<"$line")
+  echo "${n:-0}"
 }

@@ -134,8 +134,8 @@ impl fmt::Display for Encap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Encap::Vxlan => f.write_str("vxlan"),
-            Encap::Gre(GreOptions { key: true, checksum: false }) => f.write_str("gre"),
-            Encap::Gre(o) => write!(f, "gre(key={}, checksum={})", o.key, o.checksum),
+            // the options are not part of the name (it is a metric label value)
+            Encap::Gre(_) => f.write_str("gre"),
         }
     }
 }

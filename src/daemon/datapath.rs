@@ -20,7 +20,8 @@ use crate::core::fabric::Fabric;
 use crate::core::stats::{GlobalDrops, Shard};
 use crate::core::wire::ethernet::EthernetFrame;
 use crate::core::wire::vxlan;
-use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port};
+use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port, Vni};
+use super::gre::{GreParams, GreTx};
 use crate::io::clock;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
@@ -83,11 +84,14 @@ pub struct PortThread {
     pub port: LocalPort,
     pub tx: Arc<TxSockets>,
     pub stop: Arc<StopFd>,
+    /// `Some` for a GRE network: frames go out on the raw GRE socket instead of UDP.
+    pub gre: Option<GreParams>,
 }
 
 impl PortThread {
     pub fn run(self) {
-        let PortThread { net, io, port, tx, stop } = self;
+        let PortThread { net, io, port, tx, stop, gre } = self;
+        let mut gre = gre.map(GreTx::new);
         let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
         let mut lens = [0usize; BATCH];
@@ -137,15 +141,15 @@ impl PortThread {
                     Action::Drop(r) => net.stats.count_drop(shard, r),
                     Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
                     Action::Peer(p) => {
-                        vxlan::emit(&mut bufs[i][HEADROOM - vxlan::HEADER_LEN..], net.spec.vni);
-                        queue(&net, &mut q, i, len, p, hash);
+                        let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
+                        queue(&net, &mut q, gre.as_mut(), i, len, p, hash, tos);
                     }
                     Action::Flood => {
                         net.stats.flooded(shard);
-                        vxlan::emit(&mut bufs[i][HEADROOM - vxlan::HEADER_LEN..], net.spec.vni);
+                        let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
                         fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
                         for p in net.flood_peers(ingress) {
-                            queue(&net, &mut q, i, len, p, hash);
+                            queue(&net, &mut q, gre.as_mut(), i, len, p, hash, tos);
                         }
                     }
                 }
@@ -161,14 +165,35 @@ impl PortThread {
                     }
                 });
             }
+            if let Some(g) = gre.as_mut() {
+                g.flush(&net, &bufs, shard, &mut rl_send, now);
+            }
         }
         tracing::debug!(network = net.name(), tap = tap.name(), "port thread stopped");
     }
 }
 
+/// Write the tunnel header in front of the frame at `buf[HEADROOM..HEADROOM + len]`; returns
+/// the outer TOS byte (GRE; VXLAN leaves it to the socket).
 #[inline]
-fn queue(net: &Network, q: &mut SendQueue, buf: usize, len: usize, peer: PeerIdx, hash: usize) {
+fn encap(buf: &mut [u8], len: usize, vni: Vni, gre: Option<&GreTx>) -> u8 {
+    match gre {
+        Some(g) => g.encap(buf, len),
+        None => {
+            vxlan::emit(&mut buf[HEADROOM - vxlan::HEADER_LEN..], vni);
+            0
+        }
+    }
+}
+
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn queue(net: &Network, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
+        if let Some(g) = gre {
+            g.push(buf, len, p.addr.ip(), tos, peer.0);
+            return;
+        }
         q.push(
             hash,
             TxItem {

@@ -7,6 +7,7 @@
 
 pub mod datapath;
 pub mod forward;
+pub mod gre;
 pub mod packetport;
 pub mod vmport;
 pub mod watch;
@@ -20,6 +21,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, NetworkConfig};
+use crate::core::Encap;
+use crate::core::wire::gre::GreRepr;
+use crate::io::gre::GreSocket;
 use crate::core::fabric::{Fabric, NetEntry};
 use crate::core::stats::GlobalDrops;
 use crate::core::{Network, NetworkSpec};
@@ -33,6 +37,7 @@ use datapath::{NetIo, PortThread, SharedFabric, UnderlayThread};
 use forward::LocalIo;
 use packetport::PacketThread;
 use vmport::VmPortServer;
+use gre::{GreParams, GreUnderlayThread};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -109,10 +114,24 @@ fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
         encap: n.encap,
         vni: n.vni,
         mtu: tap_mtu,
-        peers: n.peers.iter().map(|&ip| SocketAddr::new(ip, n.vxlan_port)).collect(),
+        // GRE has no ports: 0 (a raw IPv6 socket refuses any other than its protocol number)
+        peers: n.peers.iter().map(|&ip| SocketAddr::new(ip, if n.encap.is_gre() { 0 } else { n.vxlan_port })).collect(),
         fdb: n.fdb,
         bum_pps_limit: n.bum_pps_limit,
         local_ports: n.taps.len() as u16,
+    }
+}
+
+/// How a GRE network's ports send (`None` for VXLAN networks).
+fn gre_params(n: &NetworkConfig, sock: &Option<Arc<GreSocket>>) -> Option<GreParams> {
+    match (n.encap, sock) {
+        (Encap::Gre(o), Some(sock)) => Some(GreParams {
+            sock: sock.clone(),
+            repr: GreRepr { key: o.key.then_some(n.vni.get()), checksum: o.checksum },
+            ttl: n.ttl,
+            dscp: n.dscp,
+        }),
+        _ => None,
     }
 }
 
@@ -123,17 +142,18 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
 impl Daemon {
     /// Open everything `cfg` asks for and start the data path.
     pub fn start(cfg: &Config) -> Result<Daemon, StartupError> {
-        if let Some(n) = cfg.networks.iter().find(|n| n.encap.is_gre()) {
-            return Err(StartupError::Underlay(format!("network {}: the GRE underlay is not wired into the data path yet", n.name)));
-        }
         let umtu = underlay_mtu(cfg)?;
         let underlay = cfg.node.underlay;
-        let ports: BTreeSet<u16> = cfg.networks.iter().map(|n| n.vxlan_port).collect();
+        let ports: BTreeSet<u16> = cfg.networks.iter().filter(|n| n.encap == Encap::Vxlan).map(|n| n.vxlan_port).collect();
         let mut rxs = Vec::new();
         for &p in &ports {
             rxs.push(RxSocket::bind(SocketAddr::new(underlay, p)).map_err(StartupError::Socket)?);
         }
         let tx = Arc::new(TxSockets::bind(underlay, udp::SOURCE_PORTS).map_err(StartupError::Socket)?);
+        let gre_sock = match cfg.networks.iter().any(|n| n.encap.is_gre()) {
+            true => Some(Arc::new(GreSocket::open(underlay).map_err(StartupError::Socket)?)),
+            false => None,
+        };
 
         let mut entries = Vec::new();
         let mut vxlan_ports = Vec::new();
@@ -175,7 +195,8 @@ impl Daemon {
                     owner = v.owner, group = v.group, "listening for VMs (QEMU -netdev stream)");
                 listeners.push((entries.len(), l));
             }
-            tracing::info!(network = n.name, mtu = tap_mtu, vni = %n.vni, encap = %n.encap, peers = n.peers.len(),
+            tracing::info!(network = n.name, mtu = tap_mtu, vni = %n.vni, encap = %n.encap,
+                gre = ?match n.encap { Encap::Gre(o) => Some(o), Encap::Vxlan => None }, peers = n.peers.len(),
                 taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), "network up");
             entries.push(NetEntry { net: Arc::new(Network::new(spec_of(n, tap_mtu))), io: Arc::new(NetIo::new(taps)) });
             vxlan_ports.push(n.vxlan_port);
@@ -185,16 +206,18 @@ impl Daemon {
         let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
 
         let mut threads = Vec::new();
-        for e in &fabric.load().networks {
+        for (e, n) in fabric.load().networks.iter().zip(&cfg.networks) {
+            let gre = gre_params(n, &gre_sock);
             for (port, local) in e.io.ports.load().iter() {
+                let gre = gre.clone();
                 let (net, io, tx, stop) = (e.net.clone(), e.io.clone(), tx.clone(), stop.clone());
                 match local {
                     LocalIo::Tap(tap) => {
-                        let t = PortThread { net, io, port, tx, stop };
+                        let t = PortThread { net, io, port, tx, stop, gre };
                         threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
                     }
                     LocalIo::Packet(dev) => {
-                        let t = PacketThread { net, io, port, dev: dev.clone(), tx, stop };
+                        let t = PacketThread { net, io, port, dev: dev.clone(), tx, stop, gre };
                         threads.push(spawn(format!("port-{}", dev.name()), move || t.run())?);
                     }
                     LocalIo::Vm(_) => {}
@@ -203,7 +226,8 @@ impl Daemon {
         }
         for (i, listener) in listeners {
             let e = &fabric.load().networks[i];
-            let s = VmPortServer { listener, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone() };
+            let gre = gre_params(&cfg.networks[i], &gre_sock);
+            let s = VmPortServer { listener, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone(), gre };
             threads.push(spawn(format!("vmsock-{}", e.net.name()), move || s.run())?);
         }
         let slot = usize::from(umtu).max(2048) + 64;
@@ -211,6 +235,11 @@ impl Daemon {
             tracing::info!(socket = %rx.local, "listening for VXLAN");
             let t = UnderlayThread { rx, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot };
             threads.push(spawn("underlay".into(), move || t.run())?);
+        }
+        if let Some(sock) = gre_sock {
+            tracing::info!(local = %sock.local, "listening for GRE");
+            let t = GreUnderlayThread { sock, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot };
+            threads.push(spawn("underlay-gre".into(), move || t.run())?);
         }
         tracing::info!(source_ports = ?tx.ports(), "sending VXLAN");
         Ok(Daemon { fabric, global, stop, threads, watch: watch::Watch::default() })
@@ -231,6 +260,26 @@ impl Daemon {
     /// Every counter, folded over the data-path shards (control path only).
     pub fn sample(&self) -> crate::metrics::Sample {
         sample_of(&self.fabric, &self.global)
+    }
+
+    /// Log the drop totals by reason: one line for drops no network could be charged with
+    /// (`scope="-"`), one per network; reasons with a zero count are left out. Logged on
+    /// SIGUSR1 and at shutdown, so every drop can be read off the log.
+    pub fn log_drops(&self) {
+        use crate::core::DropReason;
+        let fmt = |counts: &[u64]| -> String {
+            DropReason::ALL
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, n)| format!("{}={n}", r.as_str()))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        tracing::info!(scope = "-", drops = fmt(&self.global.snapshot()), "drop totals");
+        for e in &self.fabric.load().networks {
+            tracing::info!(scope = e.net.name(), drops = fmt(&e.net.stats.snapshot().drops), "drop totals");
+        }
     }
 
     /// Stop the data path and close every device and socket.
@@ -257,6 +306,9 @@ fn sample_of(fabric: &SharedFabric, global: &GlobalDrops) -> crate::metrics::Sam
 /// The control path (this task) also serves the metrics endpoint; a scrape only reads the
 /// data path's atomics.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartupError> {
+    // before "ready": a SIGUSR1 from then on must not hit the default action (terminate)
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .map_err(|e| StartupError::Thread(std::io::Error::new(e.kind(), format!("SIGUSR1 handler: {e}"))))?;
     let listen = cfg.metrics_listen;
     let metrics_listener =
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
@@ -287,9 +339,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tick.tick() => daemon.tick(),
+            _ = usr1.recv() => daemon.log_drops(),
         }
     }
     tracing::info!("shutting down");
+    daemon.log_drops();
     // the exporter and the admin socket hold the fabric: let them go first so that stop()
     // really closes the TAPs (and the admin socket file is removed)
     metrics_task.abort();

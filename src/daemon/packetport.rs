@@ -13,6 +13,7 @@ use crate::io::sys::{self, StopFd, Wake};
 use crate::io::udp::TxSockets;
 
 use super::datapath::{NetIo, RateLimit};
+use super::gre::GreParams;
 use super::vmport::{Batch, Switcher};
 
 /// Everything the reader of a packet-socket port needs.
@@ -23,16 +24,18 @@ pub struct PacketThread {
     pub dev: Arc<PacketPort>,
     pub tx: Arc<TxSockets>,
     pub stop: Arc<StopFd>,
+    /// `Some` for a GRE network.
+    pub gre: Option<GreParams>,
 }
 
 impl PacketThread {
     pub fn run(self) {
-        let PacketThread { net, io, port, dev, tx, stop } = self;
+        let PacketThread { net, io, port, dev, tx, stop, gre } = self;
         // a frame within the MTU (with a VLAN tag) always fits; a larger one is cut and
         // counted, it would be dropped as over the MTU anyway
         let want = usize::from(net.spec.mtu) + 32;
         let mut batch = Batch::new();
-        let mut sw = Switcher::new(net.clone(), io, tx, port);
+        let mut sw = Switcher::new(net.clone(), io, tx, port).with_gre(gre);
         let mut rl = RateLimit::default();
         loop {
             match sys::wait_readable(dev.fd(), &stop) {

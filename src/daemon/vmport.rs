@@ -29,6 +29,7 @@ use crate::io::udp::{BATCH, SendQueue, TxItem, TxSockets};
 use crate::io::vmsock::{VmConn, VmListener};
 
 use super::datapath::{NetIo, RateLimit};
+use super::gre::{GreParams, GreTx};
 use super::forward::{Forwarder, LocalIo};
 
 /// Bytes read per `read` call at most (many small frames per syscall).
@@ -43,6 +44,8 @@ pub struct VmPortServer {
     pub io: Arc<NetIo>,
     pub tx: Arc<TxSockets>,
     pub stop: Arc<StopFd>,
+    /// `Some` for a GRE network.
+    pub gre: Option<GreParams>,
 }
 
 impl VmPortServer {
@@ -102,7 +105,7 @@ impl VmPortServer {
             return None;
         };
         tracing::info!(network = self.net.name(), port = port.slot(), vm_pid = conn.pid, ports = self.io.ports.load().len(), "vm connected");
-        let reader = VmReader { net: self.net.clone(), io: self.io.clone(), tx: self.tx.clone(), stop: self.stop.clone(), conn, port };
+        let reader = VmReader { net: self.net.clone(), io: self.io.clone(), tx: self.tx.clone(), stop: self.stop.clone(), conn, port, gre: self.gre.clone() };
         match std::thread::Builder::new().name(format!("vm-{}-{}", self.net.name(), port.slot())).spawn(move || reader.run()) {
             Ok(h) => Some(h),
             Err(e) => {
@@ -148,9 +151,13 @@ struct VmReader {
     stop: Arc<StopFd>,
     conn: Arc<VmConn>,
     port: LocalPort,
+    gre: Option<GreParams>,
 }
 
-/// Frames of one batch: each sits in `arena` after [`vxlan::HEADER_LEN`] bytes of room.
+/// Room in front of each frame for the longest tunnel header (VXLAN 8 bytes, GRE up to 12).
+const ROOM: usize = 16;
+
+/// Frames of one batch: each sits in `arena` after [`ROOM`] bytes of room.
 pub(super) struct Batch {
     arena: Vec<u8>,
     /// (offset of the room, frame length)
@@ -159,7 +166,7 @@ pub(super) struct Batch {
 
 impl Batch {
     pub(super) fn new() -> Batch {
-        Batch { arena: vec![0; ARENA.max(vxlan::HEADER_LEN + crate::core::wire::qemu::MAX_FRAME)], items: Vec::with_capacity(BATCH) }
+        Batch { arena: vec![0; ARENA.max(ROOM + crate::core::wire::qemu::MAX_FRAME)], items: Vec::with_capacity(BATCH) }
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -167,16 +174,16 @@ impl Batch {
     }
 
     fn fits(&self, len: usize) -> bool {
-        self.items.len() < BATCH && self.used() + vxlan::HEADER_LEN + len <= self.arena.len()
+        self.items.len() < BATCH && self.used() + ROOM + len <= self.arena.len()
     }
 
     fn used(&self) -> usize {
-        self.items.last().map_or(0, |&(o, l)| o + vxlan::HEADER_LEN + l)
+        self.items.last().map_or(0, |&(o, l)| o + ROOM + l)
     }
 
     fn push(&mut self, frame: &[u8]) {
         let o = self.used();
-        self.arena[o + vxlan::HEADER_LEN..o + vxlan::HEADER_LEN + frame.len()].copy_from_slice(frame);
+        self.arena[o + ROOM..o + ROOM + frame.len()].copy_from_slice(frame);
         self.items.push((o, frame.len()));
     }
 
@@ -185,7 +192,7 @@ impl Batch {
         if !self.fits(want) {
             return None;
         }
-        let o = self.used() + vxlan::HEADER_LEN;
+        let o = self.used() + ROOM;
         Some(&mut self.arena[o..o + want])
     }
 
@@ -203,6 +210,8 @@ pub(super) struct Switcher {
     pub tx: Arc<TxSockets>,
     pub port: LocalPort,
     q: SendQueue,
+    /// `Some` for a GRE network: frames for peers go out on the raw GRE socket.
+    gre: Option<GreTx>,
     fwd: Forwarder,
     rl_send: RateLimit,
 }
@@ -210,7 +219,13 @@ pub(super) struct Switcher {
 impl Switcher {
     pub(super) fn new(net: Arc<Network>, io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
         let q = SendQueue::new(tx.len());
-        Switcher { net, io, tx, port, q, fwd: Forwarder::default(), rl_send: RateLimit::default() }
+        Switcher { net, io, tx, port, q, gre: None, fwd: Forwarder::default(), rl_send: RateLimit::default() }
+    }
+
+    /// Send to peers over GRE with these parameters (a GRE network), or VXLAN (`None`).
+    pub(super) fn with_gre(mut self, gre: Option<GreParams>) -> Switcher {
+        self.gre = gre.map(GreTx::new);
+        self
     }
 
     /// Switch every frame of `batch` and send what goes to peers; empties the batch.
@@ -219,11 +234,12 @@ impl Switcher {
             return;
         }
         let (net, shard, ingress) = (&*self.net, Shard::LOCAL, Port::Local(self.port));
-        let (q, fwd) = (&mut self.q, &mut self.fwd);
+        let (q, fwd, gre) = (&mut self.q, &mut self.fwd, &mut self.gre);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
-            let room = o..o + vxlan::HEADER_LEN + len;
-            let frame = &batch.arena[o + vxlan::HEADER_LEN..room.end];
+            let at = o + ROOM;
+            let room = at - vxlan::HEADER_LEN..at + len;
+            let frame = &batch.arena[at..room.end];
             net.stats.tap_rx(shard, len);
             let action = net.from_local(self.port, frame, now);
             let hash = match action {
@@ -233,16 +249,36 @@ impl Switcher {
             match action {
                 Action::Drop(r) => net.stats.count_drop(shard, r),
                 Action::Local(p) => fwd.deliver(net, &ports, p, frame, shard, now),
-                Action::Peer(p) => {
-                    vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
-                    queue(net, q, room, p, hash);
-                }
+                Action::Peer(p) => match gre.as_mut() {
+                    Some(g) => {
+                        let tos = g.encap_at(&mut batch.arena, at, len);
+                        if let Some(peer) = net.peers.get(usize::from(p.0)) {
+                            g.push_at(0, at, len, peer.addr.ip(), tos, p.0);
+                        }
+                    }
+                    None => {
+                        vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
+                        queue(net, q, room, p, hash);
+                    }
+                },
                 Action::Flood => {
                     net.stats.flooded(shard);
                     fwd.flood(net, &ports, Some(self.port), frame, shard, now);
-                    vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
-                    for p in net.flood_peers(ingress) {
-                        queue(net, q, room.clone(), p, hash);
+                    match gre.as_mut() {
+                        Some(g) => {
+                            let tos = g.encap_at(&mut batch.arena, at, len);
+                            for p in net.flood_peers(ingress) {
+                                if let Some(peer) = net.peers.get(usize::from(p.0)) {
+                                    g.push_at(0, at, len, peer.addr.ip(), tos, p.0);
+                                }
+                            }
+                        }
+                        None => {
+                            vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
+                            for p in net.flood_peers(ingress) {
+                                queue(net, q, room.clone(), p, hash);
+                            }
+                        }
                     }
                 }
             }
@@ -259,6 +295,9 @@ impl Switcher {
                 }
             });
         }
+        if let Some(g) = gre.as_mut() {
+            g.flush(net, std::slice::from_ref(&batch.arena), shard, &mut self.rl_send, now);
+        }
         batch.items.clear();
     }
 }
@@ -267,7 +306,7 @@ impl VmReader {
     fn run(self) {
         let mut dec = StreamDecoder::new(READ_BUF);
         let mut batch = Batch::new();
-        let mut sw = Switcher::new(self.net.clone(), self.io.clone(), self.tx.clone(), self.port);
+        let mut sw = Switcher::new(self.net.clone(), self.io.clone(), self.tx.clone(), self.port).with_gre(self.gre.clone());
         let end = 'conn: loop {
             match sys::wait_readable(self.conn.fd(), &self.stop) {
                 Ok(Wake::Stop) => break 'conn End::Stopped,
