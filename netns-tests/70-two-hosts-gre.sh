@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 60-two-hosts-gre.sh - two overlayd daemons carry L2 networks over GRE, on an IPv4 and on an
+# 70-two-hosts-gre.sh - two overlayd daemons carry L2 networks over GRE, on an IPv4 and on an
 # IPv6 underlay; the same hosts over VXLAN give the rate to compare with.
 #
 #   netns h1                                              netns h2
