@@ -107,7 +107,7 @@ log "A: the GRE overlayd sent, as tshark dissects it"
 pcap=$WORK/gre4.pcap
 sent=$(tshark_fields "$pcap" "ip.src == $U1 && gre" frame.number | wc -l)
 assert_ge "GRE packets from h1 in the capture" 30 "$sent"
-bad=$(tshark_fields "$pcap" "ip.src == $U1 && gre && !(gre.flags.version == 0 && gre.proto == 0x6558 && gre.flags.routing == 0 && gre.flags.checksum == 0 && ip.ttl == 64 && ip.flags.df == 1)" frame.number ip.ttl ip.flags.df gre.flags_and_version gre.proto)
+bad=$(tshark_fields "$pcap" "ip.src == $U1 && gre && !(gre.flags.version == 0 && gre.proto == 0x6558 && gre.flags.routing == 0 && gre.flags.checksum == 0 && ip.ttl#1 == 64 && ip.flags.df#1 == 1)" frame.number ip.ttl ip.flags.df gre.flags_and_version gre.proto)
 [[ -z $bad ]] || die "GRE packets with other than version 0, protocol 0x6558, no checksum, TTL 64, DF:"$'\n'"$bad"
 ok "all $sent: version 0, protocol 0x6558 (transparent Ethernet bridging), TTL 64, DF set"
 keyed=$(tshark_fields "$pcap" "ip.src == $U1 && gre.key == 42 && eth.dst" frame.number | wc -l)
@@ -145,7 +145,7 @@ capture_stop gre6
 pcap=$WORK/gre6.pcap
 sent=$(tshark_fields "$pcap" "ipv6.src == $V1 && gre" frame.number | wc -l)
 assert_ge "GRE/IPv6 packets from h1 in the capture" 20 "$sent"
-bad=$(tshark_fields "$pcap" "ipv6.src == $V1 && gre && !(gre.flags.version == 0 && gre.proto == 0x6558 && gre.key == 42 && gre.flags.checksum == 1 && gre.checksum.status == 1 && ipv6.hlim == 64)" frame.number ipv6.hlim gre.flags_and_version gre.key gre.checksum gre.checksum.status)
+bad=$(tshark_fields "$pcap" "ipv6.src == $V1 && gre && !(gre.flags.version == 0 && gre.proto == 0x6558 && gre.key == 42 && gre.flags.checksum == 1 && gre.checksum.status == 1 && ipv6.hlim#1 == 64)" frame.number ipv6.hlim gre.flags_and_version gre.key gre.checksum gre.checksum.status)
 [[ -z $bad ]] || die "GRE/IPv6 packets that are not version 0, 0x6558, key 42, good checksum, hop limit 64:"$'\n'"$bad"
 ok "all $sent: version 0, protocol 0x6558, key 42, checksum present and verified good by tshark, hop limit 64"
 ef=$(tshark_fields "$pcap" "ipv6.src == $V1 && icmp.type == 8 && ip.dsfield.dscp == 46" ipv6.tclass.dscp | sort | uniq -c | awk '{print $1, $2}')

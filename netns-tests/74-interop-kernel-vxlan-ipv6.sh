@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# 74-interop-kernel-vxlan-ipv6.sh - overlayd and the Linux kernel vxlan device share one L2
+# segment over an IPv6 underlay.
+#
+#   netns h1                                            netns h2
+#   <P>u1 2001:db8::1/64 <====== veth underlay ======>  <P>u2 2001:db8::2/64  (tx csum offload off)
+#   overlayd: vni 42, port 4789,                        kernel: <P>vx (vxlan id 42 dstport 4789
+#     tap <P>tap 198.51.100.1/24                          local 2001:db8::2 remote 2001:db8::1)
+#                                                         in bridge <P>br, 198.51.100.2/24
+#
+# Proves:
+#   - overlayd's TAP MTU is the underlay MTU minus the VXLAN/IPv6 overhead (1500 - 70), the
+#     same as the kernel's vxlan device over IPv6;
+#   - ping both ways, including DF pings that fill the MTU;
+#   - every VXLAN/IPv6 packet overlayd sent has a real UDP checksum that verifies (RFC 6935/
+#     6936: no zero checksum over IPv6; tshark checks it), flags 0x08, VNI 42, port 4789, hop
+#     limit 64;
+#   - a 10 MB TCP transfer (random data) arrives byte-identical (sha256) in each direction.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_daemon
+command -v tshark >/dev/null || die "tshark not installed (see .ci/run)"
+
+H1=$PREFIX-h1 H2=$PREFIX-h2
+V1=2001:db8::1 V2=2001:db8::2
+O1=198.51.100.1 O2=198.51.100.2
+TAP=${PREFIX}tap VX=${PREFIX}vx BR=${PREFIX}br
+
+log "underlay: $H1 ${PREFIX}u1 $V1/64 <-> $H2 ${PREFIX}u2 $V2/64, tx checksum offload off"
+add_ns "$H1" "$H2"
+add_veth "$H1" "${PREFIX}u1" "$V1/64" "$H2" "${PREFIX}u2" "$V2/64"
+checksum_offload_off "$H1" "${PREFIX}u1"
+checksum_offload_off "$H2" "${PREFIX}u2"
+ping_ok "$H1" "$V2" 2
+
+log "h2: kernel vxlan (id 42, dstport 4789, local $V2 remote $V1) in bridge $BR with $O2/24"
+add_native_vxlan "$H2" "$VX" 42 "$V2" "$V1" "${PREFIX}u2" 4789
+add_bridge "$H2" "$BR" "$VX"
+ip -n "$H2" addr add "$O2/24" dev "$BR"
+
+log "h1: overlayd on the IPv6 underlay (vni 42, tap $TAP $O1/24)"
+write_config "$WORK/h1.toml" "$V1"
+add_network "$WORK/h1.toml" blue 42 "$TAP" "$O1/24" "$V2"
+start_daemon "$H1" d1 "$WORK/h1.toml"
+wait_ready d1
+mtu=$(link_mtu "$H1" "$TAP")
+assert_eq "overlayd TAP MTU (1500 - 70)" 1430 "$mtu"
+assert_eq "overlayd TAP MTU equals the kernel vxlan MTU over IPv6" "$(link_mtu "$H2" "$VX")" "$mtu"
+
+log "ping both ways, and DF pings that fill the MTU ($mtu)"
+capture_start wire "$H1" "${PREFIX}u1" ip6 and udp port 4789
+wait_ping "$H1" "$O2"
+ping_ok "$H1" "$O2" 5
+ping_ok "$H2" "$O1" 5
+ping_ok "$H1" "$O2" 3 -M "do" -s $((mtu - 28))
+ping_ok "$H2" "$O1" 3 -M "do" -s $((mtu - 28))
+capture_stop wire
+
+log "the VXLAN/IPv6 packets overlayd sent, as tshark dissects them"
+sent=$(tshark -r "$WORK/wire.pcap" -Y "ipv6.src == $V1 && vxlan" -T fields -e frame.number 2>/dev/null | wc -l)
+assert_ge "VXLAN/IPv6 packets from overlayd" 16 "$sent"
+fields=$(tshark -r "$WORK/wire.pcap" -o udp.check_checksum:TRUE -Y "ipv6.src == $V1 && vxlan" \
+  -T fields -E separator='|' -e frame.number -e udp.dstport -e udp.checksum -e udp.checksum.status \
+  -e vxlan.flags -e vxlan.vni -e ipv6.hlim 2>/dev/null)
+# (udp.checksum.status 1 = good; a field repeated by the inner frame lists the outer value first)
+bad=$(awk -F'|' '{ for (i = 2; i <= NF; i++) sub(/,.*/, "", $i) }
+  !($2 == 4789 && $3 != "0x0000" && $4 == 1 && $5 == "0x0800" && $6 == 42 && $7 == 64)' <<<"$fields")
+[[ -z $bad ]] || die "VXLAN/IPv6 packets without a good UDP checksum, flags 0x08, VNI 42 or hop limit 64:"$'\n'"$bad"
+ok "all $sent: to port 4789, non-zero UDP checksum verified good by tshark, flags 0x08, VNI 42, hop limit 64"
+
+log "10 MB TCP transfer (random data) each way, byte for byte"
+make_random_file "$WORK/payload" 10
+tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/payload" "overlayd->kernel (IPv6 underlay)"
+info "rate overlayd -> kernel: $TRANSFER_MBIT Mbit/s (not asserted)"
+tcp_transfer "$H2" "$H1" "$O1" 5002 "$WORK/payload" "kernel->overlayd (IPv6 underlay)"
+info "rate kernel -> overlayd: $TRANSFER_MBIT Mbit/s (not asserted)"
+stop_daemon d1
+log "PASS: overlayd and the kernel vxlan device interoperate over IPv6"
