@@ -27,6 +27,22 @@ use std::time::Duration;
 use crate::config::VmSocketConfig;
 use crate::core::wire::qemu::{self, StreamDecoder};
 
+/// Bytes queued toward one VM before frames are dropped as `port_busy`: room for a burst
+/// (a flood, a TCP window from the tunnel) while QEMU is busy, not a standing queue.
+const SNDBUF: libc::c_int = 1 << 20;
+
+/// Raise a socket's send buffer, beyond `net.core.wmem_max` if we are privileged.
+fn set_sndbuf(fd: RawFd, size: libc::c_int) {
+    for opt in [libc::SO_SNDBUFFORCE, libc::SO_SNDBUF] {
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&size as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as u32) };
+        if r == 0 {
+            return;
+        }
+    }
+    tracing::debug!(error = %io::Error::last_os_error(), "vm socket send buffer not raised");
+}
+
 /// How long a half-written frame may wait for the VM to read before the VM is disconnected.
 pub const PARTIAL_WRITE_GRACE: Duration = Duration::from_millis(200);
 
@@ -116,6 +132,7 @@ pub struct VmConn {
 impl VmConn {
     pub fn new(stream: UnixStream) -> io::Result<VmConn> {
         stream.set_nonblocking(true)?;
+        set_sndbuf(stream.as_raw_fd(), SNDBUF);
         let pid = peer_pid(stream.as_raw_fd());
         Ok(VmConn { stream, write: Mutex::new(()), pid })
     }
