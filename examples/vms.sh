@@ -7,7 +7,7 @@
 #   host h1 (netns)                                   host h2 (netns)
 #   overlayd: network blue, vm_socket                 overlayd: network blue, taps = [tap, vm2]
 #     vm1 198.51.100.11  -netdev stream  --+          vm2 198.51.100.12  -netdev tap (QEMU's TAP)
-#     vm3 198.51.100.13  -netdev stream  --+          namespace 198.51.100.2 on the daemon's TAP
+#     vm3 198.51.100.13  -netdev dgram   --+          namespace 198.51.100.2 on the daemon's TAP
 #     namespace 198.51.100.1 on the daemon's TAP
 #              192.0.2.1 ======== veth underlay, VXLAN vni 42 ======== 192.0.2.2
 #
@@ -63,6 +63,7 @@ vni = 42
 tap = "${PREFIX}tap"
 address = "198.51.100.1/24"
 vm_socket = "$SOCK"           # QEMU: -netdev stream,server=off,addr.type=unix,addr.path=...
+vm_dgram_socket = "$WORK/run/blue-dgram.sock"   # QEMU: -netdev dgram,...,remote.path=...
 vm_socket_group = "kvm"       # who may connect: root and the kvm group
 vm_socket_mode = "0660"
 peers = ["192.0.2.2"]
@@ -91,10 +92,11 @@ wait_ready overlayd-h1
 wait_ready overlayd-h2
 info "socket: $(stat -c '%A %U:%G %n' "$SOCK")"
 
-log "6. h1: vm1 and vm3 connect to the socket"
+log "6. h1: vm1 connects to the stream socket, vm3 sends to the datagram socket"
 info "qemu-system-x86_64 -accel tcg ... -netdev stream,id=n0,server=off,addr.type=unix,addr.path=$SOCK -device virtio-net-pci,netdev=n0"
 start_vm vm1 "$H1" 198.51.100.11/24 52:54:00:00:00:11 "stream,id=n0,server=off,addr.type=unix,addr.path=$SOCK"
-start_vm vm3 "$H1" 198.51.100.13/24 52:54:00:00:00:13 "stream,id=n0,server=off,addr.type=unix,addr.path=$SOCK"
+start_vm vm3 "$H1" 198.51.100.13/24 52:54:00:00:00:13 \
+  "dgram,id=n0,local.type=unix,local.path=$WORK/run/vm3.sock,remote.type=unix,remote.path=$WORK/run/blue-dgram.sock"
 for v in vm1 vm2 vm3; do wait_vm "$v" 180; done
 
 log "7. pings from the VMs"
@@ -118,7 +120,7 @@ transfer() { # FROM TO_NAME TO_IP
 rate_cross=$(transfer vm1 vm2 198.51.100.12)
 rate_local=$(transfer vm1 vm3 198.51.100.13)
 info "vm1 -> vm2 (across the hosts):     rtt $rtt_cross ms, TCP $rate_cross Mbit/s"
-info "vm1 -> vm3 (same host, switched locally by overlayd): rtt $rtt_local ms, TCP $rate_local Mbit/s"
+info "vm1 -> vm3 (same host, stream port -> dgram port, switched locally): rtt $rtt_local ms, TCP $rate_local Mbit/s"
 info "(TCG guests: the emulated CPU, not the overlay, sets these numbers)"
 
 log "9. what h1's daemon logged"

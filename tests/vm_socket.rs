@@ -23,6 +23,11 @@ struct Lab {
 
 impl Lab {
     fn new(tag: &str) -> Lab {
+        Lab::with(tag, "")
+    }
+
+    /// A lab whose network has more config lines (`{dir}` is replaced by the lab's directory).
+    fn with(tag: &str, extra: &str) -> Lab {
         let dir = std::env::temp_dir().join(format!("overlayd-vmsock-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
@@ -32,8 +37,9 @@ impl Lab {
         let text = format!(
             "[node]\nunderlay = \"127.0.0.1\"\nunderlay_mtu = 1500\n\
              [[networks]]\nname = \"blue\"\nencap = \"vxlan\"\nvni = 42\nvxlan_port = {port}\n\
-             vm_socket = \"{}\"\nvm_socket_mode = \"0600\"\n",
-            sock.display()
+             vm_socket = \"{}\"\nvm_socket_mode = \"0600\"\n{}\n",
+            sock.display(),
+            extra.replace("{dir}", &dir.display().to_string())
         );
         let cfg = overlayd::config::from_str_with_env(&text, Vec::new()).expect("valid config");
         let daemon = Daemon::start(&cfg).expect("daemon starts without privileges");
@@ -230,4 +236,38 @@ fn known_unicast_goes_to_one_vm_and_a_departed_vms_macs_are_flushed() {
     let u = frame(B, A, 46, 8);
     a.send(&u);
     assert_eq!(c.recv(WAIT), Got::Frame(u));
+}
+
+#[test]
+fn dgram_vms_are_ports_answered_at_their_address_and_dropped_when_gone() {
+    use std::os::unix::net::UnixDatagram;
+    let lab = Lab::with("dgram", "vm_dgram_socket = \"{dir}/blue-dgram.sock\"");
+    let server = lab.dir.join("blue-dgram.sock");
+    let mut a = lab.connect();
+    wait_for("A is a port", || lab.ports() == 1);
+    // a VM the way QEMU -netdev dgram runs it: bound to its own path, sending to the daemon's
+    let d_path = lab.dir.join("vm-d.sock");
+    let d = UnixDatagram::bind(&d_path).expect("bind the vm side");
+    d.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let hello = frame(BCAST, B, 28, 3);
+    d.send_to(&hello, &server).expect("send a datagram");
+    assert_eq!(a.recv(WAIT), Got::Frame(hello), "a datagram VM's broadcast reaches a stream VM");
+    assert_eq!(lab.ports(), 2);
+
+    let reply = frame(B, A, 100, 4);
+    a.send(&reply);
+    let mut buf = [0u8; 2048];
+    let n = d.recv(&mut buf).expect("the daemon answers at the VM's address");
+    assert_eq!(&buf[..n], &reply[..], "one datagram, one whole frame");
+
+    let unnamed = UnixDatagram::unbound().expect("socket");
+    unnamed.send_to(&frame(BCAST, [2, 0, 0, 0, 0, 0xc], 46, 0), &server).expect("send");
+    wait_for("the unnamed sender is counted", || lab.drops(DropReason::UnnamedSender) == 1);
+    assert_eq!(a.recv(Duration::from_millis(100)), Got::Nothing, "and its frame went nowhere");
+
+    // the VM stops: the next frame for it finds nobody, and the port goes within a second
+    drop(d);
+    a.send(&frame(B, A, 46, 5));
+    wait_for("the gone VM's port is removed", || lab.ports() == 1);
+    wait_for("its MAC is flushed", || lab.fdb_len() == 1);
 }

@@ -54,6 +54,8 @@ pub struct NetworkConfig {
     pub dscp: Dscp,
     /// Where QEMU VMs connect as switch ports, if anywhere.
     pub vm_socket: Option<VmSocketConfig>,
+    /// Where QEMU VMs send datagrams (`-netdev dgram`), if anywhere.
+    pub vm_dgram_socket: Option<VmSocketConfig>,
 }
 
 /// Outer TTL / hop limit when the config sets none (the Linux default, `net.ipv4.ip_default_ttl`).

@@ -67,7 +67,9 @@ pub struct RawNetwork {
     pub dscp: Option<String>,
     /// UNIX stream socket QEMU (`-netdev stream`) connects to; every connection is a port.
     pub vm_socket: Option<String>,
-    /// Owner (user name or uid) of `vm_socket`.
+    /// UNIX datagram socket QEMU (`-netdev dgram`) sends to; every sender address is a port.
+    pub vm_dgram_socket: Option<String>,
+    /// Owner (user name or uid) of `vm_socket` (and `vm_dgram_socket`).
     pub vm_socket_owner: Option<RawId>,
     /// Group (group name or gid) of `vm_socket`.
     pub vm_socket_group: Option<RawId>,

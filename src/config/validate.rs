@@ -106,9 +106,11 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
                 return err(tap_key(&at, j, net.taps.len()), format!("{t:?} is used by another network"));
             }
         }
-        if let Some(v) = &net.vm_socket {
-            if !sockets.insert(v.path.clone()) {
-                return err(format!("{at}.vm_socket"), format!("{} is used by another network", v.path.display()));
+        for (k, v) in [("vm_socket", &net.vm_socket), ("vm_dgram_socket", &net.vm_dgram_socket)] {
+            if let Some(v) = v {
+                if !sockets.insert(v.path.clone()) {
+                    return err(format!("{at}.{k}"), format!("{} is used by another network", v.path.display()));
+                }
             }
         }
         // what tells this network's packets apart on the wire
@@ -182,9 +184,9 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
     if taps.len() > MAX_TAPS {
         return err(format!("{at}.taps"), format!("{} TAPs; at most {MAX_TAPS} per network", taps.len()));
     }
-    let vm_socket = vm_socket(at, n.vm_socket, n.vm_socket_owner, n.vm_socket_group, n.vm_socket_mode)?;
-    if taps.is_empty() && vm_socket.is_none() {
-        return err(format!("{at}.tap"), "a network needs a local port: tap, taps or vm_socket");
+    let (vm_socket, vm_dgram_socket) = vm_sockets(at, n.vm_socket, n.vm_dgram_socket, n.vm_socket_owner, n.vm_socket_group, n.vm_socket_mode)?;
+    if taps.is_empty() && vm_socket.is_none() && vm_dgram_socket.is_none() {
+        return err(format!("{at}.tap"), "a network needs a local port: tap, taps, vm_socket or vm_dgram_socket");
     }
     let address = n
         .address
@@ -225,7 +227,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -262,16 +264,30 @@ fn tap_key(at: &str, j: usize, n: usize) -> String {
 /// Longest path a UNIX socket address holds (sun_path is 108 bytes with the NUL).
 const SUN_PATH_MAX: usize = 107;
 
-fn vm_socket(at: &str, path: Option<String>, owner: Option<RawId>, group: Option<RawId>, mode: Option<RawId>) -> Result<Option<VmSocketConfig>, ConfigError> {
-    let Some(path) = path else {
+/// The VM sockets of a network (`vm_socket` for `-netdev stream`, `vm_dgram_socket` for
+/// `-netdev dgram`), both with the `vm_socket_*` ownership and mode.
+type VmSockets = (Option<VmSocketConfig>, Option<VmSocketConfig>);
+
+fn vm_sockets(at: &str, stream: Option<String>, dgram: Option<String>, owner: Option<RawId>, group: Option<RawId>, mode: Option<RawId>) -> Result<VmSockets, ConfigError> {
+    let stream = stream.map(|p| socket_path(&format!("{at}.vm_socket"), p)).transpose()?;
+    let dgram = dgram.map(|p| socket_path(&format!("{at}.vm_dgram_socket"), p)).transpose()?;
+    if stream.is_none() && dgram.is_none() {
         for (k, v) in [("vm_socket_owner", &owner), ("vm_socket_group", &group), ("vm_socket_mode", &mode)] {
             if v.is_some() {
-                return err(format!("{at}.{k}"), "has no effect without vm_socket");
+                return err(format!("{at}.{k}"), "has no effect without vm_socket or vm_dgram_socket");
             }
         }
-        return Ok(None);
-    };
-    let key = format!("{at}.vm_socket");
+        return Ok((None, None));
+    }
+    if stream.is_some() && stream == dgram {
+        return err(format!("{at}.vm_dgram_socket"), "must be another file than vm_socket");
+    }
+    let (owner, group, mode) = socket_perms(at, owner, group, mode)?;
+    let mk = |path| VmSocketConfig { path, owner, group, mode };
+    Ok((stream.map(mk), dgram.map(mk)))
+}
+
+fn socket_path(key: &str, path: String) -> Result<PathBuf, ConfigError> {
     let p = PathBuf::from(&path);
     if !p.is_absolute() || p.file_name().is_none() {
         return err(key, format!("{path:?} must be an absolute path to a socket file"));
@@ -279,6 +295,10 @@ fn vm_socket(at: &str, path: Option<String>, owner: Option<RawId>, group: Option
     if path.len() > SUN_PATH_MAX {
         return err(key, format!("{path:?} is {} bytes; a UNIX socket path holds at most {SUN_PATH_MAX}", path.len()));
     }
+    Ok(p)
+}
+
+fn socket_perms(at: &str, owner: Option<RawId>, group: Option<RawId>, mode: Option<RawId>) -> Result<(Option<u32>, Option<u32>, u32), ConfigError> {
     let owner = owner
         .map(|o| {
             let key = format!("{at}.vm_socket_owner");
@@ -317,7 +337,7 @@ fn vm_socket(at: &str, path: Option<String>, owner: Option<RawId>, group: Option
             ranged(&key, v, 0, 0o777, "permission bits (0..=0o777)")? as u32
         }
     };
-    Ok(Some(VmSocketConfig { path: p, owner, group, mode }))
+    Ok((owner, group, mode))
 }
 
 #[cfg(test)]
@@ -551,6 +571,16 @@ mod tests {
         assert!(long.starts_with("networks[0].vm_socket:"), "{long}");
         let stray = problem(&GOOD.replace("tap = \"ovl-blue\"", "tap = \"ovl-blue\"\nvm_socket_mode = \"0600\""));
         assert!(stray.starts_with("networks[0].vm_socket_mode:"), "{stray}");
+    }
+
+    #[test]
+    fn dgram_socket_shares_the_permissions_and_not_the_file() {
+        let c = parse(&GOOD.replace("tap = \"ovl-blue\"", "vm_dgram_socket = \"/tmp/d.sock\"\nvm_socket_mode = \"0600\"")).unwrap();
+        let n = &c.networks[0];
+        assert_eq!(n.vm_socket, None);
+        assert_eq!(n.vm_dgram_socket.as_ref().map(|v| (v.path.clone(), v.mode)), Some(("/tmp/d.sock".into(), 0o600)));
+        let same = problem(&GOOD.replace("tap = \"ovl-blue\"", "vm_socket = \"/tmp/d.sock\"\nvm_dgram_socket = \"/tmp/d.sock\""));
+        assert!(same.starts_with("networks[0].vm_dgram_socket:"), "{same}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::core::stats::Shard;
 use crate::core::{DropReason, Instant, LocalPort, Network};
 use crate::io::packet::PacketPort;
 use crate::io::tap::Tap;
-use crate::io::vmsock::{SendError, VmConn};
+use crate::io::vmsock::{DgramPeer, SendError, VmConn};
 
 use super::datapath::{NetIo, RateLimit};
 
@@ -24,6 +24,8 @@ use super::datapath::{NetIo, RateLimit};
 pub enum LocalIo {
     Tap(Arc<Tap>),
     Vm(Arc<VmConn>),
+    /// A VM on the network's datagram socket (`-netdev dgram`).
+    Dgram(Arc<DgramPeer>),
     /// An existing interface (a VM's TAP held by QEMU) bound with a packet socket.
     Packet(Arc<PacketPort>),
 }
@@ -63,6 +65,18 @@ impl Forwarder {
                     net.stats.count_drop(shard, DropReason::PortWriteFailed);
                     if let Some(muted) = self.rl_vm.allow(now) {
                         tracing::warn!(network = net.name(), vm_pid = vm.pid, error = %e, muted, "write to vm failed");
+                    }
+                }
+            },
+            Some(LocalIo::Dgram(vm)) => match vm.send_frame(frame) {
+                Ok(()) => net.stats.tap_tx(shard, frame.len()),
+                Err(SendError::Busy) => net.stats.count_drop(shard, DropReason::PortBusy),
+                Err(SendError::Failed(e)) => {
+                    net.stats.count_drop(shard, DropReason::PortWriteFailed);
+                    if !vm.is_gone() {
+                        if let Some(muted) = self.rl_vm.allow(now) {
+                            tracing::warn!(network = net.name(), vm = %vm.path.display(), error = %e, muted, "send to vm failed");
+                        }
                     }
                 }
             },

@@ -32,11 +32,11 @@ use crate::io::sys::{self, StopFd};
 use crate::io::tap::Tap;
 use crate::io::udp::{self, RxSocket, TxSockets};
 use crate::io::packet::PacketPort;
-use crate::io::vmsock::VmListener;
+use crate::io::vmsock::{VmDgramSocket, VmListener};
 use datapath::{NetIo, PortThread, SharedFabric, UnderlayThread};
 use forward::LocalIo;
 use packetport::PacketThread;
-use vmport::VmPortServer;
+use vmport::{VmDgramServer, VmPortServer};
 use gre::{GreParams, GreUnderlayThread};
 
 /// Why the daemon could not start.
@@ -69,6 +69,7 @@ impl crate::admin::PortNames for Arc<NetIo> {
             Some(forward::LocalIo::Packet(d)) => d.name().to_string(),
             Some(forward::LocalIo::Vm(c)) if c.pid > 0 => format!("vm{slot} (pid {})", c.pid),
             Some(forward::LocalIo::Vm(_)) => format!("vm{slot}"),
+            Some(forward::LocalIo::Dgram(d)) => format!("vm{slot} ({})", d.path.display()),
             None => format!("port{slot}"),
         }
     }
@@ -158,6 +159,7 @@ impl Daemon {
         let mut entries = Vec::new();
         let mut vxlan_ports = Vec::new();
         let mut listeners = Vec::new();
+        let mut dgrams = Vec::new();
         for n in &cfg.networks {
             let overhead = n.overhead(underlay);
             let tap_mtu = n.mtu.unwrap_or(umtu.saturating_sub(overhead));
@@ -195,9 +197,15 @@ impl Daemon {
                     owner = v.owner, group = v.group, "listening for VMs (QEMU -netdev stream)");
                 listeners.push((entries.len(), l));
             }
+            if let Some(v) = &n.vm_dgram_socket {
+                let d = VmDgramSocket::bind(v).map_err(StartupError::Socket)?;
+                tracing::info!(network = n.name, path = %d.path().display(), mode = format_args!("{:o}", v.mode),
+                    owner = v.owner, group = v.group, "listening for VMs (QEMU -netdev dgram)");
+                dgrams.push((entries.len(), Arc::new(d)));
+            }
             tracing::info!(network = n.name, mtu = tap_mtu, vni = %n.vni, encap = %n.encap,
                 gre = ?match n.encap { Encap::Gre(o) => Some(o), Encap::Vxlan => None }, peers = n.peers.len(),
-                taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), "network up");
+                taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), vm_dgram_socket = n.vm_dgram_socket.is_some(), "network up");
             entries.push(NetEntry { net: Arc::new(Network::new(spec_of(n, tap_mtu))), io: Arc::new(NetIo::new(taps)) });
             vxlan_ports.push(n.vxlan_port);
         }
@@ -220,7 +228,7 @@ impl Daemon {
                         let t = PacketThread { net, io, port, dev: dev.clone(), tx, stop, gre };
                         threads.push(spawn(format!("port-{}", dev.name()), move || t.run())?);
                     }
-                    LocalIo::Vm(_) => {}
+                    LocalIo::Vm(_) | LocalIo::Dgram(_) => {}
                 }
             }
         }
@@ -229,6 +237,12 @@ impl Daemon {
             let gre = gre_params(&cfg.networks[i], &gre_sock);
             let s = VmPortServer { listener, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone(), gre };
             threads.push(spawn(format!("vmsock-{}", e.net.name()), move || s.run())?);
+        }
+        for (i, sock) in dgrams {
+            let e = &fabric.load().networks[i];
+            let gre = gre_params(&cfg.networks[i], &gre_sock);
+            let s = VmDgramServer { sock, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone(), gre };
+            threads.push(spawn(format!("vmdgram-{}", e.net.name()), move || s.run())?);
         }
         let slot = usize::from(umtu).max(2048) + 64;
         for rx in rxs {

@@ -14,7 +14,9 @@
 //! batch arena with room for the tunnel header in front (the stream has none between
 //! frames); frames for local ports are written straight from the decoder buffer's copy.
 
+use std::collections::HashMap;
 use std::io;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -26,7 +28,7 @@ use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port
 use crate::io::clock;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::udp::{BATCH, SendQueue, TxItem, TxSockets};
-use crate::io::vmsock::{VmConn, VmListener};
+use crate::io::vmsock::{DgramPeer, VmConn, VmDgramSocket, VmListener};
 
 use super::datapath::{NetIo, RateLimit};
 use super::gre::{GreParams, GreTx};
@@ -117,6 +119,102 @@ impl VmPortServer {
     }
 }
 
+/// The datagram socket of one network: every sender address is a VM port.
+///
+/// One thread reads the socket for all its VMs, so frames are batched per run of datagrams
+/// from the same VM. A VM is connected by its first datagram; it is disconnected when sending
+/// to it finds nobody there (its QEMU stopped), noticed within a second.
+pub struct VmDgramServer {
+    pub sock: Arc<VmDgramSocket>,
+    pub net: Arc<Network>,
+    pub io: Arc<NetIo>,
+    pub tx: Arc<TxSockets>,
+    pub stop: Arc<StopFd>,
+    pub gre: Option<GreParams>,
+}
+
+impl VmDgramServer {
+    pub fn run(self) {
+        let net = self.net.clone();
+        let want = usize::from(net.spec.mtu) + 32;
+        let mut rx = vec![0u8; want + 1];
+        let mut vms: HashMap<PathBuf, (LocalPort, Arc<DgramPeer>)> = HashMap::new();
+        let mut batch = Batch::new();
+        let mut sw = Switcher::new(net.clone(), self.io.clone(), self.tx.clone(), LocalPort(0)).with_gre(self.gre.clone());
+        let mut rl = RateLimit::default();
+        let mut last_sweep = clock::now();
+        loop {
+            match sys::wait_readable_for(self.sock.fd(), &self.stop, 1000) {
+                Ok(Some(Wake::Stop)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(network = net.name(), path = %self.sock.path().display(), error = %e, "vm dgram socket poll failed; closed");
+                    break;
+                }
+            }
+            let now = clock::now();
+            loop {
+                let (n, from) = match self.sock.recv(&mut rx) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        if let Some(muted) = rl.allow(now) {
+                            tracing::warn!(network = net.name(), error = %e, muted, "receive on vm dgram socket failed");
+                        }
+                        break;
+                    }
+                };
+                let Some(path) = from.as_pathname() else {
+                    net.stats.count_drop(Shard::LOCAL, DropReason::UnnamedSender);
+                    continue;
+                };
+                if n > want {
+                    net.stats.count_drop(Shard::LOCAL, DropReason::MtuExceeded);
+                    continue;
+                }
+                let port = match vms.get(path) {
+                    Some((p, vm)) if !vm.is_gone() => *p,
+                    _ => {
+                        if let Some((old, _)) = vms.remove(path) {
+                            sw.switch(&mut batch, now);
+                            remove_port(&net, &self.io, old);
+                        }
+                        let vm = Arc::new(DgramPeer::new(self.sock.clone(), path.to_path_buf()));
+                        let Some(p) = add_port(&self.io, LocalIo::Dgram(vm.clone())) else {
+                            if let Some(muted) = rl.allow(now) {
+                                tracing::warn!(network = net.name(), vm = %path.display(), muted, "port table full; vm datagrams dropped");
+                            }
+                            continue;
+                        };
+                        tracing::info!(network = net.name(), port = p.slot(), vm = %path.display(), ports = self.io.ports.load().len(), "vm connected (dgram)");
+                        vms.insert(path.to_path_buf(), (p, vm));
+                        p
+                    }
+                };
+                if port != sw.port || !batch.fits(n) {
+                    sw.switch(&mut batch, now);
+                    sw.port = port;
+                }
+                batch.push(&rx[..n]);
+            }
+            sw.switch(&mut batch, now);
+            if now.saturating_since(last_sweep).as_millis() >= 1000 {
+                last_sweep = now;
+                vms.retain(|path, (port, vm)| {
+                    if !vm.is_gone() {
+                        return true;
+                    }
+                    let flushed = remove_port(&net, &self.io, *port);
+                    tracing::info!(network = net.name(), port = port.slot(), vm = %path.display(), flushed_macs = flushed, "vm disconnected (dgram: nobody at its address)");
+                    false
+                });
+            }
+        }
+        tracing::debug!(network = net.name(), "vm dgram socket closed");
+    }
+}
+
 /// Publish a port table with `p` added; the port it got, or `None` if the table is full.
 pub fn add_port(io: &NetIo, p: LocalIo) -> Option<LocalPort> {
     let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,7 +271,7 @@ impl Batch {
         self.items.is_empty()
     }
 
-    fn fits(&self, len: usize) -> bool {
+    pub(super) fn fits(&self, len: usize) -> bool {
         self.items.len() < BATCH && self.used() + ROOM + len <= self.arena.len()
     }
 
@@ -181,7 +279,7 @@ impl Batch {
         self.items.last().map_or(0, |&(o, l)| o + ROOM + l)
     }
 
-    fn push(&mut self, frame: &[u8]) {
+    pub(super) fn push(&mut self, frame: &[u8]) {
         let o = self.used();
         self.arena[o + ROOM..o + ROOM + frame.len()].copy_from_slice(frame);
         self.items.push((o, frame.len()));

@@ -72,6 +72,27 @@ pub fn wait_readable(fd: RawFd, stop: &StopFd) -> io::Result<Wake> {
     }
 }
 
+/// [`wait_readable`] for at most `timeout_ms`; `Ok(None)` when the time ran out.
+pub fn wait_readable_for(fd: RawFd, stop: &StopFd, timeout_ms: i32) -> io::Result<Option<Wake>> {
+    let mut fds = [
+        libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: stop.fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    // SAFETY: two valid pollfds and a bounded timeout.
+    let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(None) } else { Err(e) };
+    }
+    if r == 0 {
+        return Ok(None);
+    }
+    if fds[1].revents != 0 {
+        return Ok(Some(Wake::Stop));
+    }
+    Ok(Some(Wake::Ready))
+}
+
 /// Name of the interface that holds `addr`, if any.
 pub fn interface_of(addr: IpAddr) -> io::Result<Option<String>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

@@ -19,9 +19,10 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::VmSocketConfig;
@@ -59,28 +60,11 @@ impl VmListener {
     pub fn bind(cfg: &VmSocketConfig) -> io::Result<VmListener> {
         let path = &cfg.path;
         let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("vm_socket {}: {what}: {e}", path.display()));
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ctx("create directory", e))?;
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => match UnixStream::connect(path) {
-                Ok(_) => return Err(ctx("in use", io::Error::from(io::ErrorKind::AddrInUse))),
-                Err(_) => {
-                    tracing::info!(path = %path.display(), "removing stale socket file");
-                    std::fs::remove_file(path).map_err(|e| ctx("remove stale socket", e))?;
-                }
-            },
-            Ok(_) => return Err(ctx("exists and is not a socket", io::Error::from(io::ErrorKind::AlreadyExists))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ctx("stat", e)),
-        }
+        prepare_path(path, |p| UnixStream::connect(p).is_ok()).map_err(|(what, e)| ctx(what, e))?;
         let sock = UnixListener::bind(path).map_err(|e| ctx("bind", e))?;
         let me = VmListener { sock, path: path.clone() };
         me.sock.set_nonblocking(true).map_err(|e| ctx("set non-blocking", e))?;
-        if cfg.owner.is_some() || cfg.group.is_some() {
-            std::os::unix::fs::chown(path, cfg.owner, cfg.group).map_err(|e| ctx("chown", e))?;
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(cfg.mode)).map_err(|e| ctx("chmod", e))?;
+        set_perms(cfg).map_err(|(what, e)| ctx(what, e))?;
         Ok(me)
     }
 
@@ -98,6 +82,122 @@ impl VmListener {
             Ok((s, _)) => VmConn::new(s).map(Some),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Make room for a socket file at `path`: create its directory, and remove a socket file
+/// nobody serves any more (`alive` tells). A live socket or another kind of file is an error.
+fn prepare_path(path: &Path, alive: impl Fn(&Path) -> bool) -> Result<(), (&'static str, io::Error)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ("create directory", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if alive(path) {
+                return Err(("in use", io::Error::from(io::ErrorKind::AddrInUse)));
+            }
+            tracing::info!(path = %path.display(), "removing stale socket file");
+            std::fs::remove_file(path).map_err(|e| ("remove stale socket", e))
+        }
+        Ok(_) => Err(("exists and is not a socket", io::Error::from(io::ErrorKind::AlreadyExists))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(("stat", e)),
+    }
+}
+
+fn set_perms(cfg: &VmSocketConfig) -> Result<(), (&'static str, io::Error)> {
+    if cfg.owner.is_some() || cfg.group.is_some() {
+        std::os::unix::fs::chown(&cfg.path, cfg.owner, cfg.group).map_err(|e| ("chown", e))?;
+    }
+    std::fs::set_permissions(&cfg.path, std::fs::Permissions::from_mode(cfg.mode)).map_err(|e| ("chmod", e))
+}
+
+/// The datagram socket of one network, for QEMU `-netdev dgram` (one frame per datagram).
+/// VMs are told apart by the address they send from (QEMU's `local.path`), and answered there.
+#[derive(Debug)]
+pub struct VmDgramSocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+}
+
+impl VmDgramSocket {
+    pub fn bind(cfg: &VmSocketConfig) -> io::Result<VmDgramSocket> {
+        let path = &cfg.path;
+        let ctx = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("vm_dgram_socket {}: {what}: {e}", path.display()));
+        prepare_path(path, |p| UnixDatagram::unbound().and_then(|s| s.connect(p)).is_ok()).map_err(|(what, e)| ctx(what, e))?;
+        let sock = UnixDatagram::bind(path).map_err(|e| ctx("bind", e))?;
+        let me = VmDgramSocket { sock, path: path.clone() };
+        me.sock.set_nonblocking(true).map_err(|e| ctx("set non-blocking", e))?;
+        set_perms(cfg).map_err(|(what, e)| ctx(what, e))?;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            let v: libc::c_int = 4 << 20;
+            // SAFETY: setsockopt with a pointer to a live c_int and its size.
+            if unsafe { libc::setsockopt(me.fd(), libc::SOL_SOCKET, opt, (&v as *const libc::c_int).cast(), 4) } == 0 {
+                break;
+            }
+        }
+        Ok(me)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// One datagram into `buf` (`WouldBlock` when drained): its length, and the sender's
+    /// address. A datagram longer than `buf` is cut to fit: give one byte more than the
+    /// largest frame wanted and treat a full buffer as too long.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, std::os::unix::net::SocketAddr)> {
+        self.sock.recv_from(buf)
+    }
+
+    /// Send one frame to the VM at `to`.
+    pub fn send_to(&self, frame: &[u8], to: &Path) -> Result<(), SendError> {
+        match self.sock.send_to(frame, to) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(SendError::Busy),
+            Err(e) => Err(SendError::Failed(e)),
+        }
+    }
+}
+
+/// A VM behind the datagram socket: where to send its frames. Marked gone when sending
+/// finds nobody at its address any more (QEMU stopped); the daemon then drops the port.
+#[derive(Debug)]
+pub struct DgramPeer {
+    sock: Arc<VmDgramSocket>,
+    pub path: PathBuf,
+    gone: AtomicBool,
+}
+
+impl DgramPeer {
+    pub fn new(sock: Arc<VmDgramSocket>, path: PathBuf) -> DgramPeer {
+        DgramPeer { sock, path, gone: AtomicBool::new(false) }
+    }
+
+    pub fn send_frame(&self, frame: &[u8]) -> Result<(), SendError> {
+        let r = self.sock.send_to(frame, &self.path);
+        if let Err(SendError::Failed(e)) = &r {
+            if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT | libc::ENOTSOCK)) {
+                self.gone.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for VmDgramSocket {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::debug!(path = %self.path.display(), error = %e, "socket file not removed");
         }
     }
 }
