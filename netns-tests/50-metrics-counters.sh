@@ -5,6 +5,7 @@
 #   <P>u1 192.0.2.1/25   <========= veth underlay =========>  <P>u2 192.0.2.2/25 (+ .3, .4)
 #   blue: vni 42, mtu 1400, peers .2 and .4                   blue: vni 42, peer .1
 #   red:  vni 43, peer 192.0.2.200 (unreachable: no route)    socat sink on 192.0.2.4:4789
+#         bum_pps_limit 5, mac_move_limit 1
 #
 # Proves:
 #   - `promtool check metrics` accepts the live /metrics of both daemons (default listen
@@ -14,8 +15,12 @@
 #     8-byte VXLAN header); h2 tunnel rx from h1, flood, tap tx; one MAC learned on each side;
 #   - each drop reason a lab can provoke is provoked exactly once and counted once, under its
 #     own label: unknown_vni, bad_flags, malformed (network "-"); unknown_peer, mtu_exceeded,
-#     bad_source_mac, hairpin, split_horizon (blue); send_failed (red); tap_write_failed (h2,
-#     TAP down); no other drop is counted meanwhile.
+#     bad_source_mac, hairpin, split_horizon (blue); mac_pinned (red: a MAC moving between
+#     the TAP and the peer twice); tap_write_failed (h2, TAP down); no other drop is counted
+#     meanwhile;
+#   - a burst of 20 broadcasts into red, whose only peer has no route, is counted frame by
+#     frame: each one either over the storm limit (storm_limit) or flooded and failed to send
+#     (send_failed), both seen, their sum exactly 20; the MAC pin is an fdb event too.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
@@ -40,7 +45,7 @@ start_bg "$H2" "$WORK/sink.log" socat -u "UDP4-RECV:4789,bind=$U4,reuseaddr" /de
 
 write_config "$WORK/h1.toml" "$U1"
 add_network "$WORK/h1.toml" blue 42 "$TAP" - "$U2 $U4" mtu=1400
-add_network "$WORK/h1.toml" red 43 "$RED" - "$UNREACHABLE"
+add_network "$WORK/h1.toml" red 43 "$RED" - "$UNREACHABLE" bum_pps_limit=5 mac_move_limit=1
 write_config "$WORK/h2.toml" "$U2"
 add_network "$WORK/h2.toml" blue 42 "$TAP" - "$U1" mtu=1400
 start_daemon "$H1" d1 "$WORK/h1.toml"
@@ -124,14 +129,35 @@ for p in [
     send(p, verbose=False)
     time.sleep(0.05)
 PY
-# h1: a frame into red, whose only peer has no route
-send_frame "$H1" "$RED" "Ether(dst='ff:ff:ff:ff:ff:ff', src='02:00:00:00:00:0e', type=0x88b5) / Raw(b'r' * 46)"
+# red: M learned on the TAP, moved to the peer (move 1), back to the TAP (move 2 > limit 1):
+# pinned, that frame dropped; the first TAP frame is flooded to the peer without a route
+M=02:00:00:00:00:0e
+send_frame "$H1" "$RED" "Ether(dst='ff:ff:ff:ff:ff:ff', src='$M', type=0x88b5) / Raw(b'r' * 46)"
+ns_exec "$H2" /usr/bin/python3 - "$U1" "$UNREACHABLE" "$M" <<'PY' || die "scapy could not send the red tunnel packet"
+import logging, sys
+logging.getLogger('scapy').setLevel(logging.ERROR)
+from scapy.all import IP, UDP, Ether, Raw, send
+from scapy.layers.vxlan import VXLAN
+U1, PEER, M = sys.argv[1:4]
+send(IP(src=PEER, dst=U1) / UDP(sport=40000, dport=4789) / VXLAN(flags=0x08, vni=43)
+     / Ether(dst='ff:ff:ff:ff:ff:ff', src=M, type=0x88b5) / Raw(b'p' * 46), verbose=False)
+PY
+red_moved() { (($(metric "$(scrape "$H1" "$URL")" 'overlayd_fdb_events_total{event="moved",network="red"}') >= 1)); }
+wait_until -t 10 red_moved || die "h1 did not see $M move to red's peer"
+send_frame "$H1" "$RED" "Ether(dst='ff:ff:ff:ff:ff:ff', src='$M', type=0x88b5) / Raw(b'r' * 46)"
+# then a burst of 20 broadcasts from another MAC: storm limit 5/s with one second of burst
+ns_exec "$H1" /usr/bin/python3 -c "
+import logging, sys
+logging.getLogger('scapy').setLevel(logging.ERROR)
+from scapy.all import Ether, Raw, sendp
+sendp(Ether(dst='ff:ff:ff:ff:ff:ff', src='02:00:00:00:00:0f', type=0x88b5) / Raw(b's' * 46),
+      iface=sys.argv[1], count=20, verbose=False)" "$RED" || die "scapy could not send on $RED"
 # h2: a frame for h2's TAP while that TAP is down
 ip -n "$H2" link set "$TAP" down
 send_frame "$H1" "$TAP" "Ether(dst='ff:ff:ff:ff:ff:ff', src='02:00:00:00:00:0a', type=0x88b5) / Raw(b'd' * 46)"
-h1_reason() { metric "$(scrape "$H1" "$URL")" "overlayd_drops_total{network=\"blue\",reason=\"split_horizon\"}"; }
-split_counted() { (($(h1_reason) >= 1)); }
-wait_until -t 10 split_counted || die "h1 did not count the split-horizon packet"
+red_base=$(sum_drops "$a1" red)
+red_counted() { (($(sum_drops "$(scrape "$H1" "$URL")" red) >= red_base + 22)); }
+wait_until -t 10 red_counted || die "h1 did not count the 22 red drops"
 sleep 0.5
 b1=$(scrape "$H1" "$URL") b2=$(scrape "$H2" "$URL")
 for r in unknown_vni bad_flags malformed; do
@@ -140,11 +166,17 @@ done
 for r in unknown_peer mtu_exceeded bad_source_mac hairpin split_horizon; do
   check "h1 drops{network=\"blue\",reason=\"$r\"}" 1 "$a1" "$b1" "overlayd_drops_total{network=\"blue\",reason=\"$r\"}"
 done
-check "h1 drops{network=\"red\",reason=\"send_failed\"}" 1 "$a1" "$b1" 'overlayd_drops_total{network="red",reason="send_failed"}'
+check "h1 drops{network=\"red\",reason=\"mac_pinned\"}" 1 "$a1" "$b1" 'overlayd_drops_total{network="red",reason="mac_pinned"}'
+check "h1 fdb pins in red" 1 "$a1" "$b1" 'overlayd_fdb_events_total{event="pinned",network="red"}'
+storm=$(delta x "$a1" "$b1" 'overlayd_drops_total{network="red",reason="storm_limit"}')
+failed=$(delta x "$a1" "$b1" 'overlayd_drops_total{network="red",reason="send_failed"}')
+assert_ge "h1 drops{network=\"red\",reason=\"storm_limit\"}" 1 "$storm"
+assert_ge "h1 drops{network=\"red\",reason=\"send_failed\"} (the first M frame, and the burst's conforming frames)" 2 "$failed"
+assert_eq "red: storm_limit + send_failed of the burst (20 frames) and the first M frame" 21 $((storm + failed))
 check "h2 drops{network=\"blue\",reason=\"tap_write_failed\"}" 1 "$a2" "$b2" 'overlayd_drops_total{network="blue",reason="tap_write_failed"}'
 assert_eq "h1 drops of network \"-\", all reasons" 3 $(($(sum_drops "$b1" -) - $(sum_drops "$a1" -)))
 assert_eq "h1 drops of blue, all reasons" 5 $(($(sum_drops "$b1" blue) - $(sum_drops "$a1" blue)))
-assert_eq "h1 drops of red, all reasons" 1 $(($(sum_drops "$b1" red) - $(sum_drops "$a1" red)))
+assert_eq "h1 drops of red, all reasons" 22 $(($(sum_drops "$b1" red) - $(sum_drops "$a1" red)))
 assert_eq "h2 drops of blue, all reasons" 1 $(($(sum_drops "$b2" blue) - $(sum_drops "$a2" blue)))
 
 log "shutdown"

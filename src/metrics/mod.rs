@@ -14,7 +14,7 @@
 //! - `reason`: one value per `DropReason` variant, every one exported (zeros included), so the
 //!   label set follows the enum;
 //! - `direction`: `rx` (into overlayd) or `tx` (out of overlayd);
-//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`.
+//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`.
 //!
 //! A MAC address is never a label: `overlayd fdb` on the admin socket shows the table.
 //!
@@ -96,7 +96,7 @@ impl Families {
             fdb_entries: gauge("overlayd_fdb_entries", "MAC addresses in the network's forwarding table.", &["network"])?,
             fdb_events: counter(
                 "overlayd_fdb_events_total",
-                "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full) or flushed.",
+                "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often).",
                 &["network", "event"],
             )?,
             peer_last_seen: GaugeVec::new(

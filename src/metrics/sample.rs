@@ -49,17 +49,21 @@ pub struct FdbEventCounts {
     pub expired: u64,
     pub evicted: u64,
     pub flushed: u64,
+    /// MACs pinned to their port for moving too often (`mac_move_limit`).
+    #[serde(default)]
+    pub pinned: u64,
 }
 
 impl FdbEventCounts {
     /// (event label, count) pairs, in a fixed order.
-    pub fn labelled(&self) -> [(&'static str, u64); 5] {
+    pub fn labelled(&self) -> [(&'static str, u64); 6] {
         [
             ("learned", self.learned),
             ("moved", self.moved),
             ("expired", self.expired),
             ("evicted", self.evicted),
             ("flushed", self.flushed),
+            ("pinned", self.pinned),
         ]
     }
 }
@@ -128,6 +132,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     expired: ev.expired.load(Relaxed),
                     evicted: ev.evicted.load(Relaxed),
                     flushed: ev.flushed.load(Relaxed),
+                    pinned: ev.pinned.load(Relaxed),
                 },
                 peers,
             }
