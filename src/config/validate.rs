@@ -146,6 +146,13 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
                 return err(format!("{at}.{key}"), "only applies to encap = \"gre\"");
             }
         }
+        // VXLAN goes out on UDP sockets shared by every VXLAN network: the kernel's defaults
+        // apply (TTL / hop limit 64, DF set, DSCP 0)
+        for (key, set) in [("ttl", n.ttl.is_some()), ("dscp", n.dscp.is_some())] {
+            if set {
+                return err(format!("{at}.{key}"), "only applies to encap = \"gre\" (VXLAN is sent with TTL 64, DF set and DSCP 0)");
+            }
+        }
     } else if n.vxlan_port.is_some() {
         return err(format!("{at}.vxlan_port"), "only applies to encap = \"vxlan\"");
     }
@@ -488,6 +495,8 @@ mod tests {
     fn gre_and_vxlan_options_are_refused_on_the_other_encap() {
         assert!(problem(&GOOD.replace("vni = 42", "vni = 42\nkey = false")).starts_with("networks[0].key:"));
         assert!(problem(&GOOD.replace("vni = 42", "vni = 42\ngre_checksum = true")).starts_with("networks[0].gre_checksum:"));
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\nttl = 9")).starts_with("networks[0].ttl:"));
+        assert!(problem(&GOOD.replace("vni = 42", "vni = 42\ndscp = \"inherit\"")).starts_with("networks[0].dscp:"));
         assert!(problem(&GRE.replace("vni = 4000000000", "vni = 1\nvxlan_port = 4789")).starts_with("networks[0].vxlan_port:"));
     }
 
