@@ -7,8 +7,12 @@
 #   overlayd: tap <P>tap                     bridge <P>bi (netdev): tunnel port + internal
 #     198.51.100.1/24 (GRE key 42)            port <P>vm 198.51.100.2/24
 #
-# Phase 1: overlayd network encap gre, vni 42 <-> OVS port type=gre options:key=42.
-# Phase 2: overlayd network encap vxlan, vni 42 <-> OVS port type=vxlan options:key=42.
+# Phases (one overlayd network, one OVS tunnel port each):
+#   gre:      overlayd encap gre, vni 42                 <-> OVS type=gre options:key=42
+#   gre-csum: overlayd encap gre, vni 42, gre_checksum    <-> OVS type=gre options:key=42
+#             options:csum=true (OVS verifies our checksums and drops bad ones; we verify its)
+#   gre-nokey: overlayd encap gre, key = false            <-> OVS type=gre (no key option)
+#   vxlan:    overlayd encap vxlan, vni 42               <-> OVS type=vxlan options:key=42
 # Each phase proves: ping both ways, DF pings that fill the MTU both ways; a 10 MB TCP transfer (random data) arrives byte-identical
 # each way; the daemon counted no tunnel drops (overlayd_drops_total from its /metrics). Rates
 # are printed, never asserted.
@@ -77,21 +81,24 @@ no_tunnel_drops() {
   ok "overlayd counted no drops (overlayd_drops_total all zero)"
 }
 
-# phase ENCAP OVS_TYPE - one overlayd network and one OVS tunnel port of that kind, vni/key 42
+# phase NAME "OVERLAYD_KEY=VALUE..." "OVS_OPTION=VALUE..." - one overlayd network and one OVS
+# tunnel port (interface <P>t<n>), vni/key 42 unless the options say otherwise
 phase() {
-  local encap=$1 type=$2 d=d-$1 rates
-  log "$encap: overlayd encap $encap vni 42 <-> OVS type=$type options:key=42"
-  vsctl add-port "$BI" "${PREFIX}t$encap" -- set interface "${PREFIX}t$encap" type="$type" \
-    options:remote_ip="$U1" options:key=42
+  local encap=$1 kvs=$2 ovs_opts=$3 d=d-$1 rates port=${PREFIX}t$((++PHASE)) o args=()
+  log "$encap: overlayd $kvs <-> OVS $ovs_opts"
+  for o in $ovs_opts; do args+=("options:$o"); done
+  # shellcheck disable=SC2086 # word splitting of kvs is wanted
+  vsctl add-port "$BI" "$port" -- set interface "$port" type="${encap%%-*}" "${args[@]}" options:remote_ip="$U1"
   write_config "$WORK/$d.toml" "$U1"
-  add_network "$WORK/$d.toml" blue 42 "$TAP" "$O1/24" "$U2" encap="\"$encap\""
+  # shellcheck disable=SC2086
+  add_network "$WORK/$d.toml" blue 42 "$TAP" "$O1/24" "$U2" $kvs
   start_daemon "$H1" "$d" "$WORK/$d.toml"
   wait_ready "$d"
   mtu=$(link_mtu "$H1" "$TAP")
   # both ends of the segment get the same MTU, as in a real deployment
   vsctl set interface "$VM" mtu_request="$mtu"
   wait_until -t 10 test "$(link_mtu "$H2" "$VM")" = "$mtu" || die "OVS did not set the MTU of $VM to $mtu"
-  info "overlayd TAP MTU $mtu; OVS tunnel port status: $(vsctl get interface "${PREFIX}t$encap" status 2>/dev/null || true)"
+  info "overlayd TAP MTU $mtu; OVS tunnel port status: $(vsctl get interface "$port" status 2>/dev/null || true)"
   wait_ping "$H1" "$O2" 20
   ping_ok "$H1" "$O2" 5
   ping_ok "$H2" "$O1" 5
@@ -104,9 +111,12 @@ phase() {
   no_tunnel_drops "$H1" http://127.0.0.1:9477/metrics
   info "$encap rates, 10 MB, socat (not asserted): $rates"
   stop_daemon "$d"
-  vsctl del-port "$BI" "${PREFIX}t$encap"
+  vsctl del-port "$BI" "$port"
 }
 
-phase gre gre
-phase vxlan vxlan
+PHASE=0
+phase gre 'encap="gre"' "key=42"
+phase gre-csum 'encap="gre" gre_checksum=true' "key=42 csum=true"
+phase gre-nokey 'encap="gre" key=false' ""
+phase vxlan 'encap="vxlan"' "key=42"
 log "PASS: overlayd and Open vSwitch interoperate over GRE and VXLAN"
