@@ -98,6 +98,12 @@ info "rtt vm1 -> vm2 (socket port -> tunnel -> TAP port): $rtt_vm_vm ms (min/avg
 info "rtt vm1 -> namespace on the other host: $rtt_vm_ns_remote ms"
 info "rtt vm1 -> namespace on its own host:   $rtt_vm_ns_local ms"
 info "TCP vm1 -> vm2: $rate Mbit/s (10 MB, timed in the guest; TCG guests: the CPU emulation is the limit)"
+for h in "$H1" "$H2"; do
+  metrics=$(ns_exec "$h" curl -sf --max-time 5 http://127.0.0.1:9477/metrics) || die "no /metrics from the daemon in $h"
+  grep -q '^overlayd_drops_total{' <<<"$metrics" || die "no overlayd_drops_total in the metrics of $h"
+  drops=$(awk '/^overlayd_drops_total\{/ && $2 != "0" { printf "%s%s", sep, $0; sep = ", " }' <<<"$metrics")
+  info "drops in ${h#"$PREFIX-"}: ${drops:-none (every overlayd_drops_total is 0)}"
+done
 
 log "shutdown"
 stop_daemon d1

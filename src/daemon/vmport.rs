@@ -66,7 +66,7 @@ impl VmPortServer {
             loop {
                 match self.listener.accept() {
                     Ok(Some(conn)) => {
-                        if let Some(h) = self.connect(conn) {
+                        if let Some(h) = self.connect(conn, &mut rl) {
                             readers.push(h);
                         }
                     }
@@ -99,11 +99,13 @@ impl VmPortServer {
     }
 
     /// Give `conn` a port and start its reader; `None` if it was turned away.
-    fn connect(&self, conn: VmConn) -> Option<JoinHandle<()>> {
+    fn connect(&self, conn: VmConn, rl: &mut RateLimit) -> Option<JoinHandle<()>> {
         let conn = Arc::new(conn);
         let port = add_port(&self.io, LocalIo::Vm(conn.clone()));
         let Some(port) = port else {
-            tracing::warn!(network = self.net.name(), vm_pid = conn.pid, "port table full; vm connection refused");
+            if let Some(muted) = rl.allow(clock::now()) {
+                tracing::warn!(network = self.net.name(), vm_pid = conn.pid, muted, "port table full; vm connection refused");
+            }
             return None;
         };
         tracing::info!(network = self.net.name(), port = port.slot(), vm_pid = conn.pid, ports = self.io.ports.load().len(), "vm connected");
