@@ -203,7 +203,7 @@ impl Fdb {
                     }
                     return Learned::Known;
                 }
-                if e.pinned(now) {
+                if e.pinned(now) && self.fresh(e, now) {
                     return Learned::Pinned { on: Port::from_u32(e.port.load(Relaxed)) };
                 }
             }
@@ -223,9 +223,11 @@ impl Fdb {
                 e.last_seen.store(now.as_millis(), Relaxed);
                 return Learned::Known;
             }
-            if e.pinned(now) {
+            // a pin holds while the MAC is alive on its port; once aged it may be learned anew
+            if e.pinned(now) && self.fresh(e, now) {
                 return Learned::Pinned { on: from };
             }
+            e.pinned_until.store(0, Relaxed);
             if self.cfg.move_limit > 0 {
                 let ms = now.as_millis();
                 if ms.saturating_sub(e.window_start.load(Relaxed)) > self.cfg.move_window.as_millis() as u64 {
@@ -383,7 +385,7 @@ impl Fdb {
     /// Whether `mac` is pinned at `now`.
     pub fn is_pinned(&self, mac: MacAddr, now: Instant) -> bool {
         let g = self.map.guard();
-        self.map.get(&mac, &g).is_some_and(|e| e.pinned(now))
+        self.map.get(&mac, &g).is_some_and(|e| e.pinned(now) && self.fresh(e, now))
     }
 
     /// Number of entries (aged ones included until the next sweep).
@@ -467,6 +469,22 @@ mod tests {
         assert_eq!(f.events.moved.load(Relaxed), 5);
         // after one window it may move again
         assert_eq!(f.learn(mac(1), P0, Instant::from_secs(187)), Learned::Moved { from: P1 });
+    }
+
+    #[test]
+    fn a_pinned_mac_that_aged_out_may_be_learned_elsewhere() {
+        let f = Fdb::new(FdbConfig { ageing: Duration::from_secs(5), move_limit: 1, move_window: Duration::from_secs(60), ..FdbConfig::default() });
+        f.learn(mac(1), P0, Instant::ZERO);
+        f.learn(mac(1), P1, Instant::ZERO);
+        assert_eq!(f.learn(mac(1), P0, Instant::ZERO), Learned::Pinned { on: P1 });
+        // silent on P1 for longer than the ageing time: the entry is gone as far as lookups go,
+        // so the pin must not keep refusing the MAC elsewhere
+        let t = Instant::from_secs(6);
+        assert_eq!(f.lookup(mac(1), t), None);
+        assert!(!f.is_pinned(mac(1), t));
+        assert!(matches!(f.learn(mac(1), P0, t), Learned::Moved { .. }));
+        assert_eq!(f.lookup(mac(1), t), Some(P0));
+        assert!(!f.is_pinned(mac(1), t), "the old pin does not carry over to the new port");
     }
 
     #[test]

@@ -378,7 +378,7 @@ impl Node {
         if inp.is_empty() {
             return false;
         }
-        match inp.u8() % 10 {
+        match inp.u8() % 11 {
             0 => {
                 // a raw underlay datagram
                 let (a, p) = (inp.u8(), inp.u8());
@@ -420,6 +420,13 @@ impl Node {
                 // the control path's tick: ageing, and the pin events it logs
                 for e in &self.fabric.networks {
                     e.net.fdb.sweep(now);
+                    for c in e.net.check_peers(now) {
+                        let port = Port::Peer(c.peer);
+                        if c.state == super::liveness::PeerState::Down {
+                            assert_eq!(e.net.fdb.count_on(port), 0, "{}: MACs left behind a peer that went down", e.net.name());
+                        }
+                        assert_eq!(e.net.peers[usize::from(c.peer.0)].liveness.state(), c.state);
+                    }
                     let (events, _) = e.net.fdb.take_pin_events();
                     let cfg = e.net.fdb.config();
                     for ev in events {
@@ -428,6 +435,14 @@ impl Node {
                         assert!(ev.moves > cfg.move_limit, "pinned after {} moves (limit {})", ev.moves, cfg.move_limit);
                     }
                 }
+            }
+            10 => {
+                // a peer's keepalive
+                let (a, p, v) = (inp.u8(), inp.u8(), inp.u8());
+                let mut d = vec![0u8; vxlan::HEADER_LEN];
+                vxlan::emit(&mut d, Vni::new_unchecked(VNIS[usize::from(v) % VNIS.len()]));
+                d.extend_from_slice(&super::liveness::keepalive_frame(u32::from(a)));
+                self.underlay(ADDRS[usize::from(a) % ADDRS.len()], UDP_PORTS[usize::from(p) % UDP_PORTS.len()], &d);
             }
             8 => {
                 // a raw GRE packet (the IP payload)
@@ -496,10 +511,12 @@ impl Node {
         assert_eq!(self.port_of(c.entry), udp_port, "datagram accepted from another UDP port");
         assert_eq!(net.peers[usize::from(c.peer.0)].addr.ip(), src, "datagram charged to the wrong peer");
         assert_eq!(c.inner, hdr.payload());
-        self.fed_peer[idx][usize::from(c.peer.0)] += 1;
-        net.stats.peer_rx(super::stats::Shard::UNDERLAY, usize::from(c.peer.0), datagram.len());
         let ingress = Port::Peer(c.peer);
         let action = net.from_peer(c.peer, c.inner, now);
+        if action != Action::Consumed {
+            self.fed_peer[idx][usize::from(c.peer.0)] += 1;
+            net.stats.peer_rx(super::stats::Shard::UNDERLAY, usize::from(c.peer.0), datagram.len());
+        }
         assert!(net.peers[usize::from(c.peer.0)].last_seen.load(Relaxed) >= 1, "peer not marked seen");
         self.check_action(idx, ingress, c.inner, action);
     }
@@ -575,6 +592,10 @@ impl Node {
         let outputs: Vec<Port> = match action {
             Action::Drop(r) => {
                 net.stats.count_drop(super::stats::Shard::CONTROL, r);
+                Vec::new()
+            }
+            Action::Consumed => {
+                assert!(ingress.is_peer() && super::liveness::is_keepalive(frame), "consumed a frame that is no keepalive");
                 Vec::new()
             }
             Action::Local(p) => vec![Port::Local(p)],

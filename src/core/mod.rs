@@ -14,6 +14,7 @@ pub mod fabric;
 pub mod fdb;
 #[doc(hidden)]
 pub mod invariants;
+pub mod liveness;
 pub mod network;
 pub mod ports;
 pub mod stats;

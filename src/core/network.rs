@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use super::fdb::{Fdb, FdbConfig, Learned};
 use super::stats::{DropReason, NetStats};
 use super::storm::StormControl;
+use super::liveness::{Liveness, is_keepalive};
 use super::time::Instant;
 use super::wire::ethernet::{EthernetFrame, HEADER_LEN};
 use super::{Encap, LocalPort, PeerIdx, Port, Vni};
@@ -43,6 +44,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// When a packet of this network last arrived from the peer (ms, see [`Instant`]); 0 = never.
     pub last_seen: AtomicU64,
+    /// Up/down as the control path last decided, and whether the peer sends keepalives.
+    pub liveness: Liveness,
 }
 
 /// Where one frame goes.
@@ -55,6 +58,8 @@ pub enum Action {
     /// To every port allowed by [`Network::flood_ports`].
     Flood,
     Drop(DropReason),
+    /// A control frame for this daemon (a peer's keepalive): handled, goes nowhere.
+    Consumed,
 }
 
 #[derive(Debug)]
@@ -69,7 +74,7 @@ pub struct Network {
 impl Network {
     pub fn new(spec: NetworkSpec) -> Self {
         Network {
-            peers: spec.peers.iter().map(|&addr| Peer { addr, last_seen: AtomicU64::new(0) }).collect(),
+            peers: spec.peers.iter().map(|&addr| Peer { addr, last_seen: AtomicU64::new(0), liveness: Liveness::default() }).collect(),
             fdb: Fdb::new(spec.fdb),
             stats: NetStats::new(spec.peers.len()),
             storm: spec.bum_pps_limit.map(|pps| StormControl::new(pps, spec.peers.len())),
@@ -98,6 +103,10 @@ impl Network {
             let ms = now.as_millis().max(1);
             if p.last_seen.load(Relaxed) != ms {
                 p.last_seen.store(ms, Relaxed);
+            }
+            if is_keepalive(frame) {
+                p.liveness.keepalive_seen();
+                return Action::Consumed;
             }
         }
         self.decide(Port::Peer(peer), frame, now)

@@ -139,6 +139,7 @@ impl PortThread {
                 };
                 match action {
                     Action::Drop(r) => net.stats.count_drop(shard, r),
+                    Action::Consumed => {}
                     Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
                     Action::Peer(p) => {
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
@@ -266,9 +267,14 @@ impl UnderlayThread {
                         }
                     };
                     let net = &c.entry.net;
-                    net.stats.peer_rx(shard, usize::from(c.peer.0), data.len());
-                    match net.from_peer(c.peer, c.inner, now) {
+                    let action = net.from_peer(c.peer, c.inner, now);
+                    // keepalives are control traffic: not in the tunnel counters
+                    if action != Action::Consumed {
+                        net.stats.peer_rx(shard, usize::from(c.peer.0), data.len());
+                    }
+                    match action {
                         Action::Drop(r) => net.stats.count_drop(shard, r),
+                        Action::Consumed => {}
                         Action::Local(p) => fwd.deliver(net, &Forwarder::ports(&c.entry.io), p, c.inner, shard, now),
                         Action::Flood => {
                             net.stats.flooded(shard);

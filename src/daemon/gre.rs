@@ -171,9 +171,14 @@ impl GreUnderlayThread {
                         }
                     };
                     let net = &c.entry.net;
-                    net.stats.peer_rx(shard, usize::from(c.peer.0), packet.len());
-                    match net.from_peer(c.peer, c.inner, now) {
+                    let action = net.from_peer(c.peer, c.inner, now);
+                    // keepalives are control traffic: not in the tunnel counters
+                    if action != Action::Consumed {
+                        net.stats.peer_rx(shard, usize::from(c.peer.0), packet.len());
+                    }
+                    match action {
                         Action::Drop(r) => net.stats.count_drop(shard, r),
+                        Action::Consumed => {}
                         Action::Local(p) => fwd.deliver(net, &Forwarder::ports(&c.entry.io), p, c.inner, shard, now),
                         Action::Flood => {
                             net.stats.flooded(shard);

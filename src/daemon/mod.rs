@@ -85,6 +85,10 @@ pub struct Daemon {
     stop: Arc<StopFd>,
     threads: Vec<JoinHandle<()>>,
     watch: watch::Watch,
+    /// The send sockets, for keepalives from the control path.
+    tx: Arc<TxSockets>,
+    /// This node's keepalive frame (its source MAC derives from the underlay address).
+    keepalive: [u8; crate::core::liveness::KEEPALIVE_LEN],
 }
 
 /// The underlay MTU: configured, or read off the interface that holds the underlay address.
@@ -170,7 +174,7 @@ impl Daemon {
             let mut taps = Vec::with_capacity(n.taps.len());
             for (i, name) in n.taps.iter().enumerate() {
                 // the address goes on the first TAP only: one subnet, one host interface
-                match Tap::open(name, tap_mtu, if i == 0 { n.address } else { None }) {
+                match Tap::open_with_mac(name, tap_mtu, if i == 0 { n.address } else { None }, Some(crate::io::tap::stable_mac(underlay, name))) {
                     Ok(tap) => {
                         tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
                         taps.push(LocalIo::Tap(Arc::new(tap)));
@@ -256,7 +260,8 @@ impl Daemon {
             threads.push(spawn("underlay-gre".into(), move || t.run())?);
         }
         tracing::info!(source_ports = ?tx.ports(), "sending VXLAN");
-        Ok(Daemon { fabric, global, stop, threads, watch: watch::Watch::default() })
+        let keepalive = crate::core::liveness::keepalive_frame(watch::node_id(underlay));
+        Ok(Daemon { fabric, global, stop, threads, watch: watch::Watch::default(), tx, keepalive })
     }
 
     /// Periodic housekeeping: FDB ageing.
@@ -268,7 +273,10 @@ impl Daemon {
                 tracing::debug!(network = e.net.name(), expired = n, "fdb entries aged out");
             }
         }
-        self.watch.tick(&self.fabric.load(), now);
+        let fabric = self.fabric.load();
+        self.watch.tick(&fabric, now);
+        self.watch.peers(&fabric, now);
+        self.watch.send_keepalives(&fabric, &self.tx, &self.keepalive, now);
     }
 
     /// Every counter, folded over the data-path shards (control path only).

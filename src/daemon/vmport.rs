@@ -348,6 +348,7 @@ impl Switcher {
             };
             match action {
                 Action::Drop(r) => net.stats.count_drop(shard, r),
+                Action::Consumed => {}
                 Action::Local(p) => fwd.deliver(net, &ports, p, frame, shard, now),
                 Action::Peer(p) => match gre.as_mut() {
                     Some(g) => {

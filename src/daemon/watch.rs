@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::core::fabric::Fabric;
-use crate::core::{Instant, Port};
+use crate::core::liveness::{KEEPALIVE_LEN, PeerState};
+use crate::core::wire::vxlan;
+use crate::core::{Encap, Instant, Port};
+use crate::io::udp::TxSockets;
 
 /// MAC moves per second in one network above which the daemon warns of a probable loop.
 pub const LOOP_MOVES_PER_SEC: u64 = 20;
@@ -27,6 +30,16 @@ struct NetWatch {
 #[derive(Debug, Default)]
 pub struct Watch {
     nets: Mutex<HashMap<String, NetWatch>>,
+    send_errors: Mutex<super::datapath::RateLimit>,
+}
+
+/// A 32-bit id of this node for its keepalive source MAC: FNV-1a of the underlay address.
+pub fn node_id(underlay: std::net::IpAddr) -> u32 {
+    let bytes = match underlay {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 pub(crate) fn port_name(p: Port) -> String {
@@ -37,6 +50,44 @@ pub(crate) fn port_name(p: Port) -> String {
 }
 
 impl Watch {
+    /// Decide which peers are up or down; log the changes (a peer going down has its MACs
+    /// flushed by the core).
+    pub fn peers<P>(&self, fabric: &Fabric<P>, now: Instant) {
+        for e in &fabric.networks {
+            for c in e.net.check_peers(now) {
+                let peer = e.net.peers.get(usize::from(c.peer.0)).map(|p| p.addr.ip().to_string()).unwrap_or_default();
+                match c.state {
+                    PeerState::Up => tracing::info!(network = e.net.name(), peer, "peer up"),
+                    PeerState::Down => tracing::warn!(
+                        network = e.net.name(), peer, silent_secs = c.silent_for.as_secs_f32(), flushed_macs = c.flushed,
+                        "peer down: nothing received from it; the MACs behind it were flushed"
+                    ),
+                    PeerState::Unknown => {}
+                }
+            }
+        }
+    }
+
+    /// One keepalive to every peer of every VXLAN network.
+    pub fn send_keepalives<P>(&self, fabric: &Fabric<P>, tx: &TxSockets, frame: &[u8; KEEPALIVE_LEN], now: Instant) {
+        let mut buf = [0u8; vxlan::HEADER_LEN + KEEPALIVE_LEN];
+        buf[vxlan::HEADER_LEN..].copy_from_slice(frame);
+        for e in &fabric.networks {
+            if e.net.spec.encap != Encap::Vxlan {
+                continue;
+            }
+            vxlan::emit(&mut buf, e.net.spec.vni);
+            for (i, p) in e.net.peers.iter().enumerate() {
+                if let Err(err) = tx.send_one(i, &buf, p.addr) {
+                    let mut rl = self.send_errors.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(muted) = rl.allow(now) {
+                        tracing::debug!(network = e.net.name(), peer = %p.addr, error = %err, muted, "keepalive not sent");
+                    }
+                }
+            }
+        }
+    }
+
     /// Log what happened since the last call.
     pub fn tick<P>(&self, fabric: &Fabric<P>, now: Instant) {
         let mut nets = self.nets.lock().unwrap_or_else(|p| p.into_inner());

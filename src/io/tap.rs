@@ -29,11 +29,38 @@ impl std::fmt::Debug for Tap {
 /// Frames a TAP can hand us without offloads: 64 KiB covers every MTU.
 pub const MAX_FRAME: usize = 65536;
 
+/// A MAC address for TAP `name` of the daemon at `underlay`: the same at every start, so a
+/// restarted daemon's TAP answers at the address the neighbours have cached (the kernel would
+/// pick a random one, and peers' hosts keep sending to the old one until their ARP entries
+/// expire, up to 45 s). Locally administered unicast (first byte 0x06), the rest a hash.
+pub fn stable_mac(underlay: IpAddr, name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let ip = match underlay {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    for &b in ip.iter().chain(name.as_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x06, b[1] ^ b[0], b[2] ^ b[7], b[3], b[4], b[5] ^ b[6]]
+}
+
 impl Tap {
     /// Create or attach to TAP `name`, set its MTU, bring it up and put `address` on it.
     pub fn open(name: &str, mtu: u16, address: Option<(IpAddr, u8)>) -> io::Result<Tap> {
+        Self::open_with_mac(name, mtu, address, None)
+    }
+
+    /// [`Tap::open`], and give a TAP we create the MAC address `mac` (a TAP that exists keeps
+    /// its own). A MAC that is the same at every start keeps the neighbours' ARP/ND caches
+    /// right across a restart of the daemon (see [`stable_mac`]).
+    pub fn open_with_mac(name: &str, mtu: u16, address: Option<(IpAddr, u8)>, mac: Option<[u8; 6]>) -> io::Result<Tap> {
         let existed = sys::interface_exists(name);
         let mut b = DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).enable(true);
+        if let (Some(m), false) = (mac, existed) {
+            b = b.mac_addr(m);
+        }
         match address {
             Some((IpAddr::V4(a), p)) => b = b.ipv4(a, p, None),
             Some((IpAddr::V6(a), p)) => b = b.ipv6(a, p),

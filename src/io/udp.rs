@@ -167,6 +167,13 @@ impl TxSockets {
         self.socks.is_empty()
     }
 
+    /// Send one datagram from send socket `sock` (modulo the count): control traffic such as
+    /// keepalives, not the data path.
+    pub fn send_one(&self, sock: usize, data: &[u8], dst: SocketAddr) -> io::Result<()> {
+        let s = self.socks.get(sock % self.socks.len().max(1)).ok_or_else(|| io::Error::other("no send socket"))?;
+        s.send_to(data, &dst.into()).map(|_| ())
+    }
+
     /// The source ports in use, for logs.
     pub fn ports(&self) -> Vec<u16> {
         self.socks.iter().filter_map(|s| s.local_addr().ok()?.as_socket()).map(|a| a.port()).collect()

@@ -50,6 +50,7 @@ struct Families {
     fdb_entries: IntGaugeVec,
     fdb_events: IntCounterVec,
     peer_last_seen: GaugeVec,
+    peer_up: GaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -106,6 +107,13 @@ impl Families {
                 ),
                 &["network", "peer"],
             )?,
+            peer_up: GaugeVec::new(
+                Opts::new(
+                    "overlayd_peer_up",
+                    "1 while packets or keepalives keep coming from the peer, 0 once it is declared down (or never heard from).",
+                ),
+                &["network", "peer"],
+            )?,
         })
     }
 
@@ -117,6 +125,7 @@ impl Families {
         let mut v: Vec<&dyn Collector> = self.counters().into_iter().map(|c| c as &dyn Collector).collect();
         v.push(&self.fdb_entries);
         v.push(&self.peer_last_seen);
+        v.push(&self.peer_up);
         v
     }
 
@@ -127,6 +136,7 @@ impl Families {
         }
         self.fdb_entries.reset();
         self.peer_last_seen.reset();
+        self.peer_up.reset();
         for n in &s.networks {
             let net = n.name.as_str();
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
@@ -148,6 +158,7 @@ impl Families {
                 self.tunnel_bytes.with_label_values(&[net, peer, "rx"]).inc_by(p.rx_bytes);
                 self.tunnel_bytes.with_label_values(&[net, peer, "tx"]).inc_by(p.tx_bytes);
                 self.peer_last_seen.with_label_values(&[net, peer]).set(p.last_seen_unix.unwrap_or(0.0));
+                self.peer_up.with_label_values(&[net, peer]).set(if p.up { 1.0 } else { 0.0 });
             }
         }
         for (reason, v) in &s.unattributed_drops {

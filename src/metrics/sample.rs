@@ -81,6 +81,9 @@ pub struct PeerSample {
     pub last_seen_ago_secs: Option<f64>,
     /// The same moment as a Unix time in seconds; `None` = never.
     pub last_seen_unix: Option<f64>,
+    /// The peer is alive (packets or keepalives keep coming); false when down or never heard.
+    #[serde(default)]
+    pub up: bool,
 }
 
 fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
@@ -112,6 +115,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                         rx_bytes: c.rx_bytes,
                         last_seen_ago_secs: ago,
                         last_seen_unix: ago.map(|a| unix_now - a),
+                        up: p.liveness.state() == crate::core::liveness::PeerState::Up,
                     }
                 })
                 .collect();

@@ -1,0 +1,217 @@
+//! Peer liveness: is the daemon behind a peer address alive, and what to do when it is not.
+//!
+//! Every second each daemon sends each peer of each network one *keepalive*: an Ethernet frame,
+//! tunnelled like any other, addressed to [`KEEPALIVE_DST`] (01:80:c2:00:00:0f, in the IEEE
+//! 802.1D link-local range that bridges never forward) with ethertype 0x88b5 (IEEE "local
+//! experimental") and a short magic payload. overlayd consumes it ([`is_keepalive`]) and only
+//! notes that the peer is alive; a kernel `vxlan` device or Open vSwitch peer receives a
+//! link-local multicast frame with an ethertype nobody handles, and drops it. Nothing is
+//! learned from a keepalive.
+//!
+//! A peer is *up* while packets (keepalives or traffic) keep arriving from it. A peer that was
+//! seen sending keepalives is declared *down* after [`KEEPALIVE_TIMEOUT`] without a packet; a
+//! peer that never sent one (a kernel or OVS peer) only after the FDB ageing time, so an idle
+//! kernel peer does not flap. When a peer goes down, the MACs learned behind it are flushed at
+//! once: frames for them are flooded (and reach the MACs wherever they are now) instead of
+//! being black-holed towards a dead host until ageing.
+
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::time::Duration;
+
+use super::network::Network;
+use super::time::Instant;
+use super::wire::ethernet::{EthernetFrame, HEADER_LEN, MacAddr};
+use super::{PeerIdx, Port};
+
+/// Destination of keepalives: IEEE 802.1D reserved link-local address, never forwarded by a
+/// bridge.
+pub const KEEPALIVE_DST: MacAddr = MacAddr([0x01, 0x80, 0xc2, 0x00, 0x00, 0x0f]);
+/// IEEE 802 local experimental ethertype 1.
+pub const KEEPALIVE_ETHERTYPE: u16 = 0x88b5;
+const MAGIC: &[u8; 8] = b"overlayd";
+/// Keepalive protocol version, after the magic.
+const VERSION: u8 = 1;
+/// A keepalive is a minimum-size Ethernet frame (without FCS).
+pub const KEEPALIVE_LEN: usize = 60;
+/// How often keepalives are sent.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Silence after which a peer that sends keepalives is declared down.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The keepalive frame a node sends; `node` (e.g. a hash of its underlay address) makes its
+/// source MAC, a locally administered unicast address.
+pub fn keepalive_frame(node: u32) -> [u8; KEEPALIVE_LEN] {
+    let mut f = [0u8; KEEPALIVE_LEN];
+    let n = node.to_be_bytes();
+    f[0..6].copy_from_slice(&KEEPALIVE_DST.0);
+    f[6..12].copy_from_slice(&[0x02, 0x6f, n[0], n[1], n[2], n[3]]);
+    f[12..14].copy_from_slice(&KEEPALIVE_ETHERTYPE.to_be_bytes());
+    f[HEADER_LEN..HEADER_LEN + MAGIC.len()].copy_from_slice(MAGIC);
+    f[HEADER_LEN + MAGIC.len()] = VERSION;
+    f
+}
+
+/// Whether `frame` is an overlayd keepalive (any version).
+pub fn is_keepalive(frame: &[u8]) -> bool {
+    frame.len() >= HEADER_LEN + MAGIC.len() + 1 && {
+        let e = EthernetFrame::new_unchecked(frame);
+        e.dst() == KEEPALIVE_DST && e.ethertype() == KEEPALIVE_ETHERTYPE && &frame[HEADER_LEN..HEADER_LEN + MAGIC.len()] == MAGIC
+    }
+}
+
+/// What the control path knows about a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PeerState {
+    /// Nothing received yet.
+    Unknown = 0,
+    Up = 1,
+    Down = 2,
+}
+
+/// A peer's liveness, shared between the data path (which marks keepalives) and the control
+/// path (which decides up/down).
+#[derive(Debug, Default)]
+pub struct Liveness {
+    state: AtomicU8,
+    /// Set once a keepalive arrived: the peer is an overlayd and can be held to the short timeout.
+    speaks_keepalive: AtomicU8,
+}
+
+impl Liveness {
+    pub fn state(&self) -> PeerState {
+        match self.state.load(Relaxed) {
+            1 => PeerState::Up,
+            2 => PeerState::Down,
+            _ => PeerState::Unknown,
+        }
+    }
+
+    pub fn speaks_keepalive(&self) -> bool {
+        self.speaks_keepalive.load(Relaxed) != 0
+    }
+
+    pub(crate) fn keepalive_seen(&self) {
+        if self.speaks_keepalive.load(Relaxed) == 0 {
+            self.speaks_keepalive.store(1, Relaxed);
+        }
+    }
+}
+
+/// A peer changed state (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerChange {
+    pub peer: PeerIdx,
+    pub state: PeerState,
+    /// Time since the peer was last heard from (zero when it came up).
+    pub silent_for: Duration,
+    /// MACs flushed because the peer went down.
+    pub flushed: usize,
+}
+
+impl Network {
+    /// Decide every peer's state at `now`; peers that went down have their MACs flushed.
+    /// Returns the changes, for the caller to log.
+    pub fn check_peers(&self, now: Instant) -> Vec<PeerChange> {
+        let mut changes = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let peer = PeerIdx(i as u16);
+            let last = p.last_seen.load(Relaxed);
+            let old = p.liveness.state();
+            if last == 0 {
+                continue; // never heard of: stays Unknown (or Down)
+            }
+            let silent = now.saturating_since(Instant::from_millis(last));
+            let timeout = if p.liveness.speaks_keepalive() { KEEPALIVE_TIMEOUT } else { self.fdb.config().ageing };
+            let new = if silent > timeout { PeerState::Down } else { PeerState::Up };
+            if new == old || (old == PeerState::Unknown && new == PeerState::Down) {
+                if old == PeerState::Unknown && new == PeerState::Down {
+                    p.liveness.state.store(PeerState::Down as u8, Relaxed);
+                }
+                continue;
+            }
+            p.liveness.state.store(new as u8, Relaxed);
+            let flushed = if new == PeerState::Down { self.fdb.flush_port(Port::Peer(peer), now) } else { 0 };
+            changes.push(PeerChange { peer, state: new, silent_for: if new == PeerState::Up { Duration::ZERO } else { silent }, flushed });
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::network::{Action, NetworkSpec};
+    use crate::core::{Encap, FdbConfig, LocalPort, Vni};
+    use std::net::SocketAddr;
+
+    fn net() -> Network {
+        Network::new(NetworkSpec {
+            name: "blue".into(),
+            encap: Encap::Vxlan,
+            vni: Vni::new_unchecked(42),
+            mtu: 1450,
+            peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))],
+            fdb: FdbConfig { ageing: Duration::from_secs(300), ..FdbConfig::default() },
+            bum_pps_limit: None,
+            local_ports: 1,
+        })
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f
+    }
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+
+    #[test]
+    fn keepalive_is_consumed_marks_the_peer_and_teaches_nothing() {
+        let n = net();
+        let ka = keepalive_frame(0x0102_0304);
+        assert!(is_keepalive(&ka));
+        assert_eq!(n.from_peer(PeerIdx(0), &ka, Instant::from_secs(1)), Action::Consumed);
+        assert!(n.fdb.is_empty(), "nothing learned from a keepalive");
+        assert!(n.peers[0].liveness.speaks_keepalive());
+        assert_eq!(n.peers[0].last_seen.load(Relaxed), 1000);
+        // from a local port it is just a (link-local multicast) frame
+        assert_eq!(n.from_local(LocalPort(0), &ka, Instant::from_secs(1)), Action::Flood);
+        // a frame to the same address with another payload is not a keepalive
+        let mut other = ka;
+        other[HEADER_LEN] ^= 1;
+        assert!(!is_keepalive(&other));
+        assert!(!is_keepalive(&ka[..20]));
+    }
+
+    #[test]
+    fn a_silent_overlayd_peer_goes_down_and_its_macs_are_flushed() {
+        let n = net();
+        let ka = keepalive_frame(7);
+        n.from_peer(PeerIdx(0), &ka, Instant::from_secs(1));
+        n.from_peer(PeerIdx(0), &frame(MacAddr::BROADCAST, A), Instant::from_secs(1));
+        assert_eq!(n.fdb.lookup(A, Instant::from_secs(1)), Some(Port::Peer(PeerIdx(0))));
+        let up = n.check_peers(Instant::from_secs(2));
+        assert_eq!(up, vec![PeerChange { peer: PeerIdx(0), state: PeerState::Up, silent_for: Duration::ZERO, flushed: 0 }]);
+        assert_eq!(n.peers[1].liveness.state(), PeerState::Unknown, "never heard of");
+        assert_eq!(n.check_peers(Instant::from_secs(4)), vec![], "3 s of silence is still up");
+        let down = n.check_peers(Instant::from_millis(4_001));
+        assert_eq!(down.len(), 1);
+        assert_eq!((down[0].state, down[0].flushed), (PeerState::Down, 1));
+        assert_eq!(n.fdb.lookup(A, Instant::from_secs(5)), None, "flushed: frames for A flood now");
+        // it comes back
+        n.from_peer(PeerIdx(0), &ka, Instant::from_secs(10));
+        assert_eq!(n.check_peers(Instant::from_secs(10))[0].state, PeerState::Up);
+    }
+
+    #[test]
+    fn a_peer_without_keepalives_is_held_to_the_ageing_time() {
+        let n = net();
+        n.from_peer(PeerIdx(1), &frame(MacAddr::BROADCAST, A), Instant::from_secs(1));
+        assert_eq!(n.check_peers(Instant::from_secs(1))[0].state, PeerState::Up);
+        assert_eq!(n.check_peers(Instant::from_secs(60)), vec![], "an idle kernel peer does not flap");
+        assert_eq!(n.check_peers(Instant::from_secs(302))[0].state, PeerState::Down);
+    }
+}
