@@ -5,10 +5,12 @@
 //! so the `reason` label of `overlayd_drops_total` has a bounded set of values.
 //!
 //! Counters are `AtomicU64`s updated with relaxed `fetch_add`. Each network keeps a few
-//! cache-line-aligned shards and each data thread writes to its own shard, so two threads
-//! never bounce a line between cores on the per-frame path; a scrape sums the shards.
+//! cache-line-aligned shards and each data thread writes to its own shard
+//! ([`Shard::per_thread`]), so two threads never bounce a line between cores on the per-frame
+//! path; a scrape sums the shards.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 macro_rules! drop_reasons {
     ($( $(#[$doc:meta])* $variant:ident => $label:literal, )*) => {
@@ -103,10 +105,11 @@ pub struct PeerCounters {
     pub rx_bytes: AtomicU64,
 }
 
-/// Number of shards per network: local-port readers, underlay readers, control, spare.
-pub const SHARDS: usize = 4;
+/// Shards per network. Every data-path thread takes its own ([`Shard::per_thread`]) while there
+/// are shards left, then they are shared round robin (still correct: the counters are atomics).
+pub const SHARDS: usize = 8;
 
-/// Which shard a thread writes: chosen by the role of the thread, not per frame.
+/// Which shard a thread writes: chosen once per thread, never per frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard(pub usize);
 
@@ -114,6 +117,28 @@ impl Shard {
     pub const LOCAL: Shard = Shard(0);
     pub const UNDERLAY: Shard = Shard(1);
     pub const CONTROL: Shard = Shard(2);
+
+    /// The calling thread's own shard: threads are numbered as they first ask (after the
+    /// three role shards above), so two data-path threads of one network never write the same
+    /// cache line until there are more threads than shards.
+    pub fn per_thread() -> Shard {
+        static NEXT: AtomicUsize = AtomicUsize::new(3);
+        thread_local! {
+            static MINE: Cell<Option<usize>> = const { Cell::new(None) };
+        }
+        MINE.with(|m| {
+            let id = m.get().unwrap_or_else(|| {
+                let id = next_shard(&NEXT);
+                m.set(Some(id));
+                id
+            });
+            Shard(id)
+        })
+    }
+}
+
+fn next_shard(next: &AtomicUsize) -> usize {
+    next.fetch_add(1, Relaxed) % SHARDS
 }
 
 /// Counters of one network (and of its peers), sharded by thread role.
@@ -272,6 +297,41 @@ mod tests {
             assert!(l.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{l}");
             assert!(seen.insert(l), "duplicate label {l}");
         }
+    }
+
+    #[test]
+    fn each_thread_gets_its_own_shard_and_keeps_it() {
+        let mine = Shard::per_thread();
+        assert_eq!(Shard::per_thread(), mine, "a thread keeps its shard");
+        assert!(mine.0 < SHARDS);
+        // numbering starts after the role shards and uses every shard before reusing one
+        let next = AtomicUsize::new(3);
+        let ids: Vec<usize> = (0..SHARDS).map(|_| next_shard(&next)).collect();
+        assert_eq!(&ids[..SHARDS - 3], &[3, 4, 5, 6, 7][..SHARDS - 3]);
+        assert_eq!(ids.iter().collect::<std::collections::HashSet<_>>().len(), SHARDS);
+    }
+
+    #[test]
+    fn counts_from_many_threads_all_arrive() {
+        let s = std::sync::Arc::new(NetStats::new(1));
+        let threads: Vec<_> = (0..12)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let shard = Shard::per_thread();
+                    for _ in 0..1000 {
+                        s.tap_rx(shard, 2);
+                        s.peer_tx(shard, 0, 3);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let snap = s.snapshot();
+        assert_eq!((snap.tap_rx_frames, snap.tap_rx_bytes), (12_000, 24_000));
+        assert_eq!((snap.peers[0].tx_packets, snap.peers[0].tx_bytes), (12_000, 36_000));
     }
 
     #[test]

@@ -98,7 +98,7 @@ impl PortThread {
         let mut q = SendQueue::new(tx.len());
         let (mut rl_read, mut rl_send) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
-        let shard = Shard::LOCAL;
+        let shard = Shard::per_thread();
         let ingress = Port::Local(port);
         loop {
             match sys::wait_readable(tap.fd(), &stop) {
@@ -225,7 +225,7 @@ impl UnderlayThread {
         let mut batch = RecvBatch::new(slot);
         let mut rl_recv = RateLimit::default();
         let mut fwd = Forwarder::default();
-        let shard = Shard::UNDERLAY;
+        let shard = Shard::per_thread();
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
                 Ok(Wake::Stop) => break,

@@ -116,7 +116,7 @@ impl GreUnderlayThread {
         let mut batch = GreRecvBatch::new(slot);
         let mut rl_recv = RateLimit::default();
         let mut fwd = Forwarder::default();
-        let shard = Shard::UNDERLAY;
+        let shard = Shard::per_thread();
         let v6 = sock.is_ipv6();
         loop {
             match sys::wait_readable(sock.fd(), &stop) {

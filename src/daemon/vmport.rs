@@ -333,7 +333,7 @@ impl Switcher {
         if batch.items.is_empty() {
             return;
         }
-        let (net, shard, ingress) = (&*self.net, Shard::LOCAL, Port::Local(self.port));
+        let (net, shard, ingress) = (&*self.net, Shard::per_thread(), Port::Local(self.port));
         let (q, fwd, gre) = (&mut self.q, &mut self.fwd, &mut self.gre);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
