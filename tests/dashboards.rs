@@ -147,6 +147,7 @@ fn dashboards_name_only_metrics_that_overlayd_exports() {
             "overlayd_fdb_entries",
             "overlayd_fdb_events_total",
             "overlayd_peer_last_seen_seconds",
+            "overlayd_peer_up",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
         ] {
