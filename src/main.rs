@@ -171,7 +171,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(overlayd::daemon::run(cfg, shutdown_signal())) {
+            match rt.block_on(overlayd::daemon::run_with_reload(cfg, Some(config.clone()), shutdown_signal())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");

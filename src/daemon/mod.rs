@@ -11,6 +11,7 @@ pub mod gre;
 pub mod packetport;
 pub mod vmport;
 pub mod watch;
+pub mod privs;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -141,7 +142,14 @@ fn gre_params(n: &NetworkConfig, sock: &Option<Arc<GreSocket>>) -> Option<GrePar
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartupError> {
-    std::thread::Builder::new().name(name).spawn(f).map_err(StartupError::Thread)
+    // capabilities are per thread: each data-path thread drops its own before it starts
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let _ = privs::drop_to_minimum();
+            f()
+        })
+        .map_err(StartupError::Thread)
 }
 
 impl Daemon {
@@ -328,6 +336,48 @@ fn sample_of(fabric: &SharedFabric, global: &GlobalDrops) -> crate::metrics::Sam
 /// The control path (this task) also serves the metrics endpoint; a scrape only reads the
 /// data path's atomics.
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), StartupError> {
+    run_with_reload(cfg, None, shutdown).await
+}
+
+/// What a SIGHUP does with the config file at `path`: a file that does not validate is refused
+/// and the running configuration stays; a valid one is compared with the running one.
+fn reload(path: Option<&std::path::Path>, running: &Config) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP received, but the daemon was not started from a config file: nothing to reload");
+        return;
+    };
+    match crate::config::load(path) {
+        Err(e) => tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force"),
+        Ok(new) if &new == running => tracing::info!(config = %path.display(), "reload: configuration unchanged"),
+        Ok(new) => {
+            let names = |c: &Config| c.networks.iter().map(|n| n.name.clone()).collect::<std::collections::BTreeSet<_>>();
+            let (old_n, new_n) = (names(running), names(&new));
+            let changed: Vec<&String> = new
+                .networks
+                .iter()
+                .filter(|n| running.networks.iter().any(|o| o.name == n.name && o != *n))
+                .map(|n| &n.name)
+                .collect();
+            tracing::warn!(
+                config = %path.display(),
+                added = ?new_n.difference(&old_n).collect::<Vec<_>>(),
+                removed = ?old_n.difference(&new_n).collect::<Vec<_>>(),
+                changed = ?changed,
+                "reload: the configuration is valid but differs; live changes are not applied yet, restart to apply them (the running configuration stays in force)"
+            );
+        }
+    }
+}
+
+/// [`run`], with SIGHUP re-reading `config_path`.
+pub async fn run_with_reload(
+    cfg: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartupError> {
+    // a SIGHUP must never hit the default action (terminate)
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| StartupError::Thread(std::io::Error::new(e.kind(), format!("SIGHUP handler: {e}"))))?;
     // before "ready": a SIGUSR1 from then on must not hit the default action (terminate)
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
         .map_err(|e| StartupError::Thread(std::io::Error::new(e.kind(), format!("SIGUSR1 handler: {e}"))))?;
@@ -354,6 +404,10 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     };
     let metrics_task = tokio::spawn(crate::metrics::http::serve(metrics_listener, metrics));
     tracing::info!(listen = %listen, "serving metrics at /metrics");
+    match privs::drop_to_minimum() {
+        Ok(kept) => tracing::info!(kept = ?kept, "dropped every other capability"),
+        Err(e) => tracing::warn!(error = %e, "could not drop capabilities; running with the ones we have"),
+    }
     tracing::info!(networks = cfg.networks.len(), "overlayd ready");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
@@ -362,6 +416,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
             _ = &mut shutdown => break,
             _ = tick.tick() => daemon.tick(),
             _ = usr1.recv() => daemon.log_drops(),
+            _ = hup.recv() => reload(config_path.as_deref(), &cfg),
         }
     }
     tracing::info!("shutting down");
