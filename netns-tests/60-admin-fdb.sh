@@ -10,7 +10,7 @@
 #   - after a ping, `overlayd fdb` (table and --json) shows h2's TAP MAC against peer 192.0.2.2
 #     and h1's own TAP MAC on its TAP, and the entry ages out after fdb_ageing_secs (and the
 #     expiry is counted in /metrics);
-#   - `overlayd peers` shows the peer, when it was last seen, and the packets each way;
+#   - `overlayd peers` shows the peer, up, when it was last seen, and the packets each way;
 #   - `overlayd stats --json` gives the same counter values as /metrics;
 #   - `overlayd fdb flush` empties the table; an unknown --network is a one-line error;
 #   - a socket left by a killed daemon is reported as "not answering" and replaced on restart;
@@ -73,6 +73,10 @@ log "peers and stats"
 "$BIN" peers --admin "$SOCK" | sed 's/^/     /'
 "$BIN" peers --admin "$SOCK" --json >"$WORK/peers.json"
 assert_eq "peers: the peer of blue" "$U2" "$(jq -r '.[0].peers[0].peer' "$WORK/peers.json")"
+# up/down is the control path's decision, taken once a second
+peer_up() { [[ $("$BIN" peers --admin "$SOCK" --json | jq -r '.[0].peers[0].up') == true ]]; }
+wait_until -t 10 peer_up || die "peers: $U2 not up 10 s after traffic from it"
+ok "peers: $U2 is up"
 assert_ge "peers: packets from $U2" 3 "$(jq -r '.[0].peers[0].rx_packets' "$WORK/peers.json")"
 assert_ge "peers: packets to $U2" 3 "$(jq -r '.[0].peers[0].tx_packets' "$WORK/peers.json")"
 jq -e '.[0].peers[0].last_seen_ago_secs < 30' "$WORK/peers.json" >/dev/null || die "peers: $U2 not seen recently"

@@ -116,13 +116,14 @@ fn fdb_table(tables: &[FdbTable]) -> String {
 }
 
 fn peer_table(tables: &[PeerTable]) -> String {
-    let mut rows = vec![["NETWORK", "PEER", "LAST SEEN", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"].map(String::from).to_vec()];
+    let mut rows = vec![["NETWORK", "PEER", "STATE", "LAST SEEN", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"].map(String::from).to_vec()];
     for t in tables {
         for p in &t.peers {
             let seen = p.last_seen_ago_secs.map_or_else(|| "never".to_string(), |s| format!("{} ago", secs(s)));
             rows.push(vec![
                 t.network.clone(),
                 p.peer.clone(),
+                if p.up { "up" } else { "down" }.to_string(),
                 seen,
                 p.rx_packets.to_string(),
                 p.rx_bytes.to_string(),
@@ -179,6 +180,23 @@ mod tests {
         assert_eq!(lines[1], "blue     02:00:00:00:00:0a  ovl-blue        learned  1.2s");
         assert_eq!(lines[2], "blue     02:00:00:00:00:0b  peer 192.0.2.2  learned  75s");
         assert_eq!(lines[3], "2 entries in 1 network");
+    }
+
+    #[test]
+    fn peer_table_shows_state_last_seen_and_traffic_each_way() {
+        use crate::metrics::sample::PeerSample;
+        let t = vec![PeerTable {
+            network: "blue".into(),
+            peers: vec![
+                PeerSample { peer: "192.0.2.2".into(), rx_packets: 5, rx_bytes: 474, tx_packets: 6, tx_bytes: 500, last_seen_ago_secs: Some(0.25), up: true, ..Default::default() },
+                PeerSample { peer: "192.0.2.3".into(), ..Default::default() },
+            ],
+        }];
+        let s = peer_table(&t);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[0], "NETWORK  PEER       STATE  LAST SEEN  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES");
+        assert_eq!(lines[1], "blue     192.0.2.2  up     0.2s ago   5           474       6           500");
+        assert_eq!(lines[2], "blue     192.0.2.3  down   never      0           0         0           0");
     }
 
     #[test]
