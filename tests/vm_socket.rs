@@ -230,8 +230,12 @@ fn known_unicast_goes_to_one_vm_and_a_departed_vms_macs_are_flushed() {
     assert_eq!(b.recv(WAIT), Got::Frame(u));
     assert_eq!(c.recv(Duration::from_millis(200)), Got::Nothing, "known unicast is not flooded");
 
+    let s = lab.daemon().sample();
+    assert_eq!((s.networks[0].vm_ports, s.networks[0].vm_connections.connected), (3, 3));
     drop(b);
     wait_for("B's MAC is flushed", || lab.fdb_len() == 1);
+    let s = lab.daemon().sample();
+    assert_eq!((s.networks[0].vm_ports, s.networks[0].vm_connections.disconnected), (2, 1), "the metrics see B leave");
     // unknown again: flooded to C
     let u = frame(B, A, 46, 8);
     a.send(&u);

@@ -69,6 +69,8 @@ pub struct Network {
     pub fdb: Fdb,
     pub stats: NetStats,
     pub storm: Option<StormControl>,
+    /// Connects and disconnects of VM ports (the I/O side counts them).
+    pub vm_ports: super::ports::VmPortCounts,
 }
 
 impl Network {
@@ -78,6 +80,7 @@ impl Network {
             fdb: Fdb::new(spec.fdb),
             stats: NetStats::new(spec.peers.len()),
             storm: spec.bum_pps_limit.map(|pps| StormControl::new(pps, spec.peers.len())),
+            vm_ports: Default::default(),
             spec,
         }
     }

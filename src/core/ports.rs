@@ -14,7 +14,21 @@
 //!
 //! Occupant type `P` is whatever the I/O side needs to write to the port (`()` in tests).
 
+use std::sync::atomic::AtomicU64;
+
 use super::LocalPort;
+
+/// VM ports of one network (socket and datagram connections), for `overlayd_vm_ports` and
+/// `overlayd_vm_connections_total`.
+#[derive(Debug, Default)]
+pub struct VmPortCounts {
+    /// VMs connected now.
+    pub connected: AtomicU64,
+    pub connects: AtomicU64,
+    pub disconnects: AtomicU64,
+    /// Connections turned away (port table full).
+    pub refused: AtomicU64,
+}
 
 /// Bits of a [`LocalPort`] that hold the slot.
 pub const SLOT_BITS: u32 = 10;

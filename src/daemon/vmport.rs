@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 
 use crate::core::stats::Shard;
@@ -101,7 +102,7 @@ impl VmPortServer {
     /// Give `conn` a port and start its reader; `None` if it was turned away.
     fn connect(&self, conn: VmConn, rl: &mut RateLimit) -> Option<JoinHandle<()>> {
         let conn = Arc::new(conn);
-        let port = add_port(&self.io, LocalIo::Vm(conn.clone()));
+        let port = add_port(&self.net, &self.io, LocalIo::Vm(conn.clone()));
         let Some(port) = port else {
             if let Some(muted) = rl.allow(clock::now()) {
                 tracing::warn!(network = self.net.name(), vm_pid = conn.pid, muted, "port table full; vm connection refused");
@@ -183,7 +184,7 @@ impl VmDgramServer {
                             remove_port(&net, &self.io, old);
                         }
                         let vm = Arc::new(DgramPeer::new(self.sock.clone(), path.to_path_buf()));
-                        let Some(p) = add_port(&self.io, LocalIo::Dgram(vm.clone())) else {
+                        let Some(p) = add_port(&net, &self.io, LocalIo::Dgram(vm.clone())) else {
                             if let Some(muted) = rl.allow(now) {
                                 tracing::warn!(network = net.name(), vm = %path.display(), muted, "port table full; vm datagrams dropped");
                             }
@@ -217,20 +218,31 @@ impl VmDgramServer {
     }
 }
 
-/// Publish a port table with `p` added; the port it got, or `None` if the table is full.
-pub fn add_port(io: &NetIo, p: LocalIo) -> Option<LocalPort> {
+/// Publish a port table with VM port `p` added; the port it got, or `None` if the table is
+/// full.
+pub fn add_port(net: &Network, io: &NetIo, p: LocalIo) -> Option<LocalPort> {
     let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
-    let (t, port) = io.ports.load().with(p)?;
+    let Some((t, port)) = io.ports.load().with(p) else {
+        net.vm_ports.refused.fetch_add(1, Relaxed);
+        return None;
+    };
     io.ports.store(Arc::new(t));
+    net.vm_ports.connects.fetch_add(1, Relaxed);
+    net.vm_ports.connected.fetch_add(1, Relaxed);
     Some(port)
 }
 
-/// Publish a port table without `port` and forget the MACs learned on it; returns how many.
+/// Publish a port table without VM port `port` and forget the MACs learned on it; returns
+/// how many.
 pub fn remove_port(net: &Network, io: &NetIo, port: LocalPort) -> usize {
     {
         let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
-        let t = io.ports.load().without(port);
-        io.ports.store(Arc::new(t));
+        let cur = io.ports.load();
+        if cur.get(port).is_some() {
+            io.ports.store(Arc::new(cur.without(port)));
+            net.vm_ports.disconnects.fetch_add(1, Relaxed);
+            net.vm_ports.connected.fetch_sub(1, Relaxed);
+        }
     }
     // only this port's reader learns on it, and it has stopped: nothing re-learns after this
     net.fdb.flush_port(Port::Local(port), clock::now())

@@ -51,6 +51,8 @@ struct Families {
     fdb_events: IntCounterVec,
     peer_last_seen: GaugeVec,
     peer_up: GaugeVec,
+    vm_ports: IntGaugeVec,
+    vm_connections: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -100,6 +102,12 @@ impl Families {
                 "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often).",
                 &["network", "event"],
             )?,
+            vm_ports: gauge("overlayd_vm_ports", "VMs connected now to the network's vm_socket or vm_dgram_socket.", &["network"])?,
+            vm_connections: counter(
+                "overlayd_vm_connections_total",
+                "VM ports connected, disconnected (left, failed, or dropped for bad framing), or refused (port table full).",
+                &["network", "event"],
+            )?,
             peer_last_seen: GaugeVec::new(
                 Opts::new(
                     "overlayd_peer_last_seen_seconds",
@@ -117,8 +125,8 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 7] {
-        [&self.tap_frames, &self.tap_bytes, &self.tunnel_packets, &self.tunnel_bytes, &self.drops, &self.flooded, &self.fdb_events]
+    fn counters(&self) -> [&IntCounterVec; 8] {
+        [&self.tap_frames, &self.tap_bytes, &self.tunnel_packets, &self.tunnel_bytes, &self.drops, &self.flooded, &self.fdb_events, &self.vm_connections]
     }
 
     fn collectors(&self) -> Vec<&dyn Collector> {
@@ -126,6 +134,7 @@ impl Families {
         v.push(&self.fdb_entries);
         v.push(&self.peer_last_seen);
         v.push(&self.peer_up);
+        v.push(&self.vm_ports);
         v
     }
 
@@ -137,6 +146,7 @@ impl Families {
         self.fdb_entries.reset();
         self.peer_last_seen.reset();
         self.peer_up.reset();
+        self.vm_ports.reset();
         for n in &s.networks {
             let net = n.name.as_str();
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
@@ -150,6 +160,10 @@ impl Families {
             self.fdb_entries.with_label_values(&[net]).set(n.fdb_entries.min(i64::MAX as u64) as i64);
             for (event, v) in n.fdb_events.labelled() {
                 self.fdb_events.with_label_values(&[net, event]).inc_by(v);
+            }
+            self.vm_ports.with_label_values(&[net]).set(n.vm_ports.min(i64::MAX as u64) as i64);
+            for (event, v) in n.vm_connections.labelled() {
+                self.vm_connections.with_label_values(&[net, event]).inc_by(v);
             }
             for p in &n.peers {
                 let peer = p.peer.as_str();
@@ -245,6 +259,8 @@ mod tests {
         let mut net = NetSample { name: "blue".into(), tap_rx_frames: 5, tap_rx_bytes: 300, drops: drops.clone(), fdb_entries: 2, ..Default::default() };
         net.drops.insert("unknown_peer".into(), 3);
         net.fdb_events.learned = 4;
+        net.vm_ports = 2;
+        net.vm_connections.disconnected = 6;
         net.peers.push(PeerSample { peer: "192.0.2.2".into(), tx_packets: 7, last_seen_unix: Some(1234.5), ..Default::default() });
         net.peers.push(PeerSample { peer: "192.0.2.3".into(), ..Default::default() });
         let mut unattributed = drops;
@@ -269,6 +285,8 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_tunnel_packets_total{direction="tx",network="blue",peer="192.0.2.2"}"#), Some("7"));
         assert_eq!(line(&t, r#"overlayd_peer_last_seen_seconds{network="blue",peer="192.0.2.2"}"#), Some("1234.5"));
         assert_eq!(line(&t, r#"overlayd_peer_last_seen_seconds{network="blue",peer="192.0.2.3"}"#), Some("0"));
+        assert_eq!(line(&t, r#"overlayd_vm_ports{network="blue"}"#), Some("2"));
+        assert_eq!(line(&t, r#"overlayd_vm_connections_total{event="disconnected",network="blue"}"#), Some("6"));
         assert!(t.contains(&format!("overlayd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{t}");
         assert!(t.contains("process_resident_memory_bytes"), "process collector missing");
     }

@@ -39,6 +39,27 @@ pub struct NetSample {
     pub fdb_entries: u64,
     pub fdb_events: FdbEventCounts,
     pub peers: Vec<PeerSample>,
+    /// VMs connected now (socket and datagram ports).
+    #[serde(default)]
+    pub vm_ports: u64,
+    /// VM connections since start: (connected, disconnected, refused).
+    #[serde(default)]
+    pub vm_connections: VmConnectionCounts,
+}
+
+/// `overlayd_vm_connections_total{event}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConnectionCounts {
+    pub connected: u64,
+    pub disconnected: u64,
+    pub refused: u64,
+}
+
+impl VmConnectionCounts {
+    /// (event label, count) pairs, in a fixed order.
+    pub fn labelled(&self) -> [(&'static str, u64); 3] {
+        [("connected", self.connected), ("disconnected", self.disconnected), ("refused", self.refused)]
+    }
 }
 
 /// Changes of a MAC table since start (`overlayd_fdb_events_total{event}`).
@@ -139,6 +160,12 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     pinned: ev.pinned.load(Relaxed),
                 },
                 peers,
+                vm_ports: net.vm_ports.connected.load(Relaxed),
+                vm_connections: VmConnectionCounts {
+                    connected: net.vm_ports.connects.load(Relaxed),
+                    disconnected: net.vm_ports.disconnects.load(Relaxed),
+                    refused: net.vm_ports.refused.load(Relaxed),
+                },
             }
         })
         .collect();
