@@ -11,12 +11,12 @@
 #     can connect, one outside it cannot;
 #   - A's broadcast reaches B and goes to the peer exactly once;
 #   - unicast between A and B is switched locally: not one of those frames is on the underlay
-#     (counted in a capture of h1's underlay veth, inner EtherType 0x88b5);
+#     (counted in a capture of h1's underlay veth, inner EtherType 0x7a05);
 #   - frames shorter than 60 bytes and frames written in pieces arrive whole;
 #   - a client sending garbage, and one sending a zero length, are disconnected and logged
 #     while A and B keep working;
 #   - when B disconnects its MAC is flushed: A's frames for it flood to the peer again
-#     (inner EtherType 0x88b6 appears on the underlay);
+#     (inner EtherType 0x7a06 appears on the underlay);
 #   - prints the local switching rate between the two python clients (never asserted);
 #   - the socket file is removed when the daemon stops.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -76,10 +76,14 @@ fi
 sed -n 's/^ok: /   ok: /p; s/^info: /   /p' "$out"
 capture_stop under
 
-inner() { tshark -r "$WORK/under.pcap" -d udp.port==4789,vxlan -Y "eth.type == $1" 2>/dev/null | wc -l; }
-assert_eq "A<->B unicast frames (0x88b5) seen on the underlay" 0 "$(inner 0x88b5)"
-assert_eq "copies of A's broadcast (0x88b7) sent to the peer" 1 "$(inner 0x88b7)"
-assert_eq "frames for B's MAC after B left (0x88b6), flooded to the peer" 3 "$(inner 0x88b6)"
+# frames of the two clients (MACs 02:00:00:00:00:0a/0b) with the phase's EtherType
+inner() {
+  tshark -r "$WORK/under.pcap" -d udp.port==4789,vxlan \
+    -Y "eth.type == $1 && (eth.src == 02:00:00:00:00:0a || eth.src == 02:00:00:00:00:0b)" 2>/dev/null | wc -l
+}
+assert_eq "A<->B unicast frames (0x7a05) seen on the underlay" 0 "$(inner 0x7a05)"
+assert_eq "copies of A's broadcast (0x7a07) sent to the peer" 1 "$(inner 0x7a07)"
+assert_eq "frames for B's MAC after B left (0x7a06), flooded to the peer" 3 "$(inner 0x7a06)"
 assert_eq "bad-framing disconnects logged by h1" 2 "$(grep -c 'vm sent bad framing; disconnected' "$WORK/d1.log")"
 grep -q 'vm disconnected.*flushed_macs=1' "$WORK/d1.log" || die "no 'vm disconnected ... flushed_macs=1' line for B in the log"
 ok "B's disconnect flushed its MAC (logged)"

@@ -8,9 +8,9 @@ Usage:
 The local-switching scenario prints one "ok: ..." line per check and "info: ..." lines for
 measurements; it exits 1 with "FAIL: ..." on the first check that does not hold. Inner
 EtherTypes mark the phases so the lab can count them in an underlay capture:
-  0x88b7  one broadcast from A (must reach B and go to the peer once)
-  0x88b5  unicast between A and B (must never reach the underlay)
-  0x88b6  unicast from A to B's MAC after B disconnected (B's MAC was flushed: flooded)
+  0x7a07  one broadcast from A (must reach B and go to the peer once)
+  0x7a05  unicast between A and B (must never reach the underlay)
+  0x7a06  unicast from A to B's MAC after B disconnected (B's MAC was flushed: flooded)
 """
 import socket
 import struct
@@ -89,37 +89,37 @@ def local_switching(path):
     a, b = Client(path, "A"), Client(path, "B")
     time.sleep(0.3)  # both ports in the table before the first flood
 
-    hello = frame(BCAST, MAC_A, 0x88B7, b"hello from A".ljust(46, b"."))
+    hello = frame(BCAST, MAC_A, 0x7A07, b"hello from A".ljust(46, b"."))
     a.send(hello)
-    expect(b.recv_etype(0x88B7) == hello, "a broadcast from VM port A reaches VM port B unchanged")
+    expect(b.recv_etype(0x7A07) == hello, "a broadcast from VM port A reaches VM port B unchanged")
 
     # B answers: both MACs are now learned on their ports
-    b.send(frame(MAC_A, MAC_B, 0x88B5, b"reply".ljust(46, b".")))
-    got = a.recv_etype(0x88B5)
+    b.send(frame(MAC_A, MAC_B, 0x7A05, b"reply".ljust(46, b".")))
+    got = a.recv_etype(0x7A05)
     expect(got is not None and got[6:12] == MAC_B, "B's unicast reply reaches A")
 
     for i in range(20):
-        a.send(frame(MAC_B, MAC_A, 0x88B5, struct.pack("!I", i) + b"x" * 100))
+        a.send(frame(MAC_B, MAC_A, 0x7A05, struct.pack("!I", i) + b"x" * 100))
     seq = []
     for _ in range(20):
-        f = b.recv_etype(0x88B5)
+        f = b.recv_etype(0x7A05)
         if f is None:
             break
         seq.append(struct.unpack("!I", f[14:18])[0])
     expect(seq == list(range(20)), "20 unicast frames A->B arrive complete and in order")
 
-    short = frame(MAC_B, MAC_A, 0x88B5, b"\x01" * 28)  # 42 bytes, like an ARP request
+    short = frame(MAC_B, MAC_A, 0x7A05, b"\x01" * 28)  # 42 bytes, like an ARP request
     a.send(short)
-    f = b.recv_etype(0x88B5)
+    f = b.recv_etype(0x7A05)
     expect(f == short, "a 42-byte frame arrives as 42 bytes (no padding either way)")
 
     # one frame written in pieces: the header split, then the body in two parts
-    split = frame(MAC_B, MAC_A, 0x88B5, bytes(range(256)) * 4)
+    split = frame(MAC_B, MAC_A, 0x7A05, bytes(range(256)) * 4)
     wire = struct.pack("!I", len(split)) + split
     for part in (wire[:2], wire[2:7], wire[7:500], wire[500:]):
         a.s.sendall(part)
         time.sleep(0.05)
-    expect(b.recv_etype(0x88B5) == split, "a frame written in four pieces (length prefix split too) arrives whole")
+    expect(b.recv_etype(0x7A05) == split, "a frame written in four pieces (length prefix split too) arrives whole")
 
     # a client that is not QEMU: disconnected, and nobody else notices
     c = Client(path, "C")
@@ -142,14 +142,14 @@ def local_switching(path):
     except (EOFError, ConnectionResetError):
         ok("a client sending a zero frame length is disconnected")
     z.close()
-    a.send(frame(MAC_B, MAC_A, 0x88B5, b"still there?".ljust(46, b".")))
-    b.send(frame(MAC_A, MAC_B, 0x88B5, b"yes".ljust(46, b".")))
-    expect(b.recv_etype(0x88B5) is not None and a.recv_etype(0x88B5) is not None,
+    a.send(frame(MAC_B, MAC_A, 0x7A05, b"still there?".ljust(46, b".")))
+    b.send(frame(MAC_A, MAC_B, 0x7A05, b"yes".ljust(46, b".")))
+    expect(b.recv_etype(0x7A05) is not None and a.recv_etype(0x7A05) is not None,
            "A and B still exchange frames after the bad clients were thrown out")
 
     # local switching rate: A sends, B counts (never asserted: this is a shared machine)
     n, size = 50000, 1400
-    payload = frame(MAC_B, MAC_A, 0x88B5, b"r" * (size - 14))
+    payload = frame(MAC_B, MAC_A, 0x7A05, b"r" * (size - 14))
     msg = struct.pack("!I", len(payload)) + payload
     got = [0]
 
@@ -185,7 +185,7 @@ def local_switching(path):
     b.close()
     time.sleep(0.5)
     for i in range(3):
-        a.send(frame(MAC_B, MAC_A, 0x88B6, b"where is B".ljust(46, b".")))
+        a.send(frame(MAC_B, MAC_A, 0x7A06, b"where is B".ljust(46, b".")))
     time.sleep(0.3)
     a.close()
     ok("scenario complete")
@@ -198,7 +198,7 @@ def main():
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "connect":
         c = Client(path, "probe")
-        c.send(frame(BCAST, bytes.fromhex("02000000000c"), 0x88B8, b"probe".ljust(46, b".")))
+        c.send(frame(BCAST, bytes.fromhex("02000000000c"), 0x7A08, b"probe".ljust(46, b".")))
         c.close()
         print("connected and sent a frame")
     elif mode == "local-switching":
