@@ -656,10 +656,19 @@ impl Node {
             let on = net.fdb.lookup(src, now);
             assert!(on.is_some() && on != Some(ingress), "pinned MAC {src} not kept on another port ({on:?})");
         }
-        if !matches!(action, Action::Drop(_)) {
+        if !matches!(action, Action::Drop(_) | Action::Consumed) {
             let eth = EthernetFrame::new_checked(frame).expect("a forwarded frame has an Ethernet header");
             assert!(eth.src().is_unicast() && !eth.src().is_zero(), "forwarded a frame with source {}", eth.src());
-            assert_eq!(net.fdb.lookup(eth.src(), now), Some(ingress), "source not learned on its ingress");
+            assert_eq!(
+                net.fdb.lookup(eth.src(), now),
+                Some(ingress),
+                "{}: source {} not learned on its ingress at {now} (table {}/{}, {:?})",
+                net.name(),
+                eth.src(),
+                net.fdb.len(),
+                net.fdb.config().max_entries,
+                net.fdb.entries(now)
+            );
             if eth.dst().is_unicast() {
                 if let Some(known) = net.fdb.lookup(eth.dst(), now) {
                     if known != ingress && !(ingress.is_peer() && known.is_peer()) {

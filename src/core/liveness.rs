@@ -2,7 +2,7 @@
 //!
 //! Every second each daemon sends each peer of each network one *keepalive*: an Ethernet frame,
 //! tunnelled like any other, addressed to [`KEEPALIVE_DST`] (01:80:c2:00:00:0f, in the IEEE
-//! 802.1D link-local range that bridges never forward) with ethertype 0x88b5 (IEEE "local
+//! 802.1D link-local range that bridges never forward) with ethertype 0x88b6 (IEEE "local
 //! experimental") and a short magic payload. overlayd consumes it ([`is_keepalive`]) and only
 //! notes that the peer is alive; a kernel `vxlan` device or Open vSwitch peer receives a
 //! link-local multicast frame with an ethertype nobody handles, and drops it. Nothing is
@@ -26,8 +26,8 @@ use super::{PeerIdx, Port};
 /// Destination of keepalives: IEEE 802.1D reserved link-local address, never forwarded by a
 /// bridge.
 pub const KEEPALIVE_DST: MacAddr = MacAddr([0x01, 0x80, 0xc2, 0x00, 0x00, 0x0f]);
-/// IEEE 802 local experimental ethertype 1.
-pub const KEEPALIVE_ETHERTYPE: u16 = 0x88b5;
+/// IEEE 802 local experimental ethertype 2.
+pub const KEEPALIVE_ETHERTYPE: u16 = 0x88b6;
 const MAGIC: &[u8; 8] = b"overlayd";
 /// Keepalive protocol version, after the magic.
 const VERSION: u8 = 1;
