@@ -10,12 +10,14 @@
 //! - every data structure the data path touches per frame is safe to share between threads
 //!   without a lock: the FDB is read lock-free, counters are atomics in per-thread shards.
 
+pub mod checksum;
 pub mod fabric;
 pub mod fdb;
 #[doc(hidden)]
 pub mod invariants;
 pub mod liveness;
 pub mod network;
+pub mod offload;
 pub mod ports;
 pub mod stats;
 pub mod storm;

@@ -1,0 +1,729 @@
+//! Segmentation offloads for TAP ports: the virtio-net header, software TSO, and TCP
+//! coalescing (userspace GRO).
+//!
+//! With `IFF_VNET_HDR` and TSO enabled on a TAP, the host's TCP stack hands us *super-frames*:
+//! one Ethernet frame carrying up to 64 KiB of TCP payload, with a [`VnetHdr`] in front saying
+//! how it must be cut (`gso_size` = MSS) and that its TCP checksum is only partial (the field
+//! holds the pseudo-header sum). Encapsulating such a frame means cutting it into MSS-sized
+//! segments with correct headers first: [`TsoPlan`] does that, writing each segment's headers
+//! (IPv4 total length, ID and header checksum, or IPv6 payload length; TCP sequence number,
+//! flags and full checksum) into a caller's buffer, while the payload stays where it is.
+//!
+//! The other direction is the mirror image: consecutive TCP segments of one flow that arrive
+//! from a tunnel are checked ([`TcpSeg`]), chained into a [`Run`] following the kernel's GRO
+//! rules (same headers except the fields that change per segment, consecutive sequence
+//! numbers, equal size except a shorter last one, nothing but ACK/PSH set), and written to the
+//! TAP as one super-frame with the header [`Run::header`] builds.
+//!
+//! On a TAP, `csum_start` counts from the first byte of the Ethernet frame, so it includes the
+//! 14-byte Ethernet header and any VLAN tags (TUN code such as wireguard-go's assumes an IP
+//! header at offset 0).
+//!
+//! Pure functions over byte slices; nothing here allocates or panics on any input.
+
+use super::checksum;
+use super::wire::ethernet::{EthernetFrame, ethertype};
+
+/// Length of `struct virtio_net_hdr` (no `num_buffers`: we never set `TUNSETVNETHDRSZ`).
+pub const VNET_HDR_LEN: usize = 10;
+
+/// `virtio_net_hdr.flags`.
+pub mod flags {
+    /// The L4 checksum is partial: sum from `csum_start` to the end, store at
+    /// `csum_start + csum_offset`.
+    pub const NEEDS_CSUM: u8 = 1;
+    /// The checksum has been verified (the kernel may skip it).
+    pub const DATA_VALID: u8 = 2;
+}
+
+/// `virtio_net_hdr.gso_type`.
+pub mod gso {
+    pub const NONE: u8 = 0;
+    pub const TCPV4: u8 = 1;
+    pub const TCPV6: u8 = 4;
+    pub const UDP_L4: u8 = 5;
+    /// Flag: the TCP stream uses ECN; the first segment carries CWR.
+    pub const ECN: u8 = 0x80;
+}
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_PSH: u8 = 0x08;
+const TCP_ACK: u8 = 0x10;
+const TCP_CWR: u8 = 0x80;
+/// Offset of the checksum field in a TCP header.
+pub const TCP_CSUM_OFFSET: u16 = 16;
+/// Largest IPv4 total length / IPv6 payload length.
+const IP_MAX: usize = 65_535;
+
+/// Why a frame with a virtio-net header cannot be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffloadError {
+    /// The header and the frame disagree (offsets outside the frame, wrong IP version, ...).
+    Malformed,
+    /// A valid request we do not implement (e.g. IPv6 extension headers, UDP segmentation).
+    Unsupported,
+}
+
+/// `struct virtio_net_hdr`. Its 16-bit fields are in the byte order of a legacy virtio
+/// device, i.e. the host's; overlayd runs on little-endian hosts (x86-64, aarch64), where that
+/// is little-endian.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetHdr {
+    pub flags: u8,
+    pub gso_type: u8,
+    pub hdr_len: u16,
+    pub gso_size: u16,
+    pub csum_start: u16,
+    pub csum_offset: u16,
+}
+
+impl VnetHdr {
+    /// A header that asks for nothing: a complete frame.
+    pub const NONE: VnetHdr = VnetHdr { flags: 0, gso_type: gso::NONE, hdr_len: 0, gso_size: 0, csum_start: 0, csum_offset: 0 };
+
+    pub fn parse(b: &[u8]) -> Option<VnetHdr> {
+        let b: &[u8; VNET_HDR_LEN] = b.get(..VNET_HDR_LEN)?.try_into().ok()?;
+        let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        Some(VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
+    }
+
+    pub fn to_bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut o = [0u8; VNET_HDR_LEN];
+        o[0] = self.flags;
+        o[1] = self.gso_type;
+        o[2..4].copy_from_slice(&self.hdr_len.to_le_bytes());
+        o[4..6].copy_from_slice(&self.gso_size.to_le_bytes());
+        o[6..8].copy_from_slice(&self.csum_start.to_le_bytes());
+        o[8..10].copy_from_slice(&self.csum_offset.to_le_bytes());
+        o
+    }
+
+    /// Whether the frame is a TCP super-frame to be segmented.
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & !gso::ECN != gso::NONE
+    }
+
+    pub fn needs_csum(&self) -> bool {
+        self.flags & flags::NEEDS_CSUM != 0
+    }
+}
+
+/// Complete a partial checksum in place (`NEEDS_CSUM`): the field at `csum_start +
+/// csum_offset` holds the pseudo-header sum; sum from `csum_start` to the end of the frame.
+pub fn finish_partial_checksum(frame: &mut [u8], h: &VnetHdr) -> Result<(), OffloadError> {
+    let start = usize::from(h.csum_start);
+    let at = start + usize::from(h.csum_offset);
+    if at + 2 > frame.len() {
+        return Err(OffloadError::Malformed);
+    }
+    let c = checksum::finish(checksum::sum(&frame[start..], 0));
+    // UDP (csum_offset 6) sends a computed zero as all ones (RFC 768)
+    let c = if c == 0 && h.csum_offset == 6 { 0xffff } else { c };
+    frame[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    Ok(())
+}
+
+/// Where the headers of an Ethernet + IPv4/IPv6 + TCP frame are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLayout {
+    /// Offset of the IP header (14, or 18/22 with VLAN tags).
+    pub l3: usize,
+    /// Offset of the TCP header.
+    pub l4: usize,
+    /// Length of all headers: offset of the TCP payload.
+    pub hdr_len: usize,
+    pub v6: bool,
+}
+
+impl TcpLayout {
+    /// Find the TCP header behind Ethernet (up to two VLAN tags) and IPv4 (any options) or
+    /// IPv6 (no extension headers).
+    pub fn parse(frame: &[u8]) -> Result<TcpLayout, OffloadError> {
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| OffloadError::Malformed)?;
+        let (l3, et) = eth.l3().ok_or(OffloadError::Malformed)?;
+        let (l4, v6) = match et {
+            ethertype::IPV4 => {
+                let ip = frame.get(l3..l3 + 20).ok_or(OffloadError::Malformed)?;
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                if ip[0] >> 4 != 4 || ihl < 20 {
+                    return Err(OffloadError::Malformed);
+                }
+                if ip[9] != 6 {
+                    return Err(OffloadError::Unsupported);
+                }
+                (l3 + ihl, false)
+            }
+            ethertype::IPV6 => {
+                let ip = frame.get(l3..l3 + 40).ok_or(OffloadError::Malformed)?;
+                if ip[0] >> 4 != 6 {
+                    return Err(OffloadError::Malformed);
+                }
+                if ip[6] != 6 {
+                    return Err(OffloadError::Unsupported);
+                }
+                (l3 + 40, true)
+            }
+            _ => return Err(OffloadError::Unsupported),
+        };
+        let doff = usize::from(*frame.get(l4 + 12).ok_or(OffloadError::Malformed)? >> 4) * 4;
+        if doff < 20 || l4 + doff > frame.len() {
+            return Err(OffloadError::Malformed);
+        }
+        Ok(TcpLayout { l3, l4, hdr_len: l4 + doff, v6 })
+    }
+
+    /// Pseudo-header sum for a TCP segment of `l4_len` bytes (header + payload).
+    fn pseudo(&self, hdr: &[u8], l4_len: usize) -> u64 {
+        let ip = &hdr[self.l3..];
+        if self.v6 {
+            let (s, d) = (ip[8..24].try_into().unwrap_or([0; 16]), ip[24..40].try_into().unwrap_or([0; 16]));
+            checksum::pseudo_v6(&s, &d, 6, l4_len as u32)
+        } else {
+            let (s, d) = (ip[12..16].try_into().unwrap_or([0; 4]), ip[16..20].try_into().unwrap_or([0; 4]));
+            checksum::pseudo_v4(&s, &d, 6, l4_len as u32)
+        }
+    }
+
+    /// Write the IP length fields (and IPv4 header checksum) of `hdr` for `payload` bytes of
+    /// TCP payload, with IPv4 ID `id` if given.
+    fn set_ip_len(&self, hdr: &mut [u8], payload: usize, id: Option<u16>) {
+        let l4_total = self.hdr_len - self.l4 + payload;
+        if self.v6 {
+            hdr[self.l3 + 4..self.l3 + 6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+        } else {
+            let ip = &mut hdr[self.l3..self.l4];
+            ip[2..4].copy_from_slice(&((self.l4 - self.l3 + l4_total) as u16).to_be_bytes());
+            if let Some(id) = id {
+                ip[4..6].copy_from_slice(&id.to_be_bytes());
+            }
+            ip[10..12].copy_from_slice(&[0, 0]);
+            let c = checksum::finish(checksum::sum(ip, 0));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+        }
+    }
+}
+
+/// How to cut one TCP super-frame into MSS-sized segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsoPlan {
+    pub layout: TcpLayout,
+    /// Payload bytes per segment (the last may be shorter).
+    pub mss: usize,
+    /// Total TCP payload of the super-frame.
+    pub payload_len: usize,
+    pub segments: usize,
+}
+
+impl TsoPlan {
+    /// Check a super-frame against its virtio-net header. The header's `hdr_len` is not
+    /// trusted (the kernel may set it to more than the headers); offsets are recomputed.
+    pub fn new(frame: &[u8], h: &VnetHdr) -> Result<TsoPlan, OffloadError> {
+        let layout = TcpLayout::parse(frame)?;
+        match h.gso_type & !gso::ECN {
+            gso::TCPV4 if !layout.v6 => {}
+            gso::TCPV6 if layout.v6 => {}
+            gso::TCPV4 | gso::TCPV6 => return Err(OffloadError::Malformed),
+            _ => return Err(OffloadError::Unsupported),
+        }
+        if h.needs_csum() && (usize::from(h.csum_start) != layout.l4 || h.csum_offset != TCP_CSUM_OFFSET) {
+            return Err(OffloadError::Malformed);
+        }
+        let mss = usize::from(h.gso_size);
+        let payload_len = frame.len() - layout.hdr_len;
+        if mss == 0 || payload_len == 0 {
+            return Err(OffloadError::Malformed);
+        }
+        Ok(TsoPlan { layout, mss, payload_len, segments: payload_len.div_ceil(mss) })
+    }
+
+    /// Length of the headers each segment gets (Ethernet through TCP).
+    pub fn header_len(&self) -> usize {
+        self.layout.hdr_len
+    }
+
+    /// Byte range of segment `i`'s payload within the super-frame.
+    pub fn payload_range(&self, i: usize) -> std::ops::Range<usize> {
+        let start = self.layout.hdr_len + i * self.mss;
+        let end = (start + self.mss).min(self.layout.hdr_len + self.payload_len);
+        start..end
+    }
+
+    /// Write segment `i`'s headers into `out[..header_len()]`, with its TCP checksum computed
+    /// over the payload. `frame` is the super-frame the plan was made for; `out` must hold
+    /// [`TsoPlan::header_len`] bytes.
+    pub fn write_header(&self, frame: &[u8], i: usize, out: &mut [u8]) {
+        let l = &self.layout;
+        let hdr = &mut out[..l.hdr_len];
+        hdr.copy_from_slice(&frame[..l.hdr_len]);
+        let range = self.payload_range(i);
+        let seg_len = range.len();
+        let last = i + 1 == self.segments;
+        let id = if l.v6 { None } else { Some(u16::from_be_bytes([frame[l.l3 + 4], frame[l.l3 + 5]]).wrapping_add(i as u16)) };
+        l.set_ip_len(hdr, seg_len, id);
+        let tcp = &mut hdr[l.l4..];
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]).wrapping_add((i * self.mss) as u32);
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        if !last {
+            tcp[13] &= !(TCP_FIN | TCP_PSH);
+        }
+        if i > 0 {
+            tcp[13] &= !TCP_CWR;
+        }
+        tcp[16..18].copy_from_slice(&[0, 0]);
+        let l4_len = l.hdr_len - l.l4 + seg_len;
+        let acc = checksum::sum(&frame[range], checksum::sum(&hdr[l.l4..], l.pseudo(hdr, l4_len)));
+        hdr[l.l4 + 16..l.l4 + 18].copy_from_slice(&checksum::finish(acc).to_be_bytes());
+    }
+}
+
+/// A complete Ethernet + IPv4/IPv6 + TCP segment that may be coalesced with its neighbours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSeg {
+    pub layout: TcpLayout,
+    pub seq: u32,
+    pub flags: u8,
+    /// TCP payload bytes (from the IP length; Ethernet padding excluded).
+    pub payload_len: usize,
+}
+
+impl TcpSeg {
+    /// Parse a frame as one TCP segment; `None` if it is anything else (including IPv4
+    /// fragments and packets whose IP length disagrees with the frame).
+    pub fn parse(frame: &[u8]) -> Option<TcpSeg> {
+        let layout = TcpLayout::parse(frame).ok()?;
+        let ip = &frame[layout.l3..];
+        let ip_end = if layout.v6 {
+            layout.l4 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))
+        } else {
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                return None; // fragment
+            }
+            layout.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]]))
+        };
+        if ip_end < layout.hdr_len || ip_end > frame.len() {
+            return None;
+        }
+        let tcp = &frame[layout.l4..];
+        Some(TcpSeg {
+            layout,
+            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            flags: tcp[13],
+            payload_len: ip_end - layout.hdr_len,
+        })
+    }
+
+    /// The frame without Ethernet padding.
+    pub fn frame_len(&self) -> usize {
+        self.layout.hdr_len + self.payload_len
+    }
+
+    /// The TCP payload of `frame`.
+    pub fn payload<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        &frame[self.layout.hdr_len..self.frame_len()]
+    }
+
+    /// Whether the IPv4 header checksum and the TCP checksum are correct.
+    pub fn checksums_ok(&self, frame: &[u8]) -> bool {
+        let l = &self.layout;
+        if !l.v6 && !checksum::verify(&frame[l.l3..l.l4], 0) {
+            return false;
+        }
+        let l4_len = self.frame_len() - l.l4;
+        checksum::verify(&frame[l.l4..self.frame_len()], l.pseudo(frame, l4_len))
+    }
+
+    /// Whether this segment may be part of a coalesced run at all: data, and no flag but ACK
+    /// and PSH (SYN, FIN, RST, URG, ECE, CWR each end coalescing, as in the kernel).
+    pub fn mergeable(&self) -> bool {
+        self.payload_len > 0 && self.flags & TCP_ACK != 0 && self.flags & !(TCP_ACK | TCP_PSH) == 0
+    }
+}
+
+/// A chain of coalescable segments of one flow, in order. The caller keeps the frames; the
+/// run remembers what the next segment must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub first: TcpSeg,
+    /// Payload size of every segment but the last (the first segment's size).
+    pub mss: usize,
+    pub payload_len: usize,
+    pub segments: usize,
+    next_seq: u32,
+    psh: bool,
+    /// A shorter segment or PSH ended the run: nothing may follow.
+    closed: bool,
+}
+
+impl Run {
+    /// Start a run with a [`TcpSeg::mergeable`] segment.
+    pub fn start(first: TcpSeg) -> Run {
+        Run {
+            first,
+            mss: first.payload_len,
+            payload_len: first.payload_len,
+            segments: 1,
+            next_seq: first.seq.wrapping_add(first.payload_len as u32),
+            psh: first.flags & TCP_PSH != 0,
+            closed: first.flags & TCP_PSH != 0,
+        }
+    }
+
+    /// Append `seg` (from `frame`) if it continues the run whose first frame is `first_frame`;
+    /// the kernel's GRO rules: same Ethernet header, same IP header but for length, ID and
+    /// checksum (IPv4 with DF set), same ports, ACK number, window and options; consecutive
+    /// sequence number; not larger than the first segment; the run is not closed.
+    pub fn try_push(&mut self, first_frame: &[u8], seg: &TcpSeg, frame: &[u8]) -> bool {
+        let (a, b) = (&self.first.layout, &seg.layout);
+        if self.closed || a != b || !seg.mergeable() || seg.seq != self.next_seq || seg.payload_len > self.mss {
+            return false;
+        }
+        if a.l3 + IP_MAX < a.hdr_len + self.payload_len + seg.payload_len {
+            return false;
+        }
+        let (f, g) = (first_frame, frame);
+        if f[..a.l3] != g[..a.l3] {
+            return false;
+        }
+        let (p, q) = (&f[a.l3..a.l4], &g[a.l3..a.l4]);
+        let same_ip = if a.v6 {
+            p[..4] == q[..4] && p[6..40] == q[6..40]
+        } else {
+            // version/IHL/TOS; flags+fragment (DF, and we refuse fragments); TTL, protocol;
+            // addresses; options. The ID may differ (DF set: RFC 6864).
+            p[0..2] == q[0..2] && p[6] & 0x40 != 0 && p[6..10] == q[6..10] && p[12..] == q[12..]
+        };
+        if !same_ip {
+            return false;
+        }
+        let (s, t) = (&f[a.l4..a.hdr_len], &g[a.l4..a.hdr_len]);
+        // ports, ACK number, data offset, window, options (flags may add PSH)
+        if s[0..4] != t[0..4] || s[8..13] != t[8..13] || s[14..16] != t[14..16] || s[20..] != t[20..] {
+            return false;
+        }
+        self.payload_len += seg.payload_len;
+        self.segments += 1;
+        self.next_seq = self.next_seq.wrapping_add(seg.payload_len as u32);
+        if seg.flags & TCP_PSH != 0 {
+            self.psh = true;
+            self.closed = true;
+        }
+        if seg.payload_len < self.mss {
+            self.closed = true;
+        }
+        true
+    }
+
+    /// Write the headers of the coalesced frame (the first frame's, with lengths, IPv4
+    /// checksum, PSH and a partial TCP checksum set) into `out[..first.layout.hdr_len]`, and
+    /// return the virtio-net header to write in front: `NEEDS_CSUM` (the kernel treats the
+    /// payload as checked; the caller verified every segment) and, for more than one
+    /// segment, GSO TCPV4/TCPV6 with the run's MSS.
+    pub fn header(&self, first_frame: &[u8], out: &mut [u8]) -> VnetHdr {
+        let l = &self.first.layout;
+        let hdr = &mut out[..l.hdr_len];
+        hdr.copy_from_slice(&first_frame[..l.hdr_len]);
+        l.set_ip_len(hdr, self.payload_len, None);
+        if self.psh {
+            hdr[l.l4 + 13] |= TCP_PSH;
+        }
+        let l4_len = l.hdr_len - l.l4 + self.payload_len;
+        let partial = checksum::fold(l.pseudo(hdr, l4_len));
+        hdr[l.l4 + 16..l.l4 + 18].copy_from_slice(&partial.to_be_bytes());
+        let gso_type = match (self.segments > 1, l.v6) {
+            (false, _) => gso::NONE,
+            (true, false) => gso::TCPV4,
+            (true, true) => gso::TCPV6,
+        };
+        VnetHdr {
+            flags: flags::NEEDS_CSUM,
+            gso_type,
+            hdr_len: l.hdr_len as u16,
+            gso_size: if self.segments > 1 { self.mss as u16 } else { 0 },
+            csum_start: l.l4 as u16,
+            csum_offset: TCP_CSUM_OFFSET,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+    const SRC6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const DST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    fn data(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// A TCP super-frame as the kernel hands it over a TAP: Ethernet (optionally VLAN 100),
+    /// IPv4 with DF or IPv6, TCP with a timestamp option, PSH set, partial checksum.
+    fn super_frame(v6: bool, vlan: bool, payload: &[u8]) -> (Vec<u8>, VnetHdr) {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let b = if v6 { b.ipv6(SRC6, DST6, 64) } else { b.ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64) };
+        let b = b.tcp(40000, 5201, 0xfffff000, 64240).ack(777).psh().options(&[etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Noop, etherparse::TcpOptionElement::Timestamp(11, 22)]).unwrap();
+        let mut f = Vec::new();
+        b.write(&mut f, payload).unwrap();
+        if vlan {
+            // 802.1Q tag, PCP 0, VID 100, between the addresses and the ethertype
+            f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+        }
+        let l = TcpLayout::parse(&f).unwrap();
+        if !l.v6 {
+            f[l.l3 + 6] |= 0x40; // DF, as Linux TCP sets it
+            f[l.l3 + 4..l.l3 + 6].copy_from_slice(&0xfffeu16.to_be_bytes()); // ID about to wrap
+            l.set_ip_len(&mut f, payload.len(), None);
+        }
+        // as the kernel hands it over: partial checksum (pseudo-header sum only)
+        let l4_len = f.len() - l.l4;
+        let p = checksum::fold(l.pseudo(&f, l4_len));
+        f[l.l4 + 16..l.l4 + 18].copy_from_slice(&p.to_be_bytes());
+        let h = VnetHdr {
+            flags: flags::NEEDS_CSUM,
+            gso_type: if v6 { gso::TCPV6 } else { gso::TCPV4 },
+            hdr_len: f.len() as u16, // the kernel may over-state it; must not be trusted
+            gso_size: 1398,
+            csum_start: l.l4 as u16,
+            csum_offset: 16,
+        };
+        (f, h)
+    }
+
+    fn fix_tcp_checksum(s: &mut [u8]) {
+        let l = TcpLayout::parse(s).unwrap();
+        s[l.l4 + 16..l.l4 + 18].copy_from_slice(&[0, 0]);
+        let ps = l.pseudo(s, s.len() - l.l4);
+        let v = checksum::finish(checksum::sum(&s[l.l4..], ps));
+        s[l.l4 + 16..l.l4 + 18].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// Segment with the plan, returning complete frames.
+    fn split(f: &[u8], h: &VnetHdr) -> Vec<Vec<u8>> {
+        let plan = TsoPlan::new(f, h).unwrap();
+        (0..plan.segments)
+            .map(|i| {
+                let mut hdr = vec![0u8; plan.header_len()];
+                plan.write_header(f, i, &mut hdr);
+                hdr.extend_from_slice(&f[plan.payload_range(i)]);
+                hdr
+            })
+            .collect()
+    }
+
+    struct Seen {
+        payload: Vec<u8>,
+        seq: u32,
+        psh: bool,
+        fin: bool,
+        ip_id: Option<u16>,
+        vlan: Option<u16>,
+    }
+
+    /// Parse a segment with etherparse and check every checksum against its own computation.
+    fn oracle(frame: &[u8]) -> Seen {
+        let p = SlicedPacket::from_ethernet(frame).unwrap();
+        let vlan = p.vlan().map(|v| match v {
+            etherparse::VlanSlice::SingleVlan(s) => s.vlan_identifier().value(),
+            etherparse::VlanSlice::DoubleVlan(d) => d.outer.vlan_identifier().value(),
+        });
+        let Some(TransportSlice::Tcp(tcp)) = p.transport.clone() else { panic!("no tcp") };
+        let (ok, ip_id) = match p.net.as_ref().unwrap() {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header().to_header();
+                assert_eq!(h.header_checksum, h.calc_header_checksum(), "ipv4 header checksum");
+                assert_eq!(usize::from(h.total_len), frame.len() - 14 - if vlan.is_some() { 4 } else { 0 });
+                (tcp.to_header().calc_checksum_ipv4(&h, tcp.payload()).unwrap() == tcp.checksum(), Some(h.identification))
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header().to_header();
+                (tcp.to_header().calc_checksum_ipv6(&h, tcp.payload()).unwrap() == tcp.checksum(), None)
+            }
+            _ => panic!("not ip"),
+        };
+        assert!(ok, "tcp checksum");
+        Seen { payload: tcp.payload().to_vec(), seq: tcp.sequence_number(), psh: tcp.psh(), fin: tcp.fin(), ip_id, vlan }
+    }
+
+    #[test]
+    fn vnet_header_round_trips_in_little_endian() {
+        let h = VnetHdr { flags: 1, gso_type: 1, hdr_len: 66, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let b = h.to_bytes();
+        assert_eq!(b, [1, 1, 66, 0, 0xa8, 0x05, 34, 0, 16, 0]);
+        assert_eq!(VnetHdr::parse(&b), Some(h));
+        assert_eq!(VnetHdr::parse(&b[..9]), None);
+        assert!(h.is_gso() && h.needs_csum());
+        assert!(!VnetHdr::NONE.is_gso());
+    }
+
+    #[test]
+    fn tso_segments_are_valid_tcp_segments_that_carry_the_payload_in_order() {
+        for (v6, vlan) in [(false, false), (true, false), (false, true), (true, true)] {
+            let payload = data(10_000);
+            let (f, h) = super_frame(v6, vlan, &payload);
+            let segs = split(&f, &h);
+            assert_eq!(segs.len(), 10_000usize.div_ceil(1398), "v6={v6} vlan={vlan}");
+            let mut joined = Vec::new();
+            for (i, s) in segs.iter().enumerate() {
+                let seen = oracle(s);
+                let last = i + 1 == segs.len();
+                assert_eq!(seen.seq, 0xfffff000u32.wrapping_add((i * 1398) as u32), "seq of segment {i}");
+                assert_eq!(seen.psh, last, "PSH only on the last segment");
+                assert!(!seen.fin);
+                assert_eq!(seen.payload.len(), if last { 10_000 - 7 * 1398 } else { 1398 });
+                if !v6 {
+                    assert_eq!(seen.ip_id, Some(0xfffeu16.wrapping_add(i as u16)), "IPv4 ID increments");
+                }
+                assert_eq!(seen.vlan, vlan.then_some(100));
+                joined.extend_from_slice(&seen.payload);
+            }
+            assert_eq!(joined, payload);
+        }
+    }
+
+    #[test]
+    fn tso_rejects_a_header_that_does_not_match_the_frame() {
+        let (f, h) = super_frame(false, false, &data(3000));
+        assert_eq!(TsoPlan::new(&f, &VnetHdr { gso_type: gso::TCPV6, ..h }), Err(OffloadError::Malformed));
+        assert_eq!(TsoPlan::new(&f, &VnetHdr { csum_start: 20, ..h }), Err(OffloadError::Malformed));
+        assert_eq!(TsoPlan::new(&f, &VnetHdr { gso_size: 0, ..h }), Err(OffloadError::Malformed));
+        assert_eq!(TsoPlan::new(&f, &VnetHdr { gso_type: gso::UDP_L4, ..h }), Err(OffloadError::Unsupported));
+        assert_eq!(TsoPlan::new(&f[..40], &h), Err(OffloadError::Malformed));
+        // a frame whose data offset points past its end
+        let mut g = f.clone();
+        g.truncate(34 + 30);
+        assert!(TsoPlan::new(&g, &h).is_err());
+        // every truncation of a valid frame is an error or a valid plan, never a panic
+        for n in 0..f.len().min(200) {
+            if let Ok(p) = TsoPlan::new(&f[..n], &h) {
+                let mut out = vec![0u8; p.header_len()];
+                p.write_header(&f[..n], 0, &mut out);
+            }
+        }
+    }
+
+    #[test]
+    fn partial_checksum_is_finished_like_etherparse_computes_it() {
+        for v6 in [false, true] {
+            let (mut f, h) = super_frame(v6, false, &data(999));
+            finish_partial_checksum(&mut f, &h).unwrap();
+            oracle(&f);
+        }
+        let (mut f, h) = super_frame(false, false, &data(10));
+        let short = f.len() - 10 - 20 - 12 + 1;
+        assert_eq!(finish_partial_checksum(&mut f[..short], &h), Err(OffloadError::Malformed));
+    }
+
+    /// Coalesce frames the way the daemon does: one run at a time, flushed when a segment
+    /// does not fit. Returns (virtio header, complete frame) per flushed run, the checksum
+    /// finished as the kernel would.
+    fn coalesce(frames: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut cur: Option<(Run, usize, Vec<usize>)> = None;
+        let flush = |c: &mut Option<(Run, usize, Vec<usize>)>, out: &mut Vec<(VnetHdr, Vec<u8>)>| {
+            if let Some((run, first, members)) = c.take() {
+                let mut f = vec![0u8; run.first.layout.hdr_len];
+                let h = run.header(&frames[first], &mut f);
+                for m in members {
+                    let s = TcpSeg::parse(&frames[m]).unwrap();
+                    f.extend_from_slice(s.payload(&frames[m]));
+                }
+                finish_partial_checksum(&mut f, &h).unwrap();
+                out.push((h, f));
+            }
+        };
+        for (i, fr) in frames.iter().enumerate() {
+            let seg = TcpSeg::parse(fr).unwrap();
+            assert!(seg.checksums_ok(fr));
+            if let Some((run, first, members)) = cur.as_mut() {
+                if run.try_push(&frames[*first], &seg, fr) {
+                    members.push(i);
+                    continue;
+                }
+            }
+            flush(&mut cur, &mut out);
+            cur = Some((Run::start(seg), i, vec![i]));
+        }
+        flush(&mut cur, &mut out);
+        out
+    }
+
+    #[test]
+    fn segments_coalesce_back_into_the_super_frame() {
+        for (v6, vlan) in [(false, false), (true, false), (false, true), (true, true)] {
+            let payload = data(20_000);
+            let (mut f, h) = super_frame(v6, vlan, &payload);
+            let segs = split(&f, &h);
+            let runs = coalesce(&segs);
+            assert_eq!(runs.len(), 1, "one run");
+            let (vh, g) = &runs[0];
+            assert_eq!(vh.gso_type, if v6 { gso::TCPV6 } else { gso::TCPV4 });
+            assert_eq!(usize::from(vh.gso_size), 1398);
+            assert_eq!(usize::from(vh.csum_start), TcpLayout::parse(&f).unwrap().l4);
+            // the rebuilt frame is the original super-frame, checksum finished (IPv4 ID is the first's)
+            finish_partial_checksum(&mut f, &h).unwrap();
+            assert_eq!(g, &f, "v6={v6} vlan={vlan}");
+            let seen = oracle(g);
+            assert!(seen.psh);
+            assert_eq!(seen.payload, payload);
+        }
+    }
+
+    #[test]
+    fn coalescing_stops_where_the_kernel_would() {
+        let payload = data(1398 * 6);
+        let (f, h) = super_frame(false, false, &payload);
+        let segs = split(&f, &h);
+        // a gap in sequence numbers: two runs
+        let gap: Vec<Vec<u8>> = segs.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, s)| s.clone()).collect();
+        assert_eq!(coalesce(&gap).iter().map(|(h, _)| h.gso_type).collect::<Vec<_>>(), vec![gso::TCPV4, gso::TCPV4]);
+        // a different ACK number in the middle
+        let mut ack = segs.clone();
+        for s in &mut ack[3..] {
+            let l = TcpLayout::parse(s).unwrap();
+            s[l.l4 + 11] ^= 1;
+            fix_tcp_checksum(s);
+        }
+        assert_eq!(coalesce(&ack).len(), 2);
+        // another flow (port) interleaved: never merged into the first
+        let (f2, h2) = super_frame(false, false, &data(1398 * 2));
+        let mut other = split(&f2, &h2);
+        for s in &mut other {
+            let l = TcpLayout::parse(s).unwrap();
+            s[l.l4 + 1] ^= 1; // source port
+            fix_tcp_checksum(s);
+        }
+        let mixed = vec![segs[0].clone(), other[0].clone(), segs[1].clone()];
+        let runs = coalesce(&mixed);
+        assert_eq!(runs.len(), 3);
+        for (_, g) in &runs {
+            oracle(g);
+        }
+        // a short segment (the last one, with PSH) ends a run; what follows starts a new one
+        let runs = coalesce(&[segs.clone(), segs.clone()].concat());
+        assert_eq!(runs.len(), 2);
+    }
+
+    #[test]
+    fn only_plain_data_segments_are_mergeable() {
+        let (f, h) = super_frame(false, false, &data(100));
+        let mut s = split(&f, &h).remove(0);
+        let l = TcpLayout::parse(&s).unwrap();
+        assert!(TcpSeg::parse(&s).unwrap().mergeable());
+        for fl in [TCP_SYN, TCP_FIN, TCP_RST, 0x20, 0x40, TCP_CWR] {
+            s[l.l4 + 13] = TCP_ACK | fl;
+            assert!(!TcpSeg::parse(&s).unwrap().mergeable(), "flag {fl:#x}");
+        }
+        // a corrupted byte is caught by the checksum check
+        s[l.l4 + 13] = TCP_ACK | TCP_PSH;
+        let n = s.len();
+        s[n - 1] ^= 0x55;
+        assert!(!TcpSeg::parse(&s).unwrap().checksums_ok(&s));
+        // an IPv4 fragment is not a segment
+        let mut frag = split(&f, &h).remove(0);
+        frag[l.l3 + 7] = 1;
+        assert_eq!(TcpSeg::parse(&frag), None);
+    }
+}
