@@ -47,7 +47,9 @@ pub mod gso {
 }
 
 const TCP_FIN: u8 = 0x01;
+#[cfg(test)]
 const TCP_SYN: u8 = 0x02;
+#[cfg(test)]
 const TCP_RST: u8 = 0x04;
 const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;

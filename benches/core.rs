@@ -1,0 +1,183 @@
+//! Micro-benchmarks of the sans-IO core: what the data path pays per frame and per
+//! super-frame, without any system call. They print; they assert nothing.
+//!
+//! Run: `cargo bench --bench core` (criterion; add a filter such as `-- fdb` to run a group).
+
+use std::hint::black_box;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use overlayd::core::fabric::{Fabric, NetEntry};
+use overlayd::core::offload::{Run, TcpSeg, TsoPlan, VnetHdr, flags, gso};
+use overlayd::core::wire::ethernet::{EthernetFrame, MacAddr};
+use overlayd::core::wire::vxlan::{self, VxlanHeader};
+use overlayd::core::{Encap, Fdb, FdbConfig, Instant, LocalPort, Network, NetworkSpec, PeerIdx, Port, Vni, checksum};
+
+const NOW: Instant = Instant::ZERO;
+
+/// Ethernet + IPv4 (DF) + TCP (timestamps) with `payload` bytes, checksums complete.
+fn tcp_frame(payload: usize, seq: u32) -> Vec<u8> {
+    let mut f = vec![0u8; 14 + 20 + 32 + payload];
+    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + 32 + payload) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[198, 51, 100, 1]);
+    ip[16..20].copy_from_slice(&[198, 51, 100, 2]);
+    let c = checksum::finish(checksum::sum(ip, 0));
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let tcp = &mut f[34..66];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&5201u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 8 << 4;
+    tcp[13] = 0x10;
+    tcp[14..16].copy_from_slice(&501u16.to_be_bytes());
+    tcp[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+    for (i, b) in f[66..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let ps = checksum::pseudo_v4(&[198, 51, 100, 1], &[198, 51, 100, 2], 6, (32 + payload) as u32);
+    let c = checksum::finish(checksum::sum(&f[34..], ps));
+    f[50..52].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn network(peers: usize, max_entries: usize) -> Network {
+    Network::new(NetworkSpec {
+        name: "bench".into(),
+        encap: Encap::Vxlan,
+        vni: Vni::new_unchecked(42),
+        mtu: 1450,
+        peers: (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect(),
+        fdb: FdbConfig { max_entries, ..FdbConfig::default() },
+        local_ports: 1,
+    })
+}
+
+fn mac(i: u32) -> MacAddr {
+    let b = i.to_be_bytes();
+    MacAddr([2, 0x42, b[0], b[1], b[2], b[3]])
+}
+
+fn parse(c: &mut Criterion) {
+    let f = tcp_frame(1398, 1);
+    let mut g = c.benchmark_group("parse");
+    g.bench_function("ethernet_l3", |b| b.iter(|| EthernetFrame::new_checked(black_box(&f[..])).unwrap().l3()));
+    g.bench_function("flow_hash", |b| b.iter(|| EthernetFrame::new_unchecked(black_box(&f[..])).flow_hash()));
+    g.bench_function("tcp_segment", |b| b.iter(|| TcpSeg::parse(black_box(&f[..]))));
+    let mut dg = vec![0u8; 8];
+    vxlan::emit(&mut dg, Vni::new_unchecked(42));
+    dg.extend_from_slice(&f);
+    g.bench_function("vxlan_header", |b| b.iter(|| VxlanHeader::new_checked(black_box(&dg[..])).unwrap().vni()));
+    g.finish();
+}
+
+fn encap_decap(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encap_decap");
+    let mut buf = vec![0u8; 64 + 1500];
+    g.bench_function("vxlan_emit", |b| b.iter(|| vxlan::emit(black_box(&mut buf[56..64]), Vni::new_unchecked(42))));
+    let net = Arc::new(network(1, 8192));
+    let fabric = Fabric::new(vec![NetEntry { net: net.clone(), io: () }], &[4789]);
+    let mut dg = vec![0u8; 8];
+    vxlan::emit(&mut dg, Vni::new_unchecked(42));
+    dg.extend_from_slice(&tcp_frame(1398, 1));
+    let peer = IpAddr::from([192, 0, 2, 10]);
+    g.bench_function("classify_vxlan", |b| b.iter(|| fabric.classify_vxlan(4789, peer, black_box(&dg[..])).is_ok()));
+    g.finish();
+
+    let mut g = c.benchmark_group("offload");
+    let payload = 64_000 - 66;
+    let sf = tcp_frame(payload, 1);
+    let h = VnetHdr { flags: flags::NEEDS_CSUM, gso_type: gso::TCPV4, hdr_len: 66, gso_size: 1398, csum_start: 34, csum_offset: 16 };
+    g.throughput(Throughput::Bytes(sf.len() as u64));
+    g.bench_function("checksum_64k", |b| b.iter(|| checksum::fold(checksum::sum(black_box(&sf[..]), 0))));
+    let mut hdrs = vec![0u8; 66 * 64];
+    g.bench_function("tso_split_64k", |b| {
+        b.iter(|| {
+            let plan = TsoPlan::new(black_box(&sf[..]), &h).unwrap();
+            for i in 0..plan.segments {
+                plan.write_header(&sf, i, &mut hdrs[i * 66..]);
+            }
+        })
+    });
+    let segs: Vec<Vec<u8>> = (0..45).map(|i| tcp_frame(1398, 1 + i * 1398)).collect();
+    g.bench_function("coalesce_45_segments", |b| {
+        b.iter(|| {
+            let first = TcpSeg::parse(&segs[0]).unwrap();
+            let mut run = Run::start(first);
+            for s in &segs[1..] {
+                let seg = TcpSeg::parse(s).unwrap();
+                let ok = seg.checksums_ok(s) && run.try_push(&segs[0], &seg, s);
+                black_box(ok);
+            }
+            let mut out = [0u8; 128];
+            run.header(&segs[0], &mut out)
+        })
+    });
+    g.finish();
+}
+
+fn fdb(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fdb_lookup");
+    for n in [1_000u32, 1_000_000] {
+        let fdb = Fdb::new(FdbConfig { max_entries: n as usize, ..FdbConfig::default() });
+        for i in 0..n {
+            fdb.learn(mac(i), Port::Peer(PeerIdx((i % 8) as u16)), NOW);
+        }
+        let mut i = 0u32;
+        g.bench_function(format!("{n}_entries"), |b| {
+            b.iter(|| {
+                i = (i.wrapping_mul(2_654_435_761).wrapping_add(1)) % n;
+                fdb.lookup(black_box(mac(i)), NOW)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// One batch of 64 frames through a network: the decisions a port thread makes (learn the
+/// source, look up the destination, hash the flow) and those of the underlay thread.
+fn batch(c: &mut Criterion) {
+    let net = network(2, 8192);
+    let frames: Vec<Vec<u8>> = (0..64).map(|i| tcp_frame(1398, i)).collect();
+    // the destination lives behind peer 1
+    net.from_peer(PeerIdx(1), &{
+        let mut r = frames[0].clone();
+        r[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        r[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        r
+    }, NOW);
+    let mut g = c.benchmark_group("node");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("batch_64_from_local", |b| {
+        b.iter(|| {
+            for f in &frames {
+                black_box(net.from_local(LocalPort(0), f, NOW));
+                black_box(EthernetFrame::new_unchecked(&f[..]).flow_hash());
+            }
+        })
+    });
+    g.bench_function("batch_64_from_peer", |b| {
+        b.iter_batched(
+            || (),
+            |_| {
+                for f in &frames {
+                    black_box(net.from_peer(PeerIdx(1), f, NOW));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, encap_decap, fdb, batch);
+criterion_main!(benches);
