@@ -29,6 +29,10 @@ pub struct Config {
 pub struct NodeConfig {
     pub underlay: IpAddr,
     pub underlay_mtu: Option<u16>,
+    /// Move 64 KB units instead of frames: TAPs with virtio-net headers and TSO, UDP GSO on
+    /// send and GRO on receive. `[node] offload = false` turns all of it off (one frame per
+    /// TAP read/write, one datagram per message), e.g. to rule it out when debugging.
+    pub offload: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

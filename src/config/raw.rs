@@ -21,6 +21,8 @@ pub struct RawNode {
     pub underlay: String,
     /// MTU of the underlay path; read off the interface holding `underlay` if not given.
     pub underlay_mtu: Option<u32>,
+    /// Segmentation offloads on the data path (TSO/GSO/GRO); default true.
+    pub offload: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -127,7 +127,8 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
         }
         networks.push(net);
     }
-    Ok(Config { node: NodeConfig { underlay, underlay_mtu }, metrics_listen, admin_socket, networks })
+    let offload = raw.node.offload.unwrap_or(true);
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload }, metrics_listen, admin_socket, networks })
 }
 
 fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
@@ -385,6 +386,17 @@ mod tests {
         assert_eq!(n.fdb, FdbConfig::default());
         assert_eq!(n.address, Some(("198.51.100.1".parse().unwrap(), 24)));
         assert_eq!(n.overhead(c.node.underlay), 50);
+        assert!(c.node.offload, "offloads are on unless turned off");
+    }
+
+    #[test]
+    fn offload_can_be_turned_off_in_the_file_or_the_environment() {
+        let c = parse(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\noffload = false")).unwrap();
+        assert!(!c.node.offload);
+        let env = vec![("OVERLAYD__NODE__OFFLOAD".to_string(), "false".to_string())];
+        assert!(!from_str_with_env(GOOD, env).unwrap().node.offload);
+        let p = problem(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\noffload = \"maybe\""));
+        assert!(p.contains("offload"), "{p}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ const TCP_CWR: u8 = 0x80;
 pub const TCP_CSUM_OFFSET: u16 = 16;
 /// Largest IPv4 total length / IPv6 payload length.
 const IP_MAX: usize = 65_535;
+/// Most segments coalesced into one frame (the kernel's GRO limit, too).
+pub const MAX_RUN_SEGMENTS: usize = 64;
 
 /// Why a frame with a virtio-net header cannot be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,7 +380,7 @@ impl Run {
     /// sequence number; not larger than the first segment; the run is not closed.
     pub fn try_push(&mut self, first_frame: &[u8], seg: &TcpSeg, frame: &[u8]) -> bool {
         let (a, b) = (&self.first.layout, &seg.layout);
-        if self.closed || a != b || !seg.mergeable() || seg.seq != self.next_seq || seg.payload_len > self.mss {
+        if self.closed || self.segments >= MAX_RUN_SEGMENTS || a != b || !seg.mergeable() || seg.seq != self.next_seq || seg.payload_len > self.mss {
             return false;
         }
         if a.l3 + IP_MAX < a.hdr_len + self.payload_len + seg.payload_len {

@@ -81,6 +81,9 @@ drop_reasons! {
     /// A frame whose source MAC is pinned to another port (it moved more than
     /// `mac_move_limit` times within `mac_move_window_secs`).
     MacPinned => "mac_pinned",
+    /// A frame from an offloading TAP whose virtio-net header does not match it, or asks for
+    /// a segmentation we do not do.
+    BadOffload => "bad_offload",
 }
 
 /// Per-network counters, one instance per shard.

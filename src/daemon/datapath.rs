@@ -8,15 +8,25 @@
 //!   network and peer, decide with [`Network::from_peer`], and write the inner frame straight
 //!   from the receive buffer to the TAP.
 //!
+//! With offloads (`[node] offload = true`, the default) both threads move 64 KiB units:
+//! - the port thread reads TCP super-frames (TAP with a virtio-net header and TSO), cuts each
+//!   into segments with [`TsoPlan`] (headers in a per-thread arena, payload left in the read
+//!   buffer) and sends all segments for a peer with one UDP GSO `sendmsg`;
+//! - the underlay thread receives with `UDP_GRO` (many datagrams per message), and chains
+//!   consecutive TCP segments of a flow into a [`Run`] that is written to the TAP as one
+//!   super-frame with `writev`, its payload straight from the receive buffer.
+//!
 //! Nothing here allocates per frame, takes a lock, or logs per frame: errors are counted and
 //! logged at most once a second per thread with the number suppressed.
 
-use std::io;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
+use crate::core::offload::{MAX_RUN_SEGMENTS, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum};
 use crate::core::stats::{GlobalDrops, Shard};
 use crate::core::wire::ethernet::EthernetFrame;
 use crate::core::wire::vxlan;
@@ -25,7 +35,7 @@ use super::gre::{GreParams, GreTx};
 use crate::io::clock;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
-use crate::io::udp::{BATCH, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
+use crate::io::udp::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GsoError, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
 
 use super::forward::{Forwarder, LocalIo, Ports};
 
@@ -88,15 +98,105 @@ pub struct PortThread {
     pub gre: Option<GreParams>,
 }
 
+/// Room for one segment's headers in the header arena: VXLAN (8), Ethernet with two VLAN
+/// tags (22), IPv4 or IPv6 with the longest options (60), TCP with the longest options (60).
+const SEG_HDR_MAX: usize = 160;
+
+/// Per-thread scratch space for sending the segments of TSO super-frames: each segment is
+/// two iovecs, its headers (in `arena`) and its payload (in place, in the read buffer), so the
+/// payload is copied by the kernel only.
+struct Segmenter {
+    arena: Vec<u8>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    warned: bool,
+}
+
+/// What became of one super-frame sent to one peer.
+struct Sent {
+    segments: usize,
+    bytes: usize,
+    error: Option<io::Error>,
+}
+
+impl Segmenter {
+    fn new() -> Self {
+        Segmenter {
+            arena: vec![0; GSO_MAX_SEGMENTS * SEG_HDR_MAX],
+            iovs: Vec::with_capacity(2 * GSO_MAX_SEGMENTS),
+            hdrs: Vec::with_capacity(BATCH),
+            warned: false,
+        }
+    }
+
+    /// Cut `frame` (planned by `plan`) into VXLAN datagrams for `dst` and send them with UDP
+    /// GSO, at most 64 segments / 65507 bytes per call, or one by one once GSO is off.
+    fn send(&mut self, tx: &TxSockets, sock: usize, dst: SocketAddr, vni: Vni, frame: &[u8], plan: &TsoPlan) -> Sent {
+        let seg_hdr = vxlan::HEADER_LEN + plan.header_len();
+        let seg_size = seg_hdr + plan.mss;
+        let per_call = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg_size).max(1);
+        let mut out = Sent { segments: 0, bytes: 0, error: None };
+        let mut i = 0;
+        while i < plan.segments {
+            let n = per_call.min(plan.segments - i);
+            let mut bytes = 0;
+            for k in 0..n {
+                let h = &mut self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr];
+                vxlan::emit(&mut h[..vxlan::HEADER_LEN], vni);
+                plan.write_header(frame, i + k, &mut h[vxlan::HEADER_LEN..]);
+            }
+            self.iovs.clear();
+            for k in 0..n {
+                let payload = &frame[plan.payload_range(i + k)];
+                bytes += seg_hdr + payload.len();
+                self.iovs.push(libc::iovec { iov_base: self.arena[k * SEG_HDR_MAX..].as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
+                self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
+            }
+            let mut fallback = !tx.gso_enabled();
+            if !fallback {
+                match tx.send_gso(sock, dst, &self.iovs, seg_size as u16) {
+                    Ok(()) => {
+                        out.segments += n;
+                        out.bytes += bytes;
+                    }
+                    Err(GsoError::Unavailable(e)) => {
+                        if !self.warned {
+                            self.warned = true;
+                            tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
+                        }
+                        fallback = true;
+                    }
+                    Err(GsoError::Io(e)) => out.error = Some(e),
+                }
+            }
+            if fallback {
+                let (sent, err) = tx.send_each(sock, dst, &mut self.iovs, 2, &mut self.hdrs);
+                out.segments += sent;
+                out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
+                if err.is_some() {
+                    out.error = err;
+                }
+            }
+            i += n;
+        }
+        out
+    }
+}
+
 impl PortThread {
     pub fn run(self) {
         let PortThread { net, io, port, tx, stop, gre } = self;
         let mut gre = gre.map(GreTx::new);
         let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
+        // with a virtio-net header, it is read just in front of the frame, inside the headroom
+        let vnet = tap.vnet_hdr();
+        let rd = if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM };
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
         let mut lens = [0usize; BATCH];
         let mut q = SendQueue::new(tx.len());
-        let (mut rl_read, mut rl_send) = (RateLimit::default(), RateLimit::default());
+        let mut seg = Segmenter::new();
+        let mut scratch = Vec::new();
+        let (mut rl_read, mut rl_send, mut rl_gso) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
         let ingress = Port::Local(port);
@@ -112,11 +212,12 @@ impl PortThread {
             let now = clock::now();
             let mut n = 0;
             while n < BATCH {
-                match tap.read(&mut bufs[n][HEADROOM..]) {
-                    Ok(len) => {
-                        lens[n] = len;
+                match tap.read(&mut bufs[n][rd..]) {
+                    Ok(len) if len >= HEADROOM - rd => {
+                        lens[n] = len - (HEADROOM - rd);
                         n += 1;
                     }
+                    Ok(_) => net.stats.count_drop(shard, DropReason::Malformed),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
@@ -127,11 +228,78 @@ impl PortThread {
                     }
                 }
             }
+            let mut send_queued = |q: &mut SendQueue, bufs: &[Vec<u8>]| {
+                q.flush(&tx, bufs, |it, r| match r {
+                    Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
+                    Err(e) => {
+                        net.stats.count_drop(shard, DropReason::SendFailed);
+                        if let Some(muted) = rl_send.allow(now) {
+                            tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
+                        }
+                    }
+                })
+            };
             let ports = Forwarder::ports(&io);
             for i in 0..n {
                 let len = lens[i];
-                let frame = &bufs[i][HEADROOM..HEADROOM + len];
                 net.stats.tap_rx(shard, len);
+                let vh = if vnet { VnetHdr::parse(&bufs[i][rd..HEADROOM]).unwrap_or(VnetHdr::NONE) } else { VnetHdr::NONE };
+                if vh.is_gso() {
+                    // a TCP super-frame: its segments go out with UDP GSO, after what is queued
+                    let frame = &bufs[i][HEADROOM..HEADROOM + len];
+                    let plan = match TsoPlan::new(frame, &vh) {
+                        Ok(p) if vxlan::HEADER_LEN + p.header_len() <= SEG_HDR_MAX => p,
+                        _ => {
+                            net.stats.count_drop(shard, DropReason::BadOffload);
+                            continue;
+                        }
+                    };
+                    // decide on the first segment's worth: the MTU applies per segment
+                    let action = net.from_local(port, &frame[..plan.header_len() + plan.mss.min(plan.payload_len)], now);
+                    if let Action::Drop(r) = action {
+                        net.stats.count_drop(shard, r);
+                        continue;
+                    }
+                    if !q.is_empty() {
+                        send_queued(&mut q, &bufs);
+                    }
+                    let hash = EthernetFrame::new_unchecked(frame).flow_hash() as usize;
+                    let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
+                        let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
+                        let s = seg.send(&tx, hash, peer.addr, net.spec.vni, frame, &plan);
+                        let each = s.bytes / s.segments.max(1);
+                        for _ in 0..s.segments {
+                            net.stats.peer_tx(shard, usize::from(p.0), each);
+                        }
+                        if let Some(e) = s.error {
+                            net.stats.count_drop(shard, DropReason::SendFailed);
+                            if let Some(muted) = rl_gso.allow(now) {
+                                tracing::warn!(network = net.name(), peer = %peer.addr, error = %e, muted, "send to peer failed");
+                            }
+                        }
+                    };
+                    let raw = &bufs[i][rd..HEADROOM + len];
+                    match action {
+                        Action::Peer(p) => to_peer(p, &mut seg),
+                        Action::Local(p) => fwd.deliver_super(&net, &ports, p, raw, &plan, &mut scratch, shard, now),
+                        Action::Flood => {
+                            net.stats.flooded(shard);
+                            for (p, _) in ports.others(Some(port)) {
+                                fwd.deliver_super(&net, &ports, p, raw, &plan, &mut scratch, shard, now);
+                            }
+                            for p in net.flood_peers(ingress) {
+                                to_peer(p, &mut seg);
+                            }
+                        }
+                        Action::Drop(_) | Action::Consumed => {}
+                    }
+                    continue;
+                }
+                if vh.needs_csum() && finish_partial_checksum(&mut bufs[i][HEADROOM..HEADROOM + len], &vh).is_err() {
+                    net.stats.count_drop(shard, DropReason::BadOffload);
+                    continue;
+                }
+                let frame = &bufs[i][HEADROOM..HEADROOM + len];
                 let action = net.from_local(port, frame, now);
                 let hash = match action {
                     Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
@@ -156,15 +324,7 @@ impl PortThread {
                 }
             }
             if !q.is_empty() {
-                q.flush(&tx, &bufs, |it, r| match r {
-                    Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
-                    Err(e) => {
-                        net.stats.count_drop(shard, DropReason::SendFailed);
-                        if let Some(muted) = rl_send.allow(now) {
-                            tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
-                        }
-                    }
-                });
+                send_queued(&mut q, &bufs);
             }
             if let Some(g) = gre.as_mut() {
                 g.flush(&net, &bufs, shard, &mut rl_send, now);
@@ -216,14 +376,84 @@ pub struct UnderlayThread {
     pub stop: Arc<StopFd>,
     /// Largest datagram accepted (underlay MTU).
     pub slot: usize,
+    /// Receive with `UDP_GRO` and coalesce TCP segments for offloading TAPs.
+    pub offload: bool,
+}
+
+/// Messages per `recvmmsg` with GRO (each up to 64 KiB of datagrams).
+const GRO_BATCH: usize = 16;
+/// Receive slot with GRO: a whole coalesced message.
+const GRO_SLOT: usize = 65_536;
+
+/// A run of TCP segments (inside the current receive batch) on its way to one TAP.
+struct Pending<'a> {
+    net: &'a Network,
+    port: LocalPort,
+    tap: Arc<Tap>,
+    run: Run,
+    first: &'a [u8],
+    payloads: [&'a [u8]; MAX_RUN_SEGMENTS],
+    n: usize,
+}
+
+impl<'a> Pending<'a> {
+    fn new(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: TcpSeg, frame: &'a [u8]) -> Self {
+        let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
+        payloads[0] = seg.payload(frame);
+        Pending { net, port, tap, run: Run::start(seg), first: frame, payloads, n: 1 }
+    }
+
+    /// Add a segment if it continues this run to the same port.
+    fn push(&mut self, net: &Network, port: LocalPort, seg: &TcpSeg, frame: &'a [u8]) -> bool {
+        if !std::ptr::eq(self.net, net) || self.port != port || self.n >= MAX_RUN_SEGMENTS || !self.run.try_push(self.first, seg, frame) {
+            return false;
+        }
+        self.payloads[self.n] = seg.payload(frame);
+        self.n += 1;
+        true
+    }
+
+    /// Write the run to its TAP as one frame: virtio-net header, the first segment's rewritten
+    /// headers, then every payload straight from the receive buffer.
+    fn flush(self, shard: Shard, rl: &mut RateLimit, now: Instant) {
+        let mut hdr = [0u8; 160];
+        let hlen = self.run.first.layout.hdr_len;
+        let vh = self.run.header(self.first, &mut hdr);
+        let vb = vh.to_bytes();
+        let mut parts = [IoSlice::new(&[]); MAX_RUN_SEGMENTS + 2];
+        parts[0] = IoSlice::new(&vb);
+        parts[1] = IoSlice::new(&hdr[..hlen]);
+        for k in 0..self.n {
+            parts[2 + k] = IoSlice::new(self.payloads[k]);
+        }
+        match self.tap.write_vectored(&parts[..2 + self.n]) {
+            Ok(_) => self.net.stats.tap_tx(shard, hlen + self.run.payload_len),
+            Err(e) => {
+                self.net.stats.count_drop(shard, DropReason::TapWriteFailed);
+                if let Some(muted) = rl.allow(now) {
+                    tracing::warn!(network = self.net.name(), tap = self.tap.name(), error = %e, muted, "write to tap failed");
+                }
+            }
+        }
+    }
+}
+
+fn flush(p: &mut Option<Pending<'_>>, shard: Shard, rl: &mut RateLimit, now: Instant) {
+    if let Some(p) = p.take() {
+        p.flush(shard, rl, now);
+    }
 }
 
 impl UnderlayThread {
     pub fn run(self) {
-        let UnderlayThread { rx, fabric, global, stop, slot } = self;
+        let UnderlayThread { rx, fabric, global, stop, slot, offload } = self;
         let port = rx.local.port();
-        let mut batch = RecvBatch::new(slot);
-        let mut rl_recv = RateLimit::default();
+        let gro = offload && rx.enable_gro();
+        if offload && !gro {
+            tracing::warn!(socket = %rx.local, "UDP GRO not available; receiving one datagram per message");
+        }
+        let mut batch = if gro { RecvBatch::with_gro(GRO_SLOT, GRO_BATCH) } else { RecvBatch::new(slot) };
+        let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
         loop {
@@ -250,41 +480,64 @@ impl UnderlayThread {
                     break;
                 }
                 let f = fabric.load();
+                let mut pending: Option<Pending<'_>> = None;
                 for i in 0..n {
                     let Some((from, data, truncated)) = batch.get(i) else { continue };
                     if truncated {
                         global.count_drop(DropReason::MtuExceeded);
                         continue;
                     }
-                    let c = match f.classify_vxlan(port, from.ip(), data) {
-                        Ok(c) => c,
-                        Err(refused) => {
-                            match refused.network.and_then(|i| f.networks.get(i)) {
-                                Some(e) => e.net.stats.count_drop(shard, refused.reason),
-                                None => global.count_drop(refused.reason),
+                    // with GRO, one message holds datagrams of `stride` bytes back to back
+                    let stride = batch.stride(i).unwrap_or(data.len()).max(1);
+                    for datagram in data.chunks(stride) {
+                        let c = match f.classify_vxlan(port, from.ip(), datagram) {
+                            Ok(c) => c,
+                            Err(refused) => {
+                                match refused.network.and_then(|i| f.networks.get(i)) {
+                                    Some(e) => e.net.stats.count_drop(shard, refused.reason),
+                                    None => global.count_drop(refused.reason),
+                                }
+                                continue;
                             }
-                            continue;
+                        };
+                        let net = &c.entry.net;
+                        let action = net.from_peer(c.peer, c.inner, now);
+                        // keepalives are control traffic: not in the tunnel counters
+                        if action != Action::Consumed {
+                            net.stats.peer_rx(shard, usize::from(c.peer.0), datagram.len());
                         }
-                    };
-                    let net = &c.entry.net;
-                    let action = net.from_peer(c.peer, c.inner, now);
-                    // keepalives are control traffic: not in the tunnel counters
-                    if action != Action::Consumed {
-                        net.stats.peer_rx(shard, usize::from(c.peer.0), data.len());
-                    }
-                    match action {
-                        Action::Drop(r) => net.stats.count_drop(shard, r),
-                        Action::Consumed => {}
-                        Action::Local(p) => fwd.deliver(net, &Forwarder::ports(&c.entry.io), p, c.inner, shard, now),
-                        Action::Flood => {
-                            net.stats.flooded(shard);
-                            fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
+                        match action {
+                            Action::Drop(r) => net.stats.count_drop(shard, r),
+                            Action::Consumed => {}
+                            Action::Local(p) => {
+                                let ports = Forwarder::ports(&c.entry.io);
+                                if gro {
+                                    if let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr())) {
+                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && s.checksums_ok(c.inner)) {
+                                            if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
+                                                continue;
+                                            }
+                                            flush(&mut pending, shard, &mut rl_write, now);
+                                            pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                            continue;
+                                        }
+                                    }
+                                }
+                                flush(&mut pending, shard, &mut rl_write, now);
+                                fwd.deliver(net, &ports, p, c.inner, shard, now);
+                            }
+                            Action::Flood => {
+                                flush(&mut pending, shard, &mut rl_write, now);
+                                net.stats.flooded(shard);
+                                fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
+                            }
+                            // from_peer never sends into a tunnel (split horizon)
+                            Action::Peer(_) => net.stats.count_drop(shard, DropReason::SplitHorizon),
                         }
-                        // from_peer never sends into a tunnel (split horizon)
-                        Action::Peer(_) => net.stats.count_drop(shard, DropReason::SplitHorizon),
                     }
                 }
-                if n < BATCH {
+                flush(&mut pending, shard, &mut rl_write, now);
+                if n < batch.capacity() {
                     break;
                 }
             }

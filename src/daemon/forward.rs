@@ -11,6 +11,7 @@ use std::sync::Arc;
 use arc_swap::Guard;
 
 use crate::core::ports::PortTable;
+use crate::core::offload::{TsoPlan, VNET_HDR_LEN};
 use crate::core::stats::Shard;
 use crate::core::{DropReason, Instant, LocalPort, Network};
 use crate::io::packet::PacketPort;
@@ -93,6 +94,35 @@ impl Forwarder {
                 }
             },
             // gone since the FDB (or the caller) named it
+            None => net.stats.count_drop(shard, DropReason::PortWriteFailed),
+        }
+    }
+
+    /// Deliver a TCP super-frame read from an offloading TAP (`raw` starts with its
+    /// virtio-net header): as is to a TAP that takes offloads, cut into ordinary frames (headers
+    /// built in `scratch`) for any other port.
+    #[allow(clippy::too_many_arguments)]
+    pub fn deliver_super(&mut self, net: &Network, ports: &Ports, port: LocalPort, raw: &[u8], plan: &TsoPlan, scratch: &mut Vec<u8>, shard: Shard, now: Instant) {
+        let frame = &raw[VNET_HDR_LEN.min(raw.len())..];
+        match ports.get(port) {
+            Some(LocalIo::Tap(tap)) if tap.vnet_hdr() => match tap.write_raw(raw) {
+                Ok(_) => net.stats.tap_tx(shard, frame.len()),
+                Err(e) => {
+                    net.stats.count_drop(shard, DropReason::TapWriteFailed);
+                    if let Some(muted) = self.rl_tap.allow(now) {
+                        tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "write to tap failed");
+                    }
+                }
+            },
+            Some(_) => {
+                for i in 0..plan.segments {
+                    scratch.clear();
+                    scratch.resize(plan.header_len(), 0);
+                    plan.write_header(frame, i, scratch);
+                    scratch.extend_from_slice(&frame[plan.payload_range(i)]);
+                    self.deliver(net, ports, port, scratch, shard, now);
+                }
+            }
             None => net.stats.count_drop(shard, DropReason::PortWriteFailed),
         }
     }

@@ -182,7 +182,11 @@ impl Daemon {
             let mut taps = Vec::with_capacity(n.taps.len());
             for (i, name) in n.taps.iter().enumerate() {
                 // the address goes on the first TAP only: one subnet, one host interface
-                match Tap::open_with_mac(name, tap_mtu, if i == 0 { n.address } else { None }, Some(crate::io::tap::stable_mac(underlay, name))) {
+                // offloads pay off where the underlay has GSO/GRO: VXLAN (UDP). Raw GRE sockets
+                // have neither, so a GRE network's TAPs hand over ordinary frames.
+                let offload = cfg.node.offload && n.encap == Encap::Vxlan;
+                let mac = Some(crate::io::tap::stable_mac(underlay, name));
+                match Tap::open_with_mac(name, tap_mtu, if i == 0 { n.address } else { None }, mac, offload) {
                     Ok(tap) => {
                         tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
                         taps.push(LocalIo::Tap(Arc::new(tap)));
@@ -259,7 +263,7 @@ impl Daemon {
         let slot = usize::from(umtu).max(2048) + 64;
         for rx in rxs {
             tracing::info!(socket = %rx.local, "listening for VXLAN");
-            let t = UnderlayThread { rx, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot };
+            let t = UnderlayThread { rx, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot, offload: cfg.node.offload };
             threads.push(spawn("underlay".into(), move || t.run())?);
         }
         if let Some(sock) = gre_sock {

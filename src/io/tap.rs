@@ -5,20 +5,37 @@
 //! as the daemon's descriptor closes — on a clean stop and after a crash alike. A TAP that
 //! existed before is left in place. The descriptor is non-blocking: the data path waits for
 //! readiness with `poll` and then drains the device.
+//!
+//! With offloads (the default), the TAP is opened with `IFF_VNET_HDR` and its offload mask
+//! set to `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: every read starts with a 10-byte
+//! virtio-net header ([`crate::core::offload::VnetHdr`]) and may return a TCP super-frame of
+//! up to 64 KiB with a partial checksum; every write starts with such a header too (all zero
+//! for a complete, ordinary frame). We leave out `TUN_F_USO4/6` (UDP segmentation offload):
+//! the host then segments UDP itself and hands us ordinary frames.
+#![allow(unsafe_code)]
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
 
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
 use super::sys;
+use crate::core::offload::VNET_HDR_LEN;
 
 pub struct Tap {
     dev: SyncDevice,
     name: String,
     created: bool,
+    vnet_hdr: bool,
 }
+
+/// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// The offloads we accept from the host: checksum and TCP segmentation (IPv4 and IPv6).
+const OFFLOADS: libc::c_uint = (libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6) as libc::c_uint;
+/// The header in front of an ordinary frame we write.
+const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -26,8 +43,9 @@ impl std::fmt::Debug for Tap {
     }
 }
 
-/// Frames a TAP can hand us without offloads: 64 KiB covers every MTU.
-pub const MAX_FRAME: usize = 65536;
+/// Largest frame a TAP hands us: 64 KiB covers every MTU, and a TSO super-frame (IPv4 total
+/// length <= 65535, plus Ethernet and VLAN headers) with room to spare.
+pub const MAX_FRAME: usize = 65536 + 64;
 
 /// A MAC address for TAP `name` of the daemon at `underlay`: the same at every start, so a
 /// restarted daemon's TAP answers at the address the neighbours have cached (the kernel would
@@ -48,16 +66,17 @@ pub fn stable_mac(underlay: IpAddr, name: &str) -> [u8; 6] {
 
 impl Tap {
     /// Create or attach to TAP `name`, set its MTU, bring it up and put `address` on it.
-    pub fn open(name: &str, mtu: u16, address: Option<(IpAddr, u8)>) -> io::Result<Tap> {
-        Self::open_with_mac(name, mtu, address, None)
+    /// With `offload`, reads and writes carry a virtio-net header (see the module docs).
+    pub fn open(name: &str, mtu: u16, address: Option<(IpAddr, u8)>, offload: bool) -> io::Result<Tap> {
+        Self::open_with_mac(name, mtu, address, None, offload)
     }
 
     /// [`Tap::open`], and give a TAP we create the MAC address `mac` (a TAP that exists keeps
     /// its own). A MAC that is the same at every start keeps the neighbours' ARP/ND caches
     /// right across a restart of the daemon (see [`stable_mac`]).
-    pub fn open_with_mac(name: &str, mtu: u16, address: Option<(IpAddr, u8)>, mac: Option<[u8; 6]>) -> io::Result<Tap> {
+    pub fn open_with_mac(name: &str, mtu: u16, address: Option<(IpAddr, u8)>, mac: Option<[u8; 6]>, offload: bool) -> io::Result<Tap> {
         let existed = sys::interface_exists(name);
-        let mut b = DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).enable(true);
+        let mut b = DeviceBuilder::new().name(name).layer(Layer::L2).mtu(mtu).enable(true).offload(offload);
         if let (Some(m), false) = (mac, existed) {
             b = b.mac_addr(m);
         }
@@ -76,7 +95,21 @@ impl Tap {
             io::Error::new(e.kind(), format!("tap {name}: {e}{hint}"))
         })?;
         dev.set_nonblocking(true)?;
-        Ok(Tap { dev, name: name.to_string(), created: !existed })
+        if offload {
+            // tun-rs also turns on UDP segmentation when the kernel has it; we segment TCP only
+            // SAFETY: ioctl on our own TAP descriptor with an integer argument.
+            let r = unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETOFFLOAD as _, OFFLOADS as libc::c_ulong) };
+            if r != 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("tap {name}: TUNSETOFFLOAD: {e}")));
+            }
+        }
+        Ok(Tap { dev, name: name.to_string(), created: !existed, vnet_hdr: offload })
+    }
+
+    /// Whether reads and writes carry a virtio-net header.
+    pub fn vnet_hdr(&self) -> bool {
+        self.vnet_hdr
     }
 
     pub fn name(&self) -> &str {
@@ -96,15 +129,35 @@ impl Tap {
         self.dev.mtu()
     }
 
-    /// Read one frame; `WouldBlock` when the device is drained.
+    /// Read one frame, preceded by its virtio-net header if [`Tap::vnet_hdr`]; `WouldBlock`
+    /// when the device is drained.
     #[inline]
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.dev.recv(buf)
     }
 
-    /// Write one frame.
+    /// Write one complete, ordinary frame (a plain virtio-net header goes in front if the
+    /// TAP expects one).
     #[inline]
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
-        self.dev.send(frame)
+        if self.vnet_hdr {
+            self.dev.send_vectored(&[IoSlice::new(&PLAIN_HDR), IoSlice::new(frame)])
+        } else {
+            self.dev.send(frame)
+        }
+    }
+
+    /// Write one frame gathered from `parts`: its virtio-net header bytes first (only on a
+    /// TAP with [`Tap::vnet_hdr`]), then e.g. rewritten headers and payload pieces in place.
+    #[inline]
+    pub fn write_vectored(&self, parts: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.dev.send_vectored(parts)
+    }
+
+    /// Write bytes that already start with a virtio-net header (a frame read from another
+    /// offloading TAP).
+    #[inline]
+    pub fn write_raw(&self, with_hdr: &[u8]) -> io::Result<usize> {
+        self.dev.send(with_hdr)
     }
 }

@@ -3,6 +3,15 @@
 //!
 //! Receiving: one socket per (underlay address, VXLAN port), drained in batches.
 //!
+//! With offloads, the receiving socket has `UDP_GRO` on: one message may hold many datagrams
+//! of equal size (the last may be shorter) back to back, the size given by a control message
+//! ([`RecvBatch::with_gro`], [`RecvBatch::stride`]). Sending a TSO super-frame's segments
+//! uses UDP GSO: one `sendmsg` with a `UDP_SEGMENT` control message, the kernel cutting the
+//! gathered bytes into datagrams ([`TxSockets::send_gso`]). If the kernel refuses GSO (EIO
+//! when the egress device cannot checksum, e.g. after `ethtool -K dev tx off`), it is turned
+//! off for good and the caller sends the segments as separate messages
+//! ([`TxSockets::send_each`]).
+//!
 //! Sending: RFC 7348 §5 asks for an outer UDP source port derived from the inner flow, so
 //! that underlay routers spread flows over equal-cost paths. A UDP socket has one source port,
 //! so we keep a small set of send sockets, each bound to its own ephemeral port, and pick one
@@ -14,8 +23,20 @@ use std::io;
 use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// `SOL_UDP` socket options (linux/udp.h); not in every libc target.
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+/// Most datagrams one GSO send may carry (`UDP_MAX_SEGMENTS`).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+/// Most UDP payload one GSO send may carry (IPv4 total length 65535 - 20 - 8).
+pub const GSO_MAX_BYTES: usize = 65_507;
+/// Control-message space per received message (one `UDP_GRO` int, with room to spare).
+const CMSG_SPACE: usize = 64;
 
 /// Number of send sockets, i.e. distinct outer source ports per daemon.
 pub const SOURCE_PORTS: usize = 16;
@@ -72,50 +93,88 @@ impl RxSocket {
     pub fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
+
+    /// Ask the kernel to hand us coalesced datagrams (`UDP_GRO`); false if it cannot.
+    pub fn enable_gro(&self) -> bool {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a live c_int and its size.
+        let r = unsafe {
+            libc::setsockopt(self.fd(), SOL_UDP, UDP_GRO, (&one as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as u32)
+        };
+        r == 0
+    }
 }
 
 /// Buffers for one `recvmmsg` batch, allocated once per thread.
 pub struct RecvBatch {
     buf: Vec<u8>,
     slot: usize,
+    count: usize,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Control buffers (u64 for alignment), one per message, when GRO is on.
+    ctrl: Vec<[u64; CMSG_SPACE / 8]>,
     n: usize,
 }
 
 impl RecvBatch {
     /// `slot` bytes per datagram (the largest underlay packet we accept).
     pub fn new(slot: usize) -> Self {
+        Self::build(slot, BATCH, false)
+    }
+
+    /// `count` messages of `slot` bytes each (64 KiB: a whole GRO message) on a socket with
+    /// [`RxSocket::enable_gro`]: each message may hold several datagrams, see [`RecvBatch::stride`].
+    pub fn with_gro(slot: usize, count: usize) -> Self {
+        Self::build(slot, count, true)
+    }
+
+    fn build(slot: usize, count: usize, gro: bool) -> Self {
         // SAFETY (for the zeroed values below): sockaddr_storage, iovec and mmsghdr are plain
         // C structs for which all-zero is a valid value.
         RecvBatch {
-            buf: vec![0; BATCH * slot],
+            buf: vec![0; count * slot],
             slot,
-            names: vec![unsafe { mem::zeroed() }; BATCH],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH],
-            hdrs: vec![unsafe { mem::zeroed() }; BATCH],
+            count,
+            names: vec![unsafe { mem::zeroed() }; count],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; count],
+            hdrs: vec![unsafe { mem::zeroed() }; count],
+            ctrl: if gro { vec![[0u64; CMSG_SPACE / 8]; count] } else { Vec::new() },
             n: 0,
         }
     }
 
-    /// Receive up to [`BATCH`] datagrams without blocking; 0 when nothing is queued.
+    /// Messages per call.
+    pub fn capacity(&self) -> usize {
+        self.count
+    }
+
+    /// Receive up to [`RecvBatch::capacity`] messages without blocking; 0 when nothing is queued.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        for i in 0..BATCH {
+        for i in 0..self.count {
             self.iovs[i] = libc::iovec { iov_base: self.buf[i * self.slot..].as_mut_ptr().cast(), iov_len: self.slot };
             let h = &mut self.hdrs[i];
             h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
             h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as u32;
             h.msg_hdr.msg_iov = &mut self.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            match self.ctrl.get_mut(i) {
+                Some(c) => {
+                    h.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                    h.msg_hdr.msg_controllen = CMSG_SPACE as _;
+                }
+                None => {
+                    h.msg_hdr.msg_control = std::ptr::null_mut();
+                    h.msg_hdr.msg_controllen = 0;
+                }
+            }
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
-        // SAFETY: hdrs, iovs, names and buf live for the call and point at each other as set
-        // up above; BATCH entries are valid.
-        let r = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        // SAFETY: hdrs, iovs, names, ctrl and buf live for the call and point at each other as
+        // set up above; `count` entries are valid.
+        let r = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), self.count as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if r < 0 {
             self.n = 0;
             let e = io::Error::last_os_error();
@@ -136,12 +195,45 @@ impl RecvBatch {
         let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
         Some((from, &self.buf[i * self.slot..i * self.slot + len], truncated))
     }
+
+    /// The size of the datagrams packed into message `i` (each but the last), if the kernel
+    /// coalesced several (the `UDP_GRO` control message); `None` for a single datagram.
+    pub fn stride(&self, i: usize) -> Option<usize> {
+        let h = self.hdrs.get(..self.n)?.get(i)?;
+        if h.msg_hdr.msg_control.is_null() {
+            return None;
+        }
+        // SAFETY: the kernel wrote msg_controllen bytes of control messages into our buffer;
+        // CMSG_FIRSTHDR/CMSG_NXTHDR stay within it and CMSG_DATA points inside each message.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let v = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    return usize::try_from(v).ok().filter(|&v| v > 0);
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        None
+    }
 }
 
 /// The send sockets: one per outer source port.
 #[derive(Debug)]
 pub struct TxSockets {
     socks: Vec<Socket>,
+    /// UDP GSO works on this path; cleared for good the first time the kernel refuses it.
+    gso: AtomicBool,
+}
+
+/// Why [`TxSockets::send_gso`] did not send.
+#[derive(Debug)]
+pub enum GsoError {
+    /// The kernel cannot do GSO here (now turned off): send the segments one by one.
+    Unavailable(io::Error),
+    /// An ordinary send error (counted by the caller as a failed send).
+    Io(io::Error),
 }
 
 impl TxSockets {
@@ -156,7 +248,100 @@ impl TxSockets {
             s.attach_filter(&[socket2::SockFilter::new(0x06, 0, 0, 0)])?;
             socks.push(s);
         }
-        Ok(TxSockets { socks })
+        Ok(TxSockets { socks, gso: AtomicBool::new(true) })
+    }
+
+    /// Whether GSO sends are still worth trying.
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.load(Relaxed)
+    }
+
+    /// Turn GSO off (configuration says so, or the kernel refused it).
+    pub fn disable_gso(&self) {
+        self.gso.store(false, Relaxed);
+    }
+
+    /// Send the bytes gathered from `iovs` to `dst` from send socket `sock` as datagrams of
+    /// `segment` bytes (the last may be shorter) in one call. The caller keeps to the limits:
+    /// at most [`GSO_MAX_SEGMENTS`] datagrams and [`GSO_MAX_BYTES`] bytes.
+    pub fn send_gso(&self, sock: usize, dst: SocketAddr, iovs: &[libc::iovec], segment: u16) -> Result<(), GsoError> {
+        let s = &self.socks[sock % self.socks.len()];
+        let name = SockAddr::from(dst);
+        let mut ctrl = [0u64; CMSG_SPACE / 8];
+        // SAFETY: msghdr is a plain C struct; zero is valid and we fill what matters.
+        let mut m: libc::msghdr = unsafe { mem::zeroed() };
+        m.msg_name = name.as_ptr() as *mut libc::c_void;
+        m.msg_namelen = name.len();
+        m.msg_iov = iovs.as_ptr() as *mut libc::iovec;
+        m.msg_iovlen = iovs.len() as _;
+        m.msg_control = ctrl.as_mut_ptr().cast();
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        m.msg_controllen = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as _;
+        // SAFETY: the control buffer is CMSG_SPACE bytes (more than msg_controllen), so the first
+        // header and its 2 data bytes are inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&m);
+            (*c).cmsg_level = SOL_UDP;
+            (*c).cmsg_type = UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+        }
+        loop {
+            // SAFETY: m points at name, ctrl and the caller's iovecs, all alive for the call.
+            let r = unsafe { libc::sendmsg(s.as_raw_fd(), &m, 0) };
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP) => {
+                    self.disable_gso();
+                    return Err(GsoError::Unavailable(e));
+                }
+                _ => return Err(GsoError::Io(e)),
+            }
+        }
+    }
+
+    /// Send one datagram per `per_msg` consecutive iovecs of `iovs` to `dst`, with
+    /// `sendmmsg` (the fallback when GSO is off). Returns how many datagrams were sent and
+    /// the error that stopped the rest, if any.
+    pub fn send_each(
+        &self,
+        sock: usize,
+        dst: SocketAddr,
+        iovs: &mut [libc::iovec],
+        per_msg: usize,
+        hdrs: &mut Vec<libc::mmsghdr>,
+    ) -> (usize, Option<io::Error>) {
+        let s = &self.socks[sock % self.socks.len()];
+        let name = SockAddr::from(dst);
+        let total = iovs.len() / per_msg.max(1);
+        let mut sent = 0;
+        while sent < total {
+            hdrs.clear();
+            for k in sent..total.min(sent + BATCH) {
+                // SAFETY: mmsghdr is a plain C struct; zero is valid and we fill what matters.
+                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
+                h.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = name.len();
+                h.msg_hdr.msg_iov = iovs[k * per_msg..].as_mut_ptr();
+                h.msg_hdr.msg_iovlen = per_msg as _;
+                hdrs.push(h);
+            }
+            // SAFETY: hdrs point into name and the caller's iovecs, alive for the call.
+            let r = unsafe { libc::sendmmsg(s.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
+            if r <= 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return (sent, Some(e));
+            }
+            sent += r as usize;
+        }
+        (sent, None)
     }
 
     pub fn len(&self) -> usize {
