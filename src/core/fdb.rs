@@ -228,7 +228,11 @@ impl Fdb {
                 return Learned::Pinned { on: from };
             }
             e.pinned_until.store(0, Relaxed);
-            if self.cfg.move_limit > 0 {
+            if !self.fresh(e, now) {
+                // an aged entry (not swept yet) is unknown: learning it elsewhere is no move
+                e.window_start.store(now.as_millis(), Relaxed);
+                e.moves.store(0, Relaxed);
+            } else if self.cfg.move_limit > 0 {
                 let ms = now.as_millis();
                 if ms.saturating_sub(e.window_start.load(Relaxed)) > self.cfg.move_window.as_millis() as u64 {
                     e.window_start.store(ms, Relaxed);
@@ -485,6 +489,17 @@ mod tests {
         assert!(matches!(f.learn(mac(1), P0, t), Learned::Moved { .. }));
         assert_eq!(f.lookup(mac(1), t), Some(P0));
         assert!(!f.is_pinned(mac(1), t), "the old pin does not carry over to the new port");
+    }
+
+    #[test]
+    fn relearning_an_aged_entry_elsewhere_is_not_a_move_towards_a_pin() {
+        let f = Fdb::new(FdbConfig { ageing: Duration::from_secs(5), move_limit: 1, move_window: Duration::from_secs(60), ..FdbConfig::default() });
+        f.learn(mac(1), P0, Instant::ZERO);
+        f.learn(mac(1), P1, Instant::from_secs(1)); // one move: at the limit
+        // silent past the ageing time, then seen on P0: unknown MAC learned, not a second move
+        assert!(matches!(f.learn(mac(1), P0, Instant::from_secs(10)), Learned::Moved { .. }));
+        assert_eq!(f.lookup(mac(1), Instant::from_secs(10)), Some(P0));
+        assert_eq!(f.events.pinned.load(Relaxed), 0);
     }
 
     #[test]
