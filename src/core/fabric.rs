@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::network::Network;
-use super::stats::DropReason;
+use super::stats::{DropReason, GlobalDrops, Shard};
 use super::wire::gre::{self, GreError, GreHeader};
 use super::wire::{ParseError, vxlan::VxlanHeader};
 use super::{Encap, PeerIdx, Vni};
@@ -69,6 +69,15 @@ impl<P> Fabric<P> {
     /// Whether any network uses GRE (the daemon then opens a raw GRE socket).
     pub fn has_gre(&self) -> bool {
         !self.gre.is_empty()
+    }
+
+    /// Count a refused tunnel packet: against its network when the refusal names one, else
+    /// among the drops that belong to no network.
+    pub fn count_refused(&self, refused: Refused, shard: Shard, global: &GlobalDrops) {
+        match refused.network.and_then(|i| self.networks.get(i)) {
+            Some(e) => e.net.stats.count_drop(shard, refused.reason),
+            None => global.count_drop(refused.reason),
+        }
     }
 
     /// Decapsulate a GRE packet (the IP payload received from `src`) and find the network and

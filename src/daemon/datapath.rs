@@ -493,10 +493,7 @@ impl UnderlayThread {
                         let c = match f.classify_vxlan(port, from.ip(), datagram) {
                             Ok(c) => c,
                             Err(refused) => {
-                                match refused.network.and_then(|i| f.networks.get(i)) {
-                                    Some(e) => e.net.stats.count_drop(shard, refused.reason),
-                                    None => global.count_drop(refused.reason),
-                                }
+                                f.count_refused(refused, shard, &global);
                                 continue;
                             }
                         };

@@ -163,10 +163,7 @@ impl GreUnderlayThread {
                     let c = match f.classify_gre(src, packet) {
                         Ok(c) => c,
                         Err(refused) => {
-                            match refused.network.and_then(|i| f.networks.get(i)) {
-                                Some(e) => e.net.stats.count_drop(shard, refused.reason),
-                                None => global.count_drop(refused.reason),
-                            }
+                            f.count_refused(refused, shard, &global);
                             continue;
                         }
                     };
