@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::fdb::{Fdb, FdbConfig, Learned};
-use super::stats::{DropReason, NetStats};
+use super::stats::{DropReason, NetStats, Shard};
 use super::storm::StormControl;
 use super::liveness::{Liveness, is_keepalive};
 use super::time::Instant;
@@ -101,6 +101,24 @@ impl Network {
     }
 
     /// Decide where a frame decapsulated from peer `peer` goes, learning its source.
+    /// [`Self::from_peer`] for a tunnel packet of `wire_len` bytes, counted as every underlay
+    /// counts it: into the peer's receive counters (keepalives excepted: control traffic), and
+    /// a refusal under its reason. Returns only what is left to deliver: `Local`, `Flood`, or
+    /// `Consumed` when nothing is (a frame from a tunnel never goes into a tunnel).
+    pub fn receive_from_peer(&self, peer: PeerIdx, frame: &[u8], wire_len: usize, shard: Shard, now: Instant) -> Action {
+        let action = self.from_peer(peer, frame, now);
+        if action != Action::Consumed {
+            self.stats.peer_rx(shard, usize::from(peer.0), wire_len);
+        }
+        match action {
+            Action::Drop(r) => self.stats.count_drop(shard, r),
+            // from_peer never sends into a tunnel (split horizon)
+            Action::Peer(_) => self.stats.count_drop(shard, DropReason::SplitHorizon),
+            Action::Local(_) | Action::Flood | Action::Consumed => return action,
+        }
+        Action::Consumed
+    }
+
     pub fn from_peer(&self, peer: PeerIdx, frame: &[u8], now: Instant) -> Action {
         if let Some(p) = self.peers.get(usize::from(peer.0)) {
             let ms = now.as_millis().max(1);

@@ -168,21 +168,13 @@ impl GreUnderlayThread {
                         }
                     };
                     let net = &c.entry.net;
-                    let action = net.from_peer(c.peer, c.inner, now);
-                    // keepalives are control traffic: not in the tunnel counters
-                    if action != Action::Consumed {
-                        net.stats.peer_rx(shard, usize::from(c.peer.0), packet.len());
-                    }
-                    match action {
-                        Action::Drop(r) => net.stats.count_drop(shard, r),
-                        Action::Consumed => {}
+                    match net.receive_from_peer(c.peer, c.inner, packet.len(), shard, now) {
                         Action::Local(p) => fwd.deliver(net, &Forwarder::ports(&c.entry.io), p, c.inner, shard, now),
                         Action::Flood => {
                             net.stats.flooded(shard);
                             fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
                         }
-                        // from_peer never sends into a tunnel (split horizon)
-                        Action::Peer(_) => net.stats.count_drop(shard, DropReason::SplitHorizon),
+                        _ => {}
                     }
                 }
                 if n < BATCH {
