@@ -24,8 +24,13 @@ pub struct AdminSocket {
 
 impl Drop for AdminSocket {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the admin socket");
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            // running as `[node] user`, the daemon may not write the directory it bound the
+            // socket in as root; the next start replaces the stale file
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => tracing::info!(path = %self.path.display(), error = %e,
+                "admin socket left in place (its directory is not writable by the daemon's user); the next start replaces it"),
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the admin socket"),
         }
     }
 }

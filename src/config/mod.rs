@@ -33,6 +33,24 @@ pub struct NodeConfig {
     /// send and GRO on receive. `[node] offload = false` turns all of it off (one frame per
     /// TAP read/write, one datagram per message), e.g. to rule it out when debugging.
     pub offload: bool,
+    /// `[node] user` / `group`: who the daemon runs as after binding its admin and metrics
+    /// sockets; `None` = stay as started.
+    pub run_as: Option<RunAs>,
+}
+
+/// An unprivileged identity to switch to, resolved when the config is loaded (so `overlayd
+/// check` catches an unknown user or group).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user's name (the uid as text when it has no passwd entry), for logs.
+    pub user: String,
+    pub uid: u32,
+    /// The group's name (the gid as text when it has no group entry), for logs.
+    pub group: String,
+    pub gid: u32,
+    /// Supplementary groups: `gid` and every group the user database lists the user as a member
+    /// of (what `initgroups(3)` sets); empty for a uid without a passwd entry.
+    pub groups: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

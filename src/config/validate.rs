@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawId, RawNetwork};
-use super::{Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::{Config, RunAs, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -128,7 +128,8 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
         networks.push(net);
     }
     let offload = raw.node.offload.unwrap_or(true);
-    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload }, metrics_listen, admin_socket, networks })
+    let run_as = run_as(raw.node.user, raw.node.group)?;
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, networks })
 }
 
 fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
@@ -346,6 +347,72 @@ fn socket_perms(at: &str, owner: Option<RawId>, group: Option<RawId>, mode: Opti
         }
     };
     Ok((owner, group, mode))
+}
+
+/// `[node] user` and `group`: look both up now, so that `overlayd check` reports a user or a
+/// group that does not exist, and the switch at start-up needs no lookups.
+///
+/// A number that is not in the user database is accepted as a uid only with an explicit
+/// `group` (there is no primary group to default to) and gets no supplementary groups.
+fn run_as(user: Option<RawId>, group: Option<RawId>) -> Result<Option<RunAs>, ConfigError> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let Some(user) = user else {
+        return match group {
+            Some(_) => err("node.group", "only applies together with node.user"),
+            None => Ok(None),
+        };
+    };
+    let id = |key: &str, v: i64, what: &str| ranged(key, v, 0, i64::from(u32::MAX - 1), what).map(|n| n as u32);
+    let entry = match user {
+        RawId::Num(n) => {
+            let uid = id("node.user", n, "a uid")?;
+            (User::from_uid(Uid::from_raw(uid)).map_err(|e| ConfigError::new("node.user", format!("cannot look up uid {uid}: {e}")))?, uid)
+        }
+        RawId::Text(name) => match User::from_name(&name) {
+            Ok(Some(u)) => {
+                let uid = u.uid.as_raw();
+                (Some(u), uid)
+            }
+            Ok(None) => match name.trim().parse::<u32>() {
+                Ok(uid) if uid != u32::MAX => (User::from_uid(Uid::from_raw(uid)).ok().flatten(), uid),
+                _ => return err("node.user", format!("no such user {name:?}")),
+            },
+            Err(e) => return err("node.user", format!("cannot look up user {name:?}: {e}")),
+        },
+    };
+    let (user, uid) = entry;
+    let (gid, group_name) = match group {
+        None => match &user {
+            Some(u) => {
+                let gid = u.gid.as_raw();
+                (gid, Group::from_gid(u.gid).ok().flatten().map_or_else(|| gid.to_string(), |g| g.name))
+            }
+            None => return err("node.user", format!("uid {uid} is not in the user database, so it has no primary group: set node.group too")),
+        },
+        Some(RawId::Num(n)) => {
+            let gid = id("node.group", n, "a gid")?;
+            (gid, Group::from_gid(Gid::from_raw(gid)).ok().flatten().map_or_else(|| gid.to_string(), |g| g.name))
+        }
+        Some(RawId::Text(name)) => match Group::from_name(&name) {
+            Ok(Some(g)) => (g.gid.as_raw(), g.name),
+            Ok(None) => match name.trim().parse::<u32>() {
+                Ok(gid) if gid != u32::MAX => (gid, name.trim().to_string()),
+                _ => return err("node.group", format!("no such group {name:?}")),
+            },
+            Err(e) => return err("node.group", format!("cannot look up group {name:?}: {e}")),
+        },
+    };
+    let (name, groups) = match user {
+        Some(u) => {
+            let cname = std::ffi::CString::new(u.name.clone())
+                .map_err(|_| ConfigError::new("node.user", format!("{:?} contains a NUL byte", u.name)))?;
+            let list = nix::unistd::getgrouplist(&cname, Gid::from_raw(gid))
+                .map_err(|e| ConfigError::new("node.user", format!("cannot list the groups of {:?}: {e}", u.name)))?;
+            (u.name, list.into_iter().map(|g| g.as_raw()).collect())
+        }
+        None => (uid.to_string(), Vec::new()),
+    };
+    Ok(Some(RunAs { user: name, uid, group: group_name, gid, groups }))
 }
 
 #[cfg(test)]
@@ -608,6 +675,39 @@ mod tests {
     fn two_networks_cannot_share_a_vm_socket() {
         let two = format!("{GOOD}vm_socket = \"/tmp/b.sock\"\n[[networks]]\nname = \"red\"\nencap = \"vxlan\"\nvni = 43\nvm_socket = \"/tmp/b.sock\"\n");
         assert!(problem(&two).starts_with("networks[1].vm_socket:"), "{}", problem(&two));
+    }
+
+    #[test]
+    fn run_as_user_is_off_by_default_and_resolves_names_and_numbers() {
+        assert_eq!(parse(GOOD).unwrap().node.run_as, None, "no switch unless configured");
+        let with = |kv: &str| parse(&GOOD.replace("underlay = \"192.0.2.1\"", &format!("underlay = \"192.0.2.1\"\n{kv}")));
+        let root = with("user = \"root\"").unwrap().node.run_as.unwrap();
+        assert_eq!((root.user.as_str(), root.uid, root.group.as_str(), root.gid), ("root", 0, "root", 0));
+        assert!(root.groups.contains(&0), "the primary group is one of the groups: {:?}", root.groups);
+        assert_eq!(with("user = 0").unwrap().node.run_as, Some(root.clone()), "a uid is looked up like a name");
+        let env = vec![("OVERLAYD__NODE__USER".to_string(), "0".to_string())];
+        assert_eq!(from_str_with_env(GOOD, env).unwrap().node.run_as, Some(root));
+        // an explicit group replaces the primary group
+        let g = with("user = \"root\"\ngroup = 4000000").unwrap().node.run_as.unwrap();
+        assert_eq!((g.uid, g.gid), (0, 4_000_000));
+        assert_eq!(g.groups.first(), Some(&4_000_000), "the group leads the supplementary list: {:?}", g.groups);
+        // a uid the user database does not know: only with a group, and no supplementary groups
+        let bare = with("user = 4000001\ngroup = 4000000").unwrap().node.run_as.unwrap();
+        assert_eq!((bare.user.as_str(), bare.uid, bare.gid, bare.groups.len()), ("4000001", 4_000_001, 4_000_000, 0));
+    }
+
+    #[test]
+    fn unknown_user_or_group_names_the_key() {
+        let with = |kv: &str| problem(&GOOD.replace("underlay = \"192.0.2.1\"", &format!("underlay = \"192.0.2.1\"\n{kv}")));
+        let p = with("user = \"no-such-user-here\"");
+        assert_eq!(p, "node.user: no such user \"no-such-user-here\"");
+        let p = with("user = \"root\"\ngroup = \"no-such-group-here\"");
+        assert_eq!(p, "node.group: no such group \"no-such-group-here\"");
+        assert!(with("user = -1").starts_with("node.user:"));
+        assert!(with("user = \"root\"\ngroup = 4294967295").starts_with("node.group:"));
+        let p = with("user = 4000001");
+        assert!(p.starts_with("node.user:") && p.contains("node.group"), "{p}");
+        assert!(with("group = \"root\"").starts_with("node.group:"));
     }
 
     #[test]

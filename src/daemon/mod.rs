@@ -57,6 +57,8 @@ pub enum StartupError {
     MetricsRegistry(prometheus::Error),
     #[error("admin.socket {path}: {error}")]
     Admin { path: String, error: std::io::Error },
+    #[error("node.user: {0}")]
+    User(String),
 }
 
 impl crate::admin::PortNames for Arc<NetIo> {
@@ -390,6 +392,9 @@ pub async fn run_with_reload(
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
     let admin_socket = crate::admin::server::bind(&cfg.admin_socket)
         .map_err(|error| StartupError::Admin { path: cfg.admin_socket.display().to_string(), error })?;
+    if let Some(to) = &cfg.node.run_as {
+        privs::switch_user(to)?;
+    }
     let daemon = Daemon::start(&cfg)?;
     let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
     let answer = move |req: &crate::admin::Request| {

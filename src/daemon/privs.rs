@@ -8,8 +8,12 @@
 //! bounding set is reduced to those two, so neither this process nor anything it could exec
 //! gets them back. A daemon started without privileges (tests, a user running it by hand)
 //! keeps what it had of the two and carries on.
+//!
+//! With `[node] user`, the daemon also gives up root itself: see [`switch_user`].
 
 use caps::{CapSet, Capability, CapsHashSet};
+
+use crate::config::RunAs;
 
 /// The capabilities overlayd keeps after start-up.
 pub const KEEP: [Capability; 2] = [Capability::CAP_NET_ADMIN, Capability::CAP_NET_RAW];
@@ -33,4 +37,60 @@ pub fn drop_to_minimum() -> Result<Vec<Capability>, String> {
     let mut kept: Vec<Capability> = caps::read(None, CapSet::Effective).map_err(|e| format!("read back: {e}"))?.into_iter().collect();
     kept.sort_by_key(|c| c.index());
     Ok(kept)
+}
+
+/// `[node] user`: become `to` (uid, gid and supplementary groups), keeping the capabilities
+/// the rest of start-up needs. Called once the admin and metrics sockets are bound (as root, so
+/// their paths may be in root-owned directories) and before any device is opened or any thread
+/// is spawned.
+///
+/// Why then: glibc applies setresuid/setresgid/setgroups to every thread of the process and
+/// aborts it if any thread refuses, and the data-path threads give up CAP_SETUID when they
+/// start. So the switch must happen while the main thread is alone; this is checked, and a
+/// second thread is an error rather than a risk of abort.
+///
+/// How: with PR_SET_KEEPCAPS the permitted set survives the change of uid (the kernel only
+/// clears the effective set); the effective set is raised again from it, so opening TAPs
+/// (CAP_NET_ADMIN), raw sockets (CAP_NET_RAW), VM sockets in root-owned directories
+/// (CAP_DAC_OVERRIDE, CAP_CHOWN for `vm_socket_owner`) works as before, and [`drop_to_minimum`]
+/// later reduces every thread to what it needs. Already running as `to` (e.g. started by a
+/// service manager with `User=`): nothing to do.
+pub fn switch_user(to: &RunAs) -> Result<(), super::StartupError> {
+    use nix::unistd::{Gid, Uid, getresgid, getresuid, setgroups, setresgid, setresuid};
+    let fail = |problem: String| super::StartupError::User(format!("cannot run as user {:?} (uid {}): {problem}", to.user, to.uid));
+    let (uid, gid) = (Uid::from_raw(to.uid), Gid::from_raw(to.gid));
+    let ids = getresuid().map_err(|e| fail(format!("getresuid: {e}")))?;
+    let gids = getresgid().map_err(|e| fail(format!("getresgid: {e}")))?;
+    if [ids.real, ids.effective, ids.saved] == [uid; 3] && [gids.real, gids.effective, gids.saved] == [gid; 3] {
+        tracing::info!(user = to.user, uid = to.uid, group = to.group, gid = to.gid, "already running as the configured user and group");
+        return Ok(());
+    }
+    for c in [Capability::CAP_SETUID, Capability::CAP_SETGID] {
+        if !caps::has_cap(None, CapSet::Effective, c).unwrap_or(false) {
+            return Err(fail(format!(
+                "overlayd runs as uid {} without {c}: start it as root (or with CAP_SETUID and CAP_SETGID) to switch user",
+                ids.effective
+            )));
+        }
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map_err(|e| fail(format!("cannot count the threads in /proc/self/task: {e}")))?.count();
+    if threads != 1 {
+        return Err(fail(format!(
+            "the process already runs {threads} threads; the user must be switched while it runs only one"
+        )));
+    }
+    caps::securebits::set_keepcaps(true).map_err(|e| fail(format!("{e}")))?;
+    let groups: Vec<Gid> = to.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    let switched = setgroups(&groups)
+        .map_err(|e| format!("setgroups {:?}: {e}", to.groups))
+        .and_then(|()| setresgid(gid, gid, gid).map_err(|e| format!("setresgid {}: {e}", to.gid)))
+        .and_then(|()| setresuid(uid, uid, uid).map_err(|e| format!("setresuid {}: {e}", to.uid)));
+    // the flag only matters for the change of uid; a later one (there is none) must not keep them
+    let cleared = caps::securebits::set_keepcaps(false);
+    switched.map_err(fail)?;
+    cleared.map_err(|e| fail(format!("{e}")))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| fail(format!("read permitted capabilities: {e}")))?;
+    caps::set(None, CapSet::Effective, &permitted).map_err(|e| fail(format!("raise effective capabilities: {e}")))?;
+    tracing::info!(user = to.user, uid = to.uid, group = to.group, gid = to.gid, groups = ?to.groups, "switched to the configured user and group");
+    Ok(())
 }
