@@ -46,6 +46,7 @@ PREFIX=o$(od -An -N2 -tx1 /dev/urandom | tr -d ' \n')
 _PIDS=()                 # background processes started by this run (children of this shell)
 _NAMESPACES=()           # namespaces created by this run
 declare -A _DAEMON_PID=() _DAEMON_LOG=() _CAP_PID=() _LOG_SHOWN=()
+_AT_CLEANUP=()           # commands registered with at_cleanup
 WORK=""
 TRANSFER_MBIT=""         # set by tcp_transfer
 EXIT_STATUS=0            # set by wait_exit
@@ -75,6 +76,7 @@ _cleanup() {
     nsn=${_NAMESPACES[i]}
     [[ -e /run/netns/$nsn ]] && ip netns del "$nsn"
   done
+  for ((i = ${#_AT_CLEANUP[@]} - 1; i >= 0; i--)); do eval "${_AT_CLEANUP[i]}"; done
   if [[ -n $WORK && -d $WORK ]]; then
     if [[ $KEEP_WORK == 1 ]]; then printf '(work dir kept: %s)\n' "$WORK" >&2; else rm -rf "$WORK"; fi
   fi
@@ -83,6 +85,12 @@ _cleanup() {
 trap _cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# at_cleanup CMD... - run CMD (e.g. userdel of a user the lab added) at exit, after this run's
+# processes are stopped and its namespaces deleted; the last registered runs first
+at_cleanup() {
+  _AT_CLEANUP+=("$(printf '%q ' "$@")")
+}
 
 # _is_ours PID - PID is a live (not yet exited) child of this shell
 _is_ours() {

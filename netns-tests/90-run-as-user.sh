@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# 90-run-as-user.sh - `[node] user` / `group`: started as root, the daemon binds its admin and
+# metrics sockets, becomes the configured unprivileged user and forwards as before.
+#
+#   netns h1                                                  netns h2
+#   <P>u1 192.0.2.1/24  <========= veth underlay =========>   <P>u2 192.0.2.2/24
+#   blue: vni 42, <P>t 198.51.100.1/24                         blue: vni 42, <P>t 198.51.100.2/24
+#   d1: user = "<P>u" (by name,                                d2: user = <uid of <P>u> (a number),
+#       primary group by default)                                  group = "<P>g"
+#
+# The lab adds a system user <P>u (primary group <P>u, also a member of <P>g) and a group <P>g,
+# and deletes both at exit.
+#
+# Proves:
+#   - real, effective, saved and filesystem uid and gid of both daemons (every thread) are the
+#     configured user's and group's, and the supplementary groups are the group plus the user's
+#     memberships (d1: <P>u and <P>g; d2: <P>g only);
+#   - the main thread's effective capabilities are exactly CAP_NET_ADMIN|CAP_NET_RAW (0x3000),
+#     every other thread's a subset of them; one log line names the user and uid switched to;
+#   - ping and a 10 MB sha256-checked TCP transfer cross the overlay; `overlayd peers` (as root)
+#     gets an answer on the admin socket; /metrics answers, with the process metrics;
+#   - SIGTERM: exit 0, no warning or error logged; the admin socket in a directory the user may
+#     write is removed, the one in a root-only directory is left (logged), and the next start
+#     replaces it;
+#   - an unknown user: `overlayd check` exits 1 naming node.user; a daemon that is not root
+#     cannot switch: exit 1 with an error naming node.user and CAP_SETUID.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+need_daemon
+for t in useradd userdel groupadd groupdel getent setpriv curl; do
+  command -v "$t" >/dev/null || die "missing tool: $t"
+done
+
+H1=$PREFIX-h1 H2=$PREFIX-h2
+U1=192.0.2.1 U2=192.0.2.2
+O1=198.51.100.1 O2=198.51.100.2
+T=${PREFIX}t
+USR=${PREFIX}u GRP=${PREFIX}g
+
+log "a system user $USR and a group $GRP"
+groupadd --system "$GRP" || die "cannot add group $GRP"
+at_cleanup groupdel "$GRP"
+useradd --system --no-create-home --shell /usr/sbin/nologin --groups "$GRP" "$USR" || die "cannot add user $USR"
+at_cleanup userdel "$USR"
+uid=$(id -u "$USR") ugid=$(id -g "$USR")
+ggid=$(getent group "$GRP" | cut -d: -f3)
+[[ -n $uid && -n $ugid && -n $ggid ]] || die "cannot read the ids of $USR / $GRP"
+info "$USR: uid $uid, primary gid $ugid; $GRP: gid $ggid"
+# the user must reach the files it uses after the switch: the config (SIGHUP re-reads it) and
+# d2's admin socket directory, which it owns
+chmod 0711 "$WORK"
+mkdir "$WORK/run-u"
+chown "$USR:" "$WORK/run-u"
+
+add_ns "$H1" "$H2"
+quiet_ipv6 "$H1" "$H2"
+add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
+write_config "$WORK/h1.toml" "$U1"
+sed -i "/^underlay = /a user = \"$USR\"" "$WORK/h1.toml"
+add_network "$WORK/h1.toml" blue 42 "$T" "$O1/24" "$U2"
+write_config "$WORK/h2.toml" "$U2"
+sed -i "/^underlay = /a user = $uid\ngroup = \"$GRP\"" "$WORK/h2.toml"
+sed -i "s|^socket = .*|socket = \"$WORK/run-u/h2.sock\"|" "$WORK/h2.toml"
+add_network "$WORK/h2.toml" blue 42 "$T" "$O2/24" "$U1"
+chmod 0644 "$WORK/h1.toml" "$WORK/h2.toml"
+assert_ok "overlayd check accepts user = name" "$OVERLAYD_BIN" check --config "$WORK/h1.toml"
+assert_ok "overlayd check accepts user = uid, group = name" "$OVERLAYD_BIN" check --config "$WORK/h2.toml"
+SOCK1=$WORK/h1.sock SOCK2=$WORK/run-u/h2.sock
+
+start_daemon "$H1" d1 "$WORK/h1.toml"
+start_daemon "$H2" d2 "$WORK/h2.toml"
+wait_ready d1
+wait_ready d2
+
+# ids NAME GID GROUPS - every thread of daemon NAME runs as $uid / GID with supplementary GROUPS
+# (sorted, space-separated); the main thread holds exactly 0x3000, the others a subset
+check_ids() {
+  local name=$1 gid=$2 groups=$3 pid=${_DAEMON_PID[$1]} st tid eff n=0
+  for st in /proc/"$pid"/task/*/status; do
+    tid=$(awk '/^Pid:/ { print $2 }' "$st")
+    [[ $(awk '/^Uid:/ { print $2, $3, $4, $5 }' "$st") == "$uid $uid $uid $uid" ]] ||
+      die "$name thread $tid: $(grep '^Uid:' "$st"), expected $uid four times"
+    [[ $(awk '/^Gid:/ { print $2, $3, $4, $5 }' "$st") == "$gid $gid $gid $gid" ]] ||
+      die "$name thread $tid: $(grep '^Gid:' "$st"), expected $gid four times"
+    [[ $(awk '/^Groups:/ { $1 = ""; print }' "$st" | tr ' ' '\n' | grep . | sort -n | paste -sd' ') == "$groups" ]] ||
+      die "$name thread $tid: $(grep '^Groups:' "$st"), expected $groups"
+    eff=$(awk '$1 == "CapEff:" { print $2 }' "$st")
+    if [[ $tid == "$pid" ]]; then
+      [[ $eff == 0000000000003000 ]] || die "$name main thread: CapEff is $eff, expected 0000000000003000 (CAP_NET_ADMIN|CAP_NET_RAW)"
+    else
+      (((16#$eff & ~16#3000) == 0)) || die "$name thread $tid: CapEff is $eff, not a subset of CAP_NET_ADMIN|CAP_NET_RAW"
+    fi
+    n=$((n + 1))
+  done
+  ok "$name: all $n threads run as uid $uid, gid $gid, groups ($groups); main CapEff = 0x3000, the others a subset"
+}
+log "identity and capabilities"
+check_ids d1 "$ugid" "$(printf '%s\n' "$ugid" "$ggid" | sort -n | paste -sd' ')"
+check_ids d2 "$ggid" "$ggid"
+line=$(grep "switched to the configured user and group" "${_DAEMON_LOG[d1]}") || die "d1 logged no line about the switch"
+[[ $line == *"user=\"$USR\""* && $line == *"uid=$uid "* ]] || die "the switch line does not name the user and uid: $line"
+ok "logged: ${line#*INFO }"
+grep -q "switched to the configured user and group.*uid=$uid .*gid=$ggid" "${_DAEMON_LOG[d2]}" || die "d2 logged no switch to uid $uid gid $ggid"
+
+log "forwarding, admin socket, metrics"
+wait_ping "$H1" "$O2"
+ping_ok "$H1" "$O2" 3
+make_random_file "$WORK/payload" 10
+tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/payload" "overlay h1->h2, both daemons unprivileged"
+info "rate: $TRANSFER_MBIT Mbit/s (not asserted)"
+for d in 1 2; do
+  sock=SOCK$d
+  peer=$([[ $d == 1 ]] && echo "$U2" || echo "$U1")
+  seen=$("$OVERLAYD_BIN" peers --admin "${!sock}" --json | jq -r '.[0].peers[0].peer') || die "d$d: overlayd peers failed on ${!sock}"
+  assert_eq "d$d: overlayd peers (as root) on the admin socket" "$peer" "$seen"
+done
+text=$(scrape "$H1" http://127.0.0.1:9477/metrics)
+assert_ge "d1 /metrics: tunnel packets to $U2" 3 "$(metric "$text" "overlayd_tunnel_packets_total{direction=\"tx\",network=\"blue\",peer=\"$U2\"}")"
+assert_ge "d1 /metrics: process_open_fds (the process reads its own /proc as the user)" 1 "$(metric "$text" process_open_fds)"
+
+log "shutdown"
+stop_daemon d1
+stop_daemon d2
+for d in d1 d2; do
+  if grep -E ' (WARN|ERROR) ' "${_DAEMON_LOG[$d]}"; then die "$d logged a warning or an error"; fi
+done
+ok "no warning or error in either log"
+[[ ! -e $SOCK2 ]] || die "d2's admin socket $SOCK2 is still there although its directory belongs to $USR"
+ok "d2 removed its admin socket (directory owned by $USR)"
+[[ -S $SOCK1 ]] || die "d1's admin socket $SOCK1 is gone: $USR cannot write $WORK, so it should have been left"
+grep -q "admin socket left in place" "${_DAEMON_LOG[d1]}" || die "d1 did not log why its admin socket stayed"
+ok "d1 left its admin socket in the root-only directory, and said so"
+mv "${_DAEMON_LOG[d1]}" "$WORK/d1.first.log"
+start_daemon "$H1" d1 "$WORK/h1.toml"
+wait_ready d1
+grep -q "removing a stale admin socket" "${_DAEMON_LOG[d1]}" || die "the restarted d1 did not replace the stale admin socket"
+"$OVERLAYD_BIN" peers --admin "$SOCK1" >/dev/null || die "the restarted d1 does not answer on $SOCK1"
+ok "restarted d1 replaced the stale admin socket and answers on it"
+stop_daemon d1
+
+log "refused: an unknown user, a daemon that is not root"
+printf '[node]\nunderlay = "%s"\nuser = "%s"\n' "$U1" "${PREFIX}nouser" >"$WORK/bad.toml"
+rc=0
+out=$("$OVERLAYD_BIN" check --config "$WORK/bad.toml" 2>&1) || rc=$?
+assert_eq "overlayd check with an unknown user: exit status" 1 "$rc"
+[[ $out == *"node.user: no such user \"${PREFIX}nouser\""* && $(wc -l <<<"$out") == 1 ]] ||
+  die "the error does not name node.user in one line: $out"
+ok "one line naming the key: $out"
+write_config "$WORK/h3.toml" "$U1"
+sed -i "/^underlay = /a user = \"root\"" "$WORK/h3.toml"
+sed -i "s|^socket = .*|socket = \"$WORK/run-u/h3.sock\"|" "$WORK/h3.toml"
+add_network "$WORK/h3.toml" blue 42 "$T" "$O1/24" "$U2"
+set_metrics_listen "$WORK/h3.toml" 127.0.0.1:9478
+chmod 0644 "$WORK/h3.toml"
+rc=0
+out=$(timeout 20 ip netns exec "$H1" setpriv --reuid="$uid" --regid="$ugid" --clear-groups --inh-caps=-all \
+  "$OVERLAYD_BIN" run --config "$WORK/h3.toml" 2>&1) || rc=$?
+assert_eq "overlayd run as $USR with user = \"root\": exit status" 1 "$rc"
+last=$(tail -n 1 <<<"$out")
+[[ $last == *"node.user:"*"CAP_SETUID"* ]] || die "the error does not say what is missing:"$'\n'"$out"
+ok "refused: $last"
+link_exists "$H1" "$T" && die "the refused daemon left TAP $T behind"
+log "PASS: running as an unprivileged user"
