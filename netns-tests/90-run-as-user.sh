@@ -22,12 +22,16 @@
 #   - SIGTERM: exit 0, no warning or error logged; the admin socket in a directory the user may
 #     write is removed, the one in a root-only directory is left (logged), and the next start
 #     replaces it;
+#   - configs/overlayd.service's privilege lines (bounding set, ambient set, securebits,
+#     no-new-privs, read off the file and applied with setpriv, as systemd would): as shipped,
+#     the daemon starts as root with 0x3000; with User= it runs as the user (and `[node] user`
+#     naming that user is a no-op); `[node] user` with CAP_SETUID CAP_SETGID added switches;
 #   - an unknown user: `overlayd check` exits 1 naming node.user; a daemon that is not root
 #     cannot switch: exit 1 with an error naming node.user and CAP_SETUID.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
-for t in useradd userdel groupadd groupdel getent setpriv curl; do
+for t in useradd userdel groupadd groupdel getent setpriv curl jq; do
   command -v "$t" >/dev/null || die "missing tool: $t"
 done
 
@@ -137,6 +141,52 @@ grep -q "removing a stale admin socket" "${_DAEMON_LOG[d1]}" || die "the restart
 "$OVERLAYD_BIN" peers --admin "$SOCK1" >/dev/null || die "the restarted d1 does not answer on $SOCK1"
 ok "restarted d1 replaced the stale admin socket and answers on it"
 stop_daemon d1
+
+log "started the way configs/overlayd.service starts it (simulated with setpriv)"
+# start_setpriv NAME CONFIG SETPRIV_ARGS... - a daemon in h1 under setpriv
+start_setpriv() {
+  local name=$1 cfg=$2; shift 2
+  _DAEMON_LOG[$name]=$WORK/$name.log
+  start_bg "$H1" "${_DAEMON_LOG[$name]}" setpriv "$@" "$OVERLAYD_BIN" run --config "$cfg"
+  _DAEMON_PID[$name]=$BG_PID
+}
+# the unit's privilege lines, read off the shipped file
+unit=$REPO_DIR/configs/overlayd.service
+unit_list() { sed -n "s/^$1=//p" "$unit" | tr ' ' '\n' | grep . | sed "$2" | paste -sd,; }
+BND=$(unit_list CapabilityBoundingSet 's/^CAP_/+/' | tr '[:upper:]' '[:lower:]')
+AMB=$(unit_list AmbientCapabilities 's/^CAP_/+/' | tr '[:upper:]' '[:lower:]')
+SEC=$(unit_list SecureBits 's/^/+/; s/-/_/g')
+[[ -n $BND && -n $AMB && -n $SEC ]] || die "cannot read CapabilityBoundingSet, AmbientCapabilities and SecureBits from $unit"
+UNIT=(--securebits="$SEC")
+grep -q '^NoNewPrivileges=yes' "$unit" && UNIT+=(--no-new-privs)
+info "unit: bounding $BND, ambient $AMB, securebits $SEC"
+# as shipped: root, no [node] user
+sed '/^user = /d' "$WORK/h1.toml" >"$WORK/h6.toml"
+start_setpriv d6 "$WORK/h6.toml" "${UNIT[@]}" --bounding-set=-all,"$BND" --inh-caps=-all,"$AMB" --ambient-caps="$AMB"
+wait_ready d6
+eff=$(awk '$1 == "CapEff:" { print $2 }' "/proc/${_DAEMON_PID[d6]}/status")
+assert_eq "the unit as shipped: the main thread's CapEff" 0000000000003000 "$eff"
+stop_daemon d6
+sed "s|^socket = .*|socket = \"$WORK/run-u/h4.sock\"|" "$WORK/h1.toml" >"$WORK/h4.toml"
+chmod 0644 "$WORK/h4.toml"
+# User=/Group= in the unit and [node] user the same user: nothing left to switch
+start_setpriv d4 "$WORK/h4.toml" --reuid="$uid" --regid="$ugid" --init-groups "${UNIT[@]}" \
+  --bounding-set=-all,"$BND" --inh-caps=-all,"$AMB" --ambient-caps="$AMB"
+wait_ready d4
+grep -q "already running as the configured user and group" "${_DAEMON_LOG[d4]}" || die "d4 did not notice it already runs as $USR"
+check_ids d4 "$ugid" "$(printf '%s\n' "$ugid" "$ggid" | sort -n | paste -sd' ')"
+stop_daemon d4
+[[ ! -e $WORK/run-u/h4.sock ]] || die "d4 left its admin socket in a directory $USR owns"
+ok "User= in the unit: runs, keeps 0x3000, stops cleanly, removes its socket"
+# root with [node] user, the unit's capability lines plus CAP_SETUID CAP_SETGID; without
+# CAP_DAC_OVERRIDE root binds the admin socket in a directory of its own (like /run/overlayd)
+start_setpriv d5 "$WORK/h1.toml" "${UNIT[@]}" --bounding-set=-all,"$BND",+setuid,+setgid \
+  --inh-caps=-all,"$AMB",+setuid,+setgid --ambient-caps="$AMB",+setuid,+setgid
+wait_ready d5
+grep -q "switched to the configured user and group" "${_DAEMON_LOG[d5]}" || die "d5 did not switch to $USR"
+check_ids d5 "$ugid" "$(printf '%s\n' "$ugid" "$ggid" | sort -n | paste -sd' ')"
+stop_daemon d5
+ok "[node] user under the unit with CAP_SETUID CAP_SETGID added: switches, keeps 0x3000, stops cleanly"
 
 log "refused: an unknown user, a daemon that is not root"
 printf '[node]\nunderlay = "%s"\nuser = "%s"\n' "$U1" "${PREFIX}nouser" >"$WORK/bad.toml"
