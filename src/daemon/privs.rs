@@ -94,3 +94,28 @@ pub fn switch_user(to: &RunAs) -> Result<(), super::StartupError> {
     tracing::info!(user = to.user, uid = to.uid, group = to.group, gid = to.gid, groups = ?to.groups, "switched to the configured user and group");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test harness runs threads, so the switch must be refused before any set*id call
+    /// (glibc would apply it to every thread, or abort): the process keeps its uid.
+    #[test]
+    fn switch_is_refused_while_other_threads_run() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let _ = rx.recv();
+        });
+        let before = nix::unistd::getresuid().expect("getresuid");
+        let to = RunAs { user: "nobody".into(), uid: 65534, group: "nogroup".into(), gid: 65534, groups: Vec::new() };
+        let e = switch_user(&to).expect_err("a multi-threaded process must not switch").to_string();
+        assert!(e.starts_with("node.user: "), "{e}");
+        // as root the thread check refuses; without CAP_SETUID the capability check comes first
+        assert!(e.contains("threads") || e.contains("CAP_SETUID"), "{e}");
+        let after = nix::unistd::getresuid().expect("getresuid");
+        assert_eq!((before.real, before.effective, before.saved), (after.real, after.effective, after.saved));
+        drop(tx);
+        other.join().expect("join");
+    }
+}
