@@ -76,7 +76,7 @@ start_daemon "$H2" d2 "$WORK/h2.toml"
 wait_ready d1
 wait_ready d2
 
-# ids NAME GID GROUPS - every thread of daemon NAME runs as $uid / GID with supplementary GROUPS
+# check_ids NAME GID GROUPS - every thread of daemon NAME runs as $uid / GID with supplementary GROUPS
 # (sorted, space-separated); the main thread holds exactly 0x3000, the others a subset
 check_ids() {
   local name=$1 gid=$2 groups=$3 pid=${_DAEMON_PID[$1]} st tid eff n=0
