@@ -286,6 +286,25 @@ impl Fdb {
         Learned::New { evicted }
     }
 
+    /// Put `mac` on `port`, last seen at `seen`, if the table does not hold it yet and has room.
+    /// Counts no event: this carries a table over to a network's next generation (a reload),
+    /// it learns nothing new. Returns whether the entry was added.
+    pub fn restore(&self, mac: MacAddr, port: Port, seen: Instant) -> bool {
+        let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+        let g = self.map.guard();
+        if book.total >= self.cfg.max_entries || self.map.get(&mac, &g).is_some() {
+            return false;
+        }
+        let seq = book.next_seq;
+        book.next_seq += 1;
+        self.map.insert(mac, Entry::new(port.to_u32(), seen, seq), &g);
+        book.total += 1;
+        let pb = book.ports.entry(port).or_default();
+        pb.count += 1;
+        pb.order.push_back((mac, seq));
+        true
+    }
+
     /// Evict the oldest entry of the busiest port (ties go to the learning port, so a port at
     /// parity with the others pays for its own new MAC).
     fn evict_one(&self, book: &mut Book, learner: Port) -> Option<MacAddr> {

@@ -91,6 +91,12 @@ impl Liveness {
         self.speaks_keepalive.load(Relaxed) != 0
     }
 
+    /// Take over what another generation of the same peer knew (a reload).
+    pub(crate) fn copy_from(&self, other: &Liveness) {
+        self.state.store(other.state.load(Relaxed), Relaxed);
+        self.speaks_keepalive.store(other.speaks_keepalive.load(Relaxed), Relaxed);
+    }
+
     pub(crate) fn keepalive_seen(&self) {
         if self.speaks_keepalive.load(Relaxed) == 0 {
             self.speaks_keepalive.store(1, Relaxed);

@@ -13,6 +13,7 @@
 pub mod checksum;
 pub mod fabric;
 pub mod fdb;
+pub mod handover;
 #[doc(hidden)]
 pub mod invariants;
 pub mod liveness;

@@ -172,6 +172,34 @@ pub struct PeerSnapshot {
 }
 
 impl NetSnapshot {
+    /// What was counted between `earlier` and this snapshot of the same counters (wrapping).
+    pub fn since(&self, earlier: &NetSnapshot) -> NetSnapshot {
+        let d = |a: u64, b: u64| a.wrapping_sub(b);
+        let mut drops = [0u64; DropReason::COUNT];
+        for (i, v) in drops.iter_mut().enumerate() {
+            *v = d(self.drops[i], earlier.drops[i]);
+        }
+        NetSnapshot {
+            tap_rx_frames: d(self.tap_rx_frames, earlier.tap_rx_frames),
+            tap_rx_bytes: d(self.tap_rx_bytes, earlier.tap_rx_bytes),
+            tap_tx_frames: d(self.tap_tx_frames, earlier.tap_tx_frames),
+            tap_tx_bytes: d(self.tap_tx_bytes, earlier.tap_tx_bytes),
+            flooded_frames: d(self.flooded_frames, earlier.flooded_frames),
+            drops,
+            peers: self
+                .peers
+                .iter()
+                .zip(&earlier.peers)
+                .map(|(a, b)| PeerSnapshot {
+                    tx_packets: d(a.tx_packets, b.tx_packets),
+                    tx_bytes: d(a.tx_bytes, b.tx_bytes),
+                    rx_packets: d(a.rx_packets, b.rx_packets),
+                    rx_bytes: d(a.rx_bytes, b.rx_bytes),
+                })
+                .collect(),
+        }
+    }
+
     pub fn drop_count(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
     }
@@ -234,6 +262,36 @@ impl NetStats {
             let c = &p[s.0 % SHARDS];
             add(&c.rx_packets, 1);
             add(&c.rx_bytes, bytes as u64);
+        }
+    }
+
+    /// Add `d` to these counters (into the control shard), its peer `i` counted as peer
+    /// `peer_map[i]` here and left out where that is `None`. Wrapping: `d` may be a difference
+    /// of two snapshots ([`NetSnapshot::since`]). Carries a network's counters over to its next
+    /// generation on a reload, so exported counters never go back.
+    pub fn absorb(&self, d: &NetSnapshot, peer_map: &[Option<usize>]) {
+        let c = self.shard(Shard::CONTROL);
+        let wadd = |a: &AtomicU64, n: u64| {
+            if n != 0 {
+                a.fetch_add(n, Relaxed);
+            }
+        };
+        wadd(&c.tap_rx_frames, d.tap_rx_frames);
+        wadd(&c.tap_rx_bytes, d.tap_rx_bytes);
+        wadd(&c.tap_tx_frames, d.tap_tx_frames);
+        wadd(&c.tap_tx_bytes, d.tap_tx_bytes);
+        wadd(&c.flooded_frames, d.flooded_frames);
+        for (a, n) in c.drops.iter().zip(&d.drops) {
+            wadd(a, *n);
+        }
+        for (p, to) in d.peers.iter().zip(peer_map) {
+            if let Some(pc) = to.and_then(|i| self.peers.get(i)) {
+                let pc = &pc[Shard::CONTROL.0];
+                wadd(&pc.tx_packets, p.tx_packets);
+                wadd(&pc.tx_bytes, p.tx_bytes);
+                wadd(&pc.rx_packets, p.rx_packets);
+                wadd(&pc.rx_bytes, p.rx_bytes);
+            }
         }
     }
 

@@ -1,0 +1,234 @@
+//! A network's next generation, for a reload that changes only what the core holds: its
+//! peers, its FDB settings, its storm limit.
+//!
+//! The daemon builds a new [`Network`] from the new spec and publishes it in place of the old
+//! one; the data-path threads pick it up at their next batch, the TAPs and VM connections stay
+//! as they are. What the old generation knew carries over, so the reload is invisible to the
+//! traffic of the peers that stay:
+//! - the FDB: MACs on local ports as they are, MACs behind a peer that stays moved to that
+//!   peer's new index, MACs behind a removed peer dropped (they are flooded until relearned);
+//! - each staying peer's liveness (last seen, up/down, whether it sends keepalives);
+//! - every counter, so exported counters never go back: the network's, each staying peer's
+//!   (a removed peer's series ends), the FDB events and the VM port counts.
+//!
+//! It happens in two steps because the threads still finish a batch on the old generation
+//! after it was replaced: [`Network::successor`] copies the state before the switch (the new
+//! generation starts where the old one is), and [`Handover::finish`], called once nobody holds
+//! the old generation any more, adds what the old one counted and learned in between.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::network::{Network, NetworkSpec};
+use super::stats::NetSnapshot;
+use super::time::Instant;
+use super::{PeerIdx, Port};
+
+/// What [`Network::successor`] copied, for [`Handover::finish`] to add the rest.
+#[derive(Debug)]
+pub struct Handover {
+    /// Old peer index → new peer index (`None`: the peer was removed).
+    pub peer_map: Vec<Option<usize>>,
+    stats: NetSnapshot,
+    events: [u64; 6],
+    vm: [u64; 4],
+}
+
+fn fdb_events(n: &Network) -> [u64; 6] {
+    let e = &n.fdb.events;
+    [&e.learned, &e.moved, &e.expired, &e.evicted, &e.flushed, &e.pinned].map(|a| a.load(Relaxed))
+}
+
+fn fdb_event_counters(n: &Network) -> [&AtomicU64; 6] {
+    let e = &n.fdb.events;
+    [&e.learned, &e.moved, &e.expired, &e.evicted, &e.flushed, &e.pinned]
+}
+
+fn vm_counts(n: &Network) -> [u64; 4] {
+    vm_counters(n).map(|a| a.load(Relaxed))
+}
+
+fn vm_counters(n: &Network) -> [&AtomicU64; 4] {
+    let v = &n.vm_ports;
+    [&v.connected, &v.connects, &v.disconnects, &v.refused]
+}
+
+/// Add (wrapping) `from[i] - base[i]` to `to[i]`.
+fn add_since(to: &[&AtomicU64], from: &[u64], base: &[u64]) {
+    for ((a, f), b) in to.iter().zip(from).zip(base) {
+        let d = f.wrapping_sub(*b);
+        if d != 0 {
+            a.fetch_add(d, Relaxed);
+        }
+    }
+}
+
+/// Copy the FDB of `old` into `new` (entries `new` already has are left as they are).
+fn copy_fdb(old: &Network, new: &Network, peer_map: &[Option<usize>], now: Instant) -> usize {
+    let mut rows = old.fdb.entries(now);
+    // oldest first, so the new table's eviction order is the old one's; a smaller table
+    // keeps the most recently seen
+    rows.sort_by(|a, b| b.age.cmp(&a.age));
+    let skip = rows.len().saturating_sub(new.fdb.config().max_entries);
+    let mut copied = 0;
+    for r in rows.into_iter().skip(skip) {
+        let port = match r.port {
+            Port::Local(l) => Port::Local(l),
+            Port::Peer(p) => match peer_map.get(usize::from(p.0)).copied().flatten() {
+                Some(i) => Port::Peer(PeerIdx(i as u16)),
+                None => continue,
+            },
+        };
+        let seen = Instant::from_millis(now.as_millis().saturating_sub(r.age.as_millis() as u64));
+        copied += usize::from(new.fdb.restore(r.mac, port, seen));
+    }
+    copied
+}
+
+impl Network {
+    /// The next generation of this network, for `spec`, with this one's state (see the
+    /// module documentation). Publish it, then call [`Handover::finish`] once the old
+    /// generation is released.
+    pub fn successor(&self, spec: NetworkSpec, now: Instant) -> (Network, Handover) {
+        let new = Network::new(spec);
+        let peer_map: Vec<Option<usize>> =
+            self.peers.iter().map(|p| new.peers.iter().position(|q| q.addr == p.addr)).collect();
+        for (old, to) in self.peers.iter().zip(&peer_map) {
+            if let Some(q) = to.and_then(|i| new.peers.get(i)) {
+                q.last_seen.store(old.last_seen.load(Relaxed), Relaxed);
+                q.liveness.copy_from(&old.liveness);
+            }
+        }
+        copy_fdb(self, &new, &peer_map, now);
+        let stats = self.stats.snapshot();
+        new.stats.absorb(&stats, &peer_map);
+        let events = fdb_events(self);
+        add_since(&fdb_event_counters(&new), &events, &[0; 6]);
+        let vm = vm_counts(self);
+        add_since(&vm_counters(&new), &vm, &[0; 4]);
+        (new, Handover { peer_map, stats, events, vm })
+    }
+}
+
+impl Handover {
+    /// Add to `new` what `old` counted and learned since [`Network::successor`]. Call it once
+    /// no data-path thread holds `old` any more; returns the MACs learned meanwhile.
+    pub fn finish(self, old: &Network, new: &Network, now: Instant) -> usize {
+        new.stats.absorb(&old.stats.snapshot().since(&self.stats), &self.peer_map);
+        add_since(&fdb_event_counters(new), &fdb_events(old), &self.events);
+        add_since(&vm_counters(new), &vm_counts(old), &self.vm);
+        for (o, to) in old.peers.iter().zip(&self.peer_map) {
+            if let Some(q) = to.and_then(|i| new.peers.get(i)) {
+                q.last_seen.fetch_max(o.last_seen.load(Relaxed), Relaxed);
+            }
+        }
+        copy_fdb(old, new, &self.peer_map, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::network::Action;
+    use crate::core::stats::{DropReason, Shard};
+    use crate::core::wire::ethernet::MacAddr;
+    use crate::core::{Encap, FdbConfig, LocalPort, Vni};
+    use std::net::SocketAddr;
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, last], 4789))
+    }
+
+    fn spec(peers: &[u8]) -> NetworkSpec {
+        NetworkSpec {
+            name: "blue".into(),
+            encap: Encap::Vxlan,
+            vni: Vni::new_unchecked(42),
+            mtu: 1450,
+            peers: peers.iter().map(|&p| addr(p)).collect(),
+            fdb: FdbConfig::default(),
+            bum_pps_limit: None,
+            local_ports: 1,
+        }
+    }
+
+    fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f
+    }
+
+    const LOCAL: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const BEHIND_2: MacAddr = MacAddr([2, 0, 0, 0, 0, 2]);
+    const BEHIND_3: MacAddr = MacAddr([2, 0, 0, 0, 0, 3]);
+
+    #[test]
+    fn removing_a_peer_keeps_the_others_macs_counters_and_liveness() {
+        let t = Instant::from_secs(10);
+        let old = Network::new(spec(&[2, 3]));
+        old.from_local(LocalPort(0), &frame(MacAddr::BROADCAST, LOCAL), t);
+        old.receive_from_peer(PeerIdx(0), &frame(LOCAL, BEHIND_2), 110, Shard::UNDERLAY, t);
+        old.receive_from_peer(PeerIdx(1), &frame(LOCAL, BEHIND_3), 110, Shard::UNDERLAY, t);
+        old.stats.count_drop(Shard::LOCAL, DropReason::Malformed);
+        old.check_peers(t);
+
+        // peer .2 removed, .4 added: .3 moves from index 1 to index 0
+        let (new, h) = old.successor(spec(&[3, 4]), t);
+        assert_eq!(h.peer_map, vec![None, Some(0)]);
+        assert_eq!(new.fdb.lookup(LOCAL, t), Some(Port::Local(LocalPort(0))));
+        assert_eq!(new.fdb.lookup(BEHIND_3, t), Some(Port::Peer(PeerIdx(0))), "remapped to its new index");
+        assert_eq!(new.fdb.lookup(BEHIND_2, t), None, "behind a removed peer: flooded until relearned");
+        assert_eq!(new.from_local(LocalPort(0), &frame(BEHIND_3, LOCAL), t), Action::Peer(PeerIdx(0)));
+        assert_eq!(new.peers[0].liveness.state(), old.peers[1].liveness.state());
+        assert_eq!(new.peers[0].last_seen.load(Relaxed), 10_000);
+        assert_eq!(new.peers[1].last_seen.load(Relaxed), 0, "the added peer is unknown");
+        let s = new.stats.snapshot();
+        assert_eq!(s.drop_count(DropReason::Malformed), 1);
+        assert_eq!((s.peers[0].rx_packets, s.peers[0].rx_bytes), (1, 110), "peer .3 keeps its counters");
+        assert_eq!(s.peers[1].rx_packets, 0);
+        assert_eq!(new.fdb.events.learned.load(Relaxed), 3, "restoring is not learning");
+
+        // the old generation is still used for a moment: what it counts and learns carries over
+        let late = MacAddr([2, 0, 0, 0, 0, 9]);
+        old.receive_from_peer(PeerIdx(1), &frame(LOCAL, late), 100, Shard::UNDERLAY, t);
+        old.stats.count_drop(Shard::LOCAL, DropReason::Malformed);
+        assert_eq!(h.finish(&old, &new, t), 1);
+        let s = new.stats.snapshot();
+        assert_eq!(s.drop_count(DropReason::Malformed), 2);
+        assert_eq!(s.peers[0].rx_packets, 2);
+        assert_eq!(new.fdb.lookup(late, t), Some(Port::Peer(PeerIdx(0))));
+        assert_eq!(new.fdb.events.learned.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn counters_never_go_back_across_generations() {
+        let t = Instant::from_secs(1);
+        let a = Network::new(spec(&[2]));
+        a.from_local(LocalPort(0), &frame(MacAddr::BROADCAST, LOCAL), t);
+        a.stats.tap_rx(Shard::LOCAL, 60);
+        let (b, h) = a.successor(spec(&[2, 3]), t);
+        let before = b.stats.snapshot();
+        h.finish(&a, &b, t);
+        let (c, h) = b.successor(spec(&[3]), t);
+        h.finish(&b, &c, t);
+        let after = c.stats.snapshot();
+        assert!(after.tap_rx_frames >= before.tap_rx_frames && after.tap_rx_frames == 1);
+        assert_eq!(c.fdb.lookup(LOCAL, t), Some(Port::Local(LocalPort(0))));
+    }
+
+    #[test]
+    fn a_smaller_table_keeps_the_newest_entries_up_to_its_cap() {
+        let old = Network::new(spec(&[2]));
+        for i in 0..10u8 {
+            old.from_local(LocalPort(0), &frame(MacAddr::BROADCAST, MacAddr([2, 0, 0, 0, 1, i])), Instant::from_secs(u64::from(i) + 1));
+        }
+        let mut s = spec(&[2]);
+        s.fdb.max_entries = 4;
+        let now = Instant::from_secs(20);
+        let (new, _) = old.successor(s, now);
+        assert_eq!(new.fdb.len(), 4);
+        assert!(new.fdb.lookup(MacAddr([2, 0, 0, 0, 1, 9]), now).is_some(), "the newest stays");
+        assert!(new.fdb.lookup(MacAddr([2, 0, 0, 0, 1, 5]), now).is_none(), "older than the newest four");
+    }
+}
