@@ -42,9 +42,14 @@ use super::forward::{Forwarder, LocalIo, Ports};
 /// Room in front of a frame read from a port for the tunnel header.
 pub const HEADROOM: usize = 64;
 
-/// What the I/O side attaches to each network: its local ports.
+/// What the I/O side attaches to each network: its local ports, and the network's current
+/// generation.
 #[derive(Debug)]
 pub struct NetIo {
+    /// The network as the data-path threads of its ports see it: each loads it once per batch.
+    /// A reload that changes only the network's peers or FDB settings publishes its next
+    /// generation here (see [`crate::core::handover`]); ports and threads stay.
+    pub net: ArcSwap<Network>,
     /// The TAP devices opened by the daemon, in config order (also in `ports`).
     pub taps: Vec<Arc<Tap>>,
     /// Every live local port (TAPs and VM connections); replaced whole on a connect or a
@@ -56,9 +61,9 @@ pub struct NetIo {
 
 impl NetIo {
     /// The configured ports (TAPs, attached interfaces) in config order: slots 0...
-    pub fn new(fixed: Vec<LocalIo>) -> NetIo {
+    pub fn new(net: Arc<Network>, fixed: Vec<LocalIo>) -> NetIo {
         let taps = fixed.iter().filter_map(|p| if let LocalIo::Tap(t) = p { Some(t.clone()) } else { None }).collect();
-        NetIo { taps, ports: ArcSwap::from_pointee(Ports::new(fixed)), port_changes: Mutex::new(()) }
+        NetIo { net: ArcSwap::new(net), taps, ports: ArcSwap::from_pointee(Ports::new(fixed)), port_changes: Mutex::new(()) }
     }
 }
 
@@ -89,7 +94,6 @@ impl RateLimit {
 
 /// Everything a port thread needs.
 pub struct PortThread {
-    pub net: Arc<Network>,
     pub io: Arc<NetIo>,
     pub port: LocalPort,
     pub tx: Arc<TxSockets>,
@@ -185,7 +189,7 @@ impl Segmenter {
 
 impl PortThread {
     pub fn run(self) {
-        let PortThread { net, io, port, tx, stop, gre } = self;
+        let PortThread { io, port, tx, stop, gre } = self;
         let mut gre = gre.map(GreTx::new);
         let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
         // with a virtio-net header, it is read just in front of the frame, inside the headroom
@@ -205,10 +209,12 @@ impl PortThread {
                 Ok(Wake::Stop) => break,
                 Ok(Wake::Ready) => {}
                 Err(e) => {
-                    tracing::error!(network = net.name(), tap = tap.name(), error = %e, "tap poll failed; port stopped");
+                    tracing::error!(network = io.net.load().name(), tap = tap.name(), error = %e, "tap poll failed; port stopped");
                     break;
                 }
             }
+            // the network's current generation, for this batch
+            let net = io.net.load();
             let now = clock::now();
             let mut n = 0;
             while n < BATCH {
@@ -330,7 +336,7 @@ impl PortThread {
                 g.flush(&net, &bufs, shard, &mut rl_send, now);
             }
         }
-        tracing::debug!(network = net.name(), tap = tap.name(), "port thread stopped");
+        tracing::debug!(network = io.net.load().name(), tap = tap.name(), "port thread stopped");
     }
 }
 

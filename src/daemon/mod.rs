@@ -12,6 +12,7 @@ pub mod packetport;
 pub mod vmport;
 pub mod watch;
 pub mod privs;
+pub mod reload;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -81,17 +82,58 @@ impl crate::admin::PortNames for Arc<NetIo> {
 /// Underlay MTU when nothing better is known.
 const FALLBACK_UNDERLAY_MTU: u16 = 1500;
 
+/// One network as it runs: its entry in the fabric, its configuration, and the threads of its
+/// local ports with their own stop, so a reload can stop one network and leave the others.
+struct NetRun {
+    cfg: NetworkConfig,
+    net: Arc<Network>,
+    io: Arc<NetIo>,
+    /// How its ports send, for a GRE network (also used for its keepalives).
+    gre: Option<GreParams>,
+    stop: Arc<StopFd>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl NetRun {
+    /// Stop the network's threads and wait for them.
+    fn halt(&mut self) {
+        self.stop.raise();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!(network = self.cfg.name, "a data-path thread panicked");
+            }
+        }
+    }
+}
+
+/// A network's devices and sockets, opened but not running yet.
+struct Opened {
+    net: Arc<Network>,
+    io: Arc<NetIo>,
+    listener: Option<VmListener>,
+    dgram: Option<Arc<VmDgramSocket>>,
+}
+
 /// A running daemon. Dropping it without [`Daemon::stop`] leaves threads running until exit.
 pub struct Daemon {
     pub fabric: SharedFabric,
     pub global: Arc<GlobalDrops>,
+    /// Stops the underlay threads (each network has its own stop, in [`NetRun`]).
     stop: Arc<StopFd>,
     threads: Vec<JoinHandle<()>>,
+    nets: Vec<NetRun>,
     watch: watch::Watch,
     /// The send sockets, for keepalives from the control path.
     tx: Arc<TxSockets>,
     /// This node's keepalive frame (its source MAC derives from the underlay address).
     keepalive: [u8; crate::core::liveness::KEEPALIVE_LEN],
+    node: crate::config::NodeConfig,
+    umtu: u16,
+    /// VXLAN ports listened on, and the raw GRE socket once a GRE network exists.
+    rx_ports: BTreeSet<u16>,
+    gre_sock: Option<Arc<GreSocket>>,
+    /// Largest underlay packet accepted.
+    slot: usize,
 }
 
 /// The underlay MTU: configured, or read off the interface that holds the underlay address.
@@ -159,123 +201,282 @@ impl Daemon {
     pub fn start(cfg: &Config) -> Result<Daemon, StartupError> {
         let umtu = underlay_mtu(cfg)?;
         let underlay = cfg.node.underlay;
-        let ports: BTreeSet<u16> = cfg.networks.iter().filter(|n| n.encap == Encap::Vxlan).map(|n| n.vxlan_port).collect();
+        let tx = Arc::new(TxSockets::bind(underlay, udp::SOURCE_PORTS).map_err(StartupError::Socket)?);
+        let mut d = Daemon {
+            fabric: Arc::new(ArcSwap::from_pointee(Fabric::new(Vec::new(), &[]))),
+            global: Arc::new(GlobalDrops::default()),
+            stop: Arc::new(StopFd::new().map_err(StartupError::Thread)?),
+            threads: Vec::new(),
+            nets: Vec::new(),
+            watch: watch::Watch::default(),
+            tx,
+            keepalive: crate::core::liveness::keepalive_frame(watch::node_id(underlay)),
+            node: cfg.node.clone(),
+            umtu,
+            rx_ports: BTreeSet::new(),
+            gre_sock: None,
+            slot: usize::from(umtu).max(2048) + 64,
+        };
+        let started = d.listen(&cfg.networks).and_then(|()| {
+            for n in &cfg.networks {
+                let opened = d.open(n)?;
+                let run = d.run_network(n, opened)?;
+                d.nets.push(run);
+            }
+            Ok(())
+        });
+        if let Err(e) = started {
+            d.stop();
+            return Err(e);
+        }
+        d.publish();
+        tracing::info!(source_ports = ?d.tx.ports(), "sending VXLAN");
+        Ok(d)
+    }
+
+    /// Listen on every underlay socket `networks` need that is not open yet: a UDP port per
+    /// VXLAN port, the raw GRE socket for GRE. Each gets its receive thread.
+    fn listen(&mut self, networks: &[NetworkConfig]) -> Result<(), StartupError> {
+        let underlay = self.node.underlay;
+        let want: BTreeSet<u16> = networks.iter().filter(|n| n.encap == Encap::Vxlan).map(|n| n.vxlan_port).collect();
         let mut rxs = Vec::new();
-        for &p in &ports {
+        for &p in want.difference(&self.rx_ports) {
             rxs.push(RxSocket::bind(SocketAddr::new(underlay, p)).map_err(StartupError::Socket)?);
         }
-        let tx = Arc::new(TxSockets::bind(underlay, udp::SOURCE_PORTS).map_err(StartupError::Socket)?);
-        let gre_sock = match cfg.networks.iter().any(|n| n.encap.is_gre()) {
+        let gre = match networks.iter().any(|n| n.encap.is_gre()) && self.gre_sock.is_none() {
             true => Some(Arc::new(GreSocket::open(underlay).map_err(StartupError::Socket)?)),
             false => None,
         };
+        for rx in rxs {
+            tracing::info!(socket = %rx.local, "listening for VXLAN");
+            self.rx_ports.insert(rx.local.port());
+            let t = UnderlayThread {
+                rx,
+                fabric: self.fabric.clone(),
+                global: self.global.clone(),
+                stop: self.stop.clone(),
+                slot: self.slot,
+                offload: self.node.offload,
+            };
+            self.threads.push(spawn("underlay".into(), move || t.run())?);
+        }
+        if let Some(sock) = gre {
+            tracing::info!(local = %sock.local, "listening for GRE");
+            self.gre_sock = Some(sock.clone());
+            let t = GreUnderlayThread { sock, fabric: self.fabric.clone(), global: self.global.clone(), stop: self.stop.clone(), slot: self.slot };
+            self.threads.push(spawn("underlay-gre".into(), move || t.run())?);
+        }
+        Ok(())
+    }
 
-        let mut entries = Vec::new();
-        let mut vxlan_ports = Vec::new();
-        let mut listeners = Vec::new();
-        let mut dgrams = Vec::new();
-        for n in &cfg.networks {
-            let overhead = n.overhead(underlay);
-            let tap_mtu = n.mtu.unwrap_or(umtu.saturating_sub(overhead));
-            if usize::from(tap_mtu) + usize::from(overhead) > usize::from(umtu) {
-                tracing::warn!(network = n.name, tap_mtu, underlay_mtu = umtu, overhead,
-                    "TAP MTU plus encapsulation exceeds the underlay MTU; large frames will be fragmented or dropped");
-            }
-            let mut taps = Vec::with_capacity(n.taps.len());
-            for (i, name) in n.taps.iter().enumerate() {
-                // the address goes on the first TAP only: one subnet, one host interface
-                // offloads pay off where the underlay has GSO/GRO: VXLAN (UDP). Raw GRE sockets
-                // have neither, so a GRE network's TAPs hand over ordinary frames.
-                let offload = cfg.node.offload && n.encap == Encap::Vxlan;
-                let mac = Some(crate::io::tap::stable_mac(underlay, name));
-                match Tap::open_with_mac(name, tap_mtu, if i == 0 { n.address } else { None }, mac, offload) {
-                    Ok(tap) => {
-                        tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
-                        taps.push(LocalIo::Tap(Arc::new(tap)));
-                    }
-                    // a TAP another process holds (QEMU -netdev tap), or another kind of
-                    // interface: join it the way a bridge does
-                    Err(e) if sys::interface_exists(name) => {
-                        let dev = PacketPort::attach(name).map_err(|pe| {
-                            StartupError::Tap(std::io::Error::new(pe.kind(), format!("{e}; attaching it with a packet socket failed too: {pe}")))
-                        })?;
-                        tracing::info!(network = n.name, interface = name, ifindex = dev.ifindex(), reason = %e,
-                            "interface attached as a port with a packet socket (it is not a TAP we can open, e.g. a VM's TAP held by QEMU)");
-                        if i == 0 && n.address.is_some() {
-                            tracing::warn!(network = n.name, interface = name, "address not set: it is only put on a TAP the daemon opens");
-                        }
-                        taps.push(LocalIo::Packet(Arc::new(dev)));
-                    }
-                    Err(e) => return Err(StartupError::Tap(e)),
+    /// Open the local ports of network `n`: its TAPs (or the interfaces they name), its VM
+    /// sockets. Nothing runs yet; dropping the result closes them again.
+    fn open(&self, n: &NetworkConfig) -> Result<Opened, StartupError> {
+        let (underlay, umtu) = (self.node.underlay, self.umtu);
+        let overhead = n.overhead(underlay);
+        let tap_mtu = n.mtu.unwrap_or(umtu.saturating_sub(overhead));
+        if usize::from(tap_mtu) + usize::from(overhead) > usize::from(umtu) {
+            tracing::warn!(network = n.name, tap_mtu, underlay_mtu = umtu, overhead,
+                "TAP MTU plus encapsulation exceeds the underlay MTU; large frames will be fragmented or dropped");
+        }
+        let mut taps = Vec::with_capacity(n.taps.len());
+        for (i, name) in n.taps.iter().enumerate() {
+            // the address goes on the first TAP only: one subnet, one host interface
+            // offloads pay off where the underlay has GSO/GRO: VXLAN (UDP). Raw GRE sockets
+            // have neither, so a GRE network's TAPs hand over ordinary frames.
+            let offload = self.node.offload && n.encap == Encap::Vxlan;
+            let mac = Some(crate::io::tap::stable_mac(underlay, name));
+            match Tap::open_with_mac(name, tap_mtu, if i == 0 { n.address } else { None }, mac, offload) {
+                Ok(tap) => {
+                    tracing::info!(network = n.name, tap = tap.name(), mtu = tap_mtu, created = tap.created(), "tap port up");
+                    taps.push(LocalIo::Tap(Arc::new(tap)));
                 }
+                // a TAP another process holds (QEMU -netdev tap), or another kind of
+                // interface: join it the way a bridge does
+                Err(e) if sys::interface_exists(name) => {
+                    let dev = PacketPort::attach(name).map_err(|pe| {
+                        StartupError::Tap(std::io::Error::new(pe.kind(), format!("{e}; attaching it with a packet socket failed too: {pe}")))
+                    })?;
+                    tracing::info!(network = n.name, interface = name, ifindex = dev.ifindex(), reason = %e,
+                        "interface attached as a port with a packet socket (it is not a TAP we can open, e.g. a VM's TAP held by QEMU)");
+                    if i == 0 && n.address.is_some() {
+                        tracing::warn!(network = n.name, interface = name, "address not set: it is only put on a TAP the daemon opens");
+                    }
+                    taps.push(LocalIo::Packet(Arc::new(dev)));
+                }
+                Err(e) => return Err(StartupError::Tap(e)),
             }
-            if let Some(v) = &n.vm_socket {
+        }
+        let listener = match &n.vm_socket {
+            Some(v) => {
                 let l = VmListener::bind(v).map_err(StartupError::Socket)?;
                 tracing::info!(network = n.name, path = %l.path().display(), mode = format_args!("{:o}", v.mode),
                     owner = v.owner, group = v.group, "listening for VMs (QEMU -netdev stream)");
-                listeners.push((entries.len(), l));
+                Some(l)
             }
-            if let Some(v) = &n.vm_dgram_socket {
+            None => None,
+        };
+        let dgram = match &n.vm_dgram_socket {
+            Some(v) => {
                 let d = VmDgramSocket::bind(v).map_err(StartupError::Socket)?;
                 tracing::info!(network = n.name, path = %d.path().display(), mode = format_args!("{:o}", v.mode),
                     owner = v.owner, group = v.group, "listening for VMs (QEMU -netdev dgram)");
-                dgrams.push((entries.len(), Arc::new(d)));
+                Some(Arc::new(d))
             }
-            tracing::info!(network = n.name, mtu = tap_mtu, vni = %n.vni, encap = %n.encap,
-                gre = ?match n.encap { Encap::Gre(o) => Some(o), Encap::Vxlan => None }, peers = n.peers.len(),
-                taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), vm_dgram_socket = n.vm_dgram_socket.is_some(), "network up");
-            entries.push(NetEntry { net: Arc::new(Network::new(spec_of(n, tap_mtu))), io: Arc::new(NetIo::new(taps)) });
-            vxlan_ports.push(n.vxlan_port);
-        }
-        let fabric: SharedFabric = Arc::new(ArcSwap::from_pointee(Fabric::new(entries, &vxlan_ports)));
-        let global = Arc::new(GlobalDrops::default());
-        let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
+            None => None,
+        };
+        let net = Arc::new(Network::new(spec_of(n, tap_mtu)));
+        let io = Arc::new(NetIo::new(net.clone(), taps));
+        Ok(Opened { net, io, listener, dgram })
+    }
 
-        let mut threads = Vec::new();
-        for (e, n) in fabric.load().networks.iter().zip(&cfg.networks) {
-            let gre = gre_params(n, &gre_sock);
-            for (port, local) in e.io.ports.load().iter() {
-                let gre = gre.clone();
-                let (net, io, tx, stop) = (e.net.clone(), e.io.clone(), tx.clone(), stop.clone());
-                match local {
-                    LocalIo::Tap(tap) => {
-                        let t = PortThread { net, io, port, tx, stop, gre };
-                        threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
-                    }
-                    LocalIo::Packet(dev) => {
-                        let t = PacketThread { net, io, port, dev: dev.clone(), tx, stop, gre };
-                        threads.push(spawn(format!("port-{}", dev.name()), move || t.run())?);
-                    }
-                    LocalIo::Vm(_) | LocalIo::Dgram(_) => {}
+    /// Start the threads of an opened network: one per port it reads, one per VM socket.
+    fn run_network(&self, n: &NetworkConfig, opened: Opened) -> Result<NetRun, StartupError> {
+        let Opened { net, io, listener, dgram } = opened;
+        let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
+        let gre = gre_params(n, &self.gre_sock);
+        let mut run = NetRun { cfg: n.clone(), net, io, gre, stop, threads: Vec::new() };
+        if let Err(e) = self.spawn_threads(&mut run, listener, dgram) {
+            run.halt();
+            return Err(e);
+        }
+        tracing::info!(network = n.name, mtu = run.net.spec.mtu, vni = %n.vni, encap = %n.encap,
+            gre = ?match n.encap { Encap::Gre(o) => Some(o), Encap::Vxlan => None }, peers = n.peers.len(),
+            taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), vm_dgram_socket = n.vm_dgram_socket.is_some(), "network up");
+        Ok(run)
+    }
+
+    fn spawn_threads(&self, run: &mut NetRun, listener: Option<VmListener>, dgram: Option<Arc<VmDgramSocket>>) -> Result<(), StartupError> {
+        let (io, tx, stop) = (&run.io, &self.tx, &run.stop);
+        for (port, local) in io.ports.load().iter() {
+            let gre = run.gre.clone();
+            let (io, tx, stop) = (io.clone(), tx.clone(), stop.clone());
+            match local {
+                LocalIo::Tap(tap) => {
+                    let t = PortThread { io, port, tx, stop, gre };
+                    run.threads.push(spawn(format!("port-{}", tap.name()), move || t.run())?);
+                }
+                LocalIo::Packet(dev) => {
+                    let t = PacketThread { io, port, dev: dev.clone(), tx, stop, gre };
+                    run.threads.push(spawn(format!("port-{}", dev.name()), move || t.run())?);
+                }
+                LocalIo::Vm(_) | LocalIo::Dgram(_) => {}
+            }
+        }
+        let name = &run.cfg.name;
+        if let Some(listener) = listener {
+            let s = VmPortServer { listener, io: io.clone(), tx: tx.clone(), stop: stop.clone(), gre: run.gre.clone() };
+            run.threads.push(spawn(format!("vmsock-{name}"), move || s.run())?);
+        }
+        if let Some(sock) = dgram {
+            let s = VmDgramServer { sock, io: io.clone(), tx: tx.clone(), stop: stop.clone(), gre: run.gre.clone() };
+            run.threads.push(spawn(format!("vmdgram-{name}"), move || s.run())?);
+        }
+        Ok(())
+    }
+
+    /// Publish the running networks to the underlay threads, the metrics and the admin socket.
+    fn publish(&self) {
+        let entries = self.nets.iter().map(|r| NetEntry { net: r.net.clone(), io: r.io.clone() }).collect();
+        let ports: Vec<u16> = self.nets.iter().map(|r| r.cfg.vxlan_port).collect();
+        self.fabric.store(Arc::new(Fabric::new(entries, &ports)));
+    }
+
+    /// The configuration of what runs now: the node's, and every running network's.
+    pub fn running(&self, base: &Config) -> Config {
+        Config { networks: self.nets.iter().map(|r| r.cfg.clone()).collect(), ..base.clone() }
+    }
+
+    /// Apply `new` (validated, same node settings) to the running daemon: networks that are
+    /// gone stop, new ones start, a network whose peers, FDB settings or storm limit changed
+    /// gets its next generation in place (ports, threads and the MACs behind the peers that
+    /// stay are kept), a network with any other change restarts. Networks that did not change
+    /// are not touched. Underlay sockets are opened first: if that fails nothing changes.
+    pub fn apply(&mut self, new: &Config) -> Result<reload::Applied, String> {
+        let plan = reload::Plan::new(&self.nets.iter().map(|r| r.cfg.clone()).collect::<Vec<_>>(), &new.networks);
+        if plan.is_empty() {
+            return Ok(reload::Applied::default());
+        }
+        self.listen(&new.networks).map_err(|e| format!("cannot listen on the underlay: {e}"))?;
+        let mut applied = reload::Applied::default();
+
+        // 1. stop what goes away or restarts, and let go of its devices (a restarted
+        //    network reopens its TAPs by the same names)
+        let mut leaving = Vec::new();
+        let mut i = 0;
+        while i < self.nets.len() {
+            if plan.stops(&self.nets[i].cfg.name) {
+                let mut r = self.nets.remove(i);
+                r.halt();
+                leaving.push(r);
+            } else {
+                i += 1;
+            }
+        }
+        if !leaving.is_empty() {
+            self.publish();
+            for r in leaving {
+                let (name, io) = (r.cfg.name.clone(), Arc::downgrade(&r.io));
+                drop(r);
+                // the underlay threads may still finish a batch on the old fabric
+                wait_released(|| io.strong_count() == 0);
+                if plan.removed.contains(&name) {
+                    tracing::info!(network = name, "reload: network removed");
+                    applied.removed.push(name);
                 }
             }
         }
-        for (i, listener) in listeners {
-            let e = &fabric.load().networks[i];
-            let gre = gre_params(&cfg.networks[i], &gre_sock);
-            let s = VmPortServer { listener, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone(), gre };
-            threads.push(spawn(format!("vmsock-{}", e.net.name()), move || s.run())?);
+
+        // 2. the next generation of networks whose core settings changed
+        let now = clock::now();
+        let mut handovers = Vec::new();
+        for r in self.nets.iter_mut() {
+            let Some(n) = plan.updated.iter().find(|n| n.name == r.cfg.name) else { continue };
+            let (next, h) = r.net.successor(spec_of(n, r.net.spec.mtu), now);
+            let next = Arc::new(next);
+            let removed: Vec<String> = r.cfg.peers.iter().filter(|p| !n.peers.contains(p)).map(|p| p.to_string()).collect();
+            let added: Vec<String> = n.peers.iter().filter(|p| !r.cfg.peers.contains(p)).map(|p| p.to_string()).collect();
+            r.io.net.store(next.clone());
+            let old = std::mem::replace(&mut r.net, next.clone());
+            r.cfg = n.clone();
+            tracing::info!(network = n.name, peers_added = ?added, peers_removed = ?removed, peers = n.peers.len(),
+                "reload: network updated in place (ports, threads and the other peers' MACs kept)");
+            applied.updated.push(n.name.clone());
+            handovers.push((old, next, h));
         }
-        for (i, sock) in dgrams {
-            let e = &fabric.load().networks[i];
-            let gre = gre_params(&cfg.networks[i], &gre_sock);
-            let s = VmDgramServer { sock, net: e.net.clone(), io: e.io.clone(), tx: tx.clone(), stop: stop.clone(), gre };
-            threads.push(spawn(format!("vmdgram-{}", e.net.name()), move || s.run())?);
+
+        // 3. start the new and the restarted networks, in the new configuration's order
+        for n in &new.networks {
+            if !plan.starts(&n.name) {
+                continue;
+            }
+            match self.open(n).and_then(|o| self.run_network(n, o)) {
+                Ok(run) => {
+                    self.nets.push(run);
+                    if plan.restarted.iter().any(|r| r == &n.name) {
+                        tracing::info!(network = n.name, "reload: network restarted (a setting of its ports or encapsulation changed)");
+                        applied.restarted.push(n.name.clone());
+                    } else {
+                        tracing::info!(network = n.name, "reload: network added");
+                        applied.added.push(n.name.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(network = n.name, error = %e, "reload: network could not start; it stays down (fix it and reload again)");
+                    applied.failed.push((n.name.clone(), e.to_string()));
+                }
+            }
         }
-        let slot = usize::from(umtu).max(2048) + 64;
-        for rx in rxs {
-            tracing::info!(socket = %rx.local, "listening for VXLAN");
-            let t = UnderlayThread { rx, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot, offload: cfg.node.offload };
-            threads.push(spawn("underlay".into(), move || t.run())?);
+        let order = |name: &str| new.networks.iter().position(|n| n.name == name).unwrap_or(usize::MAX);
+        self.nets.sort_by_key(|r| order(&r.cfg.name));
+        self.publish();
+
+        // 4. what the old generations counted and learned while threads finished on them
+        for (old, next, h) in handovers {
+            wait_released(|| Arc::strong_count(&old) == 1);
+            h.finish(&old, &next, clock::now());
         }
-        if let Some(sock) = gre_sock {
-            tracing::info!(local = %sock.local, "listening for GRE");
-            let t = GreUnderlayThread { sock, fabric: fabric.clone(), global: global.clone(), stop: stop.clone(), slot };
-            threads.push(spawn("underlay-gre".into(), move || t.run())?);
-        }
-        tracing::info!(source_ports = ?tx.ports(), "sending VXLAN");
-        let keepalive = crate::core::liveness::keepalive_frame(watch::node_id(underlay));
-        Ok(Daemon { fabric, global, stop, threads, watch: watch::Watch::default(), tx, keepalive })
+        Ok(applied)
     }
 
     /// Periodic housekeeping: FDB ageing.
@@ -291,6 +492,11 @@ impl Daemon {
         self.watch.tick(&fabric, now);
         self.watch.peers(&fabric, now);
         self.watch.send_keepalives(&fabric, &self.tx, &self.keepalive, now);
+        for r in &self.nets {
+            if let Some(g) = &r.gre {
+                self.watch.send_gre_keepalives(&r.net, g, &self.keepalive, now);
+            }
+        }
     }
 
     /// Every counter, folded over the data-path shards (control path only).
@@ -319,18 +525,34 @@ impl Daemon {
     }
 
     /// Stop the data path and close every device and socket.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         self.stop.raise();
-        for t in self.threads {
+        for r in &mut self.nets {
+            r.halt();
+        }
+        for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a data-path thread panicked");
             }
         }
         // dropping the fabric closes the TAPs; the ones we created disappear with them
-        let names: Vec<String> = self.fabric.load().networks.iter().flat_map(|e| e.io.taps.iter().map(|t| t.name().to_string())).collect();
+        let names: Vec<String> = self.nets.iter().flat_map(|r| r.io.taps.iter().map(|t| t.name().to_string())).collect();
+        self.nets.clear();
         drop(self.fabric);
         tracing::info!(taps = ?names, "stopped");
     }
+}
+
+/// Wait (at most a second) until `released()`: a thread that loaded a network or the fabric
+/// before it was replaced lets go of it at the end of its batch.
+fn wait_released(released: impl Fn() -> bool) {
+    for _ in 0..1000 {
+        if released() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tracing::warn!("reload: a data-path thread held on to the previous configuration for more than a second");
 }
 
 fn sample_of(fabric: &SharedFabric, global: &GlobalDrops) -> crate::metrics::Sample {
@@ -345,32 +567,46 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
     run_with_reload(cfg, None, shutdown).await
 }
 
-/// What a SIGHUP does with the config file at `path`: a file that does not validate is refused
-/// and the running configuration stays; a valid one is compared with the running one.
-fn reload(path: Option<&std::path::Path>, running: &Config) {
+/// What a SIGHUP does with the config file at `path`: a file that does not validate, or that
+/// changes settings applied at start only, is refused and the running configuration stays; a
+/// valid one is applied network by network ([`Daemon::apply`]) and `running` becomes what
+/// runs now.
+fn reload(path: Option<&std::path::Path>, daemon: &mut Daemon, running: &mut Config) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP received, but the daemon was not started from a config file: nothing to reload");
         return;
     };
-    match crate::config::load(path) {
+    let new = match crate::config::load(path) {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force");
+            return;
+        }
+    };
+    if &new == running {
+        tracing::info!(config = %path.display(), "reload: configuration unchanged");
+        return;
+    }
+    let keys = reload::restart_only_changes(running, &new);
+    if !keys.is_empty() {
+        tracing::error!(config = %path.display(), keys = ?keys,
+            "reload refused: these settings apply at start only (restart the daemon to change them); the running configuration stays in force");
+        return;
+    }
+    let started = std::time::Instant::now();
+    match daemon.apply(&new) {
         Err(e) => tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force"),
-        Ok(new) if &new == running => tracing::info!(config = %path.display(), "reload: configuration unchanged"),
-        Ok(new) => {
-            let names = |c: &Config| c.networks.iter().map(|n| n.name.clone()).collect::<std::collections::BTreeSet<_>>();
-            let (old_n, new_n) = (names(running), names(&new));
-            let changed: Vec<&String> = new
-                .networks
-                .iter()
-                .filter(|n| running.networks.iter().any(|o| o.name == n.name && o != *n))
-                .map(|n| &n.name)
-                .collect();
-            tracing::warn!(
-                config = %path.display(),
-                added = ?new_n.difference(&old_n).collect::<Vec<_>>(),
-                removed = ?old_n.difference(&new_n).collect::<Vec<_>>(),
-                changed = ?changed,
-                "reload: the configuration is valid but differs; live changes are not applied yet, restart to apply them (the running configuration stays in force)"
-            );
+        Ok(a) => {
+            *running = daemon.running(running);
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if a.failed.is_empty() {
+                tracing::info!(config = %path.display(), added = ?a.added, removed = ?a.removed, updated = ?a.updated,
+                    restarted = ?a.restarted, networks = running.networks.len(), took_ms = format_args!("{ms:.1}"), "reload applied");
+            } else {
+                tracing::error!(config = %path.display(), added = ?a.added, removed = ?a.removed, updated = ?a.updated,
+                    restarted = ?a.restarted, failed = ?a.failed, networks = running.networks.len(), took_ms = format_args!("{ms:.1}"),
+                    "reload applied in part: the failed networks are not running");
+            }
         }
     }
 }
@@ -395,7 +631,8 @@ pub async fn run_with_reload(
     if let Some(to) = &cfg.node.run_as {
         privs::switch_user(to)?;
     }
-    let daemon = Daemon::start(&cfg)?;
+    let mut daemon = Daemon::start(&cfg)?;
+    let mut cfg = cfg;
     let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
     let answer = move |req: &crate::admin::Request| {
         let now = clock::now();
@@ -425,7 +662,7 @@ pub async fn run_with_reload(
             _ = &mut shutdown => break,
             _ = tick.tick() => daemon.tick(),
             _ = usr1.recv() => daemon.log_drops(),
-            _ = hup.recv() => reload(config_path.as_deref(), &cfg),
+            _ = hup.recv() => reload(config_path.as_deref(), &mut daemon, &mut cfg),
         }
     }
     tracing::info!("shutting down");

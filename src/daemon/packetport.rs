@@ -6,7 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::core::stats::Shard;
-use crate::core::{DropReason, LocalPort, Network};
+use crate::core::{DropReason, LocalPort};
 use crate::io::clock;
 use crate::io::packet::PacketPort;
 use crate::io::sys::{self, StopFd, Wake};
@@ -18,7 +18,6 @@ use super::vmport::{Batch, Switcher};
 
 /// Everything the reader of a packet-socket port needs.
 pub struct PacketThread {
-    pub net: Arc<Network>,
     pub io: Arc<NetIo>,
     pub port: LocalPort,
     pub dev: Arc<PacketPort>,
@@ -30,22 +29,24 @@ pub struct PacketThread {
 
 impl PacketThread {
     pub fn run(self) {
-        let PacketThread { net, io, port, dev, tx, stop, gre } = self;
+        let PacketThread { io, port, dev, tx, stop, gre } = self;
         // a frame within the MTU (with a VLAN tag) always fits; a larger one is cut and
-        // counted, it would be dropped as over the MTU anyway
-        let want = usize::from(net.spec.mtu) + 32;
+        // counted, it would be dropped as over the MTU anyway (the MTU is not changed by a
+        // reload that keeps the port)
+        let want = usize::from(io.net.load().spec.mtu) + 32;
         let mut batch = Batch::new();
-        let mut sw = Switcher::new(net.clone(), io, tx, port).with_gre(gre);
+        let mut sw = Switcher::new(io.clone(), tx, port).with_gre(gre);
         let mut rl = RateLimit::default();
         loop {
             match sys::wait_readable(dev.fd(), &stop) {
                 Ok(Wake::Stop) => break,
                 Ok(Wake::Ready) => {}
                 Err(e) => {
-                    tracing::error!(network = net.name(), interface = dev.name(), error = %e, "poll failed; port stopped");
+                    tracing::error!(network = io.net.load().name(), interface = dev.name(), error = %e, "poll failed; port stopped");
                     break;
                 }
             }
+            let net = io.net.load();
             let now = clock::now();
             loop {
                 let Some(room) = batch.room(want) else {
@@ -73,6 +74,6 @@ impl PacketThread {
                 sw.switch(&mut batch, now);
             }
         }
-        tracing::debug!(network = net.name(), interface = dev.name(), "packet port thread stopped");
+        tracing::debug!(network = io.net.load().name(), interface = dev.name(), "packet port thread stopped");
     }
 }

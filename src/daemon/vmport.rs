@@ -43,7 +43,6 @@ const ARENA: usize = 256 << 10;
 /// The accept loop of one network's VM socket.
 pub struct VmPortServer {
     pub listener: VmListener,
-    pub net: Arc<Network>,
     pub io: Arc<NetIo>,
     pub tx: Arc<TxSockets>,
     pub stop: Arc<StopFd>,
@@ -60,7 +59,7 @@ impl VmPortServer {
                 Ok(Wake::Stop) => break,
                 Ok(Wake::Ready) => {}
                 Err(e) => {
-                    tracing::error!(network = self.net.name(), path = %self.listener.path().display(), error = %e, "vm socket poll failed; no more VMs accepted");
+                    tracing::error!(network = self.io.net.load().name(), path = %self.listener.path().display(), error = %e, "vm socket poll failed; no more VMs accepted");
                     break;
                 }
             }
@@ -74,7 +73,7 @@ impl VmPortServer {
                     Ok(None) => break,
                     Err(e) => {
                         if let Some(muted) = rl.allow(clock::now()) {
-                            tracing::warn!(network = self.net.name(), error = %e, muted, "accept on vm socket failed");
+                            tracing::warn!(network = self.io.net.load().name(), error = %e, muted, "accept on vm socket failed");
                         }
                         // e.g. out of descriptors: do not spin on a listener that stays readable
                         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -87,35 +86,35 @@ impl VmPortServer {
             readers = live;
             for h in done {
                 if h.join().is_err() {
-                    tracing::error!(network = self.net.name(), "a vm reader thread panicked");
+                    tracing::error!(network = self.io.net.load().name(), "a vm reader thread panicked");
                 }
             }
         }
         for h in readers {
             if h.join().is_err() {
-                tracing::error!(network = self.net.name(), "a vm reader thread panicked");
+                tracing::error!(network = self.io.net.load().name(), "a vm reader thread panicked");
             }
         }
-        tracing::debug!(network = self.net.name(), "vm socket closed");
+        tracing::debug!(network = self.io.net.load().name(), "vm socket closed");
     }
 
     /// Give `conn` a port and start its reader; `None` if it was turned away.
     fn connect(&self, conn: VmConn, rl: &mut RateLimit) -> Option<JoinHandle<()>> {
         let conn = Arc::new(conn);
-        let port = add_port(&self.net, &self.io, LocalIo::Vm(conn.clone()));
+        let port = add_port(&self.io, LocalIo::Vm(conn.clone()));
         let Some(port) = port else {
             if let Some(muted) = rl.allow(clock::now()) {
-                tracing::warn!(network = self.net.name(), vm_pid = conn.pid, muted, "port table full; vm connection refused");
+                tracing::warn!(network = self.io.net.load().name(), vm_pid = conn.pid, muted, "port table full; vm connection refused");
             }
             return None;
         };
-        tracing::info!(network = self.net.name(), port = port.slot(), vm_pid = conn.pid, ports = self.io.ports.load().len(), "vm connected");
-        let reader = VmReader { net: self.net.clone(), io: self.io.clone(), tx: self.tx.clone(), stop: self.stop.clone(), conn, port, gre: self.gre.clone() };
-        match std::thread::Builder::new().name(format!("vm-{}-{}", self.net.name(), port.slot())).spawn(move || reader.run()) {
+        tracing::info!(network = self.io.net.load().name(), port = port.slot(), vm_pid = conn.pid, ports = self.io.ports.load().len(), "vm connected");
+        let reader = VmReader { io: self.io.clone(), tx: self.tx.clone(), stop: self.stop.clone(), conn, port, gre: self.gre.clone() };
+        match std::thread::Builder::new().name(format!("vm-{}-{}", self.io.net.load().name(), port.slot())).spawn(move || reader.run()) {
             Ok(h) => Some(h),
             Err(e) => {
-                tracing::error!(network = self.net.name(), error = %e, "cannot start a vm reader; connection dropped");
-                remove_port(&self.net, &self.io, port);
+                tracing::error!(network = self.io.net.load().name(), error = %e, "cannot start a vm reader; connection dropped");
+                remove_port(&self.io, port);
                 None
             }
         }
@@ -129,7 +128,6 @@ impl VmPortServer {
 /// to it finds nobody there (its QEMU stopped), noticed within a second.
 pub struct VmDgramServer {
     pub sock: Arc<VmDgramSocket>,
-    pub net: Arc<Network>,
     pub io: Arc<NetIo>,
     pub tx: Arc<TxSockets>,
     pub stop: Arc<StopFd>,
@@ -138,12 +136,11 @@ pub struct VmDgramServer {
 
 impl VmDgramServer {
     pub fn run(self) {
-        let net = self.net.clone();
-        let want = usize::from(net.spec.mtu) + 32;
+        let want = usize::from(self.io.net.load().spec.mtu) + 32;
         let mut rx = vec![0u8; want + 1];
         let mut vms: HashMap<PathBuf, (LocalPort, Arc<DgramPeer>)> = HashMap::new();
         let mut batch = Batch::new();
-        let mut sw = Switcher::new(net.clone(), self.io.clone(), self.tx.clone(), LocalPort(0)).with_gre(self.gre.clone());
+        let mut sw = Switcher::new(self.io.clone(), self.tx.clone(), LocalPort(0)).with_gre(self.gre.clone());
         let mut rl = RateLimit::default();
         let mut last_sweep = clock::now();
         loop {
@@ -151,10 +148,11 @@ impl VmDgramServer {
                 Ok(Some(Wake::Stop)) => break,
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::error!(network = net.name(), path = %self.sock.path().display(), error = %e, "vm dgram socket poll failed; closed");
+                    tracing::error!(network = self.io.net.load().name(), path = %self.sock.path().display(), error = %e, "vm dgram socket poll failed; closed");
                     break;
                 }
             }
+            let net = self.io.net.load();
             let now = clock::now();
             loop {
                 let (n, from) = match self.sock.recv(&mut rx) {
@@ -181,10 +179,10 @@ impl VmDgramServer {
                     _ => {
                         if let Some((old, _)) = vms.remove(path) {
                             sw.switch(&mut batch, now);
-                            remove_port(&net, &self.io, old);
+                            remove_port(&self.io, old);
                         }
                         let vm = Arc::new(DgramPeer::new(self.sock.clone(), path.to_path_buf()));
-                        let Some(p) = add_port(&net, &self.io, LocalIo::Dgram(vm.clone())) else {
+                        let Some(p) = add_port(&self.io, LocalIo::Dgram(vm.clone())) else {
                             if let Some(muted) = rl.allow(now) {
                                 tracing::warn!(network = net.name(), vm = %path.display(), muted, "port table full; vm datagrams dropped");
                             }
@@ -208,20 +206,21 @@ impl VmDgramServer {
                     if !vm.is_gone() {
                         return true;
                     }
-                    let flushed = remove_port(&net, &self.io, *port);
+                    let flushed = remove_port(&self.io, *port);
                     tracing::info!(network = net.name(), port = port.slot(), vm = %path.display(), flushed_macs = flushed, "vm disconnected (dgram: nobody at its address)");
                     false
                 });
             }
         }
-        tracing::debug!(network = net.name(), "vm dgram socket closed");
+        tracing::debug!(network = self.io.net.load().name(), "vm dgram socket closed");
     }
 }
 
 /// Publish a port table with VM port `p` added; the port it got, or `None` if the table is
 /// full.
-pub fn add_port(net: &Network, io: &NetIo, p: LocalIo) -> Option<LocalPort> {
+pub fn add_port(io: &NetIo, p: LocalIo) -> Option<LocalPort> {
     let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
+    let net = io.net.load();
     let Some((t, port)) = io.ports.load().with(p) else {
         net.vm_ports.refused.fetch_add(1, Relaxed);
         return None;
@@ -234,7 +233,8 @@ pub fn add_port(net: &Network, io: &NetIo, p: LocalIo) -> Option<LocalPort> {
 
 /// Publish a port table without VM port `port` and forget the MACs learned on it; returns
 /// how many.
-pub fn remove_port(net: &Network, io: &NetIo, port: LocalPort) -> usize {
+pub fn remove_port(io: &NetIo, port: LocalPort) -> usize {
+    let net = io.net.load();
     {
         let _g = io.port_changes.lock().unwrap_or_else(|p| p.into_inner());
         let cur = io.ports.load();
@@ -257,7 +257,6 @@ enum End {
 }
 
 struct VmReader {
-    net: Arc<Network>,
     io: Arc<NetIo>,
     tx: Arc<TxSockets>,
     stop: Arc<StopFd>,
@@ -317,7 +316,6 @@ impl Batch {
 
 /// Switches batches of frames that arrived on one local port.
 pub(super) struct Switcher {
-    pub net: Arc<Network>,
     pub io: Arc<NetIo>,
     pub tx: Arc<TxSockets>,
     pub port: LocalPort,
@@ -329,9 +327,9 @@ pub(super) struct Switcher {
 }
 
 impl Switcher {
-    pub(super) fn new(net: Arc<Network>, io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
+    pub(super) fn new(io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
         let q = SendQueue::new(tx.len());
-        Switcher { net, io, tx, port, q, gre: None, fwd: Forwarder::default(), rl_send: RateLimit::default() }
+        Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), rl_send: RateLimit::default() }
     }
 
     /// Send to peers over GRE with these parameters (a GRE network), or VXLAN (`None`).
@@ -345,7 +343,9 @@ impl Switcher {
         if batch.items.is_empty() {
             return;
         }
-        let (net, shard, ingress) = (&*self.net, Shard::per_thread(), Port::Local(self.port));
+        // the network's current generation, for this batch
+        let current = self.io.net.load();
+        let (net, shard, ingress) = (&**current, Shard::per_thread(), Port::Local(self.port));
         let (q, fwd, gre) = (&mut self.q, &mut self.fwd, &mut self.gre);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
@@ -419,7 +419,7 @@ impl VmReader {
     fn run(self) {
         let mut dec = StreamDecoder::new(READ_BUF);
         let mut batch = Batch::new();
-        let mut sw = Switcher::new(self.net.clone(), self.io.clone(), self.tx.clone(), self.port).with_gre(self.gre.clone());
+        let mut sw = Switcher::new(self.io.clone(), self.tx.clone(), self.port).with_gre(self.gre.clone());
         let end = 'conn: loop {
             match sys::wait_readable(self.conn.fd(), &self.stop) {
                 Ok(Wake::Stop) => break 'conn End::Stopped,
@@ -452,7 +452,7 @@ impl VmReader {
                         Ok(None) => break,
                         Err(e) => {
                             sw.switch(&mut batch, now);
-                            self.net.stats.count_drop(Shard::LOCAL, DropReason::BadFraming);
+                            self.io.net.load().stats.count_drop(Shard::LOCAL, DropReason::BadFraming);
                             break 'conn End::Framing(e);
                         }
                     }
@@ -460,8 +460,9 @@ impl VmReader {
             }
             sw.switch(&mut batch, now);
         };
-        let flushed = remove_port(&self.net, &self.io, self.port);
-        let (net, slot, pid) = (self.net.name(), self.port.slot(), self.conn.pid);
+        let flushed = remove_port(&self.io, self.port);
+        let current = self.io.net.load();
+        let (net, slot, pid) = (current.name(), self.port.slot(), self.conn.pid);
         match end {
             End::Closed => tracing::info!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, "vm disconnected"),
             End::Stopped => tracing::debug!(network = net, port = slot, vm_pid = pid, "vm port closed on shutdown"),

@@ -9,7 +9,11 @@ use crate::core::fabric::Fabric;
 use crate::core::liveness::{KEEPALIVE_LEN, PeerState};
 use crate::core::wire::vxlan;
 use crate::core::{Encap, Instant, Port};
+use crate::core::Network;
+use crate::io::gre::{GreSendQueue, GreTxItem};
 use crate::io::udp::TxSockets;
+
+use super::gre::GreParams;
 
 /// MAC moves per second in one network above which the daemon warns of a probable loop.
 pub const LOOP_MOVES_PER_SEC: u64 = 20;
@@ -68,7 +72,8 @@ impl Watch {
         }
     }
 
-    /// One keepalive to every peer of every VXLAN network.
+    /// One keepalive to every peer of every VXLAN network (GRE networks:
+    /// [`Self::send_gre_keepalives`]).
     pub fn send_keepalives<P>(&self, fabric: &Fabric<P>, tx: &TxSockets, frame: &[u8; KEEPALIVE_LEN], now: Instant) {
         let mut buf = [0u8; vxlan::HEADER_LEN + KEEPALIVE_LEN];
         buf[vxlan::HEADER_LEN..].copy_from_slice(frame);
@@ -86,6 +91,30 @@ impl Watch {
                 }
             }
         }
+    }
+
+    /// One keepalive to every peer of a GRE network, tunnelled as its frames are (key,
+    /// checksum, TTL, DSCP); not counted as traffic, like the receiver does not count it.
+    pub fn send_gre_keepalives(&self, net: &Network, gre: &GreParams, frame: &[u8; KEEPALIVE_LEN], now: Instant) {
+        const AT: usize = 16;
+        let h = gre.repr.header_len();
+        let mut buf = [0u8; AT + KEEPALIVE_LEN];
+        buf[AT..].copy_from_slice(frame);
+        gre.repr.emit(&mut buf[AT - h..]);
+        let tos = gre.dscp.for_frame(frame) << 2;
+        let mut q = GreSendQueue::default();
+        for (i, p) in net.peers.iter().enumerate() {
+            let len = (h + KEEPALIVE_LEN) as u32;
+            q.push(GreTxItem { buf: 0, start: (AT - h) as u32, len, dst: p.addr.ip(), ttl: gre.ttl, tos, tag: i as u16 });
+        }
+        q.flush(&gre.sock, &[&buf[..]], |it, r| {
+            if let Err(err) = r {
+                let mut rl = self.send_errors.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(muted) = rl.allow(now) {
+                    tracing::debug!(network = net.name(), peer = %it.dst, error = %err, muted, "keepalive not sent");
+                }
+            }
+        });
     }
 
     /// Log what happened since the last call.
