@@ -67,7 +67,7 @@ fn copy_fdb(old: &Network, new: &Network, peer_map: &[Option<usize>], now: Insta
     let mut rows = old.fdb.entries(now);
     // oldest first, so the new table's eviction order is the old one's; a smaller table
     // keeps the most recently seen
-    rows.sort_by(|a, b| b.age.cmp(&a.age));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.age));
     let skip = rows.len().saturating_sub(new.fdb.config().max_entries);
     let mut copied = 0;
     for r in rows.into_iter().skip(skip) {
