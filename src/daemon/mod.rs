@@ -132,6 +132,9 @@ pub struct Daemon {
     /// VXLAN ports listened on, and the raw GRE socket once a GRE network exists.
     rx_ports: BTreeSet<u16>,
     gre_sock: Option<Arc<GreSocket>>,
+    /// Sockets opened whose receive threads are not started yet.
+    pending_rx: Vec<RxSocket>,
+    pending_gre: Option<Arc<GreSocket>>,
     /// Largest underlay packet accepted.
     slot: usize,
 }
@@ -215,6 +218,8 @@ impl Daemon {
             umtu,
             rx_ports: BTreeSet::new(),
             gre_sock: None,
+            pending_rx: Vec::new(),
+            pending_gre: None,
             slot: usize::from(umtu).max(2048) + 64,
         };
         let started = d.listen(&cfg.networks).and_then(|()| {
@@ -225,17 +230,21 @@ impl Daemon {
             }
             Ok(())
         });
+        let started = started.and_then(|()| {
+            d.publish();
+            d.start_receivers()
+        });
         if let Err(e) = started {
             d.stop();
             return Err(e);
         }
-        d.publish();
         tracing::info!(source_ports = ?d.tx.ports(), "sending VXLAN");
         Ok(d)
     }
 
-    /// Listen on every underlay socket `networks` need that is not open yet: a UDP port per
-    /// VXLAN port, the raw GRE socket for GRE. Each gets its receive thread.
+    /// Open every underlay socket `networks` need that is not open yet: a UDP port per VXLAN
+    /// port, the raw GRE socket for GRE. Their receive threads start with
+    /// [`Self::start_receivers`], once the networks they deliver to are published.
     fn listen(&mut self, networks: &[NetworkConfig]) -> Result<(), StartupError> {
         let underlay = self.node.underlay;
         let want: BTreeSet<u16> = networks.iter().filter(|n| n.encap == Encap::Vxlan).map(|n| n.vxlan_port).collect();
@@ -243,13 +252,22 @@ impl Daemon {
         for &p in want.difference(&self.rx_ports) {
             rxs.push(RxSocket::bind(SocketAddr::new(underlay, p)).map_err(StartupError::Socket)?);
         }
-        let gre = match networks.iter().any(|n| n.encap.is_gre()) && self.gre_sock.is_none() {
-            true => Some(Arc::new(GreSocket::open(underlay).map_err(StartupError::Socket)?)),
-            false => None,
-        };
+        if networks.iter().any(|n| n.encap.is_gre()) && self.gre_sock.is_none() {
+            let sock = Arc::new(GreSocket::open(underlay).map_err(StartupError::Socket)?);
+            self.gre_sock = Some(sock.clone());
+            self.pending_gre = Some(sock);
+        }
         for rx in rxs {
-            tracing::info!(socket = %rx.local, "listening for VXLAN");
             self.rx_ports.insert(rx.local.port());
+            self.pending_rx.push(rx);
+        }
+        Ok(())
+    }
+
+    /// Start a receive thread on each underlay socket [`Self::listen`] opened.
+    fn start_receivers(&mut self) -> Result<(), StartupError> {
+        for rx in std::mem::take(&mut self.pending_rx) {
+            tracing::info!(socket = %rx.local, "listening for VXLAN");
             let t = UnderlayThread {
                 rx,
                 fabric: self.fabric.clone(),
@@ -260,9 +278,8 @@ impl Daemon {
             };
             self.threads.push(spawn("underlay".into(), move || t.run())?);
         }
-        if let Some(sock) = gre {
+        if let Some(sock) = self.pending_gre.take() {
             tracing::info!(local = %sock.local, "listening for GRE");
-            self.gre_sock = Some(sock.clone());
             let t = GreUnderlayThread { sock, fabric: self.fabric.clone(), global: self.global.clone(), stop: self.stop.clone(), slot: self.slot };
             self.threads.push(spawn("underlay-gre".into(), move || t.run())?);
         }
@@ -470,6 +487,9 @@ impl Daemon {
         let order = |name: &str| new.networks.iter().position(|n| n.name == name).unwrap_or(usize::MAX);
         self.nets.sort_by_key(|r| order(&r.cfg.name));
         self.publish();
+        if let Err(e) = self.start_receivers() {
+            tracing::error!(error = %e, "reload: cannot start an underlay receiver; packets on that socket are not read until a restart");
+        }
 
         // 4. what the old generations counted and learned while threads finished on them
         for (old, next, h) in handovers {
