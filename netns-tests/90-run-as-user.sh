@@ -122,6 +122,16 @@ text=$(scrape "$H1" http://127.0.0.1:9477/metrics)
 assert_ge "d1 /metrics: tunnel packets to $U2" 3 "$(metric "$text" "overlayd_tunnel_packets_total{direction=\"tx\",network=\"blue\",peer=\"$U2\"}")"
 assert_ge "d1 /metrics: process_open_fds (the process reads its own /proc as the user)" 1 "$(metric "$text" process_open_fds)"
 
+log "a reload as the user: a network added on both hosts (TAPs opened with the kept CAP_NET_ADMIN)"
+add_network "$WORK/h1.toml" red 43 "${PREFIX}r" "203.0.113.1/24" "$U2"
+add_network "$WORK/h2.toml" red 43 "${PREFIX}r" "203.0.113.2/24" "$U1"
+kill -HUP "${_DAEMON_PID[d1]}" "${_DAEMON_PID[d2]}"
+for d in 1 2; do
+  wait_until -t 10 grep -q 'reload applied.*added=\["red"\]' "${_DAEMON_LOG[d$d]}" || die "d$d: the reload as the user was not applied"
+done
+wait_ping "$H1" 203.0.113.2
+ok "the network added by a reload carries pings"
+
 log "shutdown"
 stop_daemon d1
 stop_daemon d2

@@ -86,6 +86,9 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     if a.offload != b.offload {
         keys.push("node.offload");
     }
+    if a.run_as != b.run_as {
+        keys.push("node.user/node.group");
+    }
     if a != b && keys.is_empty() {
         keys.push("node");
     }
