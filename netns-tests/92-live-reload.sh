@@ -74,6 +74,16 @@ peers_of() { "$OVERLAYD_BIN" peers --config "$WORK/h1.toml" --network blue --jso
 assert_eq "blue's peers at start" "${U[2]}" "$(peers_of)"
 applied_lines() { grep -c "reload applied" "${_DAEMON_LOG[d1]}" || true; }
 applied_at_least() { (($(applied_lines) >= $1)); }
+# reload N FILE FIELD... - install FILE, SIGHUP d1, and expect the Nth "reload applied" line to
+# carry every FIELD (e.g. 'added=["green"]')
+reload() {
+  local n=$1 file=$2 line f; shift 2
+  hup "$file"
+  wait_until -t 10 applied_at_least "$n" || die "reload $n was not applied"
+  line=$(grep "reload applied" "${_DAEMON_LOG[d1]}" | sed -n "${n}p")
+  for f; do [[ $line == *"$f"* ]] || die "reload $n: the log line lacks $f: $line"; done
+  ok "${line#*INFO }"
+}
 hup() { # FILE - install FILE as h1's config and signal d1
   cp "$1" "$WORK/h1.toml"
   kill -HUP "$PID" || die "cannot signal d1"
@@ -103,12 +113,7 @@ sleep 0.5
 tx_before=$(metric "$(scrape "${H[1]}" "$URL")" "$TX_H2")
 
 log "reload 1: add network green, add peer h3 to blue"
-hup "$WORK/h1.B.toml"
-wait_until -t 10 applied_at_least 1 || die "reload 1 was not applied"
-line=$(grep "reload applied" "${_DAEMON_LOG[d1]}" | tail -1)
-[[ $line == *'added=["green"]'* && $line == *'updated=["blue"]'* && $line == *'removed=[]'* ]] ||
-  die "reload 1 log line does not say green added, blue updated: $line"
-ok "${line#*INFO }"
+reload 1 "$WORK/h1.B.toml" 'added=["green"]' 'removed=[]' 'updated=["blue"]' 'restarted=[]'
 link_exists "${H[1]}" "$TG" || die "green's TAP did not appear"
 assert_eq "green's TAP MTU" 1400 "$(link_mtu "${H[1]}" "$TG")"
 wait_ping "${H[1]}" "${G[2]}"
@@ -136,21 +141,13 @@ assert_eq "reloads applied so far" 1 "$(applied_lines)"
 link_exists "${H[1]}" "$TG" || die "green went away after a refused reload"
 
 log "reload 2: green's MTU changes, so green restarts"
-hup "$WORK/h1.B2.toml"
-wait_until -t 10 applied_at_least 2 || die "reload 2 was not applied"
-line=$(grep "reload applied" "${_DAEMON_LOG[d1]}" | tail -1)
-[[ $line == *'restarted=["green"]'* && $line == *'updated=[]'* ]] || die "reload 2 log line does not say green restarted: $line"
-ok "${line#*INFO }"
+reload 2 "$WORK/h1.B2.toml" 'added=[]' 'removed=[]' 'updated=[]' 'restarted=["green"]'
 assert_eq "green's TAP MTU after reload 2" 1300 "$(link_mtu "${H[1]}" "$TG")"
 wait_ping "${H[1]}" "${G[2]}"
 ok "green carries pings again"
 
 log "reload 3: back to the start: green and peer h3 removed"
-hup "$WORK/h1.A.toml"
-wait_until -t 10 applied_at_least 3 || die "reload 3 was not applied"
-line=$(grep "reload applied" "${_DAEMON_LOG[d1]}" | tail -1)
-[[ $line == *'removed=["green"]'* && $line == *'updated=["blue"]'* ]] || die "reload 3 log line does not say green removed, blue updated: $line"
-ok "${line#*INFO }"
+reload 3 "$WORK/h1.A.toml" 'added=[]' 'removed=["green"]' 'updated=["blue"]' 'restarted=[]'
 wait_until -t 5 bash -c "! ip -n '${H[1]}' link show dev '$TG' >/dev/null 2>&1" || die "green's TAP is still there"
 ok "green's TAP is gone"
 assert_eq "blue's peers after reload 3" "${U[2]}" "$(peers_of)"

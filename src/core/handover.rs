@@ -131,7 +131,7 @@ mod tests {
     use crate::core::network::Action;
     use crate::core::stats::{DropReason, Shard};
     use crate::core::wire::ethernet::MacAddr;
-    use crate::core::{Encap, FdbConfig, LocalPort, Vni};
+    use crate::core::{LocalPort, testutil};
     use std::net::SocketAddr;
 
     fn addr(last: u8) -> SocketAddr {
@@ -139,24 +139,11 @@ mod tests {
     }
 
     fn spec(peers: &[u8]) -> NetworkSpec {
-        NetworkSpec {
-            name: "blue".into(),
-            encap: Encap::Vxlan,
-            vni: Vni::new_unchecked(42),
-            mtu: 1450,
-            peers: peers.iter().map(|&p| addr(p)).collect(),
-            fdb: FdbConfig::default(),
-            bum_pps_limit: None,
-            local_ports: 1,
-        }
+        testutil::spec(1, peers.iter().map(|&p| addr(p)).collect())
     }
 
     fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
-        let mut f = vec![0u8; 60];
-        f[..6].copy_from_slice(&dst.0);
-        f[6..12].copy_from_slice(&src.0);
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f
+        testutil::frame(dst, src, 60)
     }
 
     const LOCAL: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);

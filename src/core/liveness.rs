@@ -147,29 +147,17 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::network::{Action, NetworkSpec};
-    use crate::core::{Encap, FdbConfig, LocalPort, Vni};
+    use crate::core::network::Action;
+    use crate::core::{LocalPort, testutil};
     use std::net::SocketAddr;
 
     fn net() -> Network {
-        Network::new(NetworkSpec {
-            name: "blue".into(),
-            encap: Encap::Vxlan,
-            vni: Vni::new_unchecked(42),
-            mtu: 1450,
-            peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))],
-            fdb: FdbConfig { ageing: Duration::from_secs(300), ..FdbConfig::default() },
-            bum_pps_limit: None,
-            local_ports: 1,
-        })
+        // default FDB settings: 300 s ageing, the timeout of peers without keepalives
+        Network::new(testutil::spec(1, vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))]))
     }
 
     fn frame(dst: MacAddr, src: MacAddr) -> Vec<u8> {
-        let mut f = vec![0u8; 60];
-        f[..6].copy_from_slice(&dst.0);
-        f[6..12].copy_from_slice(&src.0);
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f
+        testutil::frame(dst, src, 60)
     }
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);

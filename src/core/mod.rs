@@ -22,6 +22,8 @@ pub mod offload;
 pub mod ports;
 pub mod stats;
 pub mod storm;
+#[cfg(test)]
+pub(crate) mod testutil;
 pub mod time;
 pub mod wire;
 

@@ -192,6 +192,7 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::testutil::{frame, spec};
     use crate::core::wire::ethernet::MacAddr;
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
@@ -200,24 +201,7 @@ mod tests {
     const L0: LocalPort = LocalPort(0);
 
     fn net(local_ports: u16, peers: usize) -> Network {
-        Network::new(NetworkSpec {
-            name: "blue".into(),
-            encap: Encap::Vxlan,
-            vni: Vni::new_unchecked(42),
-            mtu: 1450,
-            peers: (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect(),
-            fdb: FdbConfig::default(),
-            bum_pps_limit: None,
-            local_ports,
-        })
-    }
-
-    fn frame(dst: MacAddr, src: MacAddr, len: usize) -> Vec<u8> {
-        let mut f = vec![0u8; len];
-        f[..6].copy_from_slice(&dst.0);
-        f[6..12].copy_from_slice(&src.0);
-        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-        f
+        Network::new(spec(local_ports, (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect()))
     }
 
     const T: Instant = Instant::ZERO;
