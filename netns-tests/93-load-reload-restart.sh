@@ -16,7 +16,7 @@
 # Proves:
 #   - the reload is applied live while blue carries the load: green's TAP appears in h1 with
 #     its address, the log says "reload applied", the daemon keeps running, blue's TAP is the
-#     same interface as before (not recreated), and h1 pings h3 over green;
+#     same interface as before (not recreated), h1 pings h3 over green and sees it up there;
 #   - h3's daemon stops cleanly, h1 logs it down and exports overlayd_peer_up 0 for it; it comes
 #     back ready, h1 logs it up again, exports overlayd_peer_up 1, and h1 pings h3 over blue;
 #   - the paced stream was in flight during both events, and every byte arrived, in order,
@@ -152,6 +152,8 @@ assert_eq "ifindex of blue's TAP $T in h1 (not recreated by the reload)" "$ifind
   "$(ns_exec "${H[1]}" cat "/sys/class/net/$T/ifindex")"
 wait_ping "${H[1]}" "$GREEN3" 10
 ping_ok "${H[1]}" "$GREEN3" 3
+wait_until -t 10 peer_up_is 1 green "${U[3]}" 1 || die "h1 does not see h3 up on the added network green"
+ok "h1 sees h3 up on green (overlayd_peer_up 1)"
 
 sleep_until "$T_RESTART"
 log "t=$(since "$T0") s: restart h3's daemon"
