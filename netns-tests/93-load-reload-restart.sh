@@ -145,7 +145,11 @@ has_addr() { ip -n "${H[1]}" -4 -o addr show dev "$G" | grep -qF " $GREEN1/24 ";
 wait_until -t 5 has_addr || die "$G in h1 has no address $GREEN1/24: $(ip -n "${H[1]}" -o addr show dev "$G")"
 ok "$G in h1 has $GREEN1/24"
 wait_until -t 10 grep -q "reload applied" "${_DAEMON_LOG[d1]}" || die "d1 logged no 'reload applied' line after the SIGHUP"
-ok "d1 logged: $(grep "reload applied" "${_DAEMON_LOG[d1]}" | tail -n 1 | sed 's/^.*\(INFO\|WARN\) //')"
+line=$(grep "reload applied" "${_DAEMON_LOG[d1]}" | tail -n 1)
+[[ $line != *"in part"* ]] || die "the reload was applied only in part: $line"
+[[ $line == *'added=["green"]'* && $line == *'removed=[]'* && $line == *'updated=[]'* && $line == *'restarted=[]'* ]] ||
+  die "the reload should add green and touch nothing else: $line"
+ok "d1 applied the reload, adding green and leaving blue alone: ${line#* INFO }"
 _is_ours "${_DAEMON_PID[d1]}" || die "d1 exited after the SIGHUP"
 ok "d1 still running after the reload"
 assert_eq "ifindex of blue's TAP $T in h1 (not recreated by the reload)" "$ifindex_before" \
