@@ -15,8 +15,9 @@
 #
 # Proves:
 #   - the reload is applied live while blue carries the load: green's TAP appears in h1 with
-#     its address, the log says "reload applied", the daemon keeps running, blue's TAP is the
-#     same interface as before (not recreated), h1 pings h3 over green and sees it up there;
+#     its address, the log says "reload applied" with green added and blue neither updated nor
+#     restarted, the daemon keeps running, blue's TAP is the same interface as before (not
+#     recreated), h1 pings h3 over green and sees it up there;
 #   - h3's daemon stops cleanly, h1 logs it down and exports overlayd_peer_up 0 for it; it comes
 #     back ready, h1 logs it up again, exports overlayd_peer_up 1, and h1 pings h3 over blue;
 #   - the paced stream was in flight during both events, and every byte arrived, in order,
