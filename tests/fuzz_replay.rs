@@ -54,3 +54,8 @@ fn ipv4_corpus_and_regressions_hold() {
 fn qemu_stream_corpus_and_regressions_hold() {
     replay("qemu_stream", invariants::check_qemu_stream);
 }
+
+#[test]
+fn reload_corpus_and_regressions_hold() {
+    replay("reload", invariants::check_reload);
+}

@@ -287,9 +287,8 @@ impl Fdb {
     }
 
     /// Put `mac` on `port`, last seen at `seen`, if the table does not hold it yet and has room.
-    /// Counts no event: this carries a table over to a network's next generation (a reload),
-    /// it learns nothing new. Returns whether the entry was added.
-    pub fn restore(&self, mac: MacAddr, port: Port, seen: Instant) -> bool {
+    /// Counts no event. Returns whether the entry was added.
+    fn restore(&self, mac: MacAddr, port: Port, seen: Instant) -> bool {
         let mut book = self.book.lock().unwrap_or_else(|p| p.into_inner());
         let g = self.map.guard();
         if book.total >= self.cfg.max_entries || self.map.get(&mac, &g).is_some() {
@@ -303,6 +302,66 @@ impl Fdb {
         pb.count += 1;
         pb.order.push_back((mac, seq));
         true
+    }
+
+    /// Take over the table and event counts of `old`, a network's previous generation (a
+    /// reload; see [`crate::core::handover`]), into this empty table: every entry on the port
+    /// `port_map` gives it, oldest first so eviction order is kept. What is not taken over is
+    /// counted as it ends, so that learned = evicted + expired + flushed + entries still holds:
+    /// an aged entry as expired, one whose port is gone (a removed peer) as flushed, one for
+    /// which there is no room (a smaller table keeps the most recently seen) as evicted. Pins
+    /// are not carried. `old` is locked meanwhile, so what is read is one consistent state.
+    pub fn take_over(&self, old: &Fdb, port_map: impl Fn(Port) -> Option<Port>, now: Instant) {
+        let _old_book = old.book.lock().unwrap_or_else(|p| p.into_inner());
+        let g = old.map.guard();
+        let mut rows = Vec::new();
+        let mut aged = 0;
+        for (mac, e) in old.map.iter(&g) {
+            if old.fresh(e, now) {
+                rows.push((*mac, Port::from_u32(e.port.load(Relaxed)), e.last_seen.load(Relaxed)));
+            } else {
+                aged += 1;
+            }
+        }
+        let ev = (&old.events, &self.events);
+        for (from, to) in [
+            (&ev.0.learned, &ev.1.learned),
+            (&ev.0.moved, &ev.1.moved),
+            (&ev.0.expired, &ev.1.expired),
+            (&ev.0.evicted, &ev.1.evicted),
+            (&ev.0.flushed, &ev.1.flushed),
+            (&ev.0.pinned, &ev.1.pinned),
+        ] {
+            to.fetch_add(from.load(Relaxed), Relaxed);
+        }
+        rows.sort_by_key(|r| r.2);
+        let over = rows.len().saturating_sub(self.cfg.max_entries);
+        let (mut flushed, mut evicted) = (0, over as u64);
+        for (mac, port, seen) in rows.into_iter().skip(over) {
+            match port_map(port) {
+                None => flushed += 1,
+                Some(p) => evicted += u64::from(!self.restore(mac, p, Instant::from_millis(seen))),
+            }
+        }
+        self.events.expired.fetch_add(aged, Relaxed);
+        self.events.flushed.fetch_add(flushed, Relaxed);
+        self.events.evicted.fetch_add(evicted, Relaxed);
+    }
+
+    /// Learn what `old` (a previous generation still used for a moment after a reload) holds
+    /// and this table does not, on the port `port_map` gives it. Each is counted as learned
+    /// here; returns how many.
+    pub fn adopt(&self, old: &Fdb, port_map: impl Fn(Port) -> Option<Port>, now: Instant) -> usize {
+        let mut n = 0;
+        for r in old.entries(now) {
+            let Some(port) = port_map(r.port) else { continue };
+            let seen = Instant::from_millis(now.as_millis().saturating_sub(r.age.as_millis() as u64));
+            if self.restore(r.mac, port, seen) {
+                self.events.learned.fetch_add(1, Relaxed);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Evict the oldest entry of the busiest port (ties go to the learning port, so a port at

@@ -9,7 +9,8 @@
 //!   peer's new index, MACs behind a removed peer dropped (they are flooded until relearned);
 //! - each staying peer's liveness (last seen, up/down, whether it sends keepalives);
 //! - every counter, so exported counters never go back: the network's, each staying peer's
-//!   (a removed peer's series ends), the FDB events and the VM port counts.
+//!   (a removed peer's series ends), the FDB events (entries not taken over are counted as
+//!   they end: flushed, expired or evicted) and the VM port counts.
 //!
 //! It happens in two steps because the threads still finish a batch on the old generation
 //! after it was replaced: [`Network::successor`] copies the state before the switch (the new
@@ -29,18 +30,7 @@ pub struct Handover {
     /// Old peer index → new peer index (`None`: the peer was removed).
     pub peer_map: Vec<Option<usize>>,
     stats: NetSnapshot,
-    events: [u64; 6],
     vm: [u64; 4],
-}
-
-fn fdb_events(n: &Network) -> [u64; 6] {
-    let e = &n.fdb.events;
-    [&e.learned, &e.moved, &e.expired, &e.evicted, &e.flushed, &e.pinned].map(|a| a.load(Relaxed))
-}
-
-fn fdb_event_counters(n: &Network) -> [&AtomicU64; 6] {
-    let e = &n.fdb.events;
-    [&e.learned, &e.moved, &e.expired, &e.evicted, &e.flushed, &e.pinned]
 }
 
 fn vm_counts(n: &Network) -> [u64; 4] {
@@ -62,26 +52,12 @@ fn add_since(to: &[&AtomicU64], from: &[u64], base: &[u64]) {
     }
 }
 
-/// Copy the FDB of `old` into `new` (entries `new` already has are left as they are).
-fn copy_fdb(old: &Network, new: &Network, peer_map: &[Option<usize>], now: Instant) -> usize {
-    let mut rows = old.fdb.entries(now);
-    // oldest first, so the new table's eviction order is the old one's; a smaller table
-    // keeps the most recently seen
-    rows.sort_by_key(|r| std::cmp::Reverse(r.age));
-    let skip = rows.len().saturating_sub(new.fdb.config().max_entries);
-    let mut copied = 0;
-    for r in rows.into_iter().skip(skip) {
-        let port = match r.port {
-            Port::Local(l) => Port::Local(l),
-            Port::Peer(p) => match peer_map.get(usize::from(p.0)).copied().flatten() {
-                Some(i) => Port::Peer(PeerIdx(i as u16)),
-                None => continue,
-            },
-        };
-        let seen = Instant::from_millis(now.as_millis().saturating_sub(r.age.as_millis() as u64));
-        copied += usize::from(new.fdb.restore(r.mac, port, seen));
+/// The port an entry of the old generation has in the new one (`None`: a removed peer).
+fn map_port(peer_map: &[Option<usize>]) -> impl Fn(Port) -> Option<Port> + '_ {
+    |p| match p {
+        Port::Local(l) => Some(Port::Local(l)),
+        Port::Peer(i) => peer_map.get(usize::from(i.0)).copied().flatten().map(|n| Port::Peer(PeerIdx(n as u16))),
     }
-    copied
 }
 
 impl Network {
@@ -98,30 +74,28 @@ impl Network {
                 q.liveness.copy_from(&old.liveness);
             }
         }
-        copy_fdb(self, &new, &peer_map, now);
+        new.fdb.take_over(&self.fdb, map_port(&peer_map), now);
         let stats = self.stats.snapshot();
         new.stats.absorb(&stats, &peer_map);
-        let events = fdb_events(self);
-        add_since(&fdb_event_counters(&new), &events, &[0; 6]);
         let vm = vm_counts(self);
         add_since(&vm_counters(&new), &vm, &[0; 4]);
-        (new, Handover { peer_map, stats, events, vm })
+        (new, Handover { peer_map, stats, vm })
     }
 }
 
 impl Handover {
-    /// Add to `new` what `old` counted and learned since [`Network::successor`]. Call it once
-    /// no data-path thread holds `old` any more; returns the MACs learned meanwhile.
+    /// Add to `new` what `old` counted (traffic, VM ports) since [`Network::successor`], and
+    /// learn the MACs it holds that `new` does not. Call it once no data-path thread holds
+    /// `old` any more; returns how many MACs were learned so.
     pub fn finish(self, old: &Network, new: &Network, now: Instant) -> usize {
         new.stats.absorb(&old.stats.snapshot().since(&self.stats), &self.peer_map);
-        add_since(&fdb_event_counters(new), &fdb_events(old), &self.events);
         add_since(&vm_counters(new), &vm_counts(old), &self.vm);
         for (o, to) in old.peers.iter().zip(&self.peer_map) {
             if let Some(q) = to.and_then(|i| new.peers.get(i)) {
                 q.last_seen.fetch_max(o.last_seen.load(Relaxed), Relaxed);
             }
         }
-        copy_fdb(old, new, &self.peer_map, now)
+        new.fdb.adopt(&old.fdb, map_port(&self.peer_map), now)
     }
 }
 
@@ -174,7 +148,8 @@ mod tests {
         assert_eq!(s.drop_count(DropReason::Malformed), 1);
         assert_eq!((s.peers[0].rx_packets, s.peers[0].rx_bytes), (1, 110), "peer .3 keeps its counters");
         assert_eq!(s.peers[1].rx_packets, 0);
-        assert_eq!(new.fdb.events.learned.load(Relaxed), 3, "restoring is not learning");
+        assert_eq!(new.fdb.events.learned.load(Relaxed), 3, "taking over is not learning");
+        assert_eq!(new.fdb.events.flushed.load(Relaxed), 1, "the MAC behind the removed peer ends as flushed");
 
         // the old generation is still used for a moment: what it counts and learns carries over
         let late = MacAddr([2, 0, 0, 0, 0, 9]);

@@ -19,6 +19,8 @@
 //! - [`check_node`]: one whole node (the networks of a [`Fabric`]) driven by an arbitrary
 //!   sequence of underlay datagrams, TAP frames, clock steps, ageing sweeps and peer flushes,
 //!   checking the switch's promises after every step (see [`Node`]).
+//! - [`check_reload`]: one network through reloads that change its peers and table, each
+//!   handed over to the next generation while the old one still takes frames.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -721,4 +723,200 @@ pub fn check_node(data: &[u8]) {
     let mut node = Node::new();
     let mut inp = Input(data);
     while node.step(&mut inp) {}
+}
+
+/// Peer addresses a reloaded network picks its peers from.
+const RELOAD_POOL: [u8; 4] = [2, 3, 4, 5];
+
+/// One network through a sequence of reloads ([`check_reload`]).
+struct Reloads {
+    cur: Arc<Network>,
+    /// The previous generation while the data path still uses it, with its handover.
+    pending: Option<(Arc<Network>, super::handover::Handover)>,
+    now: u64,
+    /// Frames read from local ports, over every generation.
+    fed_local: u64,
+    /// Tunnel packets from each pool address since it last became a peer.
+    fed_peer: [u64; RELOAD_POOL.len()],
+    /// (MAC, where it was seen): `None` = a local port, `Some(i)` = pool address `i`.
+    seen: std::collections::HashSet<(MacAddr, Option<usize>)>,
+    /// Counters read before, which must never go back.
+    last_tap_rx: u64,
+}
+
+fn pool_addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, RELOAD_POOL[i]], vxlan::DEFAULT_PORT))
+}
+
+fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
+    NetworkSpec {
+        name: "blue".into(),
+        encap: Encap::Vxlan,
+        vni: Vni::new_unchecked(42),
+        mtu: 200,
+        peers: (0..RELOAD_POOL.len()).filter(|i| mask & (1 << i) != 0).map(pool_addr).collect(),
+        fdb: FdbConfig {
+            ageing: Duration::from_secs(10),
+            max_entries: 1 + usize::from(cap % 12),
+            move_limit: u32::from(move_limit % 4),
+            move_window: Duration::from_secs(5),
+        },
+        bum_pps_limit: None,
+        local_ports: 2,
+    }
+}
+
+impl Reloads {
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.now)
+    }
+
+    /// The generation a frame meets: the old one while it is still in use, if `old` says so.
+    fn generation(&self, old: bool) -> Arc<Network> {
+        match (&self.pending, old) {
+            (Some((o, _)), true) => o.clone(),
+            _ => self.cur.clone(),
+        }
+    }
+
+    fn step(&mut self, inp: &mut Input<'_>) -> bool {
+        if inp.is_empty() {
+            return false;
+        }
+        let op = inp.u8();
+        let old = op & 0x80 != 0;
+        match op % 6 {
+            0 => {
+                let net = self.generation(old);
+                let port = LocalPort(u16::from(inp.u8()) % net.spec.local_ports);
+                let f = Node::frame(inp);
+                net.stats.tap_rx(super::stats::Shard::LOCAL, f.len());
+                self.fed_local += 1;
+                let action = net.from_local(port, &f, self.now());
+                self.check_action(&net, Port::Local(port), &f, action);
+            }
+            1 => {
+                let net = self.generation(old);
+                let a = usize::from(inp.u8()) % RELOAD_POOL.len();
+                let f = Node::frame(inp);
+                let Some(peer) = net.peer_by_ip(pool_addr(a).ip()) else { return true };
+                // counted where it lands: carried over only if the address stays a peer
+                if Arc::ptr_eq(&net, &self.cur) || self.cur.peer_by_ip(pool_addr(a).ip()).is_some() {
+                    self.fed_peer[a] += 1;
+                }
+                let action = net.receive_from_peer(peer, &f, f.len() + 50, super::stats::Shard::UNDERLAY, self.now());
+                self.check_action(&net, Port::Peer(peer), &f, action);
+            }
+            2 => self.now += u64::from(inp.u16()) * 4,
+            3 => {
+                self.finish();
+                let (mask, cap, ml) = (inp.u8(), inp.u8(), inp.u8());
+                let spec = reload_spec(mask, cap, ml);
+                let (next, h) = self.cur.successor(spec, self.now());
+                for (i, f) in self.fed_peer.iter_mut().enumerate() {
+                    if next.peer_by_ip(pool_addr(i).ip()).is_none() {
+                        *f = 0;
+                    }
+                }
+                let prev = std::mem::replace(&mut self.cur, Arc::new(next));
+                self.pending = Some((prev, h));
+            }
+            4 => self.finish(),
+            _ => {
+                self.cur.fdb.sweep(self.now());
+                if inp.u8() & 1 == 0 {
+                    let p = PeerIdx(u16::from(inp.u8()) % (self.cur.peers.len().max(1) as u16));
+                    self.cur.fdb.flush_port(Port::Peer(p), self.now());
+                }
+            }
+        }
+        self.check();
+        true
+    }
+
+    fn finish(&mut self) {
+        if let Some((old, h)) = self.pending.take() {
+            h.finish(&old, &self.cur, self.now());
+        }
+    }
+
+    fn check_action(&mut self, net: &Network, ingress: Port, frame: &[u8], action: Action) {
+        if let Ok(eth) = EthernetFrame::new_checked(frame) {
+            let from = match ingress {
+                Port::Local(_) => None,
+                Port::Peer(p) => RELOAD_POOL.iter().position(|&a| IpAddr::from([192, 0, 2, a]) == net.peers[usize::from(p.0)].addr.ip()),
+            };
+            self.seen.insert((eth.src(), from));
+        }
+        let out = match action {
+            Action::Local(p) => Some(Port::Local(p)),
+            Action::Peer(p) => Some(Port::Peer(p)),
+            _ => None,
+        };
+        if let Some(o) = out {
+            assert_ne!(o, ingress, "sent back to its ingress");
+            match o {
+                Port::Local(l) => assert!(l.0 < net.spec.local_ports, "local port {l:?} out of range"),
+                Port::Peer(p) => assert!(usize::from(p.0) < net.peers.len(), "peer {p:?} of {} peers", net.peers.len()),
+            }
+        }
+    }
+
+    fn check(&mut self) {
+        let now = self.now();
+        let net = &self.cur;
+        let fdb = &net.fdb;
+        let (cap, len) = (fdb.config().max_entries, fdb.len());
+        assert!(len <= cap, "FDB holds {len} entries, cap {cap}");
+        let ev = &fdb.events;
+        let (l, e, x, f) = (ev.learned.load(Relaxed), ev.evicted.load(Relaxed), ev.expired.load(Relaxed), ev.flushed.load(Relaxed));
+        assert_eq!(l, e + x + f + len as u64, "across generations: learned {l} != evicted {e} + expired {x} + flushed {f} + entries {len}");
+        for r in fdb.entries(now) {
+            let from = match r.port {
+                Port::Local(LocalPort(p)) => {
+                    assert!(p < net.spec.local_ports, "entry {} on local port {p} of {}", r.mac, net.spec.local_ports);
+                    None
+                }
+                Port::Peer(PeerIdx(p)) => {
+                    let peer = net.peers.get(usize::from(p)).unwrap_or_else(|| panic!("entry {} on peer {p} of {}", r.mac, net.peers.len()));
+                    RELOAD_POOL.iter().position(|&a| IpAddr::from([192, 0, 2, a]) == peer.addr.ip())
+                }
+            };
+            assert!(self.seen.contains(&(r.mac, from)), "{} is on {:?} but never came from there", r.mac, r.port);
+        }
+        let snap = net.stats.snapshot();
+        assert!(snap.tap_rx_frames >= self.last_tap_rx, "tap_rx_frames went back from {} to {}", self.last_tap_rx, snap.tap_rx_frames);
+        self.last_tap_rx = snap.tap_rx_frames;
+        if self.pending.is_none() {
+            assert_eq!(snap.tap_rx_frames, self.fed_local, "frames read from local ports, over every generation");
+            for (i, p) in net.peers.iter().enumerate() {
+                let a = RELOAD_POOL.iter().position(|&x| IpAddr::from([192, 0, 2, x]) == p.addr.ip()).expect("a pool address");
+                assert_eq!(snap.peers[i].rx_packets, self.fed_peer[a], "rx packets of peer {}", p.addr);
+            }
+        }
+    }
+}
+
+/// One network driven through frames from its ports and peers, clock steps, sweeps, peer
+/// flushes and reloads that change its peers, table size and move damping, each handed over
+/// to the next generation while the old one still takes frames for a while
+/// ([`crate::core::handover`]). After every step: the table within its cap, every entry on a
+/// port of the current generation where its MAC really came from, learned = evicted + expired
+/// + flushed + entries across generations, counters that never go back, and per-peer and
+/// local counts equal to what was fed once the handover is finished.
+pub fn check_reload(data: &[u8]) {
+    let mut inp = Input(data);
+    let (mask, cap, ml) = (inp.u8(), inp.u8(), inp.u8());
+    let mut r = Reloads {
+        cur: Arc::new(Network::new(reload_spec(mask, cap, ml))),
+        pending: None,
+        now: 1000,
+        fed_local: 0,
+        fed_peer: [0; RELOAD_POOL.len()],
+        seen: Default::default(),
+        last_tap_rx: 0,
+    };
+    while r.step(&mut inp) {}
+    r.finish();
+    r.check();
 }
