@@ -309,8 +309,9 @@ impl Fdb {
     /// `port_map` gives it, oldest first so eviction order is kept. What is not taken over is
     /// counted as it ends, so that learned = evicted + expired + flushed + entries still holds:
     /// an aged entry as expired, one whose port is gone (a removed peer) as flushed, one for
-    /// which there is no room (a smaller table keeps the most recently seen) as evicted. Pins
-    /// are not carried. `old` is locked meanwhile, so what is read is one consistent state.
+    /// which there is no room (a smaller table keeps the most recently seen) as evicted. A
+    /// pinned MAC stays pinned, and move counting goes on where it was: a reload does not let
+    /// a loop flap again. `old` is locked meanwhile, so what is read is one consistent state.
     pub fn take_over(&self, old: &Fdb, port_map: impl Fn(Port) -> Option<Port>, now: Instant) {
         let _old_book = old.book.lock().unwrap_or_else(|p| p.into_inner());
         let g = old.map.guard();
@@ -318,7 +319,7 @@ impl Fdb {
         let mut aged = 0;
         for (mac, e) in old.map.iter(&g) {
             if old.fresh(e, now) {
-                rows.push((*mac, Port::from_u32(e.port.load(Relaxed)), e.last_seen.load(Relaxed)));
+                rows.push((*mac, Port::from_u32(e.port.load(Relaxed)), e));
             } else {
                 aged += 1;
             }
@@ -334,13 +335,21 @@ impl Fdb {
         ] {
             to.fetch_add(from.load(Relaxed), Relaxed);
         }
-        rows.sort_by_key(|r| r.2);
+        rows.sort_by_key(|r| r.2.last_seen.load(Relaxed));
         let over = rows.len().saturating_sub(self.cfg.max_entries);
         let (mut flushed, mut evicted) = (0, over as u64);
-        for (mac, port, seen) in rows.into_iter().skip(over) {
-            match port_map(port) {
-                None => flushed += 1,
-                Some(p) => evicted += u64::from(!self.restore(mac, p, Instant::from_millis(seen))),
+        let mine = self.map.guard();
+        for (mac, port, e) in rows.into_iter().skip(over) {
+            let Some(p) = port_map(port) else {
+                flushed += 1;
+                continue;
+            };
+            if !self.restore(mac, p, Instant::from_millis(e.last_seen.load(Relaxed))) {
+                evicted += 1;
+            } else if let Some(n) = self.map.get(&mac, &mine) {
+                n.window_start.store(e.window_start.load(Relaxed), Relaxed);
+                n.moves.store(e.moves.load(Relaxed), Relaxed);
+                n.pinned_until.store(e.pinned_until.load(Relaxed), Relaxed);
             }
         }
         self.events.expired.fetch_add(aged, Relaxed);

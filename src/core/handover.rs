@@ -6,7 +6,8 @@
 //! as they are. What the old generation knew carries over, so the reload is invisible to the
 //! traffic of the peers that stay:
 //! - the FDB: MACs on local ports as they are, MACs behind a peer that stays moved to that
-//!   peer's new index, MACs behind a removed peer dropped (they are flooded until relearned);
+//!   peer's new index, MACs behind a removed peer dropped (they are flooded until relearned),
+//!   pins and move counts as they were;
 //! - each staying peer's liveness (last seen, up/down, whether it sends keepalives);
 //! - every counter, so exported counters never go back: the network's, each staying peer's
 //!   (a removed peer's series ends), the FDB events (entries not taken over are counted as
@@ -161,6 +162,27 @@ mod tests {
         assert_eq!(s.peers[0].rx_packets, 2);
         assert_eq!(new.fdb.lookup(late, t), Some(Port::Peer(PeerIdx(0))));
         assert_eq!(new.fdb.events.learned.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn a_pinned_mac_stays_pinned_in_the_next_generation() {
+        let t = Instant::from_secs(1);
+        let mut s = spec(&[2, 3]);
+        s.fdb.move_limit = 1;
+        let old = Network::new(s.clone());
+        let flap = |n: &Network, p: Port| match p {
+            Port::Local(l) => n.from_local(l, &frame(MacAddr::BROADCAST, LOCAL), t),
+            Port::Peer(i) => n.from_peer(i, &frame(MacAddr::BROADCAST, LOCAL), t),
+        };
+        flap(&old, Port::Local(LocalPort(0)));
+        flap(&old, Port::Peer(PeerIdx(1)));
+        assert_eq!(flap(&old, Port::Local(LocalPort(0))), Action::Drop(DropReason::MacPinned), "the second move pins it");
+        // peer .2 removed: .3 is index 0 now, and the MAC stays pinned behind it
+        s.peers.remove(0);
+        let (new, _) = old.successor(s, t);
+        assert!(new.fdb.is_pinned(LOCAL, t));
+        assert_eq!(new.fdb.lookup(LOCAL, t), Some(Port::Peer(PeerIdx(0))));
+        assert_eq!(flap(&new, Port::Local(LocalPort(0))), Action::Drop(DropReason::MacPinned));
     }
 
     #[test]
