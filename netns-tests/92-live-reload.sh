@@ -11,14 +11,14 @@
 #
 # Proves, while a paced 24 MB TCP transfer runs over red (never changed) and 50 pings a second
 # run over blue from h1 to h2 (a peer that stays):
-#   - reload 1 adds network green and peer h3 to blue: green's TAP appears and carries pings
-#     to h2, blue reaches h3, blue's counters towards h2 do not go back, the log says
+#   - reload 1 adds network green (on VXLAN port 4790) and peer h3 to blue: green's TAP and
+#     UDP socket appear and carry pings to h2, blue reaches h3, blue's counters towards h2 do not go back, the log says
 #     "reload applied" with added=["green"] updated=["blue"];
 #   - a broken config is refused naming the key, a config changing node.underlay_mtu is
 #     refused naming it, and nothing changes;
 #   - reload 2 changes green's MTU: green restarts with the new MTU;
-#   - reload 3 removes green and peer h3: green's TAP is gone, `overlayd peers` no longer
-#     lists h3, blue still reaches h2;
+#   - reload 3 removes green and peer h3: green's TAP and its UDP socket are gone,
+#     `overlayd peers` no longer lists h3, blue still reaches h2;
 #   - afterwards: the transfer over red is byte-identical, not one blue ping was lost, and d1
 #     counted no send or TAP write failure on red or blue.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -50,7 +50,7 @@ h1_config() { # FILE BLUE_PEERS GREEN_MTU(- = no green)
   write_config "$1" "${U[1]}"
   add_network "$1" blue 42 "$TB" "${B[1]}/24" "$2"
   add_network "$1" red 43 "$TR" "${R[1]}/25" "${U[2]}"
-  [[ $3 == - ]] || add_network "$1" green 44 "$TG" "${G[1]}/25" "${U[2]}" mtu="$3"
+  [[ $3 == - ]] || add_network "$1" green 44 "$TG" "${G[1]}/25" "${U[2]}" mtu="$3" vxlan_port=4790
   sed -i "s|^socket = .*|socket = \"$WORK/h1.sock\"|" "$1"   # one admin socket whatever the file
 }
 h1_config "$WORK/h1.A.toml" "${U[2]}" -
@@ -60,7 +60,7 @@ cp "$WORK/h1.A.toml" "$WORK/h1.toml"
 write_config "$WORK/h2.toml" "${U[2]}"
 add_network "$WORK/h2.toml" blue 42 "$TB" "${B[2]}/24" "${U[1]} ${U[3]}"
 add_network "$WORK/h2.toml" red 43 "$TR" "${R[2]}/25" "${U[1]}"
-add_network "$WORK/h2.toml" green 44 "$TG" "${G[2]}/25" "${U[1]}" mtu=1300
+add_network "$WORK/h2.toml" green 44 "$TG" "${G[2]}/25" "${U[1]}" mtu=1300 vxlan_port=4790
 write_config "$WORK/h3.toml" "${U[3]}"
 add_network "$WORK/h3.toml" blue 42 "$TB" "${B[3]}/24" "${U[1]} ${U[2]}"
 for i in 1 2 3; do start_daemon "${H[i]}" "d$i" "$WORK/h$i.toml"; done
@@ -68,7 +68,9 @@ for i in 1 2 3; do wait_ready "d$i"; done
 PID=${_DAEMON_PID[d1]}
 wait_ping "${H[1]}" "${B[2]}"
 wait_ping "${H[1]}" "${R[2]}"
+listens_4790() { ns_exec "${H[1]}" ss -Hlun "sport = :4790" | grep -q .; }
 link_exists "${H[1]}" "$TG" && die "green's TAP exists before the reload"
+listens_4790 && die "h1 listens on UDP 4790 before green exists"
 
 peers_of() { "$OVERLAYD_BIN" peers --config "$WORK/h1.toml" --network blue --json | jq -r '.[0].peers[].peer' | sort | xargs; }
 assert_eq "blue's peers at start" "${U[2]}" "$(peers_of)"
@@ -116,6 +118,8 @@ log "reload 1: add network green, add peer h3 to blue"
 reload 1 "$WORK/h1.B.toml" 'added=["green"]' 'removed=[]' 'updated=["blue"]' 'restarted=[]'
 link_exists "${H[1]}" "$TG" || die "green's TAP did not appear"
 assert_eq "green's TAP MTU" 1400 "$(link_mtu "${H[1]}" "$TG")"
+listens_4790 || die "green's VXLAN port 4790 was not opened by the reload"
+ok "green's VXLAN port 4790 opened by the reload"
 wait_ping "${H[1]}" "${G[2]}"
 ok "green carries pings to h2"
 assert_eq "blue's peers after reload 1" "${U[2]} ${U[3]}" "$(peers_of)"
@@ -150,6 +154,8 @@ log "reload 3: back to the start: green and peer h3 removed"
 reload 3 "$WORK/h1.A.toml" 'added=[]' 'removed=["green"]' 'updated=["blue"]' 'restarted=[]'
 wait_until -t 5 bash -c "! ip -n '${H[1]}' link show dev '$TG' >/dev/null 2>&1" || die "green's TAP is still there"
 ok "green's TAP is gone"
+listens_4790 && die "UDP 4790 is still open although no network uses it"
+ok "UDP 4790 closed with the last network that used it"
 assert_eq "blue's peers after reload 3" "${U[2]}" "$(peers_of)"
 
 log "the traffic that ran through all of it"

@@ -1,9 +1,12 @@
 //! The daemon: opens the devices and sockets a configuration asks for, runs the data path on
 //! dedicated threads, and the control path (timers, signals) on tokio.
 //!
-//! Start-up order: underlay MTU → UDP sockets → TAP devices → data-path threads → "ready".
+//! Start-up order: metrics and admin sockets → the configured user → underlay MTU → underlay
+//! sockets → TAP devices and VM sockets → their threads → networks published → underlay
+//! receive threads → every capability but CAP_NET_ADMIN/CAP_NET_RAW dropped → "ready".
 //! Any failure before "ready" is a [`StartupError`] that names what failed; nothing is left
-//! behind (TAPs we created vanish when their descriptors close).
+//! behind (TAPs we created vanish when their descriptors close). A SIGHUP runs the same steps
+//! for the networks it adds or restarts ([`Daemon::apply`]).
 
 pub mod datapath;
 pub mod forward;
@@ -114,13 +117,29 @@ struct Opened {
     dgram: Option<Arc<VmDgramSocket>>,
 }
 
+/// The receive thread of one underlay socket, with its own stop, so a reload can close a
+/// socket no network uses any more.
+struct Receiver {
+    /// The VXLAN port it listens on; `None` for the raw GRE socket.
+    port: Option<u16>,
+    stop: Arc<StopFd>,
+    thread: JoinHandle<()>,
+}
+
+impl Receiver {
+    fn halt(self) {
+        self.stop.raise();
+        if self.thread.join().is_err() {
+            tracing::error!("an underlay thread panicked");
+        }
+    }
+}
+
 /// A running daemon. Dropping it without [`Daemon::stop`] leaves threads running until exit.
 pub struct Daemon {
     pub fabric: SharedFabric,
     pub global: Arc<GlobalDrops>,
-    /// Stops the underlay threads (each network has its own stop, in [`NetRun`]).
-    stop: Arc<StopFd>,
-    threads: Vec<JoinHandle<()>>,
+    receivers: Vec<Receiver>,
     nets: Vec<NetRun>,
     watch: watch::Watch,
     /// The send sockets, for keepalives from the control path.
@@ -208,8 +227,7 @@ impl Daemon {
         let mut d = Daemon {
             fabric: Arc::new(ArcSwap::from_pointee(Fabric::new(Vec::new(), &[]))),
             global: Arc::new(GlobalDrops::default()),
-            stop: Arc::new(StopFd::new().map_err(StartupError::Thread)?),
-            threads: Vec::new(),
+            receivers: Vec::new(),
             nets: Vec::new(),
             watch: watch::Watch::default(),
             tx,
@@ -268,22 +286,49 @@ impl Daemon {
     fn start_receivers(&mut self) -> Result<(), StartupError> {
         for rx in std::mem::take(&mut self.pending_rx) {
             tracing::info!(socket = %rx.local, "listening for VXLAN");
+            let (port, stop) = (rx.local.port(), Arc::new(StopFd::new().map_err(StartupError::Thread)?));
             let t = UnderlayThread {
                 rx,
                 fabric: self.fabric.clone(),
                 global: self.global.clone(),
-                stop: self.stop.clone(),
+                stop: stop.clone(),
                 slot: self.slot,
                 offload: self.node.offload,
             };
-            self.threads.push(spawn("underlay".into(), move || t.run())?);
+            let thread = spawn("underlay".into(), move || t.run())?;
+            self.receivers.push(Receiver { port: Some(port), stop, thread });
         }
         if let Some(sock) = self.pending_gre.take() {
             tracing::info!(local = %sock.local, "listening for GRE");
-            let t = GreUnderlayThread { sock, fabric: self.fabric.clone(), global: self.global.clone(), stop: self.stop.clone(), slot: self.slot };
-            self.threads.push(spawn("underlay-gre".into(), move || t.run())?);
+            let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
+            let t = GreUnderlayThread { sock, fabric: self.fabric.clone(), global: self.global.clone(), stop: stop.clone(), slot: self.slot };
+            let thread = spawn("underlay-gre".into(), move || t.run())?;
+            self.receivers.push(Receiver { port: None, stop, thread });
         }
         Ok(())
+    }
+
+    /// Close the underlay sockets no running network uses any more (after a reload).
+    fn close_unused(&mut self) {
+        let vxlan: BTreeSet<u16> = self.nets.iter().filter(|r| r.cfg.encap == Encap::Vxlan).map(|r| r.cfg.vxlan_port).collect();
+        let gre = self.nets.iter().any(|r| r.cfg.encap.is_gre());
+        let (unused, kept): (Vec<Receiver>, Vec<Receiver>) =
+            std::mem::take(&mut self.receivers).into_iter().partition(|r| r.port.map_or(!gre, |p| !vxlan.contains(&p)));
+        self.receivers = kept;
+        for r in unused {
+            let port = r.port;
+            r.halt();
+            match port {
+                Some(p) => {
+                    self.rx_ports.remove(&p);
+                    tracing::info!(port = p, "reload: no network uses this VXLAN port any more; its socket is closed");
+                }
+                None => {
+                    self.gre_sock = None;
+                    tracing::info!("reload: no GRE network is left; the raw GRE socket is closed");
+                }
+            }
+        }
     }
 
     /// Open the local ports of network `n`: its TAPs (or the interfaces they name), its VM
@@ -490,6 +535,7 @@ impl Daemon {
         if let Err(e) = self.start_receivers() {
             tracing::error!(error = %e, "reload: cannot start an underlay receiver; packets on that socket are not read until a restart");
         }
+        self.close_unused();
 
         // 4. what the old generations counted and learned while threads finished on them
         for (old, next, h) in handovers {
@@ -546,14 +592,11 @@ impl Daemon {
 
     /// Stop the data path and close every device and socket.
     pub fn stop(mut self) {
-        self.stop.raise();
         for r in &mut self.nets {
             r.halt();
         }
-        for t in self.threads.drain(..) {
-            if t.join().is_err() {
-                tracing::error!("a data-path thread panicked");
-            }
+        for r in self.receivers.drain(..) {
+            r.halt();
         }
         // dropping the fabric closes the TAPs; the ones we created disappear with them
         let names: Vec<String> = self.nets.iter().flat_map(|r| r.io.taps.iter().map(|t| t.name().to_string())).collect();
