@@ -58,6 +58,7 @@ fn network(peers: usize, max_entries: usize) -> Network {
         mtu: 1450,
         peers: (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect(),
         fdb: FdbConfig { max_entries, ..FdbConfig::default() },
+        bum_pps_limit: None,
         local_ports: 1,
     })
 }
