@@ -18,7 +18,8 @@ use crate::core::wire::gre::GreRepr;
 use crate::core::wire::ip::Ipv4Packet;
 use crate::core::{Action, Dscp, DropReason, Instant, Network};
 use crate::io::clock;
-use crate::io::gre::{BATCH, GreRecvBatch, GreSendQueue, GreSocket, GreTxItem};
+use crate::io::gre::{BATCH, GreSendQueue, GreSocket, GreTxItem};
+use crate::io::udp::RecvBatch;
 use crate::io::sys::{self, StopFd, Wake};
 
 /// How one GRE network sends: fixed per network, shared by its port threads.
@@ -113,7 +114,7 @@ pub struct GreUnderlayThread {
 impl GreUnderlayThread {
     pub fn run(self) {
         let GreUnderlayThread { sock, fabric, global, stop, slot } = self;
-        let mut batch = GreRecvBatch::new(slot);
+        let mut batch = RecvBatch::new(slot);
         let mut rl_recv = RateLimit::default();
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
@@ -150,7 +151,7 @@ impl GreUnderlayThread {
                         continue;
                     }
                     let (src, packet) = if v6 {
-                        (from, data)
+                        (from.ip(), data)
                     } else {
                         match Ipv4Packet::new_checked(data) {
                             Ok(ip) => (IpAddr::V4(ip.src()), &data[ip.header_len()..ip.total_len()]),

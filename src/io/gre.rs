@@ -83,87 +83,6 @@ impl GreSocket {
     }
 }
 
-/// Buffers for one `recvmmsg` batch, allocated once per thread.
-pub struct GreRecvBatch {
-    buf: Vec<u8>,
-    slot: usize,
-    names: Vec<libc::sockaddr_storage>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    n: usize,
-}
-
-impl GreRecvBatch {
-    /// `slot` bytes per packet (the largest underlay packet we accept, IP header included).
-    pub fn new(slot: usize) -> Self {
-        GreRecvBatch {
-            buf: vec![0; BATCH * slot],
-            slot,
-            // SAFETY: sockaddr_storage and mmsghdr are plain C structs; all-zero is valid.
-            names: vec![unsafe { mem::zeroed() }; BATCH],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; BATCH],
-            // SAFETY: as above.
-            hdrs: vec![unsafe { mem::zeroed() }; BATCH],
-            n: 0,
-        }
-    }
-
-    /// Receive up to [`BATCH`] packets without blocking; 0 when nothing is queued.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        for i in 0..BATCH {
-            self.iovs[i] = libc::iovec { iov_base: self.buf[i * self.slot..].as_mut_ptr().cast(), iov_len: self.slot };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as u32;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
-        }
-        // SAFETY: hdrs, iovs, names and buf live for the call and point at each other as set
-        // up above; BATCH entries are valid.
-        let r = unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
-        if r < 0 {
-            self.n = 0;
-            let e = io::Error::last_os_error();
-            return if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) { Ok(0) } else { Err(e) };
-        }
-        self.n = r as usize;
-        Ok(self.n)
-    }
-
-    /// Packet `i` of the last batch: sender, bytes (IPv4: with the IP header), truncated?
-    pub fn get(&self, i: usize) -> Option<(IpAddr, &[u8], bool)> {
-        if i >= self.n {
-            return None;
-        }
-        let h = &self.hdrs[i];
-        let from = sockaddr_ip(&self.names[i])?;
-        let len = (h.msg_len as usize).min(self.slot);
-        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        Some((from, &self.buf[i * self.slot..i * self.slot + len], truncated))
-    }
-}
-
-/// The IP address the kernel wrote into a `sockaddr_storage`.
-fn sockaddr_ip(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: family AF_INET means the storage holds a sockaddr_in.
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: family AF_INET6 means the storage holds a sockaddr_in6.
-            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-        }
-        _ => None,
-    }
-}
-
 /// One GRE packet queued for sending: a byte range of one of the caller's buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct GreTxItem {
@@ -308,6 +227,7 @@ impl GreSendQueue {
 mod tests {
     use super::*;
     use crate::core::wire::gre::{GreHeader, GreRepr};
+    use crate::io::udp::RecvBatch;
     use crate::core::wire::ip::Ipv4Packet;
 
     /// A key unlikely to be used by anyone else sending GRE on this host's loopback right now.
@@ -326,14 +246,14 @@ mod tests {
         let mut q = GreSendQueue::default();
         q.push(GreTxItem { buf: 0, start: 0, len: buf.len() as u32, dst: lo, ttl: 9, tos: 10 << 2, tag: 0 });
         q.flush(&sock, &[&buf], |_, r| r.unwrap());
-        let mut rb = GreRecvBatch::new(2048);
+        let mut rb = RecvBatch::new(2048);
         for _ in 0..100 {
             let n = rb.recv(sock.fd()).unwrap();
             for i in 0..n {
                 // IPv6 raw sockets deliver the payload only, the sender in msg_name
                 let (from, data, _) = rb.get(i).unwrap();
                 if data == &buf[..] {
-                    assert_eq!(from, lo);
+                    assert_eq!(from.ip(), lo);
                     return;
                 }
             }
@@ -362,7 +282,7 @@ mod tests {
             ok += 1;
         });
         assert_eq!(ok, 1);
-        let mut rb = GreRecvBatch::new(2048);
+        let mut rb = RecvBatch::new(2048);
         let mut got = None;
         'outer: for _ in 0..100 {
             let n = rb.recv(sock.fd()).unwrap();
@@ -378,7 +298,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let (from, data, trunc) = got.expect("no GRE packet came back over loopback");
-        assert_eq!(from, lo);
+        assert_eq!(from.ip(), lo);
         assert!(!trunc);
         let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
         assert_eq!(ip.protocol(), 47);

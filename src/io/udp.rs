@@ -105,7 +105,8 @@ impl RxSocket {
     }
 }
 
-/// Buffers for one `recvmmsg` batch, allocated once per thread.
+/// Buffers for one `recvmmsg` batch, allocated once per thread. Serves the UDP sockets and the
+/// raw GRE socket alike (a raw socket's sender comes with port 0).
 pub struct RecvBatch {
     buf: Vec<u8>,
     slot: usize,
@@ -178,7 +179,7 @@ impl RecvBatch {
         if r < 0 {
             self.n = 0;
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+            return if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) { Ok(0) } else { Err(e) };
         }
         self.n = r as usize;
         Ok(self.n)
