@@ -25,11 +25,7 @@ O=(- 198.51.100.1 198.51.100.2 198.51.100.3)  # overlay address of host i
 H=(- "$PREFIX-h1" "$PREFIX-h2" "$PREFIX-h3")  # namespace of host i
 
 log "underlay: h1, h2, h3 on a bridge in $SW"
-add_ns "$SW" "${H[1]}" "${H[2]}" "${H[3]}"
-for i in 1 2 3; do
-  add_veth "${H[i]}" "${PREFIX}u$i" "${U[i]}/24" "$SW" "${PREFIX}s$i" -
-done
-add_bridge "$SW" "${PREFIX}br" "${PREFIX}s1" "${PREFIX}s2" "${PREFIX}s3"
+bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24"
 ping_ok "${H[1]}" "${U[2]}" 2
 ping_ok "${H[1]}" "${U[3]}" 2
 ping_ok "${H[2]}" "${U[3]}" 2

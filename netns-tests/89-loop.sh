@@ -32,12 +32,7 @@ TAP=${PREFIX}tap
 U=(- 192.0.2.1 192.0.2.2 192.0.2.3 192.0.2.4)
 H=(- "$PREFIX-h1" "$PREFIX-h2" "$PREFIX-h3" "$PREFIX-h4")
 
-add_ns "$SW" "${H[1]}" "${H[2]}" "${H[3]}" "${H[4]}"
-quiet_ipv6 "${H[1]}" "${H[2]}" "${H[3]}" "${H[4]}"
-for i in 1 2 3 4; do
-  add_veth "${H[i]}" "${PREFIX}u$i" "${U[i]}/24" "$SW" "${PREFIX}s$i" -
-done
-add_bridge "$SW" "${PREFIX}br" "${PREFIX}s1" "${PREFIX}s2" "${PREFIX}s3" "${PREFIX}s4"
+bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24" "${H[4]}" "${U[4]}/24"
 ping_ok "${H[1]}" "${U[4]}" 1
 
 for i in 1 2 3 4; do

@@ -37,12 +37,7 @@ URL=http://127.0.0.1:9477/metrics
 TX_H2="overlayd_tunnel_packets_total{direction=\"tx\",network=\"blue\",peer=\"${U[2]}\"}"
 
 log "underlay: h1, h2, h3 on a bridge"
-add_ns "$SW" "${H[1]}" "${H[2]}" "${H[3]}"
-quiet_ipv6 "${H[1]}" "${H[2]}" "${H[3]}"
-for i in 1 2 3; do
-  add_veth "${H[i]}" "${PREFIX}u$i" "${U[i]}/24" "$SW" "${PREFIX}s$i" -
-done
-add_bridge "$SW" "${PREFIX}br" "${PREFIX}s1" "${PREFIX}s2" "${PREFIX}s3"
+bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24"
 ping_ok "${H[1]}" "${U[3]}" 2
 
 # h1's configurations: A (start), B (reload 1), B2 (reload 2), and A again (reload 3)

@@ -55,12 +55,7 @@ now_ms() { echo $(($(date +%s%N) / 1000000)); }
 since() { awk -v a="$1" -v b="$(now_ms)" 'BEGIN { printf "%.1f", (b - a) / 1000 }'; }   # s since ms stamp
 
 log "underlay: h1, h2, h3 on a bridge in $SW"
-add_ns "$SW" "${H[1]}" "${H[2]}" "${H[3]}"
-quiet_ipv6 "${H[1]}" "${H[2]}" "${H[3]}"
-for i in 1 2 3; do
-  add_veth "${H[i]}" "${PREFIX}u$i" "${U[i]}/24" "$SW" "${PREFIX}s$i" -
-done
-add_bridge "$SW" "${PREFIX}br" "${PREFIX}s1" "${PREFIX}s2" "${PREFIX}s3"
+bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24"
 ping_ok "${H[1]}" "${U[2]}" 1
 ping_ok "${H[1]}" "${U[3]}" 1
 ping_ok "${H[2]}" "${U[3]}" 1

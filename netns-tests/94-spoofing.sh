@@ -41,13 +41,8 @@ TB=${PREFIX}tb TR=${PREFIX}tr TG=${PREFIX}tg
 METRICS=http://127.0.0.1:9477/metrics
 
 log "underlay: h1, h2, h3 on a bridge in $SW; $STRANGER on h3 too"
-add_ns "$SW" "${H[1]}" "${H[2]}" "${H[3]}"
-quiet_ipv6 "${H[1]}" "${H[2]}" "${H[3]}"
-for i in 1 2 3; do
-  add_veth "${H[i]}" "${PREFIX}u$i" "${U[i]}/24" "$SW" "${PREFIX}s$i" -
-done
+bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24"
 ip -n "${H[3]}" addr add "$STRANGER/24" dev "${PREFIX}u3"
-add_bridge "$SW" "${PREFIX}br" "${PREFIX}s1" "${PREFIX}s2" "${PREFIX}s3"
 ping_ok "${H[1]}" "${U[2]}" 2
 ping_ok "${H[1]}" "${U[3]}" 2
 ping_ok "${H[1]}" "$STRANGER" 2

@@ -155,6 +155,22 @@ add_bridge() {
   ip -n "$nsn" link set dev "$br" up
 }
 
+# bridged_underlay SW NS CIDR [NS CIDR...] - one underlay segment: namespaces SW and every NS
+# (IPv6 off on the hosts' new links), host i (from 1) joined to bridge <P>br in SW by the veth
+# pair <P>u<i> (address CIDR) / <P>s<i>
+bridged_underlay() {
+  local sw=$1 i hosts=() cidrs=() ports=(); shift
+  while (($# >= 2)); do hosts+=("$1") cidrs+=("$2"); shift 2; done
+  (($# == 0 && ${#hosts[@]} > 0)) || die "bridged_underlay: give SW then NS CIDR pairs"
+  add_ns "$sw" "${hosts[@]}"
+  quiet_ipv6 "${hosts[@]}"
+  for i in "${!hosts[@]}"; do
+    add_veth "${hosts[i]}" "${PREFIX}u$((i + 1))" "${cidrs[i]}" "$sw" "${PREFIX}s$((i + 1))" -
+    ports+=("${PREFIX}s$((i + 1))")
+  done
+  add_bridge "$sw" "${PREFIX}br" "${ports[@]}"
+}
+
 # add_native_vxlan NS DEV VNI LOCAL REMOTE UNDERLAY_DEV [PORT] - Linux kernel vxlan device
 # (point to point: REMOTE is the default destination for every MAC). Not brought up.
 add_native_vxlan() {
