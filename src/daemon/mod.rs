@@ -89,7 +89,7 @@ const FALLBACK_UNDERLAY_MTU: u16 = 1500;
 /// local ports with their own stop, so a reload can stop one network and leave the others.
 struct NetRun {
     cfg: NetworkConfig,
-    net: Arc<Network>,
+    /// Its ports, and (`io.net`) its current generation.
     io: Arc<NetIo>,
     /// How its ports send, for a GRE network (also used for its keepalives).
     gre: Option<GreParams>,
@@ -98,6 +98,10 @@ struct NetRun {
 }
 
 impl NetRun {
+    fn net(&self) -> Arc<Network> {
+        self.io.net.load_full()
+    }
+
     /// Stop the network's threads and wait for them.
     fn halt(&mut self) {
         self.stop.raise();
@@ -111,7 +115,6 @@ impl NetRun {
 
 /// A network's devices and sockets, opened but not running yet.
 struct Opened {
-    net: Arc<Network>,
     io: Arc<NetIo>,
     listener: Option<VmListener>,
     dgram: Option<Arc<VmDgramSocket>>,
@@ -148,12 +151,10 @@ pub struct Daemon {
     keepalive: [u8; crate::core::liveness::KEEPALIVE_LEN],
     node: crate::config::NodeConfig,
     umtu: u16,
-    /// VXLAN ports listened on, and the raw GRE socket once a GRE network exists.
-    rx_ports: BTreeSet<u16>,
+    /// The raw GRE socket, once a GRE network exists.
     gre_sock: Option<Arc<GreSocket>>,
-    /// Sockets opened whose receive threads are not started yet.
+    /// VXLAN sockets opened whose receive threads are not started yet.
     pending_rx: Vec<RxSocket>,
-    pending_gre: Option<Arc<GreSocket>>,
     /// Largest underlay packet accepted.
     slot: usize,
 }
@@ -234,10 +235,8 @@ impl Daemon {
             keepalive: crate::core::liveness::keepalive_frame(watch::node_id(underlay)),
             node: cfg.node.clone(),
             umtu,
-            rx_ports: BTreeSet::new(),
             gre_sock: None,
             pending_rx: Vec::new(),
-            pending_gre: None,
             slot: usize::from(umtu).max(2048) + 64,
         };
         let started = d.listen(&cfg.networks).and_then(|()| {
@@ -266,23 +265,21 @@ impl Daemon {
     fn listen(&mut self, networks: &[NetworkConfig]) -> Result<(), StartupError> {
         let underlay = self.node.underlay;
         let want: BTreeSet<u16> = networks.iter().filter(|n| n.encap == Encap::Vxlan).map(|n| n.vxlan_port).collect();
+        let open: BTreeSet<u16> =
+            self.receivers.iter().filter_map(|r| r.port).chain(self.pending_rx.iter().map(|rx| rx.local.port())).collect();
         let mut rxs = Vec::new();
-        for &p in want.difference(&self.rx_ports) {
+        for &p in want.difference(&open) {
             rxs.push(RxSocket::bind(SocketAddr::new(underlay, p)).map_err(StartupError::Socket)?);
         }
         if networks.iter().any(|n| n.encap.is_gre()) && self.gre_sock.is_none() {
-            let sock = Arc::new(GreSocket::open(underlay).map_err(StartupError::Socket)?);
-            self.gre_sock = Some(sock.clone());
-            self.pending_gre = Some(sock);
+            self.gre_sock = Some(Arc::new(GreSocket::open(underlay).map_err(StartupError::Socket)?));
         }
-        for rx in rxs {
-            self.rx_ports.insert(rx.local.port());
-            self.pending_rx.push(rx);
-        }
+        self.pending_rx.extend(rxs);
         Ok(())
     }
 
-    /// Start a receive thread on each underlay socket [`Self::listen`] opened.
+    /// Start a receive thread on each underlay socket [`Self::listen`] opened (the GRE socket's
+    /// when it has none yet).
     fn start_receivers(&mut self) -> Result<(), StartupError> {
         for rx in std::mem::take(&mut self.pending_rx) {
             tracing::info!(socket = %rx.local, "listening for VXLAN");
@@ -298,7 +295,8 @@ impl Daemon {
             let thread = spawn("underlay".into(), move || t.run())?;
             self.receivers.push(Receiver { port: Some(port), stop, thread });
         }
-        if let Some(sock) = self.pending_gre.take() {
+        let gre_running = self.receivers.iter().any(|r| r.port.is_none());
+        if let Some(sock) = self.gre_sock.clone().filter(|_| !gre_running) {
             tracing::info!(local = %sock.local, "listening for GRE");
             let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
             let t = GreUnderlayThread { sock, fabric: self.fabric.clone(), global: self.global.clone(), stop: stop.clone(), slot: self.slot };
@@ -320,7 +318,6 @@ impl Daemon {
             r.halt();
             match port {
                 Some(p) => {
-                    self.rx_ports.remove(&p);
                     tracing::info!(port = p, "reload: no network uses this VXLAN port any more; its socket is closed");
                 }
                 None => {
@@ -387,22 +384,21 @@ impl Daemon {
             }
             None => None,
         };
-        let net = Arc::new(Network::new(spec_of(n, tap_mtu)));
-        let io = Arc::new(NetIo::new(net.clone(), taps));
-        Ok(Opened { net, io, listener, dgram })
+        let io = Arc::new(NetIo::new(Arc::new(Network::new(spec_of(n, tap_mtu))), taps));
+        Ok(Opened { io, listener, dgram })
     }
 
     /// Start the threads of an opened network: one per port it reads, one per VM socket.
     fn run_network(&self, n: &NetworkConfig, opened: Opened) -> Result<NetRun, StartupError> {
-        let Opened { net, io, listener, dgram } = opened;
+        let Opened { io, listener, dgram } = opened;
         let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
         let gre = gre_params(n, &self.gre_sock);
-        let mut run = NetRun { cfg: n.clone(), net, io, gre, stop, threads: Vec::new() };
+        let mut run = NetRun { cfg: n.clone(), io, gre, stop, threads: Vec::new() };
         if let Err(e) = self.spawn_threads(&mut run, listener, dgram) {
             run.halt();
             return Err(e);
         }
-        tracing::info!(network = n.name, mtu = run.net.spec.mtu, vni = %n.vni, encap = %n.encap,
+        tracing::info!(network = n.name, mtu = run.io.net.load().spec.mtu, vni = %n.vni, encap = %n.encap,
             gre = ?match n.encap { Encap::Gre(o) => Some(o), Encap::Vxlan => None }, peers = n.peers.len(),
             taps = n.taps.len(), vm_socket = n.vm_socket.is_some(), vm_dgram_socket = n.vm_dgram_socket.is_some(), "network up");
         Ok(run)
@@ -439,7 +435,7 @@ impl Daemon {
 
     /// Publish the running networks to the underlay threads, the metrics and the admin socket.
     fn publish(&self) {
-        let entries = self.nets.iter().map(|r| NetEntry { net: r.net.clone(), io: r.io.clone() }).collect();
+        let entries = self.nets.iter().map(|r| NetEntry { net: r.net(), io: r.io.clone() }).collect();
         let ports: Vec<u16> = self.nets.iter().map(|r| r.cfg.vxlan_port).collect();
         self.fabric.store(Arc::new(Fabric::new(entries, &ports)));
     }
@@ -494,12 +490,13 @@ impl Daemon {
         let mut handovers = Vec::new();
         for r in self.nets.iter_mut() {
             let Some(n) = plan.updated.iter().find(|n| n.name == r.cfg.name) else { continue };
-            let (next, h) = r.net.successor(spec_of(n, r.net.spec.mtu), now);
+            let current = r.net();
+            let (next, h) = current.successor(spec_of(n, current.spec.mtu), now);
             let next = Arc::new(next);
             let removed: Vec<String> = r.cfg.peers.iter().filter(|p| !n.peers.contains(p)).map(|p| p.to_string()).collect();
             let added: Vec<String> = n.peers.iter().filter(|p| !r.cfg.peers.contains(p)).map(|p| p.to_string()).collect();
-            r.io.net.store(next.clone());
-            let old = std::mem::replace(&mut r.net, next.clone());
+            let old = r.io.net.swap(next.clone());
+            drop(current);
             r.cfg = n.clone();
             tracing::info!(network = n.name, peers_added = ?added, peers_removed = ?removed, peers = n.peers.len(),
                 "reload: network updated in place (ports, threads and the other peers' MACs kept)");
@@ -560,7 +557,7 @@ impl Daemon {
         self.watch.send_keepalives(&fabric, &self.tx, &self.keepalive, now);
         for r in &self.nets {
             if let Some(g) = &r.gre {
-                self.watch.send_gre_keepalives(&r.net, g, &self.keepalive, now);
+                self.watch.send_gre_keepalives(&r.io.net.load(), g, &self.keepalive, now);
             }
         }
     }
