@@ -205,21 +205,8 @@ impl GreSendQueue {
             }
             self.hdrs.push(h);
         }
-        loop {
-            // SAFETY: hdrs[..] point into names, iovs, cmsgs and the caller's buffers, all alive.
-            let r = unsafe { libc::sendmmsg(sock.fd(), self.hdrs.as_mut_ptr(), self.hdrs.len() as u32, 0) };
-            if r > 0 {
-                let n = r as usize;
-                chunk[..n].iter().for_each(|it| done(it, Ok(())));
-                return n;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            done(&chunk[0], Err(e));
-            return 1;
-        }
+        // SAFETY: hdrs[..] point into names, iovs, cmsgs and the caller's buffers, all alive.
+        unsafe { super::sys::sendmmsg_chunk(sock.fd(), &mut self.hdrs, chunk, done) }
     }
 }
 

@@ -7,6 +7,33 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// Send `hdrs`, the prepared messages of `chunk` (one each, same order), with one
+/// `sendmmsg`, again after an interruption. `done` hears of each item sent or, when nothing
+/// could be sent, of the first one failing. Returns how many items were dealt with, at least
+/// one, so the caller goes on with the rest.
+///
+/// # Safety
+/// Every message in `hdrs` must point at names, iovecs, control data and buffers that are
+/// alive for the call.
+pub unsafe fn sendmmsg_chunk<T>(fd: RawFd, hdrs: &mut [libc::mmsghdr], chunk: &[T], done: &mut impl FnMut(&T, io::Result<()>)) -> usize {
+    debug_assert_eq!(hdrs.len(), chunk.len());
+    loop {
+        // SAFETY: the caller vouches for what the headers point at; len is theirs.
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
+        if r > 0 {
+            let n = r as usize;
+            chunk[..n].iter().for_each(|it| done(it, Ok(())));
+            return n;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        done(&chunk[0], Err(e));
+        return 1;
+    }
+}
+
 /// An eventfd that, once raised, wakes every thread polling on it (it stays readable).
 #[derive(Debug)]
 pub struct StopFd(OwnedFd);

@@ -462,22 +462,8 @@ fn send_chunk<B: AsRef<[u8]>>(
         h.msg_hdr.msg_iovlen = 1;
         hdrs.push(h);
     }
-    loop {
-        // SAFETY: hdrs[..] point into names, iovs and the caller's buffers, all alive now.
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
-        if r > 0 {
-            let n = r as usize;
-            chunk[..n].iter().for_each(|it| done(it, Ok(())));
-            return n;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        // the first message failed: report it and go on with the next
-        done(&chunk[0], Err(e));
-        return 1;
-    }
+    // SAFETY: hdrs[..] point into names, iovs and the caller's buffers, all alive now.
+    unsafe { super::sys::sendmmsg_chunk(fd, hdrs, chunk, done) }
 }
 
 /// The address the kernel wrote into a `sockaddr_storage`, if it is IPv4 or IPv6.
