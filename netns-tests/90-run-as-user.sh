@@ -19,6 +19,8 @@
 #     every other thread's a subset of them; one log line names the user and uid switched to;
 #   - ping and a 10 MB sha256-checked TCP transfer cross the overlay; `overlayd peers` (as root)
 #     gets an answer on the admin socket; /metrics answers, with the process metrics;
+#   - `[admin] group` (d1: "<P>g"): the socket is mode 0660 and belongs to <P>g; a member of
+#     <P>g gets an answer, the same user without that group is refused with an error saying why;
 #   - SIGTERM: exit 0, no warning or error logged; the admin socket in a directory the user may
 #     write is removed, the one in a root-only directory is left (logged), and the next start
 #     replaces it;
@@ -27,7 +29,9 @@
 #     the daemon starts as root with 0x3000; with User= it runs as the user (and `[node] user`
 #     naming that user is a no-op); `[node] user` with CAP_SETUID CAP_SETGID added switches;
 #   - an unknown user: `overlayd check` exits 1 naming node.user; a daemon that is not root
-#     cannot switch: exit 1 with an error naming node.user and CAP_SETUID.
+#     cannot switch: exit 1 with an error naming node.user and CAP_SETUID; under the unit,
+#     admin.group needs the daemon in that group (SupplementaryGroups=): without, exit 1 with
+#     an error naming admin.group and what is missing.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
@@ -61,6 +65,7 @@ quiet_ipv6 "$H1" "$H2"
 add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
 write_config "$WORK/h1.toml" "$U1"
 sed -i "/^underlay = /a user = \"$USR\"" "$WORK/h1.toml"
+sed -i "/^socket = /a group = \"$GRP\"" "$WORK/h1.toml"
 add_network "$WORK/h1.toml" blue 42 "$T" "$O1/24" "$U2"
 write_config "$WORK/h2.toml" "$U2"
 sed -i "/^underlay = /a user = $uid\ngroup = \"$GRP\"" "$WORK/h2.toml"
@@ -118,6 +123,15 @@ for d in 1 2; do
   seen=$("$OVERLAYD_BIN" peers --admin "${!sock}" --json | jq -r '.[0].peers[0].peer') || die "d$d: overlayd peers failed on ${!sock}"
   assert_eq "d$d: overlayd peers (as root) on the admin socket" "$peer" "$seen"
 done
+assert_eq "d1's admin socket: mode and group (admin.group)" "660 $GRP" "$(stat -c '%a %G' "$SOCK1")"
+seen=$(setpriv --reuid="$uid" --regid="$ugid" --groups="$ggid" "$OVERLAYD_BIN" peers --admin "$SOCK1" --json | jq -r '.[0].peers[0].peer') ||
+  die "a member of $GRP got no answer on d1's admin socket"
+assert_eq "d1: overlayd peers as $USR, a member of admin.group $GRP" "$U2" "$seen"
+rc=0
+out=$(setpriv --reuid="$uid" --regid="$ugid" --clear-groups "$OVERLAYD_BIN" peers --admin "$SOCK1" 2>&1) || rc=$?
+assert_eq "d1: overlayd peers as $USR without $GRP: exit status" 1 "$rc"
+[[ $out == *"permission denied on $SOCK1"*"admin.group"* ]] || die "the refusal does not say why: $out"
+ok "refused without the group: $out"
 text=$(scrape "$H1" http://127.0.0.1:9477/metrics)
 assert_ge "d1 /metrics: tunnel packets to $U2" 3 "$(metric "$text" "overlayd_tunnel_packets_total{direction=\"tx\",network=\"blue\",peer=\"$U2\"}")"
 assert_ge "d1 /metrics: process_open_fds (the process reads its own /proc as the user)" 1 "$(metric "$text" process_open_fds)"
@@ -170,12 +184,13 @@ SEC=$(unit_list SecureBits 's/^/+/; s/-/_/g')
 UNIT=(--securebits="$SEC")
 grep -q '^NoNewPrivileges=yes' "$unit" && UNIT+=(--no-new-privs)
 info "unit: bounding $BND, ambient $AMB, securebits $SEC"
-# as shipped: root, no [node] user
+# as shipped: root, no [node] user; admin.group with the unit's SupplementaryGroups= set to it
 sed '/^user = /d' "$WORK/h1.toml" >"$WORK/h6.toml"
-start_setpriv d6 "$WORK/h6.toml" "${UNIT[@]}" --bounding-set=-all,"$BND" --inh-caps=-all,"$AMB" --ambient-caps="$AMB"
+start_setpriv d6 "$WORK/h6.toml" "${UNIT[@]}" --groups="$ggid" --bounding-set=-all,"$BND" --inh-caps=-all,"$AMB" --ambient-caps="$AMB"
 wait_ready d6
 eff=$(awk '$1 == "CapEff:" { print $2 }' "/proc/${_DAEMON_PID[d6]}/status")
 assert_eq "the unit as shipped: the main thread's CapEff" 0000000000003000 "$eff"
+assert_eq "the unit as shipped, SupplementaryGroups=$GRP: the admin socket's mode and group" "660 $GRP" "$(stat -c '%a %G' "$SOCK1")"
 stop_daemon d6
 sed "s|^socket = .*|socket = \"$WORK/run-u/h4.sock\"|" "$WORK/h1.toml" >"$WORK/h4.toml"
 chmod 0644 "$WORK/h4.toml"
@@ -190,7 +205,7 @@ stop_daemon d4
 ok "User= in the unit: runs, keeps 0x3000, stops cleanly, removes its socket"
 # root with [node] user, the unit's capability lines plus CAP_SETUID CAP_SETGID; without
 # CAP_DAC_OVERRIDE root binds the admin socket in a directory of its own (like /run/overlayd)
-start_setpriv d5 "$WORK/h1.toml" "${UNIT[@]}" --bounding-set=-all,"$BND",+setuid,+setgid \
+start_setpriv d5 "$WORK/h1.toml" "${UNIT[@]}" --groups="$ggid" --bounding-set=-all,"$BND",+setuid,+setgid \
   --inh-caps=-all,"$AMB",+setuid,+setgid --ambient-caps="$AMB",+setuid,+setgid
 wait_ready d5
 grep -q "switched to the configured user and group" "${_DAEMON_LOG[d5]}" || die "d5 did not switch to $USR"
@@ -206,6 +221,13 @@ assert_eq "overlayd check with an unknown user: exit status" 1 "$rc"
 [[ $out == *"node.user: no such user \"${PREFIX}nouser\""* && $(wc -l <<<"$out") == 1 ]] ||
   die "the error does not name node.user in one line: $out"
 ok "one line naming the key: $out"
+rc=0
+out=$(timeout 20 ip netns exec "$H1" setpriv "${UNIT[@]}" --clear-groups --bounding-set=-all,"$BND" --inh-caps=-all,"$AMB" \
+  --ambient-caps="$AMB" "$OVERLAYD_BIN" run --config "$WORK/h6.toml" 2>&1) || rc=$?
+assert_eq "the unit as shipped with admin.group but no SupplementaryGroups=: exit status" 1 "$rc"
+last=$(tail -n 1 <<<"$out")
+[[ $last == *"admin.group"*"member of that group"* ]] || die "the error does not say what is missing:"$'\n'"$out"
+ok "refused: $last"
 write_config "$WORK/h3.toml" "$U1"
 sed -i "/^underlay = /a user = \"root\"" "$WORK/h3.toml"
 sed -i "s|^socket = .*|socket = \"$WORK/run-u/h3.sock\"|" "$WORK/h3.toml"

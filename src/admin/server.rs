@@ -35,10 +35,10 @@ impl Drop for AdminSocket {
     }
 }
 
-/// Create the socket at `path`, mode 0600: make the parent directory if missing (mode 0755),
-/// replace a stale socket left by a daemon that died, refuse to take over a live one or
-/// anything that is not a socket.
-pub fn bind(path: &Path) -> io::Result<AdminSocket> {
+/// Create the socket at `path`, mode 0600, or 0660 and owned by `group` when one is given
+/// (`[admin] group`): make the parent directory if missing (mode 0755), replace a stale socket
+/// left by a daemon that died, refuse to take over a live one or anything that is not a socket.
+pub fn bind(path: &Path, group: Option<u32>) -> io::Result<AdminSocket> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
@@ -61,6 +61,12 @@ pub fn bind(path: &Path) -> io::Result<AdminSocket> {
     let listener = UnixListener::bind(path)?;
     let sock = AdminSocket { listener, path: path.to_path_buf() };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(gid) = group {
+        // the group first, so the group bits never open the socket to the group it was born with
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot give the socket to admin.group (gid {gid}): {e}; the daemon must be a member of that group or hold CAP_CHOWN")))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
     Ok(sock)
 }
 
@@ -133,10 +139,10 @@ mod tests {
     #[tokio::test]
     async fn socket_is_0600_answers_requests_and_is_removed_on_drop() {
         let path = scratch("serve");
-        let sock = bind(&path).unwrap();
+        let sock = bind(&path, None).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         // a second daemon must not take over a live socket
-        assert_eq!(bind(&path).err().map(|e| e.kind()), Some(io::ErrorKind::AddrInUse));
+        assert_eq!(bind(&path, None).err().map(|e| e.kind()), Some(io::ErrorKind::AddrInUse));
         let answer: Arc<dyn Fn(&Request) -> Reply + Send + Sync> = Arc::new(|r: &Request| Reply::ok(format!("{r:?}")));
         let server = tokio::spawn(serve(sock, answer));
         let p = path.clone();
@@ -167,13 +173,26 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves the file, nobody listening
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let s = bind(&path).expect("stale socket replaced");
+            let s = bind(&path, None).expect("stale socket replaced");
             drop(s);
         });
         std::fs::write(&path, b"not a socket").unwrap();
-        let e = rt.block_on(async { bind(&path).err().unwrap() });
+        let e = rt.block_on(async { bind(&path, None).err().unwrap() });
         assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), b"not a socket", "a regular file must be left alone");
+        let _ = std::fs::remove_dir_all(path.parent().and_then(Path::parent).unwrap());
+    }
+
+    #[tokio::test]
+    async fn with_a_group_the_socket_is_0660_and_belongs_to_it() {
+        use std::os::unix::fs::MetadataExt;
+        let path = scratch("group");
+        // the process's own group: any user may give a file it owns to one of its groups
+        let gid = nix::unistd::getegid().as_raw();
+        let sock = bind(&path, Some(gid)).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.permissions().mode() & 0o777, m.gid()), (0o660, gid));
+        drop(sock);
         let _ = std::fs::remove_dir_all(path.parent().and_then(Path::parent).unwrap());
     }
 }

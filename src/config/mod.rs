@@ -22,6 +22,9 @@ pub struct Config {
     pub node: NodeConfig,
     pub metrics_listen: SocketAddr,
     pub admin_socket: PathBuf,
+    /// `[admin] group`: a gid whose members may use the admin socket too (it is then mode
+    /// 0660 and belongs to that group); `None` = root's (or the daemon user's) alone, 0600.
+    pub admin_group: Option<u32>,
     pub networks: Vec<NetworkConfig>,
 }
 

@@ -39,6 +39,8 @@ pub struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub socket: Option<String>,
+    /// A group whose members may use the admin socket too (mode 0660 instead of 0600).
+    pub group: Option<RawId>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -89,6 +89,7 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
     if admin_socket.as_os_str().is_empty() {
         return err("admin.socket", "must not be empty");
     }
+    let admin_group = raw.admin.group.map(|g| group_id("admin.group", g)).transpose()?;
 
     let mut names = HashSet::new();
     let mut taps = HashSet::new();
@@ -129,7 +130,7 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
     }
     let offload = raw.node.offload.unwrap_or(true);
     let run_as = run_as(raw.node.user, raw.node.group)?;
-    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, networks })
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, admin_group, networks })
 }
 
 fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
@@ -321,19 +322,7 @@ fn socket_perms(at: &str, owner: Option<RawId>, group: Option<RawId>, mode: Opti
             }
         })
         .transpose()?;
-    let group = group
-        .map(|g| {
-            let key = format!("{at}.vm_socket_group");
-            match g {
-                RawId::Num(n) => ranged(&key, n, 0, i64::from(u32::MAX - 1), "a gid").map(|n| n as u32),
-                RawId::Text(name) => match nix::unistd::Group::from_name(&name) {
-                    Ok(Some(g)) => Ok(g.gid.as_raw()),
-                    Ok(None) => name.parse::<u32>().or_else(|_| err(key, format!("no group named {name:?}"))),
-                    Err(e) => err(key, format!("cannot look up group {name:?}: {e}")),
-                },
-            }
-        })
-        .transpose()?;
+    let group = group.map(|g| group_id(&format!("{at}.vm_socket_group"), g)).transpose()?;
     let mode = match mode {
         None => DEFAULT_VM_SOCKET_MODE,
         Some(m) => {
@@ -347,6 +336,18 @@ fn socket_perms(at: &str, owner: Option<RawId>, group: Option<RawId>, mode: Opti
         }
     };
     Ok((owner, group, mode))
+}
+
+/// A group given by name or gid (a number that names no group is taken as a gid).
+fn group_id(key: &str, g: RawId) -> Result<u32, ConfigError> {
+    match g {
+        RawId::Num(n) => ranged(key, n, 0, i64::from(u32::MAX - 1), "a gid").map(|n| n as u32),
+        RawId::Text(name) => match nix::unistd::Group::from_name(&name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => name.parse::<u32>().or_else(|_| err(key, format!("no group named {name:?}"))),
+            Err(e) => err(key, format!("cannot look up group {name:?}: {e}")),
+        },
+    }
 }
 
 /// `[node] user` and `group`: look both up now, so that `overlayd check` reports a user or a
@@ -708,6 +709,17 @@ mod tests {
         let p = with("user = 4000001");
         assert!(p.starts_with("node.user:") && p.contains("node.group"), "{p}");
         assert!(with("group = \"root\"").starts_with("node.group:"));
+    }
+
+    #[test]
+    fn admin_group_by_name_or_gid_and_a_bad_one_named() {
+        let with = |kv: &str| parse(&GOOD.replace("socket = \"/tmp/x.sock\"", &format!("socket = \"/tmp/x.sock\"\n{kv}")));
+        assert_eq!(parse(GOOD).unwrap().admin_group, None, "the socket is the daemon user's alone by default");
+        assert_eq!(with("group = \"root\"").unwrap().admin_group, Some(0));
+        assert_eq!(with("group = 4000000").unwrap().admin_group, Some(4_000_000));
+        assert_eq!(with("group = \"no-such-group-here\"").unwrap_err().to_string(), "admin.group: no group named \"no-such-group-here\"");
+        assert!(with("group = -1").unwrap_err().to_string().starts_with("admin.group:"));
+        assert!(with("mode = \"0666\"").unwrap_err().to_string().contains("mode"), "unknown keys are refused");
     }
 
     #[test]

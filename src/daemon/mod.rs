@@ -686,7 +686,7 @@ pub async fn run_with_reload(
     let listen = cfg.metrics_listen;
     let metrics_listener =
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
-    let admin_socket = crate::admin::server::bind(&cfg.admin_socket)
+    let admin_socket = crate::admin::server::bind(&cfg.admin_socket, cfg.admin_group)
         .map_err(|error| StartupError::Admin { path: cfg.admin_socket.display().to_string(), error })?;
     if let Some(to) = &cfg.node.run_as {
         privs::switch_user(to)?;
@@ -699,7 +699,7 @@ pub async fn run_with_reload(
         crate::admin::handle(req, &fabric.load(), || sample_of(&fabric, &global), now)
     };
     let admin_task = tokio::spawn(crate::admin::server::serve(admin_socket, Arc::new(answer)));
-    tracing::info!(socket = %cfg.admin_socket.display(), "admin socket ready");
+    tracing::info!(socket = %cfg.admin_socket.display(), group = ?cfg.admin_group, "admin socket ready");
     let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
     let metrics = match crate::metrics::Metrics::new(move || sample_of(&fabric, &global)) {
         Ok(m) => Arc::new(m),

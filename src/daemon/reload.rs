@@ -98,6 +98,9 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
     if running.admin_socket != new.admin_socket {
         keys.push("admin.socket");
     }
+    if running.admin_group != new.admin_group {
+        keys.push("admin.group");
+    }
     keys
 }
 
@@ -160,5 +163,7 @@ peers = ["192.0.2.2"]
         let running = cfg(BASE);
         let new = cfg(&BASE.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.9\"\noffload = false"));
         assert_eq!(restart_only_changes(&running, &new), ["node.underlay", "node.offload"]);
+        let new = cfg(&format!("[admin]\nsocket = \"/tmp/other.sock\"\ngroup = 0\n{BASE}"));
+        assert_eq!(restart_only_changes(&running, &new), ["admin.socket", "admin.group"]);
     }
 }
