@@ -209,14 +209,19 @@ fn gre_params(n: &NetworkConfig, sock: &Option<Arc<GreSocket>>) -> Option<GrePar
 }
 
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StartupError> {
-    // capabilities are per thread: each data-path thread drops its own before it starts
-    std::thread::Builder::new()
+    // capabilities are per thread: each data-path thread drops its own before it starts, and
+    // this waits for that, so no thread holds more than it needs once the daemon says "ready"
+    let (dropped, wait) = std::sync::mpsc::sync_channel(1);
+    let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             let _ = privs::drop_to_minimum();
+            let _ = dropped.send(());
             f()
         })
-        .map_err(StartupError::Thread)
+        .map_err(StartupError::Thread)?;
+    let _ = wait.recv();
+    Ok(handle)
 }
 
 impl Daemon {
