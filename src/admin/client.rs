@@ -19,7 +19,7 @@ pub enum ClientError {
     NoSocket(String),
     #[error("no overlayd is answering at {0} (is overlayd running?)")]
     NotRunning(String),
-    #[error("permission denied on {0} (only the daemon's user and, if admin.group is set, that group's members may use it)")]
+    #[error("permission denied on {0} (only its owner may use it, and the members of admin.group if that is set)")]
     Permission(String),
     #[error("admin socket {0}: {1}")]
     Io(String, io::Error),
