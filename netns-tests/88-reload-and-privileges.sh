@@ -65,20 +65,33 @@ ping_ok "$H1" "$O2" 3
 
 log "SIGHUPs during a 10 MB transfer"
 make_random_file "$WORK/payload" 10
-(
-  sleep 0.3
-  printf '\n[[networks]]\nname = "red"\nencap = "vxlan"\nvni = 16777216\ntap = "x"\n' >>"$WORK/h1.toml"
-  kill -HUP "$PID"; sleep 0.3
-  cp "$WORK/h1.good.toml" "$WORK/h1.toml"
-  kill -HUP "$PID"; sleep 0.3
-  add_network "$WORK/h1.toml" red 43 "${PREFIX}r" - "$U2"
+# hup PATTERN - SIGHUP d1 and wait until it logged one more line matching PATTERN, so the next
+# edit of the config cannot race the reading of this one (signals that arrive together merge)
+hup() {
+  local before
+  before=$(grep -c "$1" "${_DAEMON_LOG[d1]}" || true)
   kill -HUP "$PID"
+  wait_until -t 15 _more_lines "${_DAEMON_LOG[d1]}" "$1" "$before" || die "no new '$1' line after SIGHUP"
+}
+# the SIGHUPs go out as soon as the transfer's receiver listens; every config is written whole
+# to a temporary file and renamed into place, so the daemon never reads one half-written
+(
+  wait_until -t 10 _tcp_listening "$H2" 5001 || die "the transfer's receiver did not start"
+  { cat "$WORK/h1.good.toml"; printf '\n[[networks]]\nname = "red"\nencap = "vxlan"\nvni = 16777216\ntap = "x"\n'; } >"$WORK/h1.next.toml"
+  mv "$WORK/h1.next.toml" "$WORK/h1.toml"
+  hup "reload refused"
+  cp "$WORK/h1.good.toml" "$WORK/h1.next.toml"
+  mv "$WORK/h1.next.toml" "$WORK/h1.toml"
+  hup "reload: configuration unchanged"
+  cp "$WORK/h1.good.toml" "$WORK/h1.next.toml"
+  add_network "$WORK/h1.next.toml" red 43 "${PREFIX}r" - "$U2"
+  mv "$WORK/h1.next.toml" "$WORK/h1.toml"
+  hup "reload applied"
 ) &
 hupper=$!
 tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/payload" "overlay h1->h2 across three SIGHUPs"
-wait "$hupper"
 info "rate: $TRANSFER_MBIT Mbit/s (not asserted)"
-wait_until -t 5 grep -q "reload applied" "${_DAEMON_LOG[d1]}" || die "third SIGHUP not applied"
+wait "$hupper" || die "the three SIGHUPs were not each answered by their log line"
 _is_ours "$PID" || die "d1 exited after SIGHUP"
 ok "d1 still running after three SIGHUPs"
 line=$(grep "reload refused" "${_DAEMON_LOG[d1]}") || die "the broken config was not refused in the log"
