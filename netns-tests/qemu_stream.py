@@ -3,7 +3,9 @@
 
 Usage:
   qemu_stream.py connect SOCKET            connect, send one frame, exit 0 (permission checks)
-  qemu_stream.py local-switching SOCKET    the scenario of netns-tests/55-vm-socket-ports.sh
+  qemu_stream.py local-switching SOCKET DAEMON_LOG
+                                           the scenario of netns-tests/55-vm-socket-ports.sh
+                                           (DAEMON_LOG: the log of the daemon serving SOCKET)
 
 The local-switching scenario prints one "ok: ..." line per check and "info: ..." lines for
 measurements; it exits 1 with "FAIL: ..." on the first check that does not hold. Inner
@@ -85,9 +87,23 @@ def expect(cond, msg):
     ok(msg)
 
 
-def local_switching(path):
+def flushes(log):
+    """Lines of the daemon log saying a VM port left and took MACs with it."""
+    with open(log, errors="replace") as f:
+        return sum(1 for line in f if "vm disconnected" in line and "flushed_macs=1" in line)
+
+
+def local_switching(path, log):
     a, b = Client(path, "A"), Client(path, "B")
-    time.sleep(0.3)  # both ports in the table before the first flood
+    # both ports are in the switch before the first counted flood: B floods a sync frame
+    # (EtherType 0x7a09, not counted by the lab) until A receives one
+    sync = frame(BCAST, MAC_B, 0x7A09, b"sync".ljust(46, b"."))
+    for _ in range(50):
+        b.send(sync)
+        if a.recv_etype(0x7A09, timeout=0.2) is not None:
+            break
+    else:
+        fail("A never received B's broadcast: the two VM ports were not both switched within 10 s")
 
     hello = frame(BCAST, MAC_A, 0x7A07, b"hello from A".ljust(46, b"."))
     a.send(hello)
@@ -182,8 +198,14 @@ def local_switching(path):
     expect(got[0] > 0, "frames flowed A->B during the rate test")
 
     # B leaves: its MAC is flushed, so frames for it flood again (the lab sees them on the underlay)
+    before = flushes(log)
     b.close()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 15
+    while flushes(log) == before:
+        if time.monotonic() > deadline:
+            fail("B's disconnect was not logged with flushed_macs=1 within 15 s")
+        time.sleep(0.1)
+    ok("B's disconnect flushed its MAC before A sends to it")
     for i in range(3):
         a.send(frame(MAC_B, MAC_A, 0x7A06, b"where is B".ljust(46, b".")))
     time.sleep(0.3)
@@ -192,7 +214,7 @@ def local_switching(path):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     mode, path = sys.argv[1], sys.argv[2]
@@ -201,8 +223,8 @@ def main():
         c.send(frame(BCAST, bytes.fromhex("02000000000c"), 0x7A08, b"probe".ljust(46, b".")))
         c.close()
         print("connected and sent a frame")
-    elif mode == "local-switching":
-        local_switching(path)
+    elif mode == "local-switching" and len(sys.argv) == 4:
+        local_switching(path, sys.argv[3])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
