@@ -39,22 +39,26 @@ wait_ready d1
 wait_ready d2
 wait_ping "$H1" "$O2"
 
-start_bg "$H2" "$WORK/iperf3-server.log" iperf3 -s -B "$O2" -p 5201
 iperf_listening() { ns_exec "$H2" ss -Hltn "sport = :5201" | grep -q .; }
-wait_until -t 10 iperf_listening || die "iperf3 server did not start"
 
 rx_bytes() { metric "$(scrape "$H1" "$URL")" 'overlayd_tap_bytes_total{direction="rx",network="blue"}'; }
 before=$(rx_bytes)
-# run LABEL - one iperf3 transfer; prints its rate in Mbit/s, adds the bytes h2 received to $WORK/received
+# run LABEL - one iperf3 transfer to a fresh one-shot server (a reused server can still be busy
+# with the previous test and refuse the next); its rate in Mbit/s in $RATE, the bytes h2
+# received added to $WORK/received
 run() {
-  local out
-  out=$(ns_exec "$H1" iperf3 -c "$O2" -p 5201 -t "$SECS" -J) || die "iperf3 $1 failed"
+  local out srv
+  start_bg "$H2" "$WORK/iperf3-server-${1// /-}.log" iperf3 -s -1 -B "$O2" -p 5201
+  srv=$BG_PID
+  wait_until -t 10 iperf_listening || die "iperf3 server for $1 did not start"
+  out=$(ns_exec "$H1" iperf3 -c "$O2" -p 5201 -t "$SECS" -J) || die "iperf3 $1 failed: $(jq -r '.error // empty' <<<"$out")"
+  wait_exit "$srv" 10 || die "iperf3 server for $1 did not exit after its test"
   jq -r '.end.sum_received.bytes' <<<"$out" >>"$WORK/received"
-  jq -r '.end.sum_received.bits_per_second / 1e6 | floor' <<<"$out"
+  RATE=$(jq -r '.end.sum_received.bits_per_second / 1e6 | floor' <<<"$out")
 }
 # scraper NS NAME URL - curl URL once a second; one line per try: "ok SECONDS" or "fail"
 scraper() {
-  start_bg "$1" "$WORK/scrape-$2.log" bash -c "while :; do curl -fsS -o /dev/null -w 'ok %{time_total}\\n' --max-time 2 $3 2>/dev/null || echo fail; sleep 1; done"
+  start_bg "$1" "$WORK/scrape-$2.log" bash -c "while :; do curl -fsS -o /dev/null -w 'ok %{time_total}\\n' --max-time 10 $3 2>/dev/null || echo fail; sleep 1; done"
 }
 # The runs "without scraping" run the same curl loop against a closed port, so both kinds of
 # run carry the same client processes and only the daemon's share differs.
@@ -65,12 +69,12 @@ plain=() scraped=()
 for ((i = 1; i <= REPEATS; i++)); do
   scraper "$H1" "control-h1-$i" "$NOWHERE"; s1=$BG_PID
   scraper "$H2" "control-h2-$i" "$NOWHERE"; s2=$BG_PID
-  plain+=("$(run "plain $i")")
+  run "plain $i"; plain+=("$RATE")
   kill -TERM "$s1" "$s2"
   wait_exit "$s1" 5 && wait_exit "$s2" 5 || die "control scraper did not stop"
   scraper "$H1" "h1-$i" "$URL"; s1=$BG_PID
   scraper "$H2" "h2-$i" "$URL"; s2=$BG_PID
-  scraped+=("$(run "scraped $i")")
+  run "scraped $i"; scraped+=("$RATE")
   kill -TERM "$s1" "$s2"
   wait_exit "$s1" 5 && wait_exit "$s2" 5 || die "scraper did not stop"
   info "pair $i: ${plain[-1]} Mbit/s without, ${scraped[-1]} Mbit/s with scraping"
@@ -83,7 +87,7 @@ info "median without scraping: $m_plain Mbit/s; with a 1 s scrape: $m_scraped Mb
 # the daemon's own CPU time per scrape (utime + stime from /proc, in clock ticks), idle overlay
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/${_DAEMON_PID[d1]}/stat"; }
 K=300 c0=$(cpu_ticks)
-ns_exec "$H1" bash -c "for ((i = 0; i < $K; i++)); do curl -fsS -o /dev/null --max-time 2 $URL || exit 1; done" ||
+ns_exec "$H1" bash -c "for ((i = 0; i < $K; i++)); do curl -fsS -o /dev/null --max-time 10 $URL || exit 1; done" ||
   die "a back-to-back scrape failed"
 c1=$(cpu_ticks) hz=$(getconf CLK_TCK)
 info "daemon CPU per scrape: $(awk -v t=$((c1 - c0)) -v hz="$hz" -v k=$K 'BEGIN { printf "%.2f ms (%d scrapes, %d ticks of 1/%d s); at one scrape a second: %.3f%% of a core", t / hz / k * 1000, k, t, hz, t / hz / k * 100 }')"
