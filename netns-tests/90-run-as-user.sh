@@ -21,9 +21,9 @@
 #     gets an answer on the admin socket; /metrics answers, with the process metrics;
 #   - `[admin] group` (d1: "<P>g"): the socket is mode 0660 and belongs to <P>g; a member of
 #     <P>g gets an answer, the same user without that group is refused with an error saying why;
-#   - SIGTERM: exit 0, no warning or error logged; the admin socket in a directory the user may
-#     write is removed, the one in a root-only directory is left (logged), and the next start
-#     replaces it;
+#   - SIGTERM: exit 0, no warning or error logged (but for the timing-only one of a slow
+#     reload); the admin socket in a directory the user may write is removed, the one in a
+#     root-only directory is left (logged), and the next start replaces it;
 #   - configs/overlayd.service's privilege lines (bounding set, ambient set, securebits,
 #     no-new-privs, read off the file and applied with setpriv, as systemd would): as shipped,
 #     the daemon starts as root with 0x3000; with User= it runs as the user (and `[node] user`
@@ -147,10 +147,21 @@ wait_ping "$H1" 203.0.113.2
 ok "the network added by a reload carries pings"
 
 log "shutdown"
-stop_daemon d1
-stop_daemon d2
+# one SIGTERM for both: stopped one after the other, a slow stop of d1 could let d2 go 3 s
+# without keepalives and rightly log its peer down
+kill -TERM "${_DAEMON_PID[d1]}" "${_DAEMON_PID[d2]}"
 for d in d1 d2; do
-  if grep -E ' (WARN|ERROR) ' "${_DAEMON_LOG[$d]}"; then die "$d logged a warning or an error"; fi
+  wait_exit "${_DAEMON_PID[$d]}" 10 || die "daemon $d did not exit within 10 s of SIGTERM"
+  ((EXIT_STATUS == 0)) || die "daemon $d exited with status $EXIT_STATUS after SIGTERM (expected 0)"
+done
+ok "d1 and d2 stopped cleanly on SIGTERM"
+# the one warning that only says the machine was slow: a data-path thread took more than a
+# second to let go of the configuration a reload replaced (the reload still completes)
+SLOW_RELOAD='WARN .*reload: a data-path thread held on to the previous configuration for more than a second'
+for d in d1 d2; do
+  n=$(grep -c "$SLOW_RELOAD" "${_DAEMON_LOG[$d]}" || true)
+  ((n == 0)) || info "$d: $n slow-reload warning(s) (timing only, not a fault)"
+  if grep -E ' (WARN|ERROR) ' "${_DAEMON_LOG[$d]}" | grep -v "$SLOW_RELOAD"; then die "$d logged a warning or an error"; fi
 done
 ok "no warning or error in either log"
 [[ ! -e $SOCK2 ]] || die "d2's admin socket $SOCK2 is still there although its directory belongs to $USR"
