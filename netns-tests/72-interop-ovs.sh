@@ -81,6 +81,8 @@ no_tunnel_drops() {
   ok "overlayd counted no drops (overlayd_drops_total all zero)"
 }
 
+mtu_is() { [[ $(link_mtu "$1" "$2") == "$3" ]]; }   # mtu_is NS DEV MTU (read anew at each poll)
+
 # phase NAME "OVERLAYD_KEY=VALUE..." "OVS_OPTION=VALUE..." - one overlayd network and one OVS
 # tunnel port (interface <P>t<n>), vni/key 42 unless the options say otherwise
 phase() {
@@ -97,7 +99,7 @@ phase() {
   mtu=$(link_mtu "$H1" "$TAP")
   # both ends of the segment get the same MTU, as in a real deployment
   vsctl set interface "$VM" mtu_request="$mtu"
-  wait_until -t 10 test "$(link_mtu "$H2" "$VM")" = "$mtu" || die "OVS did not set the MTU of $VM to $mtu"
+  wait_until -t 10 mtu_is "$H2" "$VM" "$mtu" || die "OVS did not set the MTU of $VM to $mtu (it is $(link_mtu "$H2" "$VM"))"
   info "overlayd TAP MTU $mtu; OVS tunnel port status: $(vsctl get interface "$port" status 2>/dev/null || true)"
   wait_ping "$H1" "$O2" 20
   ping_ok "$H1" "$O2" 5
