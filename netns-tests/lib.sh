@@ -336,14 +336,96 @@ assert_fails() {
   ok "$what (exit status $rc)"
 }
 
-# ping_ok NS DST COUNT [PING_ARGS...] - every one of COUNT pings must be answered
+# Pings are judged by their per-reply lines ("64 bytes from ...: icmp_seq=7 ..." from iputils,
+# "... seq=6 ..." from busybox, which counts from 0), never by the summary: a reply that comes
+# late still counts, a duplicate counts once, a reply to a request outside the range does not.
+# ping_start/ping_finish/ping_ok/ping_some run ping with a deadline (-w) and without -c, and
+# stop it (SIGINT) as soon as the requests they judge are answered: iputils `ping -c N` gives
+# up on a reply ~2 RTTs after its last request, and `ping -c N -w D` stops at N replies even
+# if one of them answers a request sent after a still missing one.
+
+# ping_answered FIRST N - read ping output on stdin; print how many of the sequence numbers
+# FIRST..FIRST+N-1 were answered, followed by the first 20 that were not
+ping_answered() {
+  # shellcheck disable=SC2016 # awk program
+  awk -v first="$1" -v n="$2" '
+    / bytes from / && match($0, /seq=[0-9]+/) {
+      s = substr($0, RSTART + 4, RLENGTH - 4) - first
+      if (s >= 0 && s < n) got[s] = 1
+    }
+    END {
+      for (i = 0; i < n; i++) if (i in got) c++; else if (m++ < 20) miss = miss " " (i + first)
+      print c + 0 miss
+    }'
+}
+
+declare -A _PING_PID=() _PING_N=() _PING_WHAT=()
+
+# ping_start NAME NS DST N [PING_ARGS...] - start pinging DST from NS in the background (every
+# 0.2 s unless PING_ARGS say otherwise; log $WORK/ping-NAME.log); requests 1..N will be judged
+# by ping_finish, which waits for their replies until the deadline of N/5 + 10 s (PING_DEADLINE
+# seconds if set)
+ping_start() {
+  local name=$1 nsn=$2 dst=$3 count=$4; shift 4
+  _PING_N[$name]=$count
+  _PING_WHAT[$name]="ping ${*:+$* }$dst from $nsn"
+  : >"$WORK/ping-$name.log"
+  start_bg "$nsn" "$WORK/ping-$name.log" ping -n -i 0.2 -w "${PING_DEADLINE:-$((count / 5 + 10))}" "$@" "$dst"
+  _PING_PID[$name]=$BG_PID
+}
+
+# ping_finish NAME [NEED] - wait until NEED (default: all N) of requests 1..N of ping_start NAME
+# are answered, or ping reached its deadline; stop ping; fail unless NEED were answered
+ping_finish() {
+  local name=$1 n=${_PING_N[$1]} pid=${_PING_PID[$1]} logf=$WORK/ping-$1.log rx missing
+  local need=${2:-${_PING_N[$1]}}
+  while _ping_running "$pid"; do
+    read -r rx _ < <(ping_answered 1 "$n" <"$logf")
+    ((rx < need)) || break
+    sleep 0.1
+  done
+  kill -INT "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  read -r rx missing < <(ping_answered 1 "$n" <"$logf")
+  if ((rx < need)); then
+    printf -- '--- last lines of %s\n' "$logf" >&2
+    tail -n 15 "$logf" >&2
+    if ((need == n)); then
+      die "${_PING_WHAT[$name]}: expected $n/$n replies, seen $rx/$n (unanswered icmp_seq: $missing)"
+    fi
+    die "${_PING_WHAT[$name]}: expected at least $need replies to requests 1..$n, seen $rx (unanswered icmp_seq: $missing)"
+  fi
+  if ((need == n)); then
+    ok "${_PING_WHAT[$name]}: $rx/$n replies"
+  else
+    ok "${_PING_WHAT[$name]}: $rx replies to requests 1..$n (at least $need needed)"
+  fi
+}
+
+# _ping_running PID - PID is a child of this (sub)shell that has not exited yet
+_ping_running() {
+  local stat ppid me=$BASHPID
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  read -r _ ppid _ <<<"$stat"
+  [[ $ppid == "$me" && ${stat%% *} != Z ]]
+}
+
+# ping_ok NS DST COUNT [PING_ARGS...] - every one of requests 1..COUNT must be answered (late
+# replies are waited for; ping may send a few more requests meanwhile: count frames by sequence
+# number, e.g. tcpdump 'icmp[6:2] <= COUNT', tshark 'icmp.seq <= COUNT')
 ping_ok() {
-  local nsn=$1 dst=$2 count=$3 out rc=0 rx; shift 3
-  out=$(ns_exec "$nsn" ping -n -c "$count" -i 0.2 -W 2 "$@" "$dst" 2>&1) || rc=$?
-  rx=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' <<<"$out")
-  [[ $rc == 0 && $rx == "$count" ]] ||
-    die "ping $* $dst from $nsn: expected $count/$count replies, seen ${rx:-0}/$count (status $rc)"$'\n'"$out"
-  ok "ping ${*:+$* }$dst from $nsn: $rx/$count replies"
+  local nsn=$1 dst=$2 count=$3; shift 3
+  ping_start ok "$nsn" "$dst" "$count" "$@"
+  ping_finish ok
+}
+
+# ping_some NS DST MIN OF [PING_ARGS...] - reachability under load: at least MIN of requests
+# 1..OF answered
+ping_some() {
+  local nsn=$1 dst=$2 min=$3 of=$4; shift 4
+  ping_start some "$nsn" "$dst" "$of" "$@"
+  ping_finish some "$min"
 }
 
 # wait_ping NS DST [TIMEOUT] - wait until DST answers a ping (ARP, learning, startup)
