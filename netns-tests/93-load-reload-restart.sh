@@ -23,6 +23,8 @@
 #   - the paced stream was in flight during both events, and every byte arrived, in order,
 #     unaltered (same size, same sha256);
 #   - iperf3 ran its 60 s and exited 0 with no error, and the receiver got bytes;
+#   (the pings during the load prove reachability: at least 3 of the first 10 requests
+#   answered, since they share the path with a full-rate transfer; after it, every one)
 #   - h1 never saw h2 go down during the load (the load and the reload do not starve the
 #     keepalives), and all three daemons are alive at the end and stop cleanly.
 # Printed, not asserted: the iperf3 rate and retransmits, the stream's bytes, the times of the
@@ -151,7 +153,7 @@ ok "d1 still running after the reload"
 assert_eq "ifindex of blue's TAP $T in h1 (not recreated by the reload)" "$ifindex_before" \
   "$(ns_exec "${H[1]}" cat "/sys/class/net/$T/ifindex")"
 wait_ping "${H[1]}" "$GREEN3" 10
-ping_ok "${H[1]}" "$GREEN3" 3
+ping_some "${H[1]}" "$GREEN3" 3 10   # reachability while iperf3 saturates the machine
 wait_until -t 10 peer_up_is 1 green "${U[3]}" 1 || die "h1 does not see h3 up on the added network green"
 ok "h1 sees h3 up on green (overlayd_peer_up 1)"
 
@@ -175,8 +177,8 @@ wait_until -t 10 peer_up_is 1 blue "${U[3]}" 1 || die "overlayd_peer_up{blue,h3}
 t_up=$(now_ms)
 ok "h1 sees h3 up again on blue (overlayd_peer_up 1)"
 wait_ping "${H[1]}" "${O[3]}" 10
-ping_ok "${H[1]}" "${O[3]}" 3
-ping_ok "${H[1]}" "$GREEN3" 3
+ping_some "${H[1]}" "${O[3]}" 3 10
+ping_some "${H[1]}" "$GREEN3" 3 10
 info "h3's daemon: stopped at t=$(awk -v a="$t_stop" -v b="$T0" 'BEGIN { printf "%.1f", (a - b) / 1000 }') s, away $(awk -v a="$t_stop" -v b="$t_ready" 'BEGIN { printf "%.1f", (b - a) / 1000 }') s (stop to ready), peer_up 1 on h1 again $(awk -v a="$t_start" -v b="$t_up" 'BEGIN { printf "%.1f", (b - a) / 1000 }') s after its new start"
 
 log "end of the load"
