@@ -85,13 +85,22 @@ ping_ok "$H2" "$VM1" 3
 ping_ok "$H1" "$VM2" 3
 
 log "10 MB TCP vm1 -> vm2 (busybox nc)"
-vm_cmd vm2 10 "rm -f /tmp/rx; (sleep 300 | nc -l -p 5001 | wc -c > /tmp/rx) </dev/null >/dev/null 2>&1 &" || die "vm2: nc listener: $VM_OUT"
-sleep 0.5
+# the listener is up once vm2's /proc/net/tcp or tcp6 (busybox nc may listen on ::) lists port
+# 5001 (0x1389) in state LISTEN (0A)
+# shellcheck disable=SC2016 # expanded in the guest
+listening='cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '\''$2 ~ /:1389$/ && $4 == "0A" { f = 1 } END { exit !f }'\'
+vm_cmd vm2 40 "rm -f /tmp/rx; (sleep 300 | nc -l -p 5001 | wc -c > /tmp/rx) </dev/null >/dev/null 2>&1 & n=0; until $listening; do n=\$((n+1)); [ \$n -lt 200 ] || exit 1; sleep 0.1; done" ||
+  die "vm2: nc is not listening on port 5001 after 20 s: $VM_OUT"
+ok "vm2: nc listens on port 5001"
 vm_cmd vm1 180 "a=\$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=64k count=160 2>/dev/null | nc $VM2 5001; b=\$(cut -d' ' -f1 /proc/uptime); echo \"t \$a \$b\"" ||
   die "vm1: transfer failed: $VM_OUT"
+sender_out=$VM_OUT
 times=$(sed -n 's/^t \([0-9.]*\) \([0-9.]*\).*/\1 \2/p' <<<"$VM_OUT")
-vm_cmd vm2 20 "n=0; while [ ! -s /tmp/rx ] && [ \$n -lt 50 ]; do sleep 0.2; n=\$((n+1)); done; cat /tmp/rx" || die "vm2: no byte count: $VM_OUT"
-assert_eq "bytes received by vm2" 10485760 "$(tr -dc 0-9 <<<"$VM_OUT")"
+vm_cmd vm2 40 "n=0; while [ ! -s /tmp/rx ] && [ \$n -lt 100 ]; do sleep 0.2; n=\$((n+1)); done; cat /tmp/rx" || die "vm2: no byte count: $VM_OUT"
+received=$(tr -dc 0-9 <<<"$VM_OUT")
+[[ -n $received ]] ||
+  die "vm2 counted no bytes within 20 s of the transfer's end (its nc never saw the connection end); vm1's side: $sender_out"
+assert_eq "bytes received by vm2" 10485760 "$received"
 rate=$(awk -v t="$times" 'BEGIN { split(t, a, " "); d = a[2] - a[1]; if (d <= 0) d = 0.01; printf "%.0f", 10485760 * 8 / d / 1e6 }')
 
 info "rtt vm1 -> vm2 (socket port -> tunnel -> TAP port): $rtt_vm_vm ms (min/avg/max)"
