@@ -76,31 +76,23 @@ pub struct Applied {
 /// cannot apply them.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&running.node, &new.node);
-    let mut keys = Vec::new();
-    if a.underlay != b.underlay {
-        keys.push("node.underlay");
-    }
-    if a.underlay_mtu != b.underlay_mtu {
-        keys.push("node.underlay_mtu");
-    }
-    if a.offload != b.offload {
-        keys.push("node.offload");
-    }
-    if a.run_as != b.run_as {
-        keys.push("node.user/node.group");
-    }
+    let node = [
+        (a.underlay != b.underlay, "node.underlay"),
+        (a.underlay_mtu != b.underlay_mtu, "node.underlay_mtu"),
+        (a.offload != b.offload, "node.offload"),
+        (a.run_as != b.run_as, "node.user/node.group"),
+    ];
+    let rest = [
+        (running.metrics_listen != new.metrics_listen, "metrics.listen"),
+        (running.admin_socket != new.admin_socket, "admin.socket"),
+        (running.admin_group != new.admin_group, "admin.group"),
+    ];
+    let mut keys: Vec<&'static str> = node.iter().filter(|(changed, _)| *changed).map(|&(_, k)| k).collect();
+    // a node setting without a key of its own above still refuses the reload
     if a != b && keys.is_empty() {
         keys.push("node");
     }
-    if running.metrics_listen != new.metrics_listen {
-        keys.push("metrics.listen");
-    }
-    if running.admin_socket != new.admin_socket {
-        keys.push("admin.socket");
-    }
-    if running.admin_group != new.admin_group {
-        keys.push("admin.group");
-    }
+    keys.extend(rest.iter().filter(|(changed, _)| *changed).map(|&(_, k)| k));
     keys
 }
 
