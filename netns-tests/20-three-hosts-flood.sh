@@ -32,8 +32,7 @@ ping_ok "${H[2]}" "${U[3]}" 2
 
 log "overlay: three daemons, vni 42, full mesh"
 for i in 1 2 3; do
-  peers=""
-  for j in 1 2 3; do ((i == j)) || peers+=" ${U[j]}"; done
+  peers=$(mesh_peers "$i" "${U[@]:1}")
   write_config "$WORK/h$i.toml" "${U[i]}"
   add_network "$WORK/h$i.toml" blue 42 "$TAP" "${O[i]}/24" "$peers"
   start_daemon "${H[i]}" "d$i" "$WORK/h$i.toml"

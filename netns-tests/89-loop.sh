@@ -40,8 +40,7 @@ bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "
 ping_ok "${H[1]}" "${U[4]}" 1
 
 for i in 1 2 3 4; do
-  peers=""
-  for j in 1 2 3 4; do ((i == j)) || peers+=" ${U[j]}"; done
+  peers=$(mesh_peers "$i" "${U[@]:1}")
   addr=-
   ((i >= 3)) && addr=198.51.100.$i/24
   write_config "$WORK/h$i.toml" "${U[i]}"

@@ -64,8 +64,7 @@ ping_ok "${H[2]}" "${U[3]}" 1
 
 log "overlay: blue on all three (full mesh); green on h3 only until h1's reload"
 for i in 1 2 3; do
-  peers=""
-  for j in 1 2 3; do ((i == j)) || peers+=" ${U[j]}"; done
+  peers=$(mesh_peers "$i" "${U[@]:1}")
   write_config "$WORK/h$i.toml" "${U[i]}"
   add_network "$WORK/h$i.toml" blue 42 "$T" "${O[i]}/24" "$peers"
 done

@@ -255,6 +255,17 @@ add_network() {
   } >>"$file"
 }
 
+# mesh_peers I ADDR... - the peers of host I (from 1) in a full mesh of the hosts at ADDR...:
+# every ADDR but the I-th, space-separated (for add_network)
+mesh_peers() {
+  local i=$1 j=0 a out=""; shift
+  for a; do
+    j=$((j + 1))
+    ((j == i)) || out+="${out:+ }$a"
+  done
+  printf '%s\n' "$out"
+}
+
 # start_daemon NS NAME CONFIG - run `overlayd run --config CONFIG` in NS; log in $WORK/NAME.log
 start_daemon() {
   local nsn=$1 name=$2 cfg=$3
