@@ -120,7 +120,7 @@ losses() { # every counter a lost datagram (or one of its fragments) can land in
 l0=$(losses)
 start_bg "$H2" "$WORK/udp-recv.log" /usr/bin/python3 "$WORK/udp.py" recv 198.51.100.2 6000 3000 "$WORK/udp-result"
 rcv=$BG_PID
-wait_until -t 10 ns_exec "$H2" ss -Hlun "sport = :6000" || die "UDP receiver did not start"
+wait_until -t 10 _udp_bound "$H2" 6000 || die "UDP receiver did not start"
 ns_exec "$H1" /usr/bin/python3 "$WORK/udp.py" send 198.51.100.2 6000 3000 || die "UDP sender failed"
 wait_exit "$rcv" 30 || die "UDP receiver did not finish"
 ((EXIT_STATUS == 0)) || die "UDP receiver failed: $(cat "$WORK/udp-recv.log")"

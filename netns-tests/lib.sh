@@ -537,6 +537,8 @@ tcp_transfer() {
 }
 
 _tcp_listening() { ns_exec "$1" ss -Hltn "sport = :$2" | grep -q .; }
+# _udp_bound NS PORT - a UDP socket is bound to PORT in NS (ss itself exits 0 even if none is)
+_udp_bound() { ns_exec "$1" ss -Hlun "sport = :$2" | grep -q .; }
 
 # ----------------------------------------------------------------------------- metrics
 # set_metrics_listen FILE ADDR:PORT - add a [metrics] table to a config from write_config
