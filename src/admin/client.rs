@@ -150,8 +150,8 @@ fn stats_text(s: &Sample) -> String {
         out.push_str(&format!("  tunnels      rx {rxp} packets, {rxb} bytes; tx {txp} packets, {txb} bytes; peers {}\n", n.peers.len()));
         out.push_str(&format!("  flooded      frames {}\n", n.flooded_frames));
         out.push_str(&format!(
-            "  fdb          {} entries; learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
-            n.fdb_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned
+            "  fdb          {} entries (cap {}); learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
+            n.fdb_entries, n.fdb_max_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned
         ));
         out.push_str(&format!("  drops        {}\n", drops_line(&n.drops)));
     }

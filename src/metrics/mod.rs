@@ -48,6 +48,7 @@ struct Families {
     drops: IntCounterVec,
     flooded: IntCounterVec,
     fdb_entries: IntGaugeVec,
+    fdb_max_entries: IntGaugeVec,
     fdb_events: IntCounterVec,
     peer_last_seen: GaugeVec,
     peer_up: GaugeVec,
@@ -97,6 +98,11 @@ impl Families {
                 &["network"],
             )?,
             fdb_entries: gauge("overlayd_fdb_entries", "MAC addresses in the network's forwarding table.", &["network"])?,
+            fdb_max_entries: gauge(
+                "overlayd_fdb_max_entries",
+                "The cap of the network's forwarding table (fdb_max_entries); beyond it the busiest port's oldest MAC is evicted.",
+                &["network"],
+            )?,
             fdb_events: counter(
                 "overlayd_fdb_events_total",
                 "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often).",
@@ -132,6 +138,7 @@ impl Families {
     fn collectors(&self) -> Vec<&dyn Collector> {
         let mut v: Vec<&dyn Collector> = self.counters().into_iter().map(|c| c as &dyn Collector).collect();
         v.push(&self.fdb_entries);
+        v.push(&self.fdb_max_entries);
         v.push(&self.peer_last_seen);
         v.push(&self.peer_up);
         v.push(&self.vm_ports);
@@ -144,6 +151,7 @@ impl Families {
             c.reset();
         }
         self.fdb_entries.reset();
+        self.fdb_max_entries.reset();
         self.peer_last_seen.reset();
         self.peer_up.reset();
         self.vm_ports.reset();
@@ -158,6 +166,7 @@ impl Families {
                 self.drops.with_label_values(&[net, reason.as_str()]).inc_by(*v);
             }
             self.fdb_entries.with_label_values(&[net]).set(n.fdb_entries.min(i64::MAX as u64) as i64);
+            self.fdb_max_entries.with_label_values(&[net]).set(n.fdb_max_entries.min(i64::MAX as u64) as i64);
             for (event, v) in n.fdb_events.labelled() {
                 self.fdb_events.with_label_values(&[net, event]).inc_by(v);
             }
@@ -256,7 +265,7 @@ mod tests {
 
     fn sample() -> Sample {
         let drops = DropReason::ALL.iter().map(|r| (r.as_str().to_string(), 0)).collect::<std::collections::BTreeMap<_, _>>();
-        let mut net = NetSample { name: "blue".into(), tap_rx_frames: 5, tap_rx_bytes: 300, drops: drops.clone(), fdb_entries: 2, ..Default::default() };
+        let mut net = NetSample { name: "blue".into(), tap_rx_frames: 5, tap_rx_bytes: 300, drops: drops.clone(), fdb_entries: 2, fdb_max_entries: 8192, ..Default::default() };
         net.drops.insert("unknown_peer".into(), 3);
         net.fdb_events.learned = 4;
         net.vm_ports = 2;
@@ -281,6 +290,7 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_drops_total{network="blue",reason="unknown_peer"}"#), Some("3"));
         assert_eq!(line(&t, r#"overlayd_drops_total{network="-",reason="unknown_vni"}"#), Some("9"));
         assert_eq!(line(&t, r#"overlayd_fdb_entries{network="blue"}"#), Some("2"));
+        assert_eq!(line(&t, r#"overlayd_fdb_max_entries{network="blue"}"#), Some("8192"));
         assert_eq!(line(&t, r#"overlayd_fdb_events_total{event="learned",network="blue"}"#), Some("4"));
         assert_eq!(line(&t, r#"overlayd_tunnel_packets_total{direction="tx",network="blue",peer="192.0.2.2"}"#), Some("7"));
         assert_eq!(line(&t, r#"overlayd_peer_last_seen_seconds{network="blue",peer="192.0.2.2"}"#), Some("1234.5"));

@@ -37,6 +37,9 @@ pub struct NetSample {
     /// Reason label -> count; every reason of `DropReason::ALL` is present.
     pub drops: BTreeMap<String, u64>,
     pub fdb_entries: u64,
+    /// The table's cap (`fdb_max_entries`).
+    #[serde(default)]
+    pub fdb_max_entries: u64,
     pub fdb_events: FdbEventCounts,
     pub peers: Vec<PeerSample>,
     /// VMs connected now (socket and datagram ports).
@@ -151,6 +154,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                 flooded_frames: s.flooded_frames,
                 drops: drop_map(&s.drops),
                 fdb_entries: net.fdb.len() as u64,
+                fdb_max_entries: net.fdb.config().max_entries as u64,
                 fdb_events: FdbEventCounts {
                     learned: ev.learned.load(Relaxed),
                     moved: ev.moved.load(Relaxed),
@@ -216,6 +220,7 @@ mod tests {
         assert_eq!(n.drops["unknown_vni"], 0);
         assert_eq!(s.unattributed_drops["unknown_vni"], 1);
         assert_eq!(n.fdb_entries, 1);
+        assert_eq!(n.fdb_max_entries, FdbConfig::default().max_entries as u64);
         assert_eq!(n.fdb_events.learned, 1);
         assert_eq!(n.peers[0].peer, "192.0.2.2");
         assert_eq!(n.peers[0].last_seen_ago_secs, Some(3.0));
