@@ -135,8 +135,9 @@ wait_exit "$iperf_srv" 15 || die "iperf3 server did not finish"
 rate=$(jq -r '.end.sum_received.bits_per_second / 1e9 * 100 | floor / 100' "$WORK/iperf3.json")
 ok "no alert pending or firing in $polls polls over $((LOAD_SECS + 5)) s"
 info "iperf3 over blue: $rate Gbit/s"
-assert_eq "drops of d1 under load (sum of instance_network_reason:overlayd_drops:rate1m > 0 series)" none \
-  "$(value 'count(instance_network_reason:overlayd_drops:rate1m{instance="'"$U1"':9477"} > 0)')"
+# every drop reason an alert watches would have made it pending above; the others are shown
+info "drop reasons of either daemon with a rate > 0 under load: $(query 'instance_network_reason:overlayd_drops:rate1m > 0' |
+  jq -r '[.data.result[].metric | "\(.instance) \(.network) \(.reason)"] | if length == 0 then "none" else join(", ") end')"
 
 # now_ms - wall clock in milliseconds (SECONDS is whole seconds: too coarse for the deadline)
 now_ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }
