@@ -19,6 +19,7 @@ pub mod invariants;
 pub mod liveness;
 pub mod network;
 pub mod offload;
+pub mod pmtu;
 pub mod ports;
 pub mod stats;
 pub mod storm;
