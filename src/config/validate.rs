@@ -237,7 +237,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false) };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));

@@ -311,6 +311,8 @@ fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_p
         fdb,
         bum_pps_limit,
         local_ports,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     }
 }
 
@@ -763,6 +765,8 @@ fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
         },
         bum_pps_limit: None,
         local_ports: 2,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     }
 }
 
