@@ -60,6 +60,8 @@ fn network(peers: usize, max_entries: usize) -> Network {
         fdb: FdbConfig { max_entries, ..FdbConfig::default() },
         bum_pps_limit: None,
         local_ports: 1,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     })
 }
 

@@ -468,6 +468,17 @@ mod tests {
     }
 
     #[test]
+    fn mss_clamp_is_off_unless_set_in_the_file_or_the_environment() {
+        assert!(!parse(GOOD).unwrap().networks[0].mss_clamp);
+        let on = GOOD.replace("vni = 42", "vni = 42\nmss_clamp = true");
+        assert!(parse(&on).unwrap().networks[0].mss_clamp);
+        let env = vec![("OVERLAYD__NETWORKS[0]__MSS_CLAMP".to_string(), "true".to_string())];
+        assert!(from_str_with_env(GOOD, env).unwrap().networks[0].mss_clamp);
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nmss_clamp = \"maybe\""));
+        assert!(p.contains("mss_clamp"), "{p}");
+    }
+
+    #[test]
     fn environment_overrides_a_key() {
         let env = vec![("OVERLAYD__NODE__UNDERLAY".to_string(), "192.0.2.9".to_string())];
         let c = from_str_with_env(GOOD, env).unwrap();
