@@ -250,3 +250,32 @@ fn mss_clamp_leaves_a_partial_checksum_alone_and_skips_non_syns() {
     f.truncate(14 + 20 + 22);
     assert!(!clamp_mss(&mut f, 1450, false));
 }
+
+#[test]
+fn cut_short_or_corrupted_frames_never_panic_and_replies_always_parse() {
+    let mut frames = vec![tcp4(true, false), tcp4(true, true), tcp6(1514), syn(false, 1460), syn(true, 1460)];
+    // every truncation of every frame, and each with one byte flipped in the headers
+    let mut seed = 0x2545_f491_u32;
+    for f in frames.clone() {
+        for at in 0..80.min(f.len()) {
+            let mut g = f.clone();
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            g[at] ^= (seed as u8) | 1;
+            frames.push(g);
+        }
+    }
+    let mut out = [0u8; MAX_REPLY];
+    for f in &frames {
+        for cut in 0..=f.len().min(120) {
+            let g = &f[..cut];
+            if let Ok(s) = too_big(g, 1450, &Sources::default(), &mut out) {
+                assert!(s.len <= MAX_REPLY);
+                assert!(SlicedPacket::from_ethernet(&out[..s.len]).is_ok(), "reply to {g:02x?} does not parse");
+            }
+            let mut h = g.to_vec();
+            clamp_mss(&mut h, 1450, false);
+        }
+    }
+}
