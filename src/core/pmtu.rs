@@ -322,9 +322,11 @@ pub fn clamp_mss(frame: &mut [u8], mtu: u16, partial: bool) -> bool {
                     }
                     th[i + 2..i + 4].copy_from_slice(&max.to_be_bytes());
                     if !partial {
-                        // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m')
+                        // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'). After a lone NOP the field
+                        // sits at an odd offset: its bytes count swapped in the 16-bit sum.
+                        let (m, m2) = if i % 2 == 1 { (old.swap_bytes(), max.swap_bytes()) } else { (old, max) };
                         let hc = u16::from_be_bytes([th[16], th[17]]);
-                        let acc = u64::from(!hc) + u64::from(!old) + u64::from(max);
+                        let acc = u64::from(!hc) + u64::from(!m) + u64::from(m2);
                         th[16..18].copy_from_slice(&checksum::finish(acc).to_be_bytes());
                     }
                     return true;

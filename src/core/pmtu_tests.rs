@@ -187,12 +187,16 @@ fn signals_are_limited_per_port_with_a_burst() {
 }
 
 fn syn(v6: bool, mss: u16) -> Vec<u8> {
+    syn_with(v6, &[TcpOptionElement::MaximumSegmentSize(mss), TcpOptionElement::SelectiveAcknowledgementPermitted, TcpOptionElement::WindowScale(7)])
+}
+
+fn syn_with(v6: bool, options: &[TcpOptionElement]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(VM_MAC, GW_MAC);
     let b = if v6 { b.ipv6(VM6, REMOTE6, 64) } else { b.ipv4(VM4, REMOTE4, 64) };
     let mut f = Vec::new();
     b.tcp(40000, 5001, 1, 64240)
         .syn()
-        .options(&[TcpOptionElement::MaximumSegmentSize(mss), TcpOptionElement::SelectiveAcknowledgementPermitted, TcpOptionElement::WindowScale(7)])
+        .options(options)
         .unwrap()
         .write(&mut f, &[])
         .unwrap();
@@ -228,6 +232,16 @@ fn mss_of_a_syn_is_clamped_with_the_checksum_fixed_up() {
         let before = g.clone();
         assert!(!clamp_mss(&mut g, 1450, false));
         assert_eq!(g, before);
+    }
+}
+
+#[test]
+fn mss_at_an_odd_offset_is_clamped_with_the_checksum_right() {
+    use TcpOptionElement::{MaximumSegmentSize, Noop, WindowScale};
+    for v6 in [false, true] {
+        let mut f = syn_with(v6, &[Noop, MaximumSegmentSize(0x05b4), WindowScale(7), Noop, Noop, Noop]);
+        assert!(clamp_mss(&mut f, 1450, false));
+        assert_eq!(mss_and_checksum_ok(&f).1, true, "v6={v6}");
     }
 }
 
