@@ -15,6 +15,7 @@
 #   - a 1500-byte IPv4 packet without DF gets no answer;
 #   - a 1500-byte IPv6 packet comes back as ICMPv6 packet too big, MTU 1450, 1280 bytes;
 #   - a burst of 300 oversized frames gets a rate-limited number of answers;
+#   - a client on the datagram socket (-netdev dgram) gets the same ICMP answer;
 #   - /metrics counts them: overlayd_pmtu_signals_total{family}, the rate-limited ones, and
 #     every oversized frame as drops_total{reason="mtu_exceeded"}.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -24,7 +25,7 @@ need_daemon
 H1=$PREFIX-h1 H2=$PREFIX-h2
 U1=192.0.2.1 U2=192.0.2.2
 CLIENT=$LIB_DIR/qemu_stream.py
-SOCK=$WORK/blue.sock
+SOCK=$WORK/blue.sock DSOCK=$WORK/blue-dgram.sock
 URL=http://127.0.0.1:9477/metrics
 
 log "underlay: $H1 $U1 <-> $H2 $U2"
@@ -42,6 +43,7 @@ name = "blue"
 encap = "vxlan"
 vni = 42
 vm_socket = "$SOCK"
+vm_dgram_socket = "$DSOCK"
 peers = ["$U2"]
 EOF
 write_config "$WORK/h2.toml" "$U2"
@@ -62,12 +64,19 @@ sed -n 's/^ok: /   ok: /p; s/^info: /   /p' "$out"
 limited=$(sed -n 's/^limited: //p' "$out")
 answered=$((300 - limited))
 
+log "a VM at MTU 1500 on h1's datagram socket"
+if ! /usr/bin/python3 "$CLIENT" pmtu-dgram "$DSOCK" 1450 "$WORK/vm-dgram.sock" >"$out" 2>&1; then
+  sed 's/^/   /' "$out"
+  die "datagram client scenario failed"
+fi
+ok "1500-byte IPv4 DF packet on the datagram port: ICMP 3/4 with MTU 1450, bytes checked"
+
 log "metrics"
 m=$(scrape "$H1" "$URL")
-assert_eq "ICMP signals counted (1 + burst answers)" $((1 + answered)) "$(metric "$m" 'overlayd_pmtu_signals_total{family="ipv4",network="blue"}')"
+assert_eq "ICMP signals counted (1 + burst answers + 1 on the datagram port)" $((2 + answered)) "$(metric "$m" 'overlayd_pmtu_signals_total{family="ipv4",network="blue"}')"
 assert_eq "ICMPv6 signals counted" 1 "$(metric "$m" 'overlayd_pmtu_signals_total{family="ipv6",network="blue"}')"
 assert_eq "rate-limited signals counted" "$limited" "$(metric "$m" 'overlayd_pmtu_signals_limited_total{network="blue"}')"
-assert_eq "every oversized frame is an mtu_exceeded drop (3 + 300)" 303 "$(metric "$m" 'overlayd_drops_total{network="blue",reason="mtu_exceeded"}')"
+assert_eq "every oversized frame is an mtu_exceeded drop (3 + 300 + 1)" 304 "$(metric "$m" 'overlayd_drops_total{network="blue",reason="mtu_exceeded"}')"
 
 log "shutdown"
 stop_daemon d1

@@ -8,6 +8,9 @@ Usage:
                                            (DAEMON_LOG: the log of the daemon serving SOCKET)
   qemu_stream.py pmtu SOCKET MTU           the scenario of netns-tests/66-pmtu-signals.sh: frames
                                            over MTU are answered with ICMP / ICMPv6 (bytes checked)
+  qemu_stream.py pmtu-dgram SOCKET MTU LOCAL
+                                           the same ICMP answer on a datagram socket (-netdev dgram),
+                                           the client bound at LOCAL
 
 The local-switching scenario prints one "ok: ..." line per check and "info: ..." lines for
 measurements; it exits 1 with "FAIL: ..." on the first check that does not hold. Inner
@@ -254,19 +257,8 @@ def ipv6_udp(total):
     return struct.pack("!IHBB16s16s", 6 << 28, plen, 17, 64, VM6, DST6) + udp
 
 
-def pmtu(path, mtu):
-    """Frames over the MTU from a VM port come back as ICMP "fragmentation needed" (IPv4 DF)
-    or ICMPv6 "packet too big", from the next hop's MAC, quoting the packet; nothing for IPv4
-    without DF or for frames within the MTU."""
-    c = Client(path, "vm")
-    # frames within the MTU pass and get no answer (unknown unicast: flooded to the peer)
-    c.send(frame(NEXT_HOP, MAC_A, 0x0800, ipv4_tcp(mtu, True)))
-    check(c.recv_etype(0x0800, 1.0) is None, "an IPv4 packet of exactly the MTU got an answer")
-    ok(f"an IPv4 packet of {mtu} bytes (the MTU) passes unanswered")
-
-    pkt = ipv4_tcp(1500, True)
-    c.send(frame(NEXT_HOP, MAC_A, 0x0800, pkt))
-    r = c.recv_etype(0x0800, 3.0)
+def check_frag_needed(r, pkt, mtu):
+    """r is ICMP fragmentation needed for pkt (sent from MAC_A to NEXT_HOP), bytes checked."""
     check(r is not None, "no ICMP for a 1500-byte IPv4 packet with DF")
     check(r[0:6] == MAC_A and r[6:12] == NEXT_HOP, f"reply MACs dst {r[0:6].hex()} src {r[6:12].hex()}")
     ip = r[14:]
@@ -284,6 +276,43 @@ def pmtu(path, mtu):
     ok(f"1500-byte IPv4 DF packet: ICMP 3/4 next-hop MTU {nh_mtu} from {'.'.join(map(str, ip[12:16]))}, "
        "quoting the IP header + 8 bytes, both checksums right, MACs swapped")
 
+
+
+def pmtu_dgram(path, mtu, local):
+    """The same answer on a datagram port (-netdev dgram): one frame per datagram."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(local)
+    s.connect(path)
+    pkt = ipv4_tcp(1500, True)
+    s.send(frame(NEXT_HOP, MAC_A, 0x0800, pkt))
+    s.settimeout(3.0)
+    deadline = time.monotonic() + 3.0
+    r = None
+    while time.monotonic() < deadline:
+        try:
+            f = s.recv(65536)
+        except socket.timeout:
+            break
+        if struct.unpack("!H", f[12:14])[0] == 0x0800:
+            r = f
+            break
+    check_frag_needed(r, pkt, mtu)
+    s.close()
+
+
+def pmtu(path, mtu):
+    """Frames over the MTU from a VM port come back as ICMP "fragmentation needed" (IPv4 DF)
+    or ICMPv6 "packet too big", from the next hop's MAC, quoting the packet; nothing for IPv4
+    without DF or for frames within the MTU."""
+    c = Client(path, "vm")
+    # frames within the MTU pass and get no answer (unknown unicast: flooded to the peer)
+    c.send(frame(NEXT_HOP, MAC_A, 0x0800, ipv4_tcp(mtu, True)))
+    check(c.recv_etype(0x0800, 1.0) is None, "an IPv4 packet of exactly the MTU got an answer")
+    ok(f"an IPv4 packet of {mtu} bytes (the MTU) passes unanswered")
+
+    pkt = ipv4_tcp(1500, True)
+    c.send(frame(NEXT_HOP, MAC_A, 0x0800, pkt))
+    check_frag_needed(c.recv_etype(0x0800, 3.0), pkt, mtu)
     c.send(frame(NEXT_HOP, MAC_A, 0x0800, ipv4_tcp(1500, False)))
     check(c.recv_etype(0x0800, 1.0) is None, "an IPv4 packet without DF got an answer")
     ok("1500-byte IPv4 packet without DF: no answer (dropped)")
@@ -319,7 +348,7 @@ def pmtu(path, mtu):
 
 
 def main():
-    if len(sys.argv) not in (3, 4):
+    if len(sys.argv) not in (3, 4, 5):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     mode, path = sys.argv[1], sys.argv[2]
@@ -332,6 +361,8 @@ def main():
         local_switching(path, sys.argv[3])
     elif mode == "pmtu" and len(sys.argv) == 4:
         pmtu(path, int(sys.argv[3]))
+    elif mode == "pmtu-dgram" and len(sys.argv) == 5:
+        pmtu_dgram(path, int(sys.argv[3]), sys.argv[4])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
