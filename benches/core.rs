@@ -60,6 +60,8 @@ fn network(peers: usize, max_entries: usize) -> Network {
         fdb: FdbConfig { max_entries, ..FdbConfig::default() },
         bum_pps_limit: None,
         local_ports: 1,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     })
 }
 
@@ -180,5 +182,25 @@ fn batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, encap_decap, fdb, batch);
+/// Path MTU: building a "too big" reply (only for dropped frames), and what `mss_clamp` costs
+/// every frame (a data segment: parsed and passed) and a SYN.
+fn pmtu(c: &mut Criterion) {
+    use overlayd::core::pmtu::{self, Sources};
+    let mut g = c.benchmark_group("pmtu");
+    let big = tcp_frame(1448, 1);
+    let mut out = vec![0u8; pmtu::MAX_REPLY];
+    let src = Sources { v4: Some([198, 51, 100, 9].into()), v6: None };
+    g.bench_function("too_big_ipv4", |b| b.iter(|| pmtu::too_big(black_box(&big[..]), 1450, &src, &mut out).is_ok()));
+    let mut data = tcp_frame(1398, 1);
+    g.bench_function("clamp_mss_data_segment", |b| b.iter(|| pmtu::clamp_mss(black_box(&mut data[..]), 1450, false)));
+    let mut syn = tcp_frame(0, 1);
+    syn[47] = 0x02;
+    syn[54..58].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    g.bench_function("clamp_mss_syn", |b| {
+        b.iter_batched_ref(|| syn.clone(), |f| pmtu::clamp_mss(black_box(&mut f[..]), 1450, false), BatchSize::SmallInput)
+    });
+    g.finish();
+}
+
+criterion_group!(benches, parse, encap_decap, fdb, batch, pmtu);
 criterion_main!(benches);

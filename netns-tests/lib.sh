@@ -509,19 +509,22 @@ make_random_file() {
 }
 
 # tcp_transfer SRC_NS DST_NS DST_ADDR PORT FILE LABEL - send FILE over TCP from SRC_NS to
+# (DST_ADDR IPv4 or IPv6)
 # DST_ADDR:PORT in DST_NS with socat; fail unless the received bytes have the same sha256.
 # Sets TRANSFER_MBIT (rate, for printing only: never assert on timing).
 tcp_transfer() {
   local src_ns=$1 dst_ns=$2 addr=$3 port=$4 file=$5 label=$6
-  local tag=${label//[^A-Za-z0-9]/_} srv t0 t1 bytes want got
+  local tag=${label//[^A-Za-z0-9]/_} srv t0 t1 bytes want got listen=TCP-LISTEN:$port,bind=$addr connect=TCP:$addr:$port
   local out=$WORK/recv-$tag
+  # an IPv6 address: socat wants the address family spelled out and the address in brackets
+  [[ $addr != *:* ]] || { listen=TCP6-LISTEN:$port,bind=[$addr]; connect=TCP6:[$addr]:$port; }
   rm -f "$out"
   start_bg "$dst_ns" "$WORK/socat-srv-$tag.log" \
-    socat -u -b 131072 "TCP-LISTEN:$port,bind=$addr,reuseaddr" "CREATE:$out"
+    socat -u -b 131072 "$listen,reuseaddr" "CREATE:$out"
   srv=$BG_PID
   wait_until -t 10 _tcp_listening "$dst_ns" "$port" || die "$label: socat server on $addr:$port did not start"
   t0=$(date +%s%N)
-  timeout 120 ip netns exec "$src_ns" socat -u -b 131072 "OPEN:$file" "TCP:$addr:$port,connect-timeout=5" ||
+  timeout 120 ip netns exec "$src_ns" socat -u -b 131072 "OPEN:$file" "$connect,connect-timeout=5" ||
     die "$label: sending $file to $addr:$port failed"
   wait_exit "$srv" 60 || die "$label: receiver did not finish within 60 s"
   t1=$(date +%s%N)

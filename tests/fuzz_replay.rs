@@ -59,3 +59,8 @@ fn qemu_stream_corpus_and_regressions_hold() {
 fn reload_corpus_and_regressions_hold() {
     replay("reload", invariants::check_reload);
 }
+
+#[test]
+fn pmtu_corpus_and_regressions_hold() {
+    replay("pmtu", invariants::check_pmtu);
+}

@@ -153,6 +153,11 @@ fn stats_text(s: &Sample) -> String {
             "  fdb          {} entries (cap {}); learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
             n.fdb_entries, n.fdb_max_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned
         ));
+        let m = &n.pmtu;
+        out.push_str(&format!(
+            "  pmtu         signals ipv4 {}, ipv6 {}, rate-limited {}; mss clamped {}\n",
+            m.signals_ipv4, m.signals_ipv6, m.rate_limited, m.mss_clamped
+        ));
         out.push_str(&format!("  drops        {}\n", drops_line(&n.drops)));
     }
     out.push_str(&format!("drops outside any network: {}\n", drops_line(&s.unattributed_drops)));

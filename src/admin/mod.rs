@@ -210,6 +210,8 @@ mod tests {
                 fdb: FdbConfig::default(),
                 bum_pps_limit: None,
                 local_ports: 1,
+                mss_clamp: false,
+                pmtu_sources: Default::default(),
             })),
             io: (),
         };

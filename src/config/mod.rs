@@ -81,6 +81,8 @@ pub struct NetworkConfig {
     pub vm_socket: Option<VmSocketConfig>,
     /// Where QEMU VMs send datagrams (`-netdev dgram`), if anywhere.
     pub vm_dgram_socket: Option<VmSocketConfig>,
+    /// Lower the MSS of TCP SYNs from local ports to fit the MTU.
+    pub mss_clamp: bool,
 }
 
 /// Outer TTL / hop limit when the config sets none (the Linux default, `net.ipv4.ip_default_ttl`).
@@ -101,6 +103,17 @@ pub struct VmSocketConfig {
 pub const DEFAULT_VM_SOCKET_MODE: u32 = 0o660;
 
 impl NetworkConfig {
+    /// Where path-MTU signals come from: the network's `address`, of its family.
+    pub fn pmtu_sources(&self) -> crate::core::pmtu::Sources {
+        let mut s = crate::core::pmtu::Sources::default();
+        match self.address {
+            Some((IpAddr::V4(a), _)) => s.v4 = Some(a),
+            Some((IpAddr::V6(a), _)) => s.v6 = Some(a),
+            None => {}
+        }
+        s
+    }
+
     /// Bytes the encapsulation adds on the underlay: outer IP header, UDP + VXLAN or the GRE
     /// header (with the fields this network sends), and the inner Ethernet header.
     pub fn overhead(&self, underlay: IpAddr) -> u16 {

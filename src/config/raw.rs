@@ -83,6 +83,8 @@ pub struct RawNetwork {
     pub vm_socket_group: Option<RawId>,
     /// Permission bits of `vm_socket`: an octal string ("0660") or a TOML integer (0o660).
     pub vm_socket_mode: Option<RawId>,
+    /// Rewrite the MSS option of TCP SYNs from local ports to fit the network MTU.
+    pub mss_clamp: Option<bool>,
 }
 
 /// A name or a number (user, group, mode): TOML lets the user write either.

@@ -237,7 +237,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false) };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -465,6 +465,17 @@ mod tests {
         assert!(!from_str_with_env(GOOD, env).unwrap().node.offload);
         let p = problem(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\noffload = \"maybe\""));
         assert!(p.contains("offload"), "{p}");
+    }
+
+    #[test]
+    fn mss_clamp_is_off_unless_set_in_the_file_or_the_environment() {
+        assert!(!parse(GOOD).unwrap().networks[0].mss_clamp);
+        let on = GOOD.replace("vni = 42", "vni = 42\nmss_clamp = true");
+        assert!(parse(&on).unwrap().networks[0].mss_clamp);
+        let env = vec![("OVERLAYD__NETWORKS[0]__MSS_CLAMP".to_string(), "true".to_string())];
+        assert!(from_str_with_env(GOOD, env).unwrap().networks[0].mss_clamp);
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nmss_clamp = \"maybe\""));
+        assert!(p.contains("mss_clamp"), "{p}");
     }
 
     #[test]

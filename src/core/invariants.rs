@@ -21,13 +21,18 @@
 //!   checking the switch's promises after every step (see [`Node`]).
 //! - [`check_reload`]: one network through reloads that change its peers and table, each
 //!   handed over to the next generation while the old one still takes frames.
+//! - [`check_pmtu`]: a "too big" reply to any frame is a well-formed frame back to its sender
+//!   with correct checksums, and clamping the MSS of any TCP segment keeps its checksums right.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::checksum;
 use super::fabric::{Fabric, NetEntry};
+use super::offload::TcpSeg;
+use super::pmtu::{self, Family};
 use super::fdb::FdbConfig;
 use super::network::{Action, Network, NetworkSpec};
 use super::stats::DropReason;
@@ -311,6 +316,8 @@ fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_p
         fdb,
         bum_pps_limit,
         local_ports,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     }
 }
 
@@ -763,6 +770,8 @@ fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
         },
         bum_pps_limit: None,
         local_ports: 2,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     }
 }
 
@@ -919,4 +928,42 @@ pub fn check_reload(data: &[u8]) {
     while r.step(&mut inp) {}
     r.finish();
     r.check();
+}
+
+/// Path-MTU replies and MSS clamping over arbitrary frames: no panic; a reply goes back to the
+/// sender from the MAC it addressed, with valid IP/ICMP (or ICMPv6) checksums and within
+/// [`pmtu::MAX_REPLY`]; a clamped segment whose checksums were right keeps them right, and
+/// only the MSS value and the checksum change.
+pub fn check_pmtu(data: &[u8]) {
+    let mut out = [0u8; pmtu::MAX_REPLY];
+    let sources = pmtu::Sources { v4: Some([198, 51, 100, 1].into()), v6: None };
+    if let Ok(sig) = pmtu::too_big(data, 1450, &sources, &mut out) {
+        let r = &out[..sig.len];
+        assert!(sig.len <= pmtu::MAX_REPLY, "reply longer than MAX_REPLY");
+        assert_eq!((&r[0..6], &r[6..12]), (&data[6..12], &data[0..6]), "reply MACs are the frame's, swapped");
+        let (l3, _) = EthernetFrame::new_unchecked(r).l3().expect("the reply has an L3 header");
+        let ip = &r[l3..];
+        match sig.family {
+            Family::V4 => {
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                assert!(checksum::verify(&ip[..ihl], 0), "reply IPv4 header checksum");
+                assert!(checksum::verify(&ip[ihl..], 0), "reply ICMP checksum");
+                assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len(), "reply IPv4 total length");
+            }
+            Family::V6 => {
+                let (s, d): ([u8; 16], [u8; 16]) = (ip[8..24].try_into().expect("16 bytes"), ip[24..40].try_into().expect("16 bytes"));
+                assert!(checksum::verify(&ip[40..], checksum::pseudo_v6(&s, &d, 58, (ip.len() - 40) as u32)), "reply ICMPv6 checksum");
+                assert!(ip.len() <= pmtu::IPV6_MIN_MTU, "ICMPv6 reply over 1280 bytes");
+            }
+        }
+    }
+    let mut f = data.to_vec();
+    let was_ok = TcpSeg::parse(data).is_some_and(|s| s.checksums_ok(data));
+    if pmtu::clamp_mss(&mut f, 1450, false) {
+        assert_eq!(f.len(), data.len(), "clamping changes no length");
+        assert!(f.iter().zip(data).filter(|(a, b)| a != b).count() <= 4, "clamping changes only the MSS and the checksum");
+        if was_ok {
+            assert!(TcpSeg::parse(&f).is_some_and(|s| s.checksums_ok(&f)), "checksums broken by clamping");
+        }
+    }
 }

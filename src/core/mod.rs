@@ -6,6 +6,9 @@
 //!   the underlay through [`Fabric::classify_vxlan`] and then [`Network::from_peer`]; each returns
 //!   an [`Action`] that says where the frame goes (one local port, one peer, a flood, or a drop
 //!   with its [`DropReason`]);
+//! - a frame from a local port dropped as over the MTU is answered with the ICMP / ICMPv6
+//!   "too big" that [`pmtu::too_big`] builds into the caller's buffer, rate-limited per port
+//!   by [`pmtu::PortBuckets`]; [`pmtu::clamp_mss`] rewrites SYNs in place for `mss_clamp`;
 //! - time is an argument (`now: Instant`, always last), so tests drive it explicitly;
 //! - every data structure the data path touches per frame is safe to share between threads
 //!   without a lock: the FDB is read lock-free, counters are atomics in per-thread shards.
@@ -19,6 +22,7 @@ pub mod invariants;
 pub mod liveness;
 pub mod network;
 pub mod offload;
+pub mod pmtu;
 pub mod ports;
 pub mod stats;
 pub mod storm;

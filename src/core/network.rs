@@ -16,6 +16,7 @@ use super::fdb::{Fdb, FdbConfig, Learned};
 use super::stats::{DropReason, NetStats, Shard};
 use super::storm::StormControl;
 use super::liveness::{Liveness, is_keepalive};
+use super::pmtu::Sources;
 use super::time::Instant;
 use super::wire::ethernet::{EthernetFrame, HEADER_LEN};
 use super::{Encap, LocalPort, PeerIdx, Port, Vni};
@@ -36,6 +37,10 @@ pub struct NetworkSpec {
     pub bum_pps_limit: Option<u32>,
     /// Number of local ports (TAP devices) the network has.
     pub local_ports: u16,
+    /// Lower the MSS option of TCP SYNs from local ports to fit `mtu` (`mss_clamp`).
+    pub mss_clamp: bool,
+    /// Source addresses of path-MTU signals (the network's `address`, if any).
+    pub pmtu_sources: Sources,
 }
 
 /// A neighbouring daemon that carries this network.

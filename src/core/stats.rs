@@ -86,6 +86,24 @@ drop_reasons! {
     BadOffload => "bad_offload",
 }
 
+/// Path-MTU events of a network (see [`super::pmtu`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PmtuEvent {
+    /// ICMP "fragmentation needed" sent back to a local port.
+    SignalV4,
+    /// ICMPv6 "packet too big" sent back to a local port.
+    SignalV6,
+    /// A signal not sent: the port's rate limit was spent.
+    RateLimited,
+    /// The MSS option of a TCP SYN lowered (`mss_clamp`).
+    MssClamped,
+}
+
+impl PmtuEvent {
+    pub const COUNT: usize = 4;
+}
+
 /// Per-network counters, one instance per shard.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -96,6 +114,7 @@ pub struct NetCounters {
     pub tap_tx_bytes: AtomicU64,
     pub flooded_frames: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
+    pub pmtu: [AtomicU64; PmtuEvent::COUNT],
 }
 
 /// Per-peer counters, one instance per shard.
@@ -160,6 +179,8 @@ pub struct NetSnapshot {
     pub tap_tx_bytes: u64,
     pub flooded_frames: u64,
     pub drops: [u64; DropReason::COUNT],
+    /// By [`PmtuEvent`].
+    pub pmtu: [u64; PmtuEvent::COUNT],
     pub peers: Vec<PeerSnapshot>,
 }
 
@@ -179,6 +200,10 @@ impl NetSnapshot {
         for (i, v) in drops.iter_mut().enumerate() {
             *v = d(self.drops[i], earlier.drops[i]);
         }
+        let mut pmtu = [0u64; PmtuEvent::COUNT];
+        for (i, v) in pmtu.iter_mut().enumerate() {
+            *v = d(self.pmtu[i], earlier.pmtu[i]);
+        }
         NetSnapshot {
             tap_rx_frames: d(self.tap_rx_frames, earlier.tap_rx_frames),
             tap_rx_bytes: d(self.tap_rx_bytes, earlier.tap_rx_bytes),
@@ -186,6 +211,7 @@ impl NetSnapshot {
             tap_tx_bytes: d(self.tap_tx_bytes, earlier.tap_tx_bytes),
             flooded_frames: d(self.flooded_frames, earlier.flooded_frames),
             drops,
+            pmtu,
             peers: self
                 .peers
                 .iter()
@@ -202,6 +228,10 @@ impl NetSnapshot {
 
     pub fn drop_count(&self, r: DropReason) -> u64 {
         self.drops[r as usize]
+    }
+
+    pub fn pmtu_count(&self, e: PmtuEvent) -> u64 {
+        self.pmtu[e as usize]
     }
 }
 
@@ -240,6 +270,11 @@ impl NetStats {
         let c = self.shard(s);
         add(&c.tap_tx_frames, 1);
         add(&c.tap_tx_bytes, bytes as u64);
+    }
+
+    #[inline]
+    pub fn pmtu(&self, s: Shard, e: PmtuEvent) {
+        add(&self.shard(s).pmtu[e as usize], 1);
     }
 
     #[inline]
@@ -284,6 +319,9 @@ impl NetStats {
         for (a, n) in c.drops.iter().zip(&d.drops) {
             wadd(a, *n);
         }
+        for (a, n) in c.pmtu.iter().zip(&d.pmtu) {
+            wadd(a, *n);
+        }
         for (p, to) in d.peers.iter().zip(peer_map) {
             if let Some(pc) = to.and_then(|i| self.peers.get(i)) {
                 let pc = &pc[Shard::CONTROL.0];
@@ -304,6 +342,9 @@ impl NetStats {
             s.tap_tx_bytes += c.tap_tx_bytes.load(Relaxed);
             s.flooded_frames += c.flooded_frames.load(Relaxed);
             for (d, a) in s.drops.iter_mut().zip(&c.drops) {
+                *d += a.load(Relaxed);
+            }
+            for (d, a) in s.pmtu.iter_mut().zip(&c.pmtu) {
                 *d += a.load(Relaxed);
             }
         }

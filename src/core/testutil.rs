@@ -17,6 +17,8 @@ pub fn spec(local_ports: u16, peers: Vec<SocketAddr>) -> NetworkSpec {
         fdb: FdbConfig::default(),
         bum_pps_limit: None,
         local_ports,
+        mss_clamp: false,
+        pmtu_sources: Default::default(),
     }
 }
 

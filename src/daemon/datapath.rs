@@ -27,7 +27,8 @@ use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
 use crate::core::offload::{MAX_RUN_SEGMENTS, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum};
-use crate::core::stats::{GlobalDrops, Shard};
+use crate::core::pmtu;
+use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
 use crate::core::wire::ethernet::EthernetFrame;
 use crate::core::wire::vxlan;
 use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port, Vni};
@@ -37,7 +38,7 @@ use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
 use crate::io::udp::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GsoError, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
 
-use super::forward::{Forwarder, LocalIo, Ports};
+use super::forward::{Forwarder, LocalIo, PmtuSignals, Ports};
 
 /// Room in front of a frame read from a port for the tunnel header.
 pub const HEADROOM: usize = 64;
@@ -202,6 +203,7 @@ impl PortThread {
         let mut scratch = Vec::new();
         let (mut rl_read, mut rl_send, mut rl_gso) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
+        let mut signals = PmtuSignals::default();
         let shard = Shard::per_thread();
         let ingress = Port::Local(port);
         loop {
@@ -260,8 +262,18 @@ impl PortThread {
                             continue;
                         }
                     };
-                    // decide on the first segment's worth: the MTU applies per segment
+                    // decide on the first segment's worth: the MTU applies per segment, so a
+                    // super-frame is over the MTU only if its segments are
                     let action = net.from_local(port, &frame[..plan.header_len() + plan.mss.min(plan.payload_len)], now);
+                    if action == Action::Drop(DropReason::MtuExceeded) {
+                        // answer about the first segment as the sender's stack would have sent it
+                        scratch.clear();
+                        scratch.resize(plan.header_len(), 0);
+                        plan.write_header(frame, 0, &mut scratch);
+                        scratch.extend_from_slice(&frame[plan.payload_range(0)]);
+                        signals.too_big(&mut fwd, &net, &ports, port, &scratch, shard, now);
+                        continue;
+                    }
                     if let Action::Drop(r) = action {
                         net.stats.count_drop(shard, r);
                         continue;
@@ -301,6 +313,11 @@ impl PortThread {
                     }
                     continue;
                 }
+                // before the checksum is finished: with NEEDS_CSUM the field holds only the
+                // pseudo-header sum, and the option bytes are summed when it is finished
+                if net.spec.mss_clamp && pmtu::clamp_mss(&mut bufs[i][HEADROOM..HEADROOM + len], net.spec.mtu, vh.needs_csum()) {
+                    net.stats.pmtu(shard, PmtuEvent::MssClamped);
+                }
                 if vh.needs_csum() && finish_partial_checksum(&mut bufs[i][HEADROOM..HEADROOM + len], &vh).is_err() {
                     net.stats.count_drop(shard, DropReason::BadOffload);
                     continue;
@@ -312,6 +329,7 @@ impl PortThread {
                     _ => 0,
                 };
                 match action {
+                    Action::Drop(DropReason::MtuExceeded) => signals.too_big(&mut fwd, &net, &ports, port, frame, shard, now),
                     Action::Drop(r) => net.stats.count_drop(shard, r),
                     Action::Consumed => {}
                     Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),

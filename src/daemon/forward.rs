@@ -12,7 +12,8 @@ use arc_swap::Guard;
 
 use crate::core::ports::PortTable;
 use crate::core::offload::{TsoPlan, VNET_HDR_LEN};
-use crate::core::stats::Shard;
+use crate::core::pmtu::{self, Family, PortBuckets};
+use crate::core::stats::{PmtuEvent, Shard};
 use crate::core::{DropReason, Instant, LocalPort, Network};
 use crate::io::packet::PacketPort;
 use crate::io::tap::Tap;
@@ -132,5 +133,36 @@ impl Forwarder {
         for (p, _) in ports.others(ingress) {
             self.deliver(net, ports, p, frame, shard, now);
         }
+    }
+}
+
+/// Path-MTU signals of one data-path thread: a rate limit per port and the reply buffer,
+/// allocated once when the thread starts (see [`crate::core::pmtu`]).
+#[derive(Debug)]
+pub struct PmtuSignals {
+    buckets: PortBuckets,
+    buf: Vec<u8>,
+}
+
+impl Default for PmtuSignals {
+    fn default() -> Self {
+        PmtuSignals { buckets: PortBuckets::default(), buf: vec![0; pmtu::MAX_REPLY] }
+    }
+}
+
+impl PmtuSignals {
+    /// `frame` from local port `port` is over the network's MTU: count the drop, and answer
+    /// with ICMP "fragmentation needed" / ICMPv6 "packet too big" out of the same port, within
+    /// the port's rate limit. `frame` may be cut short (the reply quotes its start only).
+    #[allow(clippy::too_many_arguments)]
+    pub fn too_big(&mut self, fwd: &mut Forwarder, net: &Network, ports: &Ports, port: LocalPort, frame: &[u8], shard: Shard, now: Instant) {
+        net.stats.count_drop(shard, DropReason::MtuExceeded);
+        let Ok(sig) = pmtu::too_big(frame, net.spec.mtu, &net.spec.pmtu_sources, &mut self.buf) else { return };
+        if !self.buckets.allow(port, now) {
+            net.stats.pmtu(shard, PmtuEvent::RateLimited);
+            return;
+        }
+        fwd.deliver(net, ports, port, &self.buf[..sig.len], shard, now);
+        net.stats.pmtu(shard, if sig.family == Family::V4 { PmtuEvent::SignalV4 } else { PmtuEvent::SignalV6 });
     }
 }

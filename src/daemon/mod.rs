@@ -192,6 +192,8 @@ fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
         fdb: n.fdb,
         bum_pps_limit: n.bum_pps_limit,
         local_ports: n.taps.len() as u16,
+        mss_clamp: n.mss_clamp,
+        pmtu_sources: n.pmtu_sources(),
     }
 }
 

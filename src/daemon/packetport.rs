@@ -5,8 +5,7 @@
 use std::io;
 use std::sync::Arc;
 
-use crate::core::stats::Shard;
-use crate::core::{DropReason, LocalPort};
+use crate::core::LocalPort;
 use crate::io::clock;
 use crate::io::packet::PacketPort;
 use crate::io::sys::{self, StopFd, Wake};
@@ -54,7 +53,8 @@ impl PacketThread {
                     continue;
                 };
                 match dev.read(room) {
-                    Ok((_, true)) => net.stats.count_drop(Shard::LOCAL, DropReason::MtuExceeded),
+                    // over the MTU: what was read (the frame's start) is enough to answer it
+                    Ok((n, true)) => sw.too_big(port, &room[..n], now),
                     Ok((n, false)) => batch.commit(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

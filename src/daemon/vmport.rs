@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 
-use crate::core::stats::Shard;
+use crate::core::pmtu;
+use crate::core::stats::{PmtuEvent, Shard};
 use crate::core::wire::ethernet::EthernetFrame;
 use crate::core::wire::qemu::{FramingError, StreamDecoder};
 use crate::core::wire::vxlan;
@@ -33,7 +34,7 @@ use crate::io::vmsock::{DgramPeer, VmConn, VmDgramSocket, VmListener};
 
 use super::datapath::{NetIo, RateLimit};
 use super::gre::{GreParams, GreTx};
-use super::forward::{Forwarder, LocalIo};
+use super::forward::{Forwarder, LocalIo, PmtuSignals};
 
 /// Bytes read per `read` call at most (many small frames per syscall).
 const READ_BUF: usize = 256 << 10;
@@ -170,10 +171,6 @@ impl VmDgramServer {
                     net.stats.count_drop(Shard::LOCAL, DropReason::UnnamedSender);
                     continue;
                 };
-                if n > want {
-                    net.stats.count_drop(Shard::LOCAL, DropReason::MtuExceeded);
-                    continue;
-                }
                 let port = match vms.get(path) {
                     Some((p, vm)) if !vm.is_gone() => *p,
                     _ => {
@@ -193,6 +190,11 @@ impl VmDgramServer {
                         p
                     }
                 };
+                if n > want {
+                    // longer than any frame within the MTU (the datagram was cut at want + 1)
+                    sw.too_big(port, &rx[..n.min(rx.len())], now);
+                    continue;
+                }
                 if port != sw.port || !batch.fits(n) {
                     sw.switch(&mut batch, now);
                     sw.port = port;
@@ -323,19 +325,28 @@ pub(super) struct Switcher {
     /// `Some` for a GRE network: frames for peers go out on the raw GRE socket.
     gre: Option<GreTx>,
     fwd: Forwarder,
+    signals: PmtuSignals,
     rl_send: RateLimit,
 }
 
 impl Switcher {
     pub(super) fn new(io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
         let q = SendQueue::new(tx.len());
-        Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), rl_send: RateLimit::default() }
+        Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), signals: PmtuSignals::default(), rl_send: RateLimit::default() }
     }
 
     /// Send to peers over GRE with these parameters (a GRE network), or VXLAN (`None`).
     pub(super) fn with_gre(mut self, gre: Option<GreParams>) -> Switcher {
         self.gre = gre.map(GreTx::new);
         self
+    }
+
+    /// A frame from `port` too long to read whole (`frame` is its start): dropped as over the
+    /// MTU, and answered with a path-MTU signal.
+    pub(super) fn too_big(&mut self, port: LocalPort, frame: &[u8], now: Instant) {
+        let net = self.io.net.load();
+        let ports = Forwarder::ports(&self.io);
+        self.signals.too_big(&mut self.fwd, &net, &ports, port, frame, Shard::per_thread(), now);
     }
 
     /// Switch every frame of `batch` and send what goes to peers; empties the batch.
@@ -346,11 +357,14 @@ impl Switcher {
         // the network's current generation, for this batch
         let current = self.io.net.load();
         let (net, shard, ingress) = (&**current, Shard::per_thread(), Port::Local(self.port));
-        let (q, fwd, gre) = (&mut self.q, &mut self.fwd, &mut self.gre);
+        let (q, fwd, gre, signals) = (&mut self.q, &mut self.fwd, &mut self.gre, &mut self.signals);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
             let at = o + ROOM;
             let room = at - vxlan::HEADER_LEN..at + len;
+            if net.spec.mss_clamp && pmtu::clamp_mss(&mut batch.arena[at..room.end], net.spec.mtu, false) {
+                net.stats.pmtu(shard, PmtuEvent::MssClamped);
+            }
             let frame = &batch.arena[at..room.end];
             net.stats.tap_rx(shard, len);
             let action = net.from_local(self.port, frame, now);
@@ -359,6 +373,7 @@ impl Switcher {
                 _ => 0,
             };
             match action {
+                Action::Drop(DropReason::MtuExceeded) => signals.too_big(fwd, net, &ports, self.port, frame, shard, now),
                 Action::Drop(r) => net.stats.count_drop(shard, r),
                 Action::Consumed => {}
                 Action::Local(p) => fwd.deliver(net, &ports, p, frame, shard, now),

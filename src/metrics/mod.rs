@@ -54,6 +54,9 @@ struct Families {
     peer_up: GaugeVec,
     vm_ports: IntGaugeVec,
     vm_connections: IntCounterVec,
+    pmtu_signals: IntCounterVec,
+    pmtu_limited: IntCounterVec,
+    mss_clamped: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -114,6 +117,21 @@ impl Families {
                 "VM ports connected, disconnected (left, failed, or dropped for bad framing), or refused (port table full).",
                 &["network", "event"],
             )?,
+            pmtu_signals: counter(
+                "overlayd_pmtu_signals_total",
+                "ICMP fragmentation-needed (family=ipv4) or ICMPv6 packet-too-big (family=ipv6) messages sent back to a local port for a frame over the network MTU.",
+                &["network", "family"],
+            )?,
+            pmtu_limited: counter(
+                "overlayd_pmtu_signals_limited_total",
+                "Path-MTU signals not sent because the port's rate limit was spent (the frame is dropped as mtu_exceeded all the same).",
+                &["network"],
+            )?,
+            mss_clamped: counter(
+                "overlayd_mss_clamped_total",
+                "TCP SYNs from local ports whose MSS option was lowered to fit the network MTU (mss_clamp).",
+                &["network"],
+            )?,
             peer_last_seen: GaugeVec::new(
                 Opts::new(
                     "overlayd_peer_last_seen_seconds",
@@ -131,8 +149,20 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 8] {
-        [&self.tap_frames, &self.tap_bytes, &self.tunnel_packets, &self.tunnel_bytes, &self.drops, &self.flooded, &self.fdb_events, &self.vm_connections]
+    fn counters(&self) -> [&IntCounterVec; 11] {
+        [
+            &self.tap_frames,
+            &self.tap_bytes,
+            &self.tunnel_packets,
+            &self.tunnel_bytes,
+            &self.drops,
+            &self.flooded,
+            &self.fdb_events,
+            &self.vm_connections,
+            &self.pmtu_signals,
+            &self.pmtu_limited,
+            &self.mss_clamped,
+        ]
     }
 
     fn collectors(&self) -> Vec<&dyn Collector> {
@@ -174,6 +204,10 @@ impl Families {
             for (event, v) in n.vm_connections.labelled() {
                 self.vm_connections.with_label_values(&[net, event]).inc_by(v);
             }
+            self.pmtu_signals.with_label_values(&[net, "ipv4"]).inc_by(n.pmtu.signals_ipv4);
+            self.pmtu_signals.with_label_values(&[net, "ipv6"]).inc_by(n.pmtu.signals_ipv6);
+            self.pmtu_limited.with_label_values(&[net]).inc_by(n.pmtu.rate_limited);
+            self.mss_clamped.with_label_values(&[net]).inc_by(n.pmtu.mss_clamped);
             for p in &n.peers {
                 let peer = p.peer.as_str();
                 self.tunnel_packets.with_label_values(&[net, peer, "rx"]).inc_by(p.rx_packets);

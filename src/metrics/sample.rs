@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::Instant;
 use crate::core::fabric::Fabric;
-use crate::core::stats::{DropReason, GlobalDrops};
+use crate::core::stats::{DropReason, GlobalDrops, PmtuEvent};
 
 /// Counters of the whole daemon at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,23 @@ pub struct NetSample {
     /// VM connections since start: (connected, disconnected, refused).
     #[serde(default)]
     pub vm_connections: VmConnectionCounts,
+    /// Path-MTU signals and MSS clamps since start.
+    #[serde(default)]
+    pub pmtu: PmtuCounts,
+}
+
+/// `overlayd_pmtu_signals_total{family}`, `overlayd_pmtu_signals_limited_total`,
+/// `overlayd_mss_clamped_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmtuCounts {
+    /// ICMP "fragmentation needed" sent to local ports.
+    pub signals_ipv4: u64,
+    /// ICMPv6 "packet too big" sent to local ports.
+    pub signals_ipv6: u64,
+    /// Signals not sent: the port's rate limit was spent.
+    pub rate_limited: u64,
+    /// TCP SYNs whose MSS was lowered.
+    pub mss_clamped: u64,
 }
 
 /// `overlayd_vm_connections_total{event}`.
@@ -170,6 +187,12 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     disconnected: net.vm_ports.disconnects.load(Relaxed),
                     refused: net.vm_ports.refused.load(Relaxed),
                 },
+                pmtu: PmtuCounts {
+                    signals_ipv4: s.pmtu_count(PmtuEvent::SignalV4),
+                    signals_ipv6: s.pmtu_count(PmtuEvent::SignalV6),
+                    rate_limited: s.pmtu_count(PmtuEvent::RateLimited),
+                    mss_clamped: s.pmtu_count(PmtuEvent::MssClamped),
+                },
             }
         })
         .collect();
@@ -195,6 +218,8 @@ mod tests {
             fdb: FdbConfig::default(),
             bum_pps_limit: None,
             local_ports: 1,
+            mss_clamp: false,
+            pmtu_sources: Default::default(),
         });
         Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])
     }
