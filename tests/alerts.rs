@@ -246,6 +246,8 @@ impl Exported {
                 fdb: FdbConfig::default(),
                 bum_pps_limit: None,
                 local_ports: 1,
+                mss_clamp: false,
+                pmtu_sources: Default::default(),
             });
             let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
             overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0)
