@@ -149,6 +149,7 @@ fn stats_text(s: &Sample) -> String {
         let (rxp, rxb, txp, txb) = n.peers.iter().fold((0, 0, 0, 0), |a, p| (a.0 + p.rx_packets, a.1 + p.rx_bytes, a.2 + p.tx_packets, a.3 + p.tx_bytes));
         out.push_str(&format!("  tunnels      rx {rxp} packets, {rxb} bytes; tx {txp} packets, {txb} bytes; peers {}\n", n.peers.len()));
         out.push_str(&format!("  flooded      frames {}\n", n.flooded_frames));
+        out.push_str(&format!("  partial csum frames {} (completed; sent by a peer with checksum offload on a virtual link)\n", n.partial_checksums));
         out.push_str(&format!(
             "  fdb          {} entries; learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
             n.fdb_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned

@@ -26,9 +26,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
-use crate::core::offload::{MAX_RUN_SEGMENTS, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum};
+use crate::core::offload::{MAX_RUN_SEGMENTS, PartialCsum, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
 use crate::core::stats::{GlobalDrops, Shard};
-use crate::core::wire::ethernet::EthernetFrame;
+use crate::core::wire::ethernet::{self, EthernetFrame};
 use crate::core::wire::vxlan;
 use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port, Vni};
 use super::gre::{GreParams, GreTx};
@@ -284,14 +284,13 @@ impl PortThread {
                             }
                         }
                     };
-                    let raw = &bufs[i][rd..HEADROOM + len];
                     match action {
                         Action::Peer(p) => to_peer(p, &mut seg),
-                        Action::Local(p) => fwd.deliver_super(&net, &ports, p, raw, &plan, &mut scratch, shard, now),
+                        Action::Local(p) => fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, &mut scratch, shard, now),
                         Action::Flood => {
                             net.stats.flooded(shard);
                             for (p, _) in ports.others(Some(port)) {
-                                fwd.deliver_super(&net, &ports, p, raw, &plan, &mut scratch, shard, now);
+                                fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, &mut scratch, shard, now);
                             }
                             for p in net.flood_peers(ingress) {
                                 to_peer(p, &mut seg);
@@ -370,6 +369,30 @@ fn queue(net: &Network, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, 
                 dst: p.addr,
                 tag: peer.0,
             },
+        );
+    }
+}
+
+/// `frame` with its checksum complete: itself, or a copy in `scratch` with the partial
+/// checksum finished (for a port that takes no virtio-net header, or several ports).
+#[inline]
+fn complete<'a>(frame: &'a [u8], partial: Option<PartialCsum>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let Some(pc) = partial else { return frame };
+    scratch.clear();
+    scratch.extend_from_slice(frame);
+    pc.finish(scratch);
+    scratch
+}
+
+/// Log, once per thread, that a peer leaves checksums to us (then only the counter moves).
+#[cold]
+fn note_partial(seen: &mut bool, net: &Network, from: SocketAddr) {
+    if !*seen {
+        *seen = true;
+        tracing::info!(
+            network = net.name(),
+            peer = %from.ip(),
+            "peer sends partial TCP/UDP checksums or whole TSO bursts (offloads on a virtual link); completing them"
         );
     }
 }
@@ -462,6 +485,11 @@ impl UnderlayThread {
         let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
+        // room for one frame whose partial checksum is finished in a copy
+        let mut scratch: Vec<u8> = Vec::with_capacity(GRO_SLOT);
+        // one segment of a super-frame cut for a port that takes no offloads
+        let mut seg_scratch: Vec<u8> = Vec::with_capacity(MAX_FRAME);
+        let mut partial_seen = false;
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
                 Ok(Wake::Stop) => break,
@@ -504,12 +532,51 @@ impl UnderlayThread {
                             }
                         };
                         let net = &c.entry.net;
-                        match net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now) {
+                        // larger than any frame of the network: a kernel peer's whole TSO burst?
+                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN {
+                            if let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu)) {
+                                flush(&mut pending, shard, &mut rl_write, now);
+                                // decide on the first segment's worth, as for a TAP's super-frame
+                                let first = &c.inner[..plan.header_len() + plan.mss];
+                                let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
+                                let ports = Forwarder::ports(&c.entry.io);
+                                match action {
+                                    Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
+                                    Action::Flood => {
+                                        net.stats.flooded(shard);
+                                        for (p, _) in ports.others(None) {
+                                            fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
+                                        }
+                                    }
+                                    _ => continue,
+                                }
+                                net.stats.partial_checksum(shard);
+                                if !partial_seen {
+                                    note_partial(&mut partial_seen, net, from);
+                                }
+                                continue;
+                            }
+                        }
+                        let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
+                        if !matches!(action, Action::Local(_) | Action::Flood) {
+                            continue;
+                        }
+                        // a kernel peer on a link that keeps checksum offload leaves inner
+                        // TCP/UDP checksums partial: take them as such (see PartialCsum)
+                        let partial = PartialCsum::detect(c.inner);
+                        if partial.is_some() {
+                            net.stats.partial_checksum(shard);
+                            if !partial_seen {
+                                note_partial(&mut partial_seen, net, from);
+                            }
+                        }
+                        match action {
                             Action::Local(p) => {
                                 let ports = Forwarder::ports(&c.entry.io);
                                 if gro {
                                     if let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr())) {
-                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && s.checksums_ok(c.inner)) {
+                                        // a run's frame goes to the TAP with a partial checksum anyway
+                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
                                             if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
                                                 continue;
                                             }
@@ -520,12 +587,12 @@ impl UnderlayThread {
                                     }
                                 }
                                 flush(&mut pending, shard, &mut rl_write, now);
-                                fwd.deliver(net, &ports, p, c.inner, shard, now);
+                                fwd.deliver(net, &ports, p, complete(c.inner, partial, &mut scratch), shard, now);
                             }
                             Action::Flood => {
                                 flush(&mut pending, shard, &mut rl_write, now);
                                 net.stats.flooded(shard);
-                                fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
+                                fwd.flood(net, &Forwarder::ports(&c.entry.io), None, complete(c.inner, partial, &mut scratch), shard, now);
                             }
                             _ => {}
                         }

@@ -34,6 +34,9 @@ pub struct NetSample {
     pub tap_tx_frames: u64,
     pub tap_tx_bytes: u64,
     pub flooded_frames: u64,
+    /// Frames from peers whose partial inner checksum was completed.
+    #[serde(default)]
+    pub partial_checksums: u64,
     /// Reason label -> count; every reason of `DropReason::ALL` is present.
     pub drops: BTreeMap<String, u64>,
     pub fdb_entries: u64,
@@ -149,6 +152,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                 tap_tx_frames: s.tap_tx_frames,
                 tap_tx_bytes: s.tap_tx_bytes,
                 flooded_frames: s.flooded_frames,
+                partial_checksums: s.partial_checksums,
                 drops: drop_map(&s.drops),
                 fdb_entries: net.fdb.len() as u64,
                 fdb_events: FdbEventCounts {
