@@ -134,8 +134,10 @@ impl Segmenter {
     }
 
     /// Cut `frame` (planned by `plan`) into VXLAN datagrams for `dst` and send them with UDP
-    /// GSO, at most 64 segments / 65507 bytes per call, or one by one once GSO is off.
-    fn send(&mut self, tx: &TxSockets, sock: usize, dst: SocketAddr, vni: Vni, frame: &[u8], plan: &TsoPlan) -> Sent {
+    /// GSO, at most 64 segments / 65507 bytes per call, if `gso` (the peer runs overlayd) and
+    /// the kernel allows it; else one datagram per segment, batched with `sendmmsg`.
+    #[allow(clippy::too_many_arguments)]
+    fn send(&mut self, tx: &TxSockets, hash: usize, gso: bool, dst: SocketAddr, vni: Vni, frame: &[u8], plan: &TsoPlan) -> Sent {
         let seg_hdr = vxlan::HEADER_LEN + plan.header_len();
         let seg_size = seg_hdr + plan.mss;
         let per_call = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg_size).max(1);
@@ -156,9 +158,9 @@ impl Segmenter {
                 self.iovs.push(libc::iovec { iov_base: self.arena[k * SEG_HDR_MAX..].as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
                 self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
             }
-            let mut fallback = !tx.gso_enabled();
+            let mut fallback = !gso || !tx.gso_enabled();
             if !fallback {
-                match tx.send_gso(sock, dst, &self.iovs, seg_size as u16) {
+                match tx.send_gso(hash, dst, &self.iovs, seg_size as u16) {
                     Ok(()) => {
                         out.segments += n;
                         out.bytes += bytes;
@@ -174,7 +176,7 @@ impl Segmenter {
                 }
             }
             if fallback {
-                let (sent, err) = tx.send_each(sock, dst, &mut self.iovs, 2, &mut self.hdrs);
+                let (sent, err) = tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs);
                 out.segments += sent;
                 out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
                 if err.is_some() {
@@ -197,7 +199,7 @@ impl PortThread {
         let rd = if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM };
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
         let mut lens = [0usize; BATCH];
-        let mut q = SendQueue::new(tx.len());
+        let mut q = SendQueue::new(tx.slots());
         let mut seg = Segmenter::new();
         let mut scratch = Vec::new();
         let (mut rl_read, mut rl_send, mut rl_gso) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
@@ -272,7 +274,8 @@ impl PortThread {
                     let hash = EthernetFrame::new_unchecked(frame).flow_hash() as usize;
                     let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
                         let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
-                        let s = seg.send(&tx, hash, peer.addr, net.spec.vni, frame, &plan);
+                        // GSO only to overlayd peers: others may read the link in userspace
+                        let s = seg.send(&tx, hash, peer.liveness.speaks_keepalive(), peer.addr, net.spec.vni, frame, &plan);
                         let each = s.bytes / s.segments.max(1);
                         for _ in 0..s.segments {
                             net.stats.peer_tx(shard, usize::from(p.0), each);
@@ -316,14 +319,14 @@ impl PortThread {
                     Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
                     Action::Peer(p) => {
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
-                        queue(&net, &mut q, gre.as_mut(), i, len, p, hash, tos);
+                        queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
                     }
                     Action::Flood => {
                         net.stats.flooded(shard);
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
                         fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
                         for p in net.flood_peers(ingress) {
-                            queue(&net, &mut q, gre.as_mut(), i, len, p, hash, tos);
+                            queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
                         }
                     }
                 }
@@ -354,14 +357,14 @@ fn encap(buf: &mut [u8], len: usize, vni: Vni, gre: Option<&GreTx>) -> u8 {
 
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn queue(net: &Network, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
+fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
         if let Some(g) = gre {
             g.push(buf, len, p.addr.ip(), tos, peer.0);
             return;
         }
         q.push(
-            hash,
+            tx.slot(hash, p.liveness.speaks_keepalive()),
             TxItem {
                 buf: buf as u16,
                 start: (HEADROOM - vxlan::HEADER_LEN) as u32,

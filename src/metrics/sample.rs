@@ -108,6 +108,10 @@ pub struct PeerSample {
     /// The peer is alive (packets or keepalives keep coming); false when down or never heard.
     #[serde(default)]
     pub up: bool,
+    /// The peer sent overlayd keepalives: it gets UDP GSO and checksummed datagrams; any other
+    /// peer (a kernel vxlan device, Open vSwitch) gets one datagram per segment.
+    #[serde(default)]
+    pub speaks_overlayd: bool,
 }
 
 fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
@@ -140,6 +144,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                         last_seen_ago_secs: ago,
                         last_seen_unix: ago.map(|a| unix_now - a),
                         up: p.liveness.state() == crate::core::liveness::PeerState::Up,
+                        speaks_overlayd: p.liveness.speaks_keepalive(),
                     }
                 })
                 .collect();
