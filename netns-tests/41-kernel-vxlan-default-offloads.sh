@@ -7,9 +7,10 @@
 #   overlayd: vni 42, port 4789,                     kernel: <P>vx (vxlan id 42 dstport 4789
 #     tap <P>tap 198.51.100.1/24                       remote 192.0.2.1)
 #
-# Two phases, each with a fresh kernel vxlan device:
-#   plain:  198.51.100.2/24 on the vxlan device itself
-#   bridge: the vxlan device in bridge <P>br, 198.51.100.2/24 on the bridge
+# Phases, each with a fresh kernel vxlan device:
+#   plain:       198.51.100.2/24 on the vxlan device itself
+#   bridge:      the vxlan device in bridge <P>br, 198.51.100.2/24 on the bridge
+#   offload-off: the same, with overlayd restarted with [node] offload = false
 # Each phase proves:
 #   - a 20 MB TCP transfer (random data) arrives byte-identical (sha256) in each direction;
 #   - iperf3 moves data for 3 s in each direction (rates printed, never asserted);
@@ -48,6 +49,7 @@ start_daemon "$H1" d1 "$WORK/h1.toml"
 wait_ready d1
 make_random_file "$WORK/payload" 20
 
+PARTIAL=0   # overlayd_partial_checksums_total after the last phase (a restarted daemon: 0)
 partial_total() { metric "$(scrape "$H1" "$URL")" 'overlayd_partial_checksums_total{network="blue"}'; }
 
 # iperf_run FROM_NS TO_NS TO_ADDR PORT LABEL - 3 s of iperf3; fail unless the receiver got bytes
@@ -65,16 +67,16 @@ iperf_run() {
 
 # phase NAME - the kernel side is set up; prove TCP both ways
 phase() {
-  local name=$1 before after
+  local name=$1 before=$PARTIAL after
   wait_ping "$H1" "$O2" 20
   ping_ok "$H1" "$O2" 3
   ping_ok "$H2" "$O1" 3
-  before=$(partial_total)
   tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/payload" "$name: overlayd->kernel, 20 MB"
   tcp_transfer "$H2" "$H1" "$O1" 5002 "$WORK/payload" "$name: kernel->overlayd, 20 MB"
   iperf_run "$H1" "$H2" "$O2" 5201 "$name: overlayd->kernel"
   iperf_run "$H2" "$H1" "$O1" 5202 "$name: kernel->overlayd"
   after=$(partial_total)
+  PARTIAL=$after
   ((after > before)) || die "$name: overlayd_partial_checksums_total did not grow ($before -> $after): the kernel's offloads were not exercised"
   ok "$name: overlayd completed $((after - before)) partial checksums / TSO bursts from the kernel"
 }
@@ -97,8 +99,24 @@ phase bridge
 log "overlayd's view of the kernel peer, and its drops"
 speaks=$(ns_exec "$H1" "$OVERLAYD_BIN" peers --config "$WORK/h1.toml" --json | jq -r '.[0].peers[0].speaks_overlayd')
 assert_eq "the kernel peer does not speak overlayd (no GSO towards it)" false "$speaks"
+# drops charged to no network ("-") include datagrams truncated at receive
 drop_totals d1
-for r in mtu_exceeded malformed bad_offload; do
-  assert_eq "overlayd drops ($r)" 0 "$(drop_count d1 blue "$r")"
+for scope in blue -; do
+  for r in mtu_exceeded malformed bad_offload; do
+    assert_eq "overlayd drops ($scope, $r)" 0 "$(drop_count d1 "$scope" "$r")"
+  done
+done
+stop_daemon d1
+
+log "overlayd with [node] offload = false (plain TAP, no GRO): the kernel's bursts still arrive"
+sed -i 's/^underlay = .*/&\noffload = false/' "$WORK/h1.toml"
+start_daemon "$H1" d2 "$WORK/h1.toml"
+wait_ready d2
+PARTIAL=0
+ip -n "$H1" neigh flush dev "$TAP"
+phase offload-off
+drop_totals d2
+for scope in blue -; do
+  assert_eq "overlayd drops ($scope, mtu_exceeded)" 0 "$(drop_count d2 "$scope" mtu_exceeded)"
 done
 log "PASS: TCP both ways with a kernel vxlan peer on an underlay with default offloads"

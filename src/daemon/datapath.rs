@@ -484,7 +484,10 @@ impl UnderlayThread {
         if offload && !gro {
             tracing::warn!(socket = %rx.local, "UDP GRO not available; receiving one datagram per message");
         }
-        let mut batch = if gro { RecvBatch::with_gro(GRO_SLOT, GRO_BATCH) } else { RecvBatch::new(slot) };
+        // Without GRO, slots still hold a whole 64 KiB message: a kernel peer on a link that
+        // keeps offloads sends its TSO bursts as one tunnel GSO packet, which the kernel queues
+        // to us whole (see `tunnel_super_frame`).
+        let mut batch = if gro { RecvBatch::with_gro(GRO_SLOT, GRO_BATCH) } else { RecvBatch::new(slot.max(GRO_SLOT)) };
         let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
