@@ -76,6 +76,8 @@ pub struct Liveness {
     state: AtomicU8,
     /// Set once a keepalive arrived: the peer is an overlayd and can be held to the short timeout.
     speaks_keepalive: AtomicU8,
+    /// Set once the control path has reported `speaks_keepalive` ([`Liveness::newly_speaks`]).
+    reported: AtomicU8,
 }
 
 impl Liveness {
@@ -92,9 +94,16 @@ impl Liveness {
     }
 
     /// Take over what another generation of the same peer knew (a reload).
+    /// True once, the first time it is asked after the peer's first keepalive: for the
+    /// control path to log that the peer runs overlayd (and now gets UDP GSO).
+    pub fn newly_speaks(&self) -> bool {
+        self.speaks_keepalive() && self.reported.swap(1, Relaxed) == 0
+    }
+
     pub(crate) fn copy_from(&self, other: &Liveness) {
         self.state.store(other.state.load(Relaxed), Relaxed);
         self.speaks_keepalive.store(other.speaks_keepalive.load(Relaxed), Relaxed);
+        self.reported.store(other.reported.load(Relaxed), Relaxed);
     }
 
     pub(crate) fn keepalive_seen(&self) {
@@ -167,9 +176,15 @@ mod tests {
         let n = net();
         let ka = keepalive_frame(0x0102_0304);
         assert!(is_keepalive(&ka));
+        assert!(!n.peers[0].liveness.newly_speaks());
         assert_eq!(n.from_peer(PeerIdx(0), &ka, Instant::from_secs(1)), Action::Consumed);
         assert!(n.fdb.is_empty(), "nothing learned from a keepalive");
         assert!(n.peers[0].liveness.speaks_keepalive());
+        // reported once
+        assert!(n.peers[0].liveness.newly_speaks());
+        assert!(!n.peers[0].liveness.newly_speaks());
+        assert_eq!(n.from_peer(PeerIdx(0), &ka, Instant::from_secs(1)), Action::Consumed);
+        assert!(!n.peers[0].liveness.newly_speaks());
         assert_eq!(n.peers[0].last_seen.load(Relaxed), 1000);
         // from a local port it is just a (link-local multicast) frame
         assert_eq!(n.from_local(LocalPort(0), &ka, Instant::from_secs(1)), Action::Flood);
