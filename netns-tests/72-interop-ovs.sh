@@ -87,7 +87,7 @@ mtu_is() { [[ $(link_mtu "$1" "$2") == "$3" ]]; }   # mtu_is NS DEV MTU (read an
 # phase NAME "OVERLAYD_KEY=VALUE..." "OVS_OPTION=VALUE..." - one overlayd network and one OVS
 # tunnel port (interface <P>t<n>), vni/key 42 unless the options say otherwise
 phase() {
-  local encap=$1 kvs=$2 ovs_opts=$3 d=d-$1 rates port=${PREFIX}t$((++PHASE)) o args=()
+  local encap=$1 kvs=$2 ovs_opts=$3 d=d-$1 rates port=${PREFIX}t$((++PHASE)) o args=() gso
   log "$encap: overlayd $kvs <-> OVS $ovs_opts"
   for o in $ovs_opts; do args+=("options:$o"); done
   # shellcheck disable=SC2086 # word splitting of kvs is wanted
@@ -112,6 +112,10 @@ phase() {
   tcp_transfer "$H2" "$H1" "$O1" 5002 "$WORK/payload" "$encap OVS->overlayd"
   rates+=", OVS->overlayd $TRANSFER_MBIT Mbit/s"
   no_tunnel_drops "$H1" http://127.0.0.1:9477/metrics
+  if [[ $encap == vxlan ]]; then
+    gso=$(ns_exec "$H1" "$OVERLAYD_BIN" peers --config "$WORK/$d.toml" --json | jq -r '.[0].peers[0].gets_gso')
+    assert_eq "the OVS peer gets no UDP GSO (one datagram per segment, zero UDP checksum)" false "$gso"
+  fi
   info "$encap rates, 10 MB, socat (not asserted): $rates"
   stop_daemon "$d"
   vsctl del-port "$BI" "$port"

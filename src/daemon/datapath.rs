@@ -274,8 +274,8 @@ impl PortThread {
                     let hash = EthernetFrame::new_unchecked(frame).flow_hash() as usize;
                     let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
                         let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
-                        // GSO only to overlayd peers: others may read the link in userspace
-                        let s = seg.send(&tx, hash, peer.liveness.speaks_keepalive(), peer.addr, net.spec.vni, frame, &plan);
+                        // GSO only to peers known to take it: others may read the link in userspace
+                        let s = seg.send(&tx, hash, peer.liveness.takes_gso(), peer.addr, net.spec.vni, frame, &plan);
                         let each = s.bytes / s.segments.max(1);
                         for _ in 0..s.segments {
                             net.stats.peer_tx(shard, usize::from(p.0), each);
@@ -364,7 +364,7 @@ fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, gre: Option<&mut GreT
             return;
         }
         q.push(
-            tx.slot(hash, p.liveness.speaks_keepalive()),
+            tx.slot(hash, p.liveness.takes_gso()),
             TxItem {
                 buf: buf as u16,
                 start: (HEADROOM - vxlan::HEADER_LEN) as u32,
@@ -387,16 +387,18 @@ fn complete<'a>(frame: &'a [u8], partial: Option<PartialCsum>, scratch: &'a mut 
     scratch
 }
 
-/// Log, once per thread, that a peer leaves checksums to us (then only the counter moves).
-#[cold]
-fn note_partial(seen: &mut bool, net: &Network, from: SocketAddr) {
-    if !*seen {
-        *seen = true;
-        tracing::info!(
-            network = net.name(),
-            peer = %from.ip(),
-            "peer sends partial TCP/UDP checksums or whole TSO bursts (offloads on a virtual link); completing them"
-        );
+/// Note that `peer` sent an offloaded packet (a partial checksum or a whole TSO burst); the
+/// first time, log it: from now on it gets UDP GSO.
+#[inline]
+fn peer_sends_offloads(net: &Network, peer: PeerIdx, from: SocketAddr) {
+    if let Some(p) = net.peers.get(usize::from(peer.0)) {
+        if !p.liveness.sends_offloads() && p.liveness.offloads_seen() {
+            tracing::info!(
+                network = net.name(),
+                peer = %from.ip(),
+                "peer sends partial TCP/UDP checksums or whole TSO bursts (a kernel on a link that keeps offloads): completing them, and UDP GSO towards it from now on"
+            );
+        }
     }
 }
 
@@ -495,7 +497,6 @@ impl UnderlayThread {
         let mut scratch: Vec<u8> = Vec::with_capacity(GRO_SLOT);
         // one segment of a super-frame cut for a port that takes no offloads
         let mut seg_scratch: Vec<u8> = Vec::with_capacity(MAX_FRAME);
-        let mut partial_seen = false;
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
                 Ok(Wake::Stop) => break,
@@ -557,9 +558,7 @@ impl UnderlayThread {
                                     _ => continue,
                                 }
                                 net.stats.partial_checksum(shard);
-                                if !partial_seen {
-                                    note_partial(&mut partial_seen, net, from);
-                                }
+                                peer_sends_offloads(net, c.peer, from);
                                 continue;
                             }
                         }
@@ -572,9 +571,7 @@ impl UnderlayThread {
                         let partial = PartialCsum::detect(c.inner);
                         if partial.is_some() {
                             net.stats.partial_checksum(shard);
-                            if !partial_seen {
-                                note_partial(&mut partial_seen, net, from);
-                            }
+                            peer_sends_offloads(net, c.peer, from);
                         }
                         match action {
                             Action::Local(p) => {

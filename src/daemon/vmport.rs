@@ -475,6 +475,6 @@ impl VmReader {
 #[inline]
 fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, room: std::ops::Range<usize>, peer: PeerIdx, hash: usize) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
-        q.push(tx.slot(hash, p.liveness.speaks_keepalive()), TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
+        q.push(tx.slot(hash, p.liveness.takes_gso()), TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
     }
 }

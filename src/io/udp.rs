@@ -223,7 +223,8 @@ impl RecvBatch {
 /// The send sockets: one per outer source port, in two sets.
 ///
 /// *Slots* number them: `0..count` are the ordinary sockets (the kernel puts a UDP checksum
-/// on every datagram and accepts UDP GSO), used for peers known to run overlayd; over an IPv4
+/// on every datagram and accepts UDP GSO), used for peers known to take GSO (overlayd peers,
+/// and peers whose own kernel sends offloaded packets on the link); over an IPv4
 /// underlay, `count..2 * count` are sockets with `SO_NO_CHECK` (UDP checksum zero, as RFC 7348
 /// §5 recommends and the kernel's vxlan device does by default), used for every other peer.
 ///
@@ -284,10 +285,10 @@ impl TxSockets {
     }
 
     /// The slot for a datagram of flow `hash` to a peer: an ordinary socket if the peer is
-    /// known to run overlayd (or the underlay is IPv6), a zero-checksum one otherwise.
+    /// known to take GSO (or the underlay is IPv6), a zero-checksum one otherwise.
     #[inline]
-    pub fn slot(&self, hash: usize, overlayd_peer: bool) -> usize {
-        if overlayd_peer || self.plain.is_empty() {
+    pub fn slot(&self, hash: usize, takes_gso: bool) -> usize {
+        if takes_gso || self.plain.is_empty() {
             hash % self.socks.len().max(1)
         } else {
             self.socks.len() + hash % self.plain.len()

@@ -112,6 +112,10 @@ pub struct PeerSample {
     /// peer (a kernel vxlan device, Open vSwitch) gets one datagram per segment.
     #[serde(default)]
     pub speaks_overlayd: bool,
+    /// The peer gets UDP GSO: it speaks overlayd, or its own stack sends offloaded packets
+    /// (partial checksums, whole TSO bursts: a kernel on a link that keeps offloads).
+    #[serde(default)]
+    pub gets_gso: bool,
 }
 
 fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
@@ -145,6 +149,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                         last_seen_unix: ago.map(|a| unix_now - a),
                         up: p.liveness.state() == crate::core::liveness::PeerState::Up,
                         speaks_overlayd: p.liveness.speaks_keepalive(),
+                        gets_gso: p.liveness.takes_gso(),
                     }
                 })
                 .collect();
