@@ -10,6 +10,8 @@
 # It builds the release binary if needed (or uses OVERLAYD_BIN), prints every step, and removes
 # everything it made on exit. HOLD=1 keeps the lab up until you press Enter, to look around.
 user_bin=${OVERLAYD_BIN:-}
+# what the demo needs from Debian, installed quietly if missing (see scripts/deps.sh)
+bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/deps.sh" demo || exit 1
 # shellcheck source-path=SCRIPTDIR source=../netns-tests/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../netns-tests/lib.sh"
 

@@ -16,6 +16,8 @@
 # target/vm-guest), run under TCG. Prints every step, pings and transfer rates, and removes
 # everything on exit. HOLD=1 keeps the lab up until you press Enter.
 user_bin=${OVERLAYD_BIN:-}
+# what the demo needs from Debian, installed quietly if missing (see scripts/deps.sh)
+bash "$(dirname "${BASH_SOURCE[0]}")/../scripts/deps.sh" vm || exit 1
 # shellcheck source-path=SCRIPTDIR source=../netns-tests/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../netns-tests/lib.sh"
 # shellcheck source-path=SCRIPTDIR source=../netns-tests/vm-lib.sh

@@ -77,8 +77,10 @@ declare -A SYSTEM_INFO=(
   [overlayd]="overlayd VXLAN VNI 42, offload on (default): TSO/GSO/GRO"
   [overlayd-nooffload]="overlayd VXLAN VNI 42 with [node] offload = false"
   [overlayd-gre]="overlayd GRE key 42 (raw IP protocol 47 sockets)"
+  [overlayd-kernel]="overlayd VXLAN in h1 (the client), kernel vxlan in h2: a mixed segment"
+  [kernel-overlayd]="kernel vxlan in h1 (the client), overlayd VXLAN in h2: a mixed segment"
 )
-ALL_SYSTEMS=(raw kernel-vxlan overlayd overlayd-nooffload overlayd-gre)
+ALL_SYSTEMS=(raw kernel-vxlan overlayd overlayd-nooffload overlayd-gre overlayd-kernel kernel-overlayd)
 
 # ----------------------------------------------------------------------------- logging
 log()  { printf '# %s\n' "$*" >&2; }
@@ -202,10 +204,12 @@ setup_kernel_vxlan() {
 }
 
 # overlayd: one daemon per namespace; its TAP ${PREFIX}_ovl carries the overlay address.
-# overlayd_setup ENCAP OFFLOAD - ENCAP vxlan|gre, OFFLOAD the value of [node] offload
+# overlayd_setup ENCAP OFFLOAD [HOST...] - ENCAP vxlan|gre, OFFLOAD the value of [node] offload,
+# daemons in hosts HOST (1, 2) [both]
 overlayd_setup() {
-  local encap=$1 offload=$2 i j nsn cfg t
-  for i in 1 2; do
+  local encap=$1 offload=$2 i j nsn cfg t hosts=("${@:3}")
+  ((${#hosts[@]})) || hosts=(1 2)
+  for i in "${hosts[@]}"; do
     j=$((3 - i)) nsn=${PREFIX}_h$i cfg=$WORK/overlayd$i.toml
     cat >"$cfg" <<EOF
 [node]
@@ -225,19 +229,32 @@ peers = ["192.0.2.$j"]
 EOF
     start_daemon "overlayd$i" "$nsn" "$OVERLAYD_BIN" run --config "$cfg"
   done
-  for i in 1 2; do
+  for i in "${hosts[@]}"; do
     for ((t = 0; t < 200; t++)); do
       grep -q 'overlayd ready' "$WORK/overlayd$i.log" 2>/dev/null && break
       sleep 0.1
     done
     grep -q 'overlayd ready' "$WORK/overlayd$i.log" || { cat "$WORK/overlayd$i.log" >&2; die "overlayd$i not ready"; }
   done
-  NOTE_MTU="tap MTU $(link_mtu "$NS1" "${PREFIX}_ovl") set by overlayd ($encap, offload=$offload)"
+  NOTE_MTU="tap MTU $(link_mtu "${PREFIX}_h${hosts[0]}" "${PREFIX}_ovl") set by overlayd ($encap, offload=$offload)"
 }
 
 setup_overlayd() { overlayd_setup vxlan true; }
 setup_overlayd_nooffload() { overlayd_setup vxlan false; }
 setup_overlayd_gre() { overlayd_setup gre true; }
+
+# a mixed segment: overlayd in one host, the kernel's vxlan device in the other (the veth keeps
+# its default offloads, as everywhere here)
+setup_overlayd_kernel() {
+  ip -n "$NS2" link add "${PREFIX}_vx2" type vxlan id 42 dstport 4789 local "$U2" remote "$U1" dev "$UL2"
+  overlay_ip "$NS2" "${PREFIX}_vx2" "$O2"
+  overlayd_setup vxlan true 1
+}
+setup_kernel_overlayd() {
+  ip -n "$NS1" link add "${PREFIX}_vx1" type vxlan id 42 dstport 4789 local "$U1" remote "$U2" dev "$UL1"
+  overlay_ip "$NS1" "${PREFIX}_vx1" "$O1"
+  overlayd_setup vxlan true 2
+}
 
 # gre_supported - whether this overlayd build accepts a GRE network
 gre_supported() {

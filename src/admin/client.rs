@@ -116,7 +116,7 @@ fn fdb_table(tables: &[FdbTable]) -> String {
 }
 
 fn peer_table(tables: &[PeerTable]) -> String {
-    let mut rows = vec![["NETWORK", "PEER", "STATE", "LAST SEEN", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"].map(String::from).to_vec()];
+    let mut rows = vec![["NETWORK", "PEER", "STATE", "OVERLAYD", "GSO", "LAST SEEN", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"].map(String::from).to_vec()];
     for t in tables {
         for p in &t.peers {
             let seen = p.last_seen_ago_secs.map_or_else(|| "never".to_string(), |s| format!("{} ago", secs(s)));
@@ -124,6 +124,8 @@ fn peer_table(tables: &[PeerTable]) -> String {
                 t.network.clone(),
                 p.peer.clone(),
                 if p.up { "up" } else { "down" }.to_string(),
+                if p.speaks_overlayd { "yes" } else { "no" }.to_string(),
+                if p.gets_gso { "yes" } else { "no" }.to_string(),
                 seen,
                 p.rx_packets.to_string(),
                 p.rx_bytes.to_string(),
@@ -149,6 +151,7 @@ fn stats_text(s: &Sample) -> String {
         let (rxp, rxb, txp, txb) = n.peers.iter().fold((0, 0, 0, 0), |a, p| (a.0 + p.rx_packets, a.1 + p.rx_bytes, a.2 + p.tx_packets, a.3 + p.tx_bytes));
         out.push_str(&format!("  tunnels      rx {rxp} packets, {rxb} bytes; tx {txp} packets, {txb} bytes; peers {}\n", n.peers.len()));
         out.push_str(&format!("  flooded      frames {}\n", n.flooded_frames));
+        out.push_str(&format!("  partial csum frames {} (completed; sent by a peer with checksum offload on a virtual link)\n", n.partial_checksums));
         out.push_str(&format!(
             "  fdb          {} entries (cap {}); learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
             n.fdb_entries, n.fdb_max_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned
@@ -193,15 +196,15 @@ mod tests {
         let t = vec![PeerTable {
             network: "blue".into(),
             peers: vec![
-                PeerSample { peer: "192.0.2.2".into(), rx_packets: 5, rx_bytes: 474, tx_packets: 6, tx_bytes: 500, last_seen_ago_secs: Some(0.25), up: true, ..Default::default() },
+                PeerSample { peer: "192.0.2.2".into(), rx_packets: 5, rx_bytes: 474, tx_packets: 6, tx_bytes: 500, last_seen_ago_secs: Some(0.25), up: true, speaks_overlayd: true, gets_gso: true, ..Default::default() },
                 PeerSample { peer: "192.0.2.3".into(), ..Default::default() },
             ],
         }];
         let s = peer_table(&t);
         let lines: Vec<&str> = s.lines().collect();
-        assert_eq!(lines[0], "NETWORK  PEER       STATE  LAST SEEN  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES");
-        assert_eq!(lines[1], "blue     192.0.2.2  up     0.2s ago   5           474       6           500");
-        assert_eq!(lines[2], "blue     192.0.2.3  down   never      0           0         0           0");
+        assert_eq!(lines[0], "NETWORK  PEER       STATE  OVERLAYD  GSO  LAST SEEN  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES");
+        assert_eq!(lines[1], "blue     192.0.2.2  up     yes       yes  0.2s ago   5           474       6           500");
+        assert_eq!(lines[2], "blue     192.0.2.3  down   no        no   never      0           0         0           0");
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct Liveness {
     state: AtomicU8,
     /// Set once a keepalive arrived: the peer is an overlayd and can be held to the short timeout.
     speaks_keepalive: AtomicU8,
+    /// Set once the control path has reported `speaks_keepalive` ([`Liveness::newly_speaks`]).
+    reported: AtomicU8,
+    /// Set once the peer sent a partial checksum or a whole TSO burst: its own kernel stack
+    /// sends offloaded packets on this link, so it receives ours (UDP GSO) just as well.
+    sends_offloads: AtomicU8,
 }
 
 impl Liveness {
@@ -92,9 +97,36 @@ impl Liveness {
     }
 
     /// Take over what another generation of the same peer knew (a reload).
+    /// Whether the peer has sent partial checksums or whole TSO bursts (see the field).
+    pub fn sends_offloads(&self) -> bool {
+        self.sends_offloads.load(Relaxed) != 0
+    }
+
+    /// The data path saw the peer send an offloaded packet; true the first time.
+    pub fn offloads_seen(&self) -> bool {
+        self.sends_offloads.load(Relaxed) == 0 && self.sends_offloads.swap(1, Relaxed) == 0
+    }
+
+    /// Whether frames to the peer may go out as UDP GSO super-datagrams with checksums the
+    /// kernel may leave partial: yes for an overlayd peer and for a peer whose own stack sends
+    /// offloaded packets; no for the others (a userspace datapath reading the link, such as
+    /// Open vSwitch's, takes neither).
+    #[inline]
+    pub fn takes_gso(&self) -> bool {
+        self.speaks_keepalive() || self.sends_offloads()
+    }
+
+    /// True once, the first time it is asked after the peer's first keepalive: for the
+    /// control path to log that the peer runs overlayd (and now gets UDP GSO).
+    pub fn newly_speaks(&self) -> bool {
+        self.speaks_keepalive() && self.reported.swap(1, Relaxed) == 0
+    }
+
     pub(crate) fn copy_from(&self, other: &Liveness) {
         self.state.store(other.state.load(Relaxed), Relaxed);
         self.speaks_keepalive.store(other.speaks_keepalive.load(Relaxed), Relaxed);
+        self.reported.store(other.reported.load(Relaxed), Relaxed);
+        self.sends_offloads.store(other.sends_offloads.load(Relaxed), Relaxed);
     }
 
     pub(crate) fn keepalive_seen(&self) {
@@ -167,9 +199,22 @@ mod tests {
         let n = net();
         let ka = keepalive_frame(0x0102_0304);
         assert!(is_keepalive(&ka));
+        assert!(!n.peers[0].liveness.newly_speaks());
         assert_eq!(n.from_peer(PeerIdx(0), &ka, Instant::from_secs(1)), Action::Consumed);
         assert!(n.fdb.is_empty(), "nothing learned from a keepalive");
         assert!(n.peers[0].liveness.speaks_keepalive());
+        // reported once
+        assert!(n.peers[0].liveness.newly_speaks());
+        assert!(!n.peers[0].liveness.newly_speaks());
+        assert_eq!(n.from_peer(PeerIdx(0), &ka, Instant::from_secs(1)), Action::Consumed);
+        assert!(!n.peers[0].liveness.newly_speaks());
+        // an overlayd peer takes GSO; another peer only once it sent offloaded packets itself
+        assert!(n.peers[0].liveness.takes_gso());
+        let other = &n.peers[1].liveness;
+        assert!(!other.takes_gso() && !other.sends_offloads());
+        assert!(other.offloads_seen());
+        assert!(!other.offloads_seen(), "reported once");
+        assert!(other.takes_gso() && !other.speaks_keepalive());
         assert_eq!(n.peers[0].last_seen.load(Relaxed), 1000);
         // from a local port it is just a (link-local multicast) frame
         assert_eq!(n.from_local(LocalPort(0), &ka, Instant::from_secs(1)), Action::Flood);

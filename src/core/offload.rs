@@ -129,6 +129,133 @@ pub fn finish_partial_checksum(frame: &mut [u8], h: &VnetHdr) -> Result<(), Offl
     Ok(())
 }
 
+/// A TCP or UDP checksum left partial by the sender: the field holds only the pseudo-header
+/// sum, as a Linux stack leaves it for checksum offload.
+///
+/// A tunnel peer running the kernel's `vxlan` device on a link that keeps `CHECKSUM_PARTIAL`
+/// (a veth with its default offloads, a bridge) sends inner segments in that state: the device
+/// that would finish the checksum is never reached, and a UDP socket hands the bytes to us as
+/// they are. The kernel on the other end of such a link trusts the skb's metadata; a userspace
+/// receiver has only the bytes, so it recognises the partial checksum by its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartialCsum {
+    /// Offset of the TCP/UDP header in the frame.
+    pub start: usize,
+    /// Offset of the checksum field from `start` (16 for TCP, 6 for UDP).
+    pub offset: usize,
+    /// End of the L4 data (Ethernet padding excluded).
+    pub end: usize,
+}
+
+impl PartialCsum {
+    /// Find a partial checksum in `frame` (Ethernet, up to two VLAN tags, IPv4 unfragmented or
+    /// IPv6 without extension headers, TCP or UDP). `None` for anything else, and for a
+    /// checksum that is not the pseudo-header sum. Reads the headers only.
+    ///
+    /// A complete checksum can equal the pseudo-header sum by chance; finishing it again
+    /// gives the same value (the sum of the data plus that field is what a complete checksum
+    /// is the complement of), so taking it for partial is harmless.
+    pub fn detect(frame: &[u8]) -> Option<PartialCsum> {
+        let (l3, et) = EthernetFrame::new_checked(frame).ok()?.l3()?;
+        let ip = frame.get(l3..)?;
+        let (l4, proto, l4_len) = match et {
+            ethertype::IPV4 => {
+                let h = ip.get(..20)?;
+                let ihl = usize::from(h[0] & 0x0f) * 4;
+                let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+                if h[0] >> 4 != 4 || ihl < 20 || total < ihl || u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+                    return None;
+                }
+                (l3 + ihl, h[9], total - ihl)
+            }
+            ethertype::IPV6 => {
+                let h = ip.get(..40)?;
+                if h[0] >> 4 != 6 {
+                    return None;
+                }
+                (l3 + 40, h[6], usize::from(u16::from_be_bytes([h[4], h[5]])))
+            }
+            _ => return None,
+        };
+        let offset = match proto {
+            6 => usize::from(TCP_CSUM_OFFSET),
+            17 => 6,
+            _ => return None,
+        };
+        let end = l4.checked_add(l4_len).filter(|&e| e <= frame.len())?;
+        if l4_len < offset + 2 {
+            return None;
+        }
+        let field = u16::from_be_bytes([frame[l4 + offset], frame[l4 + offset + 1]]);
+        let pseudo = if et == ethertype::IPV6 {
+            let (s, d) = (ip[8..24].try_into().ok()?, ip[24..40].try_into().ok()?);
+            checksum::pseudo_v6(&s, &d, proto, l4_len as u32)
+        } else {
+            let (s, d) = (ip[12..16].try_into().ok()?, ip[16..20].try_into().ok()?);
+            checksum::pseudo_v4(&s, &d, proto, l4_len as u32)
+        };
+        (field == checksum::fold(pseudo)).then_some(PartialCsum { start: l4, offset, end })
+    }
+
+    /// The virtio-net header that hands the frame to a TAP as it is, checksum still to do.
+    pub fn vnet_hdr(&self) -> VnetHdr {
+        VnetHdr { flags: flags::NEEDS_CSUM, csum_start: self.start as u16, csum_offset: self.offset as u16, ..VnetHdr::NONE }
+    }
+
+    /// Finish the checksum in place (`frame` is the frame it was detected in, or a copy).
+    pub fn finish(&self, frame: &mut [u8]) {
+        let Some(l4) = frame.get(self.start..self.end) else { return };
+        let c = checksum::finish(checksum::sum(l4, 0));
+        // UDP sends a computed zero as all ones (RFC 768)
+        let c = if c == 0 && self.offset == 6 { 0xffff } else { c };
+        frame[self.start + self.offset..self.start + self.offset + 2].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+/// A TCP super-frame that arrived from the underlay in one piece: the inner frame of a
+/// kernel peer's tunnel GSO packet, and the virtio-net header and plan that deliver it.
+///
+/// A kernel `vxlan` device with TSO sends a whole 64 KiB TCP burst as one GSO packet; a veth
+/// (or a bridge) passes it on whole, and the kernel queues it to a plain UDP socket unsegmented
+/// (it segments only UDP GSO packets for a socket, not tunnel ones). `recvmsg` then returns one
+/// "datagram" holding the VXLAN header and an inner IPv4/IPv6 TCP packet of up to 64 KiB with a
+/// partial checksum (no `UDP_GRO` control message: that is only for UDP GSO packets).
+///
+/// `frame` is the inner frame of the whole message, `mtu` the network's MTU; `Some` if the
+/// inner IP packet is larger than `mtu`, its length covers exactly the frame, and it is TCP
+/// with a partial checksum. Anything else is not such a packet. The segment size is what fits
+/// `mtu` with these headers (the sender's MSS, unless it chose a smaller one).
+pub fn tunnel_super_frame(frame: &[u8], mtu: usize) -> Option<(VnetHdr, TsoPlan)> {
+    let layout = TcpLayout::parse(frame).ok()?;
+    let ip = &frame[layout.l3..];
+    let ip_end = if layout.v6 {
+        layout.l4 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))
+    } else {
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+            return None;
+        }
+        layout.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]]))
+    };
+    let gso_size = mtu.checked_sub(layout.hdr_len - layout.l3).filter(|&m| m > 0 && m <= usize::from(u16::MAX))?;
+    if ip_end != frame.len() || frame.len() - layout.l3 <= mtu {
+        return None;
+    }
+    let pc = PartialCsum::detect(frame)?;
+    if pc.start != layout.l4 || pc.offset != usize::from(TCP_CSUM_OFFSET) {
+        return None;
+    }
+    let h = VnetHdr {
+        flags: flags::NEEDS_CSUM,
+        gso_type: if layout.v6 { gso::TCPV6 } else { gso::TCPV4 },
+        hdr_len: layout.hdr_len as u16,
+        gso_size: gso_size as u16,
+        csum_start: layout.l4 as u16,
+        csum_offset: TCP_CSUM_OFFSET,
+    };
+    let plan = TsoPlan::new(frame, &h).ok()?;
+    Some((h, plan))
+}
+
 /// Where the headers of an Ethernet + IPv4/IPv6 + TCP frame are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcpLayout {
@@ -729,5 +856,100 @@ mod tests {
         let mut frag = split(&f, &h).remove(0);
         frag[l.l3 + 7] = 1;
         assert_eq!(TcpSeg::parse(&frag), None);
+    }
+
+    /// A frame as a Linux sender on an offloading link leaves it: checksum field = pseudo sum.
+    fn make_partial(f: &mut [u8], l4: usize, off: usize, v6: bool, proto: u8, l4_len: usize) {
+        let ip = &f[14..];
+        let ps = if v6 {
+            checksum::pseudo_v6(ip[8..24].try_into().unwrap(), ip[24..40].try_into().unwrap(), proto, l4_len as u32)
+        } else {
+            checksum::pseudo_v4(ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap(), proto, l4_len as u32)
+        };
+        f[l4 + off..l4 + off + 2].copy_from_slice(&checksum::fold(ps).to_be_bytes());
+    }
+
+    #[test]
+    fn partial_checksums_are_recognised_and_finished() {
+        // TCP over IPv4 and IPv6: a complete segment is left alone, a partial one is found
+        // and finished to exactly the complete checksum
+        for v6 in [false, true] {
+            let (f, h) = super_frame(v6, false, &data(1000));
+            let good = split(&f, &h).remove(0);
+            assert!(TcpSeg::parse(&good).unwrap().checksums_ok(&good));
+            let l = TcpLayout::parse(&good).unwrap();
+            assert_eq!(PartialCsum::detect(&good), None, "complete checksum taken for partial (v6 {v6})");
+            let mut p = good.clone();
+            make_partial(&mut p, l.l4, 16, v6, 6, good.len() - l.l4);
+            assert!(!TcpSeg::parse(&p).unwrap().checksums_ok(&p));
+            let pc = PartialCsum::detect(&p).expect("partial TCP checksum not recognised");
+            assert_eq!((pc.start, pc.offset, pc.end), (l.l4, 16, good.len()));
+            let vh = pc.vnet_hdr();
+            assert!(vh.needs_csum() && !vh.is_gso());
+            assert_eq!((usize::from(vh.csum_start), vh.csum_offset), (l.l4, 16));
+            pc.finish(&mut p);
+            assert_eq!(p, good);
+            // a corrupted payload behind a complete checksum is not partial either
+            let mut bad = good.clone();
+            let n = bad.len();
+            bad[n - 1] ^= 0x55;
+            assert_eq!(PartialCsum::detect(&bad), None);
+        }
+        // UDP over IPv4, padded to the Ethernet minimum: the padding is not summed
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64).udp(5000, 53);
+        let mut good = Vec::new();
+        b.write(&mut good, b"abc").unwrap();
+        good.resize(60, 0);
+        let mut p = good.clone();
+        make_partial(&mut p, 34, 6, false, 17, 11);
+        let pc = PartialCsum::detect(&p).expect("partial UDP checksum not recognised");
+        assert_eq!((pc.start, pc.offset, pc.end), (34, 6, 45));
+        pc.finish(&mut p);
+        assert_eq!(p, good);
+        // ICMP, fragments, short or lying lengths: never partial
+        let mut icmp = good.clone();
+        icmp[14 + 9] = 1;
+        assert_eq!(PartialCsum::detect(&icmp), None);
+        let mut frag = p.clone();
+        make_partial(&mut frag, 34, 6, false, 17, 11);
+        frag[14 + 6] = 0x20; // MF
+        assert_eq!(PartialCsum::detect(&frag), None);
+        let mut long = p.clone();
+        make_partial(&mut long, 34, 6, false, 17, 11);
+        long[14 + 2..14 + 4].copy_from_slice(&200u16.to_be_bytes());
+        assert_eq!(PartialCsum::detect(&long), None);
+        for n in 0..p.len() {
+            let _ = PartialCsum::detect(&p[..n]);
+        }
+    }
+
+    #[test]
+    fn a_tunnel_gso_packet_is_a_super_frame() {
+        for v6 in [false, true] {
+            // as a kernel peer's TSO burst arrives: IP length of the whole, partial checksum
+            let (f, h) = super_frame(v6, false, &data(5000));
+            // MTU 1450: 1450 - IP - TCP with timestamps = 1398 (IPv4), 1378 (IPv6)
+            let (vh, plan) = tunnel_super_frame(&f, 1450).expect("not taken for a super-frame");
+            let mss = if v6 { 1378 } else { 1398 };
+            assert_eq!((vh.gso_type, vh.gso_size, vh.flags), (h.gso_type, mss, flags::NEEDS_CSUM));
+            assert_eq!((usize::from(vh.csum_start), vh.csum_offset), (plan.layout.l4, 16));
+            assert_eq!(plan.segments, 5000usize.div_ceil(usize::from(mss)));
+            // its segments are what the sender's GSO would have sent
+            for seg in split(&f, &vh) {
+                assert!(TcpSeg::parse(&seg).unwrap().checksums_ok(&seg));
+            }
+            // an ordinary segment, a complete checksum, a lying length: not a super-frame
+            let one = split(&f, &vh).remove(0);
+            assert!(tunnel_super_frame(&one, 1450).is_none());
+            let mut done = f.clone();
+            let l = plan.layout;
+            done[l.l4 + 16] ^= 0xff;
+            assert!(tunnel_super_frame(&done, 1450).is_none());
+            assert!(tunnel_super_frame(&f[..f.len() - 1], 1450).is_none());
+            assert!(tunnel_super_frame(&f, 0).is_none());
+            assert!(tunnel_super_frame(&f, 40).is_none());
+            // not larger than the MTU: an ordinary (if odd) frame, not a burst
+            assert!(tunnel_super_frame(&f, 9000).is_none());
+        }
     }
 }

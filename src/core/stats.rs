@@ -113,6 +113,8 @@ pub struct NetCounters {
     pub tap_tx_frames: AtomicU64,
     pub tap_tx_bytes: AtomicU64,
     pub flooded_frames: AtomicU64,
+    /// Frames from a peer whose inner TCP/UDP checksum was partial and was completed.
+    pub partial_checksums: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub pmtu: [AtomicU64; PmtuEvent::COUNT],
 }
@@ -178,6 +180,7 @@ pub struct NetSnapshot {
     pub tap_tx_frames: u64,
     pub tap_tx_bytes: u64,
     pub flooded_frames: u64,
+    pub partial_checksums: u64,
     pub drops: [u64; DropReason::COUNT],
     /// By [`PmtuEvent`].
     pub pmtu: [u64; PmtuEvent::COUNT],
@@ -210,6 +213,7 @@ impl NetSnapshot {
             tap_tx_frames: d(self.tap_tx_frames, earlier.tap_tx_frames),
             tap_tx_bytes: d(self.tap_tx_bytes, earlier.tap_tx_bytes),
             flooded_frames: d(self.flooded_frames, earlier.flooded_frames),
+            partial_checksums: d(self.partial_checksums, earlier.partial_checksums),
             drops,
             pmtu,
             peers: self
@@ -283,6 +287,11 @@ impl NetStats {
     }
 
     #[inline]
+    pub fn partial_checksum(&self, s: Shard) {
+        add(&self.shard(s).partial_checksums, 1);
+    }
+
+    #[inline]
     pub fn peer_tx(&self, s: Shard, peer: usize, bytes: usize) {
         if let Some(p) = self.peers.get(peer) {
             let c = &p[s.0 % SHARDS];
@@ -316,6 +325,7 @@ impl NetStats {
         wadd(&c.tap_tx_frames, d.tap_tx_frames);
         wadd(&c.tap_tx_bytes, d.tap_tx_bytes);
         wadd(&c.flooded_frames, d.flooded_frames);
+        wadd(&c.partial_checksums, d.partial_checksums);
         for (a, n) in c.drops.iter().zip(&d.drops) {
             wadd(a, *n);
         }
@@ -341,6 +351,7 @@ impl NetStats {
             s.tap_tx_frames += c.tap_tx_frames.load(Relaxed);
             s.tap_tx_bytes += c.tap_tx_bytes.load(Relaxed);
             s.flooded_frames += c.flooded_frames.load(Relaxed);
+            s.partial_checksums += c.partial_checksums.load(Relaxed);
             for (d, a) in s.drops.iter_mut().zip(&c.drops) {
                 *d += a.load(Relaxed);
             }

@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
-use crate::core::offload::{MAX_RUN_SEGMENTS, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum};
+use crate::core::offload::{MAX_RUN_SEGMENTS, PartialCsum, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
 use crate::core::pmtu;
 use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
-use crate::core::wire::ethernet::EthernetFrame;
+use crate::core::wire::ethernet::{self, EthernetFrame};
 use crate::core::wire::vxlan;
 use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port, Vni};
 use super::gre::{GreParams, GreTx};
@@ -135,8 +135,10 @@ impl Segmenter {
     }
 
     /// Cut `frame` (planned by `plan`) into VXLAN datagrams for `dst` and send them with UDP
-    /// GSO, at most 64 segments / 65507 bytes per call, or one by one once GSO is off.
-    fn send(&mut self, tx: &TxSockets, sock: usize, dst: SocketAddr, vni: Vni, frame: &[u8], plan: &TsoPlan) -> Sent {
+    /// GSO, at most 64 segments / 65507 bytes per call, if `gso` (the peer runs overlayd) and
+    /// the kernel allows it; else one datagram per segment, batched with `sendmmsg`.
+    #[allow(clippy::too_many_arguments)]
+    fn send(&mut self, tx: &TxSockets, hash: usize, gso: bool, dst: SocketAddr, vni: Vni, frame: &[u8], plan: &TsoPlan) -> Sent {
         let seg_hdr = vxlan::HEADER_LEN + plan.header_len();
         let seg_size = seg_hdr + plan.mss;
         let per_call = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg_size).max(1);
@@ -157,9 +159,9 @@ impl Segmenter {
                 self.iovs.push(libc::iovec { iov_base: self.arena[k * SEG_HDR_MAX..].as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
                 self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
             }
-            let mut fallback = !tx.gso_enabled();
+            let mut fallback = !gso || !tx.gso_enabled();
             if !fallback {
-                match tx.send_gso(sock, dst, &self.iovs, seg_size as u16) {
+                match tx.send_gso(hash, dst, &self.iovs, seg_size as u16) {
                     Ok(()) => {
                         out.segments += n;
                         out.bytes += bytes;
@@ -175,7 +177,7 @@ impl Segmenter {
                 }
             }
             if fallback {
-                let (sent, err) = tx.send_each(sock, dst, &mut self.iovs, 2, &mut self.hdrs);
+                let (sent, err) = tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs);
                 out.segments += sent;
                 out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
                 if err.is_some() {
@@ -198,7 +200,7 @@ impl PortThread {
         let rd = if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM };
         let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
         let mut lens = [0usize; BATCH];
-        let mut q = SendQueue::new(tx.len());
+        let mut q = SendQueue::new(tx.slots());
         let mut seg = Segmenter::new();
         let mut scratch = Vec::new();
         let (mut rl_read, mut rl_send, mut rl_gso) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
@@ -284,7 +286,8 @@ impl PortThread {
                     let hash = EthernetFrame::new_unchecked(frame).flow_hash() as usize;
                     let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
                         let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
-                        let s = seg.send(&tx, hash, peer.addr, net.spec.vni, frame, &plan);
+                        // GSO only to peers known to take it: others may read the link in userspace
+                        let s = seg.send(&tx, hash, peer.liveness.takes_gso(), peer.addr, net.spec.vni, frame, &plan);
                         let each = s.bytes / s.segments.max(1);
                         for _ in 0..s.segments {
                             net.stats.peer_tx(shard, usize::from(p.0), each);
@@ -296,14 +299,13 @@ impl PortThread {
                             }
                         }
                     };
-                    let raw = &bufs[i][rd..HEADROOM + len];
                     match action {
                         Action::Peer(p) => to_peer(p, &mut seg),
-                        Action::Local(p) => fwd.deliver_super(&net, &ports, p, raw, &plan, &mut scratch, shard, now),
+                        Action::Local(p) => fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, &mut scratch, shard, now),
                         Action::Flood => {
                             net.stats.flooded(shard);
                             for (p, _) in ports.others(Some(port)) {
-                                fwd.deliver_super(&net, &ports, p, raw, &plan, &mut scratch, shard, now);
+                                fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, &mut scratch, shard, now);
                             }
                             for p in net.flood_peers(ingress) {
                                 to_peer(p, &mut seg);
@@ -335,14 +337,14 @@ impl PortThread {
                     Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
                     Action::Peer(p) => {
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
-                        queue(&net, &mut q, gre.as_mut(), i, len, p, hash, tos);
+                        queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
                     }
                     Action::Flood => {
                         net.stats.flooded(shard);
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
                         fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
                         for p in net.flood_peers(ingress) {
-                            queue(&net, &mut q, gre.as_mut(), i, len, p, hash, tos);
+                            queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
                         }
                     }
                 }
@@ -373,14 +375,14 @@ fn encap(buf: &mut [u8], len: usize, vni: Vni, gre: Option<&GreTx>) -> u8 {
 
 #[inline]
 #[allow(clippy::too_many_arguments)]
-fn queue(net: &Network, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
+fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
         if let Some(g) = gre {
             g.push(buf, len, p.addr.ip(), tos, peer.0);
             return;
         }
         q.push(
-            hash,
+            tx.slot(hash, p.liveness.takes_gso()),
             TxItem {
                 buf: buf as u16,
                 start: (HEADROOM - vxlan::HEADER_LEN) as u32,
@@ -389,6 +391,32 @@ fn queue(net: &Network, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, 
                 tag: peer.0,
             },
         );
+    }
+}
+
+/// `frame` with its checksum complete: itself, or a copy in `scratch` with the partial
+/// checksum finished (for a port that takes no virtio-net header, or several ports).
+#[inline]
+fn complete<'a>(frame: &'a [u8], partial: Option<PartialCsum>, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+    let Some(pc) = partial else { return frame };
+    scratch.clear();
+    scratch.extend_from_slice(frame);
+    pc.finish(scratch);
+    scratch
+}
+
+/// Note that `peer` sent an offloaded packet (a partial checksum or a whole TSO burst); the
+/// first time, log it: from now on it gets UDP GSO.
+#[inline]
+fn peer_sends_offloads(net: &Network, peer: PeerIdx, from: SocketAddr) {
+    if let Some(p) = net.peers.get(usize::from(peer.0)) {
+        if !p.liveness.sends_offloads() && p.liveness.offloads_seen() {
+            tracing::info!(
+                network = net.name(),
+                peer = %from.ip(),
+                "peer sends partial TCP/UDP checksums or whole TSO bursts (a kernel on a link that keeps offloads): completing them, and UDP GSO towards it from now on"
+            );
+        }
     }
 }
 
@@ -476,10 +504,17 @@ impl UnderlayThread {
         if offload && !gro {
             tracing::warn!(socket = %rx.local, "UDP GRO not available; receiving one datagram per message");
         }
-        let mut batch = if gro { RecvBatch::with_gro(GRO_SLOT, GRO_BATCH) } else { RecvBatch::new(slot) };
+        // Without GRO, slots still hold a whole 64 KiB message: a kernel peer on a link that
+        // keeps offloads sends its TSO bursts as one tunnel GSO packet, which the kernel queues
+        // to us whole (see `tunnel_super_frame`).
+        let mut batch = if gro { RecvBatch::with_gro(GRO_SLOT, GRO_BATCH) } else { RecvBatch::new(slot.max(GRO_SLOT)) };
         let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
+        // room for one frame whose partial checksum is finished in a copy
+        let mut scratch: Vec<u8> = Vec::with_capacity(GRO_SLOT);
+        // one segment of a super-frame cut for a port that takes no offloads
+        let mut seg_scratch: Vec<u8> = Vec::with_capacity(MAX_FRAME);
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
                 Ok(Wake::Stop) => break,
@@ -522,12 +557,47 @@ impl UnderlayThread {
                             }
                         };
                         let net = &c.entry.net;
-                        match net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now) {
+                        // larger than any frame of the network: a kernel peer's whole TSO burst?
+                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN {
+                            if let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu)) {
+                                flush(&mut pending, shard, &mut rl_write, now);
+                                // decide on the first segment's worth, as for a TAP's super-frame
+                                let first = &c.inner[..plan.header_len() + plan.mss];
+                                let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
+                                let ports = Forwarder::ports(&c.entry.io);
+                                match action {
+                                    Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
+                                    Action::Flood => {
+                                        net.stats.flooded(shard);
+                                        for (p, _) in ports.others(None) {
+                                            fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
+                                        }
+                                    }
+                                    _ => continue,
+                                }
+                                net.stats.partial_checksum(shard);
+                                peer_sends_offloads(net, c.peer, from);
+                                continue;
+                            }
+                        }
+                        let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
+                        if !matches!(action, Action::Local(_) | Action::Flood) {
+                            continue;
+                        }
+                        // a kernel peer on a link that keeps checksum offload leaves inner
+                        // TCP/UDP checksums partial: take them as such (see PartialCsum)
+                        let partial = PartialCsum::detect(c.inner);
+                        if partial.is_some() {
+                            net.stats.partial_checksum(shard);
+                            peer_sends_offloads(net, c.peer, from);
+                        }
+                        match action {
                             Action::Local(p) => {
                                 let ports = Forwarder::ports(&c.entry.io);
                                 if gro {
                                     if let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr())) {
-                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && s.checksums_ok(c.inner)) {
+                                        // a run's frame goes to the TAP with a partial checksum anyway
+                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
                                             if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
                                                 continue;
                                             }
@@ -538,12 +608,12 @@ impl UnderlayThread {
                                     }
                                 }
                                 flush(&mut pending, shard, &mut rl_write, now);
-                                fwd.deliver(net, &ports, p, c.inner, shard, now);
+                                fwd.deliver(net, &ports, p, complete(c.inner, partial, &mut scratch), shard, now);
                             }
                             Action::Flood => {
                                 flush(&mut pending, shard, &mut rl_write, now);
                                 net.stats.flooded(shard);
-                                fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
+                                fwd.flood(net, &Forwarder::ports(&c.entry.io), None, complete(c.inner, partial, &mut scratch), shard, now);
                             }
                             _ => {}
                         }

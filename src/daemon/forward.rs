@@ -6,12 +6,13 @@
 //! it, and counts the outcome. A port that disconnected after the FDB named it is simply not
 //! in the table any more (or its slot has a new generation): the frame is dropped and counted.
 
+use std::io::IoSlice;
 use std::sync::Arc;
 
 use arc_swap::Guard;
 
 use crate::core::ports::PortTable;
-use crate::core::offload::{TsoPlan, VNET_HDR_LEN};
+use crate::core::offload::{TsoPlan, VnetHdr};
 use crate::core::pmtu::{self, Family, PortBuckets};
 use crate::core::stats::{PmtuEvent, Shard};
 use crate::core::{DropReason, Instant, LocalPort, Network};
@@ -99,14 +100,13 @@ impl Forwarder {
         }
     }
 
-    /// Deliver a TCP super-frame read from an offloading TAP (`raw` starts with its
-    /// virtio-net header): as is to a TAP that takes offloads, cut into ordinary frames (headers
-    /// built in `scratch`) for any other port.
+    /// Deliver a TCP super-frame (read from an offloading TAP, or a kernel peer's tunnel GSO
+    /// packet) with its virtio-net header `vh`: as is to a TAP that takes offloads, cut into
+    /// ordinary frames (headers built in `scratch`) for any other port.
     #[allow(clippy::too_many_arguments)]
-    pub fn deliver_super(&mut self, net: &Network, ports: &Ports, port: LocalPort, raw: &[u8], plan: &TsoPlan, scratch: &mut Vec<u8>, shard: Shard, now: Instant) {
-        let frame = &raw[VNET_HDR_LEN.min(raw.len())..];
+    pub fn deliver_super(&mut self, net: &Network, ports: &Ports, port: LocalPort, vh: &VnetHdr, frame: &[u8], plan: &TsoPlan, scratch: &mut Vec<u8>, shard: Shard, now: Instant) {
         match ports.get(port) {
-            Some(LocalIo::Tap(tap)) if tap.vnet_hdr() => match tap.write_raw(raw) {
+            Some(LocalIo::Tap(tap)) if tap.vnet_hdr() => match tap.write_vectored(&[IoSlice::new(&vh.to_bytes()), IoSlice::new(frame)]) {
                 Ok(_) => net.stats.tap_tx(shard, frame.len()),
                 Err(e) => {
                     net.stats.count_drop(shard, DropReason::TapWriteFailed);

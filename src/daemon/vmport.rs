@@ -331,7 +331,7 @@ pub(super) struct Switcher {
 
 impl Switcher {
     pub(super) fn new(io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
-        let q = SendQueue::new(tx.len());
+        let q = SendQueue::new(tx.slots());
         Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), signals: PmtuSignals::default(), rl_send: RateLimit::default() }
     }
 
@@ -357,7 +357,7 @@ impl Switcher {
         // the network's current generation, for this batch
         let current = self.io.net.load();
         let (net, shard, ingress) = (&**current, Shard::per_thread(), Port::Local(self.port));
-        let (q, fwd, gre, signals) = (&mut self.q, &mut self.fwd, &mut self.gre, &mut self.signals);
+        let (q, fwd, gre, signals, tx) = (&mut self.q, &mut self.fwd, &mut self.gre, &mut self.signals, &*self.tx);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
             let at = o + ROOM;
@@ -386,7 +386,7 @@ impl Switcher {
                     }
                     None => {
                         vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
-                        queue(net, q, room, p, hash);
+                        queue(net, tx, q, room, p, hash);
                     }
                 },
                 Action::Flood => {
@@ -404,7 +404,7 @@ impl Switcher {
                         None => {
                             vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
                             for p in net.flood_peers(ingress) {
-                                queue(net, q, room.clone(), p, hash);
+                                queue(net, tx, q, room.clone(), p, hash);
                             }
                         }
                     }
@@ -488,8 +488,8 @@ impl VmReader {
 }
 
 #[inline]
-fn queue(net: &Network, q: &mut SendQueue, room: std::ops::Range<usize>, peer: PeerIdx, hash: usize) {
+fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, room: std::ops::Range<usize>, peer: PeerIdx, hash: usize) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
-        q.push(hash, TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
+        q.push(tx.slot(hash, p.liveness.takes_gso()), TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
     }
 }

@@ -58,6 +58,11 @@ impl Watch {
     /// flushed by the core).
     pub fn peers<P>(&self, fabric: &Fabric<P>, now: Instant) {
         for e in &fabric.networks {
+            for p in &e.net.peers {
+                if p.liveness.newly_speaks() {
+                    tracing::info!(network = e.net.name(), peer = %p.addr.ip(), "peer runs overlayd (sends keepalives): UDP GSO towards it from now on");
+                }
+            }
             for c in e.net.check_peers(now) {
                 let peer = e.net.peers.get(usize::from(c.peer.0)).map(|p| p.addr.ip().to_string()).unwrap_or_default();
                 match c.state {

@@ -220,10 +220,26 @@ impl RecvBatch {
     }
 }
 
-/// The send sockets: one per outer source port.
+/// The send sockets: one per outer source port, in two sets.
+///
+/// *Slots* number them: `0..count` are the ordinary sockets (the kernel puts a UDP checksum
+/// on every datagram and accepts UDP GSO), used for peers known to take GSO (overlayd peers,
+/// and peers whose own kernel sends offloaded packets on the link); over an IPv4
+/// underlay, `count..2 * count` are sockets with `SO_NO_CHECK` (UDP checksum zero, as RFC 7348
+/// §5 recommends and the kernel's vxlan device does by default), used for every other peer.
+///
+/// Why two sets: on a link that keeps checksum offload (a veth with its defaults), the kernel
+/// leaves the UDP checksum of what we send partial and hands the packet over as it is. The
+/// kernel on the other side trusts it, and so does overlayd; a userspace datapath reading the
+/// link with a packet socket (Open vSwitch's netdev datapath) sees an unfinished checksum and
+/// drops the packet, and a GSO super-datagram reaches it whole, larger than any frame. A zero
+/// checksum is never checked, and the zero-checksum sockets cannot do GSO (the kernel refuses
+/// it), so such peers get one datagram per segment: what every receiver takes.
 #[derive(Debug)]
 pub struct TxSockets {
     socks: Vec<Socket>,
+    /// IPv4 only: the zero-checksum sockets (empty over IPv6, which requires the checksum).
+    plain: Vec<Socket>,
     /// UDP GSO works on this path; cleared for good the first time the kernel refuses it.
     gso: AtomicBool,
 }
@@ -239,17 +255,49 @@ pub enum GsoError {
 
 impl TxSockets {
     pub fn bind(local: std::net::IpAddr, count: usize) -> io::Result<TxSockets> {
-        let mut socks = Vec::with_capacity(count);
-        for _ in 0..count {
+        let open = |no_check: bool| -> io::Result<Socket> {
             let s = new_socket(SocketAddr::new(local, 0))?;
             set_buf(&s, SNDBUF, false);
+            if no_check {
+                let one: libc::c_int = 1;
+                // SAFETY: setsockopt with a pointer to a live c_int and its size.
+                let r = unsafe {
+                    libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, (&one as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as u32)
+                };
+                if r != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             s.bind(&SocketAddr::new(local, 0).into())
                 .map_err(|e| io::Error::new(e.kind(), format!("bind udp {local}:0 for sending: {e}")))?;
             // accept nothing: this socket only sends
             s.attach_filter(&[socket2::SockFilter::new(0x06, 0, 0, 0)])?;
-            socks.push(s);
+            Ok(s)
+        };
+        let socks = (0..count).map(|_| open(false)).collect::<io::Result<Vec<_>>>()?;
+        let plain = if local.is_ipv4() { (0..count).map(|_| open(true)).collect::<io::Result<Vec<_>>>()? } else { Vec::new() };
+        Ok(TxSockets { socks, plain, gso: AtomicBool::new(true) })
+    }
+
+    /// Number of slots (see [`TxSockets`]); a [`SendQueue`] needs one queue per slot.
+    pub fn slots(&self) -> usize {
+        self.socks.len() + self.plain.len()
+    }
+
+    /// The slot for a datagram of flow `hash` to a peer: an ordinary socket if the peer is
+    /// known to take GSO (or the underlay is IPv6), a zero-checksum one otherwise.
+    #[inline]
+    pub fn slot(&self, hash: usize, takes_gso: bool) -> usize {
+        if takes_gso || self.plain.is_empty() {
+            hash % self.socks.len().max(1)
+        } else {
+            self.socks.len() + hash % self.plain.len()
         }
-        Ok(TxSockets { socks, gso: AtomicBool::new(true) })
+    }
+
+    fn by_slot(&self, slot: usize) -> &Socket {
+        let n = self.socks.len();
+        if slot >= n && !self.plain.is_empty() { &self.plain[(slot - n) % self.plain.len()] } else { &self.socks[slot % n] }
     }
 
     /// Whether GSO sends are still worth trying.
@@ -262,11 +310,11 @@ impl TxSockets {
         self.gso.store(false, Relaxed);
     }
 
-    /// Send the bytes gathered from `iovs` to `dst` from send socket `sock` as datagrams of
-    /// `segment` bytes (the last may be shorter) in one call. The caller keeps to the limits:
-    /// at most [`GSO_MAX_SEGMENTS`] datagrams and [`GSO_MAX_BYTES`] bytes.
-    pub fn send_gso(&self, sock: usize, dst: SocketAddr, iovs: &[libc::iovec], segment: u16) -> Result<(), GsoError> {
-        let s = &self.socks[sock % self.socks.len()];
+    /// Send the bytes gathered from `iovs` to `dst` from the ordinary socket of flow `hash`
+    /// as datagrams of `segment` bytes (the last may be shorter) in one call. The caller keeps
+    /// to the limits: at most [`GSO_MAX_SEGMENTS`] datagrams and [`GSO_MAX_BYTES`] bytes.
+    pub fn send_gso(&self, hash: usize, dst: SocketAddr, iovs: &[libc::iovec], segment: u16) -> Result<(), GsoError> {
+        let s = &self.socks[hash % self.socks.len()];
         let name = SockAddr::from(dst);
         let mut ctrl = [0u64; CMSG_SPACE / 8];
         // SAFETY: msghdr is a plain C struct; zero is valid and we fill what matters.
@@ -305,18 +353,18 @@ impl TxSockets {
         }
     }
 
-    /// Send one datagram per `per_msg` consecutive iovecs of `iovs` to `dst`, with
-    /// `sendmmsg` (the fallback when GSO is off). Returns how many datagrams were sent and
-    /// the error that stopped the rest, if any.
+    /// Send one datagram per `per_msg` consecutive iovecs of `iovs` to `dst` from send socket
+    /// `slot` ([`TxSockets::slot`]), with `sendmmsg` (for peers that get no GSO, and when GSO
+    /// is off). Returns how many datagrams were sent and the error that stopped the rest, if any.
     pub fn send_each(
         &self,
-        sock: usize,
+        slot: usize,
         dst: SocketAddr,
         iovs: &mut [libc::iovec],
         per_msg: usize,
         hdrs: &mut Vec<libc::mmsghdr>,
     ) -> (usize, Option<io::Error>) {
-        let s = &self.socks[sock % self.socks.len()];
+        let s = self.by_slot(slot);
         let name = SockAddr::from(dst);
         let total = iovs.len() / per_msg.max(1);
         let mut sent = 0;
@@ -386,6 +434,7 @@ pub struct SendQueue {
 }
 
 impl SendQueue {
+    /// One queue per slot: `SendQueue::new(tx.slots())`.
     pub fn new(sockets: usize) -> Self {
         SendQueue {
             per_sock: (0..sockets).map(|_| Vec::with_capacity(BATCH)).collect(),
@@ -395,7 +444,7 @@ impl SendQueue {
         }
     }
 
-    /// Queue `item` on send socket `sock` (taken modulo the socket count).
+    /// Queue `item` on send socket slot `sock` ([`TxSockets::slot`]; taken modulo the count).
     #[inline]
     pub fn push(&mut self, sock: usize, item: TxItem) {
         let n = self.per_sock.len();
@@ -414,10 +463,11 @@ impl SendQueue {
         mut done: impl FnMut(&TxItem, io::Result<()>),
     ) {
         for (si, items) in self.per_sock.iter_mut().enumerate() {
-            let Some(sock) = socks.socks.get(si) else {
+            if si >= socks.slots() {
                 items.drain(..).for_each(|it| done(&it, Err(io::Error::other("no such send socket"))));
                 continue;
-            };
+            }
+            let sock = socks.by_slot(si);
             let mut rest: &[TxItem] = items;
             while !rest.is_empty() {
                 let chunk = &rest[..rest.len().min(BATCH)];

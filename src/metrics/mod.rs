@@ -47,6 +47,7 @@ struct Families {
     tunnel_bytes: IntCounterVec,
     drops: IntCounterVec,
     flooded: IntCounterVec,
+    partial_checksums: IntCounterVec,
     fdb_entries: IntGaugeVec,
     fdb_max_entries: IntGaugeVec,
     fdb_events: IntCounterVec,
@@ -100,6 +101,11 @@ impl Families {
                 "Frames flooded (broadcast, multicast or unknown unicast) to every other port of the network.",
                 &["network"],
             )?,
+            partial_checksums: counter(
+                "overlayd_partial_checksums_total",
+                "Frames from peers whose inner TCP/UDP checksum was left partial by the sender (a kernel peer on a link with checksum offload) and completed here.",
+                &["network"],
+            )?,
             fdb_entries: gauge("overlayd_fdb_entries", "MAC addresses in the network's forwarding table.", &["network"])?,
             fdb_max_entries: gauge(
                 "overlayd_fdb_max_entries",
@@ -149,7 +155,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 11] {
+    fn counters(&self) -> [&IntCounterVec; 12] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -157,6 +163,7 @@ impl Families {
             &self.tunnel_bytes,
             &self.drops,
             &self.flooded,
+            &self.partial_checksums,
             &self.fdb_events,
             &self.vm_connections,
             &self.pmtu_signals,
@@ -192,6 +199,7 @@ impl Families {
             self.tap_bytes.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_bytes);
             self.tap_bytes.with_label_values(&[net, "tx"]).inc_by(n.tap_tx_bytes);
             self.flooded.with_label_values(&[net]).inc_by(n.flooded_frames);
+            self.partial_checksums.with_label_values(&[net]).inc_by(n.partial_checksums);
             for (reason, v) in &n.drops {
                 self.drops.with_label_values(&[net, reason.as_str()]).inc_by(*v);
             }

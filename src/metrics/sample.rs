@@ -34,6 +34,9 @@ pub struct NetSample {
     pub tap_tx_frames: u64,
     pub tap_tx_bytes: u64,
     pub flooded_frames: u64,
+    /// Frames from peers whose partial inner checksum was completed.
+    #[serde(default)]
+    pub partial_checksums: u64,
     /// Reason label -> count; every reason of `DropReason::ALL` is present.
     pub drops: BTreeMap<String, u64>,
     pub fdb_entries: u64,
@@ -125,6 +128,14 @@ pub struct PeerSample {
     /// The peer is alive (packets or keepalives keep coming); false when down or never heard.
     #[serde(default)]
     pub up: bool,
+    /// The peer sent overlayd keepalives: it gets UDP GSO and checksummed datagrams; any other
+    /// peer (a kernel vxlan device, Open vSwitch) gets one datagram per segment.
+    #[serde(default)]
+    pub speaks_overlayd: bool,
+    /// The peer gets UDP GSO: it speaks overlayd, or its own stack sends offloaded packets
+    /// (partial checksums, whole TSO bursts: a kernel on a link that keeps offloads).
+    #[serde(default)]
+    pub gets_gso: bool,
 }
 
 fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
@@ -157,6 +168,8 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                         last_seen_ago_secs: ago,
                         last_seen_unix: ago.map(|a| unix_now - a),
                         up: p.liveness.state() == crate::core::liveness::PeerState::Up,
+                        speaks_overlayd: p.liveness.speaks_keepalive(),
+                        gets_gso: p.liveness.takes_gso(),
                     }
                 })
                 .collect();
@@ -169,6 +182,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                 tap_tx_frames: s.tap_tx_frames,
                 tap_tx_bytes: s.tap_tx_bytes,
                 flooded_frames: s.flooded_frames,
+                partial_checksums: s.partial_checksums,
                 drops: drop_map(&s.drops),
                 fdb_entries: net.fdb.len() as u64,
                 fdb_max_entries: net.fdb.config().max_entries as u64,
