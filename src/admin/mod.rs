@@ -165,6 +165,7 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                     .map(|i| {
                         let net = &fabric.networks[i].net;
                         let n = net.fdb.flush_all(now) as u64;
+                        net.neigh.clear();
                         tracing::info!(network = net.name(), flushed = n, "fdb flushed on admin request");
                         Flushed { network: net.name().to_string(), flushed: n }
                     })
@@ -210,6 +211,7 @@ mod tests {
                 fdb: FdbConfig::default(),
                 bum_pps_limit: None,
                 local_ports: 1,
+                arp_suppress: false,
             })),
             io: (),
         };

@@ -77,10 +77,26 @@ pub struct NetworkConfig {
     pub ttl: u8,
     /// DSCP of the outer header.
     pub dscp: Dscp,
+    /// `arp_suppress`: answer ARP requests and neighbour solicitations from local ports for
+    /// targets bound to a MAC behind a peer, instead of flooding them.
+    pub arp_suppress: bool,
+    /// `unknown_unicast`: what happens to unicast frames for a MAC not in the table.
+    pub unknown_unicast: UnknownUnicast,
     /// Where QEMU VMs connect as switch ports, if anywhere.
     pub vm_socket: Option<VmSocketConfig>,
     /// Where QEMU VMs send datagrams (`-netdev dgram`), if anywhere.
     pub vm_dgram_socket: Option<VmSocketConfig>,
+}
+
+/// What a network does with unicast frames for a MAC it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownUnicast {
+    /// Flood them like broadcast (a learning switch).
+    #[default]
+    Flood,
+    /// Drop them: only sound when every MAC is advertised through the cluster, so the config
+    /// refuses it until cluster MAC advertisement exists.
+    Drop,
 }
 
 /// Outer TTL / hop limit when the config sets none (the Linux default, `net.ipv4.ip_default_ttl`).

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawId, RawNetwork};
-use super::{Config, RunAs, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::{Config, RunAs, UnknownUnicast, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -237,7 +237,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, arp_suppress: n.arp_suppress.unwrap_or(false), unknown_unicast: UnknownUnicast::Flood };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -252,6 +252,16 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
     }
     if let Some(p) = n.bum_pps_limit {
         cfg.bum_pps_limit = Some(ranged(&format!("{at}.bum_pps_limit"), p, 1, 100_000_000, "flooded frames per second per port")? as u32);
+    }
+    match n.unknown_unicast.as_deref().map(str::trim) {
+        None | Some("flood") => {}
+        Some("drop") => {
+            return err(
+                format!("{at}.unknown_unicast"),
+                "\"drop\" needs cluster MAC advertisement (every MAC of the network known from the cluster), which this daemon does not have; use \"flood\"",
+            );
+        }
+        Some(other) => return err(format!("{at}.unknown_unicast"), format!("{other:?} is neither \"flood\" nor \"drop\"")),
     }
     if let Some(m) = n.mac_move_limit {
         cfg.fdb.move_limit = ranged(&format!("{at}.mac_move_limit"), m, 0, 1_000_000, "moves per window (0 = never pin)")? as u32;

@@ -179,6 +179,7 @@ mod tests {
                 fdb: FdbConfig::default(),
                 bum_pps_limit: None,
                 local_ports: 1,
+                arp_suppress: false,
             })),
             io: (),
         };

@@ -311,6 +311,7 @@ fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_p
         fdb,
         bum_pps_limit,
         local_ports,
+        arp_suppress: false,
     }
 }
 
@@ -763,6 +764,7 @@ fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
         },
         bum_pps_limit: None,
         local_ports: 2,
+        arp_suppress: false,
     }
 }
 

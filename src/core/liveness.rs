@@ -137,7 +137,12 @@ impl Network {
                 continue;
             }
             p.liveness.state.store(new as u8, Relaxed);
-            let flushed = if new == PeerState::Down { self.fdb.flush_port(Port::Peer(peer), now) } else { 0 };
+            let flushed = if new == PeerState::Down {
+                self.neigh.forget(crate::core::neigh::Source::Snooped(peer));
+                self.fdb.flush_port(Port::Peer(peer), now)
+            } else {
+                0
+            };
             changes.push(PeerChange { peer, state: new, silent_for: if new == PeerState::Up { Duration::ZERO } else { silent }, flushed });
         }
         changes

@@ -17,6 +17,7 @@ pub fn spec(local_ports: u16, peers: Vec<SocketAddr>) -> NetworkSpec {
         fdb: FdbConfig::default(),
         bum_pps_limit: None,
         local_ports,
+        arp_suppress: false,
     }
 }
 

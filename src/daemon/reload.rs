@@ -2,7 +2,7 @@
 //!
 //! - a network only in the running configuration is *removed*;
 //! - one only in the new configuration is *added*;
-//! - one whose peers, FDB settings or storm limit (and nothing else) changed is *updated*
+//! - one whose peers, FDB settings, storm limit or `arp_suppress` (and nothing else) changed is *updated*
 //!   in place: the core's next generation, see [`crate::core::handover`];
 //! - one with any other change (TAPs, address, MTU, VNI, encapsulation, UDP port, GRE
 //!   options, TTL, DSCP, VM sockets) is *restarted*: its ports close and open again;
@@ -28,6 +28,7 @@ fn only_core_differs(a: &NetworkConfig, b: &NetworkConfig) -> bool {
     b.peers.clone_from(&a.peers);
     b.fdb = a.fdb;
     b.bum_pps_limit = a.bum_pps_limit;
+    b.arp_suppress = a.arp_suppress;
     &b == a
 }
 

@@ -195,6 +195,7 @@ mod tests {
             fdb: FdbConfig::default(),
             bum_pps_limit: None,
             local_ports: 1,
+            arp_suppress: false,
         });
         Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])
     }
