@@ -60,6 +60,7 @@ fn network(peers: usize, max_entries: usize) -> Network {
         fdb: FdbConfig { max_entries, ..FdbConfig::default() },
         bum_pps_limit: None,
         local_ports: 1,
+        arp_suppress: false,
     })
 }
 

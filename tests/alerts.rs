@@ -246,6 +246,7 @@ impl Exported {
                 fdb: FdbConfig::default(),
                 bum_pps_limit: None,
                 local_ports: 1,
+                arp_suppress: false,
             });
             let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
             overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0)

@@ -524,6 +524,30 @@ mod tests {
     }
 
     #[test]
+    fn arp_suppress_is_off_by_default_set_in_the_file_or_the_environment() {
+        let n = &parse(GOOD).unwrap().networks[0];
+        assert!(!n.arp_suppress);
+        assert_eq!(n.unknown_unicast, UnknownUnicast::Flood);
+        let c = parse(&GOOD.replace("vni = 42", "vni = 42\narp_suppress = true\nunknown_unicast = \"flood\"")).unwrap();
+        assert!(c.networks[0].arp_suppress);
+        let env = vec![("OVERLAYD__NETWORKS__0__ARP_SUPPRESS".to_string(), "true".to_string())];
+        assert!(from_str_with_env(GOOD, env).unwrap().networks[0].arp_suppress, "per-network keys from the environment");
+        let env = vec![("OVERLAYD__NETWORKS__0__UNKNOWN_UNICAST".to_string(), "drop".to_string())];
+        let p = from_str_with_env(GOOD, env).unwrap_err().to_string();
+        assert!(p.starts_with("networks[0].unknown_unicast:"), "{p}");
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\narp_suppress = \"maybe\""));
+        assert!(p.contains("arp_suppress"), "{p}");
+    }
+
+    #[test]
+    fn unknown_unicast_drop_is_refused_until_macs_come_from_the_cluster() {
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"drop\""));
+        assert!(p.starts_with("networks[0].unknown_unicast:") && p.contains("cluster MAC advertisement"), "{p}");
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"discard\""));
+        assert!(p.starts_with("networks[0].unknown_unicast:"), "{p}");
+    }
+
+    #[test]
     fn storm_and_move_damping_keys_have_rfc_defaults_and_name_their_key() {
         let n = &parse(GOOD).unwrap().networks[0];
         assert_eq!(n.bum_pps_limit, None, "storm control is off by default");

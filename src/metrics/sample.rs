@@ -48,6 +48,34 @@ pub struct NetSample {
     /// VM connections since start: (connected, disconnected, refused).
     #[serde(default)]
     pub vm_connections: VmConnectionCounts,
+    /// IP → MAC bindings held for ARP/ND suppression.
+    #[serde(default)]
+    pub neigh_bindings: u64,
+    /// ARP requests / neighbour solicitations answered (hit) or flooded for want of a
+    /// binding (miss), by family.
+    #[serde(default)]
+    pub neigh_suppressed: NeighSuppressedCounts,
+}
+
+/// `overlayd_neigh_suppressed_total{family,result}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighSuppressedCounts {
+    pub ipv4_hit: u64,
+    pub ipv4_miss: u64,
+    pub ipv6_hit: u64,
+    pub ipv6_miss: u64,
+}
+
+impl NeighSuppressedCounts {
+    /// (family label, result label, count), in a fixed order.
+    pub fn labelled(&self) -> [(&'static str, &'static str, u64); 4] {
+        [
+            ("ipv4", "hit", self.ipv4_hit),
+            ("ipv4", "miss", self.ipv4_miss),
+            ("ipv6", "hit", self.ipv6_hit),
+            ("ipv6", "miss", self.ipv6_miss),
+        ]
+    }
 }
 
 /// `overlayd_vm_connections_total{event}`.
@@ -169,6 +197,11 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     connected: net.vm_ports.connects.load(Relaxed),
                     disconnected: net.vm_ports.disconnects.load(Relaxed),
                     refused: net.vm_ports.refused.load(Relaxed),
+                },
+                neigh_bindings: net.neigh.len() as u64,
+                neigh_suppressed: {
+                    let [ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss] = net.neigh.counters.snapshot();
+                    NeighSuppressedCounts { ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss }
                 },
             }
         })
