@@ -14,7 +14,8 @@
 #     solicitation for h2 is answered locally, ZERO solicitations reach the underlay, ping6 passes;
 #   - a stale binding is not used: once h2's daemon is stopped and h1's daemon declared that
 #     peer down, an ARP request for h2 floods again (seen on the underlay) and counts as a miss;
-#   - overlayd_neigh_suppressed_total{family,result} and overlayd_neigh_bindings say so.
+#   - overlayd_neigh_suppressed_total{family,result} and overlayd_neigh_bindings say so, and
+#     `overlayd fdb` lists the binding with the peer it came from.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
@@ -65,6 +66,9 @@ wait_ping "${H[1]}" "${O[2]}"
 has_binding() { (($(m1 "$bindings") >= 1)); }
 wait_until -t 5 has_binding || die "h1's daemon learned no binding from h2's ARP reply"
 info "bindings on h1 after the first exchange: $(m1 "$bindings")"
+"$OVERLAYD_BIN" fdb --admin "$WORK/h1.sock" --network blue --json >"$WORK/fdb.json"
+assert_eq "overlayd fdb --json: ${O[2]} is bound to" "$MAC2 snooped ${U[2]}" \
+  "$(jq -r --arg ip "${O[2]}" '.[0].neighbours[] | select(.ip == $ip) | "\(.mac) \(.source) \(.peer)"' "$WORK/fdb.json")"
 
 log "h1 forgets h2 (ip neigh flush) and asks again: answered on h1's TAP, nothing on the underlay"
 ns_exec "${H[1]}" ip neigh flush dev "$TAP"
