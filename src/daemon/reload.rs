@@ -141,6 +141,15 @@ peers = ["192.0.2.2"]
     }
 
     #[test]
+    fn arp_suppress_changes_in_place() {
+        let running = cfg(BASE);
+        let new = cfg(&BASE.replace("tap = \"b0\"", "tap = \"b0\"\narp_suppress = true"));
+        let plan = Plan::new(&running.networks, &new.networks);
+        assert_eq!(plan.updated.iter().map(|n| (n.name.as_str(), n.arp_suppress)).collect::<Vec<_>>(), [("blue", true)]);
+        assert!(plan.restarted.is_empty());
+    }
+
+    #[test]
     fn removed_and_unchanged() {
         let running = cfg(BASE);
         let text = BASE.split("[[networks]]\nname = \"red\"").next().unwrap_or_default();
