@@ -22,6 +22,8 @@
 //!   the answer that comes back through the tunnel rebinds it. A binding is therefore never
 //!   used for a MAC on the asking port's own side.
 //!
+//! Only untagged frames are snooped and answered: an 802.1Q-tagged request floods as before.
+//!
 //! Cost: only ARP and ICMPv6 neighbour discovery frames are looked at (two byte compares on
 //! every other frame), and only when the network has `arp_suppress = true`. The table is a
 //! hash map under a mutex (touched only by those frames), reserved at creation for
