@@ -12,6 +12,8 @@
 #     leg, and pings h1 -> h2 pass;
 #   - the same for IPv6: after a first neighbour solicitation/advertisement h1 <-> h2, a new
 #     solicitation for h2 is answered locally, ZERO solicitations reach the underlay, ping6 passes;
+#   - arp_suppress is reloaded in place (SIGHUP: updated, not restarted): off, the next ARP for
+#     h2 floods to the underlay; on again, the next exchange binds h2 again;
 #   - a stale binding is not used: once h2's daemon is stopped and h1's daemon declared that
 #     peer down, an ARP request for h2 floods again (seen on the underlay) and counts as a miss;
 #   - overlayd_neigh_suppressed_total{family,result} and overlayd_neigh_bindings say so, and
@@ -108,6 +110,31 @@ n=$(capture_count tap6 "ether src $MAC2 and icmp6 and ip6[40] = 136 and ip6[44] 
 assert_ge "solicited neighbour advertisements from h2's MAC on h1's TAP" 1 "$n"
 h1=$(m1 "$hits6")
 assert_ge "overlayd_neigh_suppressed_total ipv6 hit on h1 (was $h0)" $((h0 + 1)) "$h1"
+
+log "reload in place: arp_suppress off on h1 (SIGHUP), the next ARP for h2 floods; on again"
+applied_at_least() { (($(grep -c "reload applied" "${_DAEMON_LOG[d1]}" || true) >= $1)); }
+reload_h1() { # N SETTING - rewrite arp_suppress in h1's config, SIGHUP, wait for the Nth applied line
+  sed -i "s/^arp_suppress = .*/arp_suppress = $2/" "$WORK/h1.toml"
+  kill -HUP "${_DAEMON_PID[d1]}" || die "cannot signal d1"
+  wait_until -t 10 applied_at_least "$1" || die "reload $1 of h1 was not applied"
+  local line
+  line=$(grep "reload applied" "${_DAEMON_LOG[d1]}" | sed -n "${1}p")
+  [[ $line == *'updated=["blue"]'* && $line == *'restarted=[]'* ]] || die "arp_suppress = $2 was not applied in place: $line"
+  ok "arp_suppress = $2 applied in place: ${line#*INFO }"
+}
+reload_h1 1 false
+assert_eq "bindings on h1 with arp_suppress off" 0 "$(m1 "$bindings")"
+ns_exec "${H[1]}" ip neigh flush dev "$TAP"
+capture_start r1 "${H[1]}" "${PREFIX}u1" "${inner_bcast[@]}"
+ping_ok "${H[1]}" "${O[2]}" 2
+capture_stop r1
+assert_ge "VXLAN packets carrying a broadcast frame on h1's underlay leg, suppression off" 1 "$(capture_count r1)"
+reload_h1 2 true
+# the next exchange binds h2 again
+ns_exec "${H[1]}" ip neigh flush dev "$TAP"
+wait_ping "${H[1]}" "${O[2]}"
+wait_until -t 5 has_binding || die "h1's daemon learned no binding after arp_suppress was turned on again"
+ok "h2 bound again on h1 after arp_suppress came back on"
 
 log "stale: h2's daemon stops; once h1's daemon declares it down, ARP for h2 floods again"
 stop_daemon d2
