@@ -62,6 +62,7 @@ fn network(peers: usize, max_entries: usize) -> Network {
         local_ports: 1,
         mss_clamp: false,
         pmtu_sources: Default::default(),
+        arp_suppress: false,
     })
 }
 
@@ -202,5 +203,55 @@ fn pmtu(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, encap_decap, fdb, batch, pmtu);
+/// ARP/ND suppression, side by side with what it replaces: the snooping cost on every frame
+/// from a peer (arp_suppress off vs on), and answering an ARP request locally vs the flood
+/// decision alone (which then costs one tunnel packet per peer on top).
+fn neigh(c: &mut Criterion) {
+    let (off, on) = (network(2, 8192), network_suppressing(2, 8192));
+    let frames: Vec<Vec<u8>> = (0..64).map(|i| tcp_frame(1398, i)).collect();
+    let mut g = c.benchmark_group("neigh");
+    g.throughput(Throughput::Elements(64));
+    for (name, net) in [("batch_64_from_peer_suppress_off", &off), ("batch_64_from_peer_suppress_on", &on)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                for f in &frames {
+                    black_box(net.from_peer(PeerIdx(1), f, NOW));
+                }
+            })
+        });
+    }
+    // 198.51.100.2 bound to 02:00:00:00:00:02 behind peer 1; a local host asks for it
+    let asker = [2u8, 0, 0, 0, 0, 1];
+    let arp = |op: u8, dst: [u8; 6], sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]| -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&sha);
+        f[12..22].copy_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, op]);
+        f[22..28].copy_from_slice(&sha);
+        f[28..32].copy_from_slice(&spa);
+        f[38..42].copy_from_slice(&tpa);
+        f
+    };
+    let reply = arp(2, asker, [2, 0, 0, 0, 0, 2], [198, 51, 100, 2], [198, 51, 100, 1]);
+    on.from_peer(PeerIdx(1), &reply, NOW);
+    let req = arp(1, [0xff; 6], asker, [198, 51, 100, 1], [198, 51, 100, 2]);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("arp_request_flood_decision", |b| b.iter(|| black_box(off.from_local(LocalPort(0), black_box(&req), NOW))));
+    let mut out = [0u8; overlayd::core::neigh::REPLY_MAX];
+    g.bench_function("arp_request_answered", |b| {
+        b.iter(|| {
+            black_box(on.from_local(LocalPort(0), black_box(&req), NOW));
+            black_box(on.answer_neigh(&req, &mut out, NOW))
+        })
+    });
+    g.finish();
+}
+
+fn network_suppressing(peers: usize, max_entries: usize) -> Network {
+    let mut spec = network(peers, max_entries).spec;
+    spec.arp_suppress = true;
+    Network::new(spec)
+}
+
+criterion_group!(benches, parse, encap_decap, fdb, batch, pmtu, neigh);
 criterion_main!(benches);

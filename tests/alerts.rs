@@ -248,6 +248,7 @@ impl Exported {
                 local_ports: 1,
                 mss_clamp: false,
                 pmtu_sources: Default::default(),
+                arp_suppress: false,
             });
             let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
             overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0)

@@ -75,6 +75,7 @@ fn check_names_the_key_and_the_problem() {
         (GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.300\""), "node.underlay"),
         (GOOD.replace("peers = [\"192.0.2.2\"]", "peers = [\"192.0.2.2\"]\ncolour = \"red\""), "colour"),
         (GOOD.replace("encap = \"vxlan\"", "encap = \"nvgre\""), "networks[0].encap"),
+        (GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"drop\""), "networks[0].unknown_unicast"),
         (GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\nuser = \"no-such-user-here\""), "node.user"),
         (GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\nuser = \"root\"\ngroup = \"no-such-group-here\""), "node.group"),
     ];

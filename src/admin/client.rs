@@ -112,6 +112,16 @@ fn fdb_table(tables: &[FdbTable]) -> String {
     let n: usize = tables.iter().map(|t| t.entries.len()).sum();
     let mut out = table(&rows);
     out.push_str(&format!("{n} entr{} in {} network{}\n", if n == 1 { "y" } else { "ies" }, tables.len(), if tables.len() == 1 { "" } else { "s" }));
+    if tables.iter().any(|t| !t.neighbours.is_empty()) {
+        let mut rows = vec![["NETWORK", "IP", "MAC", "SOURCE", "AGE"].map(String::from).to_vec()];
+        for t in tables {
+            for b in &t.neighbours {
+                rows.push(vec![t.network.clone(), b.ip.clone(), b.mac.clone(), format!("{} peer {}", b.source, b.peer), secs(b.age_secs)]);
+            }
+        }
+        out.push('\n');
+        out.push_str(&table(&rows));
+    }
     out
 }
 
@@ -181,6 +191,7 @@ mod tests {
                 FdbEntry { mac: "02:00:00:00:00:0a".into(), kind: "local".into(), port: "ovl-blue".into(), entry_type: "learned".into(), age_secs: 1.25 },
                 FdbEntry { mac: "02:00:00:00:00:0b".into(), kind: "peer".into(), port: "192.0.2.2".into(), entry_type: "learned".into(), age_secs: 75.0 },
             ],
+            neighbours: vec![],
         }];
         let s = fdb_table(&t);
         let lines: Vec<&str> = s.lines().collect();
@@ -188,6 +199,22 @@ mod tests {
         assert_eq!(lines[1], "blue     02:00:00:00:00:0a  ovl-blue        learned  1.2s");
         assert_eq!(lines[2], "blue     02:00:00:00:00:0b  peer 192.0.2.2  learned  75s");
         assert_eq!(lines[3], "2 entries in 1 network");
+        assert_eq!(lines.len(), 4, "no neighbour table without bindings");
+    }
+
+    #[test]
+    fn fdb_table_lists_the_neighbour_bindings_after_the_macs() {
+        use crate::admin::NeighEntry;
+        let t = vec![FdbTable {
+            network: "blue".into(),
+            ageing_secs: 300,
+            entries: vec![],
+            neighbours: vec![NeighEntry { ip: "198.51.100.2".into(), mac: "02:00:00:00:00:0b".into(), source: "snooped".into(), peer: "192.0.2.2".into(), age_secs: 3.0 }],
+        }];
+        let s = fdb_table(&t);
+        let lines: Vec<&str> = s.lines().collect();
+        assert_eq!(lines[3], "NETWORK  IP            MAC                SOURCE                  AGE");
+        assert_eq!(lines[4], "blue     198.51.100.2  02:00:00:00:00:0b  snooped peer 192.0.2.2  3.0s");
     }
 
     #[test]

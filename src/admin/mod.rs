@@ -89,6 +89,22 @@ pub struct FdbTable {
     pub network: String,
     pub ageing_secs: u64,
     pub entries: Vec<FdbEntry>,
+    /// IP → MAC bindings for ARP/ND suppression (`arp_suppress` networks).
+    #[serde(default)]
+    pub neighbours: Vec<NeighEntry>,
+}
+
+/// One binding of `overlayd fdb`'s neighbour table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeighEntry {
+    pub ip: String,
+    pub mac: String,
+    /// "snooped" (from ARP/ND that came through the tunnel).
+    pub source: String,
+    /// The peer it was learned from (underlay address).
+    pub peer: String,
+    /// Seconds since the binding was last seen.
+    pub age_secs: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,7 +168,18 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                                 FdbEntry { mac: r.mac.to_string(), kind: kind.into(), port, entry_type: "learned".into(), age_secs: r.age.as_secs_f64() }
                             })
                             .collect();
-                        FdbTable { network: e.net.name().to_string(), ageing_secs: e.net.fdb.config().ageing.as_secs(), entries }
+                        let neighbours = e
+                            .net
+                            .neigh
+                            .rows(now)
+                            .into_iter()
+                            .map(|r| {
+                                let crate::core::neigh::Source::Snooped(p) = r.source;
+                                let peer = e.net.peers.get(usize::from(p.0)).map_or_else(|| format!("peer#{}", p.0), |p| p.addr.ip().to_string());
+                                NeighEntry { ip: r.ip.to_string(), mac: r.mac.to_string(), source: "snooped".into(), peer, age_secs: r.age.as_secs_f64() }
+                            })
+                            .collect();
+                        FdbTable { network: e.net.name().to_string(), ageing_secs: e.net.fdb.config().ageing.as_secs(), entries, neighbours }
                     })
                     .collect::<Vec<_>>(),
             ),
@@ -165,6 +192,7 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                     .map(|i| {
                         let net = &fabric.networks[i].net;
                         let n = net.fdb.flush_all(now) as u64;
+                        net.neigh.clear();
                         tracing::info!(network = net.name(), flushed = n, "fdb flushed on admin request");
                         Flushed { network: net.name().to_string(), flushed: n }
                     })
@@ -212,6 +240,7 @@ mod tests {
                 local_ports: 1,
                 mss_clamp: false,
                 pmtu_sources: Default::default(),
+                arp_suppress: false,
             })),
             io: (),
         };

@@ -77,12 +77,28 @@ pub struct NetworkConfig {
     pub ttl: u8,
     /// DSCP of the outer header.
     pub dscp: Dscp,
+    /// `arp_suppress`: answer ARP requests and neighbour solicitations from local ports for
+    /// targets bound to a MAC behind a peer, instead of flooding them.
+    pub arp_suppress: bool,
+    /// `unknown_unicast`: what happens to unicast frames for a MAC not in the table.
+    pub unknown_unicast: UnknownUnicast,
     /// Where QEMU VMs connect as switch ports, if anywhere.
     pub vm_socket: Option<VmSocketConfig>,
     /// Where QEMU VMs send datagrams (`-netdev dgram`), if anywhere.
     pub vm_dgram_socket: Option<VmSocketConfig>,
     /// Lower the MSS of TCP SYNs from local ports to fit the MTU.
     pub mss_clamp: bool,
+}
+
+/// What a network does with unicast frames for a MAC it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownUnicast {
+    /// Flood them like broadcast (a learning switch).
+    #[default]
+    Flood,
+    /// Drop them: only sound when every MAC is advertised through the cluster, so the config
+    /// refuses it until cluster MAC advertisement exists.
+    Drop,
 }
 
 /// Outer TTL / hop limit when the config sets none (the Linux default, `net.ipv4.ip_default_ttl`).
@@ -145,9 +161,22 @@ pub fn load_with_env(path: &Path, env: impl IntoIterator<Item = (String, String)
 /// Parse and validate config text.
 pub fn from_str_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
     use config::{Environment, File, FileFormat};
-    let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("OVERLAYD__")).collect();
-    let built = config::Config::builder()
-        .add_source(File::from_str(text, FileFormat::Toml))
+    let mut env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("OVERLAYD__")).collect();
+    // keys of one network (`OVERLAYD__NETWORKS__0__ARP_SUPPRESS`): the environment source
+    // would turn `networks` into a table, so these are set by path (`networks[0].arp_suppress`)
+    let mut by_path = Vec::new();
+    env.retain(|k, v| match network_key_path(k) {
+        Some(path) => {
+            by_path.push((path, v.clone()));
+            false
+        }
+        None => true,
+    });
+    let mut builder = config::Config::builder().add_source(File::from_str(text, FileFormat::Toml));
+    for (path, v) in by_path {
+        builder = builder.set_override(path, v).map_err(ConfigError::from_config)?;
+    }
+    let built = builder
         .add_source(
             Environment::with_prefix("OVERLAYD")
                 .prefix_separator("__")
@@ -159,4 +188,12 @@ pub fn from_str_with_env(text: &str, env: impl IntoIterator<Item = (String, Stri
         .map_err(ConfigError::from_config)?;
     let raw: raw::Raw = built.try_deserialize().map_err(ConfigError::from_config)?;
     validate::validate(raw)
+}
+
+/// `OVERLAYD__NETWORKS__<i>__<KEY>` → `networks[<i>].<key>`.
+fn network_key_path(var: &str) -> Option<String> {
+    let rest = var.strip_prefix("OVERLAYD__NETWORKS__")?;
+    let (i, key) = rest.split_once("__")?;
+    let i: usize = i.parse().ok()?;
+    (!key.is_empty() && !key.contains("__")).then(|| format!("networks[{i}].{}", key.to_ascii_lowercase()))
 }

@@ -62,6 +62,10 @@ pub struct RawNetwork {
     pub fdb_max_entries: Option<i64>,
     /// Flooded frames per second accepted from each port; absent = no limit.
     pub bum_pps_limit: Option<i64>,
+    /// Answer ARP requests / neighbour solicitations from known bindings (default false).
+    pub arp_suppress: Option<bool>,
+    /// "flood" (default) or "drop" (needs every MAC from cluster advertisement).
+    pub unknown_unicast: Option<String>,
     /// Moves within `mac_move_window_secs` after which a MAC is pinned (0 = never).
     pub mac_move_limit: Option<i64>,
     pub mac_move_window_secs: Option<i64>,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawId, RawNetwork};
-use super::{Config, RunAs, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::{Config, RunAs, UnknownUnicast, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -237,7 +237,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false) };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false), arp_suppress: n.arp_suppress.unwrap_or(false), unknown_unicast: UnknownUnicast::Flood };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -252,6 +252,16 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
     }
     if let Some(p) = n.bum_pps_limit {
         cfg.bum_pps_limit = Some(ranged(&format!("{at}.bum_pps_limit"), p, 1, 100_000_000, "flooded frames per second per port")? as u32);
+    }
+    match n.unknown_unicast.as_deref().map(str::trim) {
+        None | Some("flood") => {}
+        Some("drop") => {
+            return err(
+                format!("{at}.unknown_unicast"),
+                "\"drop\" needs cluster MAC advertisement (every MAC of the network known from the cluster), which this daemon does not have; use \"flood\"",
+            );
+        }
+        Some(other) => return err(format!("{at}.unknown_unicast"), format!("{other:?} is neither \"flood\" nor \"drop\"")),
     }
     if let Some(m) = n.mac_move_limit {
         cfg.fdb.move_limit = ranged(&format!("{at}.mac_move_limit"), m, 0, 1_000_000, "moves per window (0 = never pin)")? as u32;
@@ -522,6 +532,30 @@ mod tests {
         assert!(problem(&twice).starts_with("networks[1].vni:"));
         let twice = twice.replace("vni = 42\ntap = \"ovl-red\"", "vni = 43\ntap = \"ovl-blue\"");
         assert!(problem(&twice).starts_with("networks[1].tap:"));
+    }
+
+    #[test]
+    fn arp_suppress_is_off_by_default_set_in_the_file_or_the_environment() {
+        let n = &parse(GOOD).unwrap().networks[0];
+        assert!(!n.arp_suppress);
+        assert_eq!(n.unknown_unicast, UnknownUnicast::Flood);
+        let c = parse(&GOOD.replace("vni = 42", "vni = 42\narp_suppress = true\nunknown_unicast = \"flood\"")).unwrap();
+        assert!(c.networks[0].arp_suppress);
+        let env = vec![("OVERLAYD__NETWORKS__0__ARP_SUPPRESS".to_string(), "true".to_string())];
+        assert!(from_str_with_env(GOOD, env).unwrap().networks[0].arp_suppress, "per-network keys from the environment");
+        let env = vec![("OVERLAYD__NETWORKS__0__UNKNOWN_UNICAST".to_string(), "drop".to_string())];
+        let p = from_str_with_env(GOOD, env).unwrap_err().to_string();
+        assert!(p.starts_with("networks[0].unknown_unicast:"), "{p}");
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\narp_suppress = \"maybe\""));
+        assert!(p.contains("arp_suppress"), "{p}");
+    }
+
+    #[test]
+    fn unknown_unicast_drop_is_refused_until_macs_come_from_the_cluster() {
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"drop\""));
+        assert!(p.starts_with("networks[0].unknown_unicast:") && p.contains("cluster MAC advertisement"), "{p}");
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"discard\""));
+        assert!(p.starts_with("networks[0].unknown_unicast:"), "{p}");
     }
 
     #[test]

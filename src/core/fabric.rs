@@ -181,6 +181,7 @@ mod tests {
                 local_ports: 1,
                 mss_clamp: false,
                 pmtu_sources: Default::default(),
+                arp_suppress: false,
             })),
             io: (),
         };

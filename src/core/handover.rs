@@ -20,6 +20,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::neigh::Source;
 use super::network::{Network, NetworkSpec};
 use super::stats::NetSnapshot;
 use super::time::Instant;
@@ -32,6 +33,8 @@ pub struct Handover {
     pub peer_map: Vec<Option<usize>>,
     stats: NetSnapshot,
     vm: [u64; 4],
+    /// ARP/ND suppression counts taken over.
+    neigh: [u64; 4],
 }
 
 fn vm_counts(n: &Network) -> [u64; 4] {
@@ -76,11 +79,15 @@ impl Network {
             }
         }
         new.fdb.take_over(&self.fdb, map_port(&peer_map), now);
+        new.neigh.take_over(&self.neigh, |s| match s {
+            Source::Snooped(p) => peer_map.get(usize::from(p.0)).copied().flatten().map(|n| Source::Snooped(PeerIdx(n as u16))),
+        });
+        let neigh = self.neigh.counters.snapshot();
         let stats = self.stats.snapshot();
         new.stats.absorb(&stats, &peer_map);
         let vm = vm_counts(self);
         add_since(&vm_counters(&new), &vm, &[0; 4]);
-        (new, Handover { peer_map, stats, vm })
+        (new, Handover { peer_map, stats, vm, neigh })
     }
 }
 
@@ -91,6 +98,7 @@ impl Handover {
     pub fn finish(self, old: &Network, new: &Network, now: Instant) -> usize {
         new.stats.absorb(&old.stats.snapshot().since(&self.stats), &self.peer_map);
         add_since(&vm_counters(new), &vm_counts(old), &self.vm);
+        new.neigh.counters.add_since(&old.neigh.counters.snapshot(), &self.neigh);
         for (o, to) in old.peers.iter().zip(&self.peer_map) {
             if let Some(q) = to.and_then(|i| new.peers.get(i)) {
                 q.last_seen.fetch_max(o.last_seen.load(Relaxed), Relaxed);

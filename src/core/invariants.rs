@@ -17,8 +17,9 @@
 //!   framing error) as a straightforward reading of the stream, however the bytes are split
 //!   across reads.
 //! - [`check_node`]: one whole node (the networks of a [`Fabric`]) driven by an arbitrary
-//!   sequence of underlay datagrams, TAP frames, clock steps, ageing sweeps and peer flushes,
-//!   checking the switch's promises after every step (see [`Node`]).
+//!   sequence of underlay datagrams, TAP frames (ARP among them), clock steps, ageing sweeps and
+//!   peer flushes, checking the switch's promises after every step (see [`Node`]), ARP/ND
+//!   suppression's included: an answer only ever names a MAC the FDB has behind a peer.
 //! - [`check_reload`]: one network through reloads that change its peers and table, each
 //!   handed over to the next generation while the old one still takes frames.
 //! - [`check_pmtu`]: a "too big" reply to any frame is a well-formed frame back to its sender
@@ -318,6 +319,7 @@ fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_p
         local_ports,
         mss_clamp: false,
         pmtu_sources: Default::default(),
+        arp_suppress: false,
     }
 }
 
@@ -336,12 +338,17 @@ impl Node {
             move_window: Duration::from_secs(window),
         };
         let gre = |key, checksum| Encap::Gre(GreOptions { key, checksum });
+        // blue and keyless answer ARP/ND from snooped bindings
+        let suppress = |mut s: NetworkSpec| {
+            s.arp_suppress = true;
+            s
+        };
         let specs = [
-            (spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2], 2, small(8, 3, 10), Some(20)), 4789),
+            (suppress(spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2], 2, small(8, 3, 10), Some(20))), 4789),
             (spec("red", Encap::Vxlan, 43, 4789, &ADDRS[1..3], 1, small(4, 5, 180), None), 4789),
             (spec("green", Encap::Vxlan, 42, 4790, &ADDRS[4..5], 3, small(6, 1, 2), Some(1)), 4790),
             (spec("keyed", gre(true, true), 43, 0, &[ADDRS[0], ADDRS[2]], 1, small(5, 2, 5), Some(5)), 0),
-            (spec("keyless", gre(false, false), 0, 0, &ADDRS[1..2], 2, small(5, 0, 1), None), 0),
+            (suppress(spec("keyless", gre(false, false), 0, 0, &ADDRS[1..2], 2, small(5, 0, 1), None)), 0),
         ];
         let ports: Vec<u16> = specs.iter().map(|(_, p)| *p).collect();
         let networks: Vec<NetEntry<()>> =
@@ -374,11 +381,22 @@ impl Node {
         let dst = mac(d, inp);
         let src = mac(s, inp);
         // payload of zeros (no input spent on it); long enough to cross the MTU of 200
-        let len = 14 + 2 * usize::from(inp.u8());
+        let l = inp.u8();
+        let len = 14 + 2 * usize::from(l);
         let mut f = vec![0u8; len];
         f[0..6].copy_from_slice(&dst.0);
         f[6..12].copy_from_slice(&src.0);
         f[12..14].copy_from_slice(&ethernet::ethertype::IPV4.to_be_bytes());
+        if d >> 6 == 2 {
+            // an ARP request (to broadcast) or reply between pool addresses 198.51.100.0..=15,
+            // from the frame's source MAC (for ARP/ND suppression: snooped, answered)
+            f.resize(len.max(42), 0);
+            f[12..22].copy_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, if dst.is_broadcast() { 1 } else { 2 }]);
+            f[22..28].copy_from_slice(&src.0);
+            f[28..32].copy_from_slice(&[198, 51, 100, s & 0x0f]);
+            f[32..38].copy_from_slice(&if dst.is_broadcast() { [0; 6] } else { dst.0 });
+            f[38..42].copy_from_slice(&[198, 51, 100, l & 0x0f]);
+        }
         f
     }
 
@@ -429,6 +447,7 @@ impl Node {
                 // the control path's tick: ageing, and the pin events it logs
                 for e in &self.fabric.networks {
                     e.net.fdb.sweep(now);
+                    e.net.sweep_neigh(now);
                     for c in e.net.check_peers(now) {
                         let port = Port::Peer(c.peer);
                         if c.state == super::liveness::PeerState::Down {
@@ -589,6 +608,26 @@ impl Node {
         net.stats.tap_rx(super::stats::Shard::LOCAL, frame.len());
         let action = net.from_local(port, frame, self.now());
         self.check_action(idx, Port::Local(port), frame, action);
+        if action == Action::Flood {
+            self.check_answer(&net, Port::Local(port), frame);
+        }
+    }
+
+    /// ARP/ND suppression answers only for a target whose MAC the FDB has behind a peer (never
+    /// one on the asking side), to the asker, within the reply buffer.
+    fn check_answer(&self, net: &Network, ingress: Port, frame: &[u8]) {
+        let now = self.now();
+        let mut out = [0xa5u8; super::neigh::REPLY_MAX];
+        let Some(len) = net.answer_neigh(frame, &mut out, now) else { return };
+        assert!(net.spec.arp_suppress, "{}: answered without arp_suppress", net.name());
+        assert!(len == super::neigh::ARP_REPLY_LEN || len == super::neigh::REPLY_MAX, "answer of {len} bytes");
+        let owner = MacAddr::from_bytes(&out[6..12]).expect("six bytes");
+        let on = net.fdb.lookup(owner, now);
+        assert!(matches!(on, Some(Port::Peer(_))), "{}: answered for {owner}, which the FDB has on {on:?}", net.name());
+        assert_ne!(on, Some(ingress));
+        let asker = EthernetFrame::new_checked(frame).expect("answered frame has a header").src();
+        let dst = MacAddr::from_bytes(&out[0..6]).expect("six bytes");
+        assert!(dst == asker || dst == MacAddr([0x33, 0x33, 0, 0, 0, 1]), "answer to {dst}, asked by {asker}");
     }
 
     fn check_action(&mut self, idx: usize, ingress: Port, frame: &[u8], action: Action) {
@@ -698,6 +737,7 @@ impl Node {
             let cap = fdb.config().max_entries;
             let len = fdb.len();
             assert!(len <= cap, "{}: FDB holds {len} entries, cap {cap}", e.net.name());
+            assert!(e.net.neigh.len() <= cap, "{}: {} bindings, cap {cap}", e.net.name(), e.net.neigh.len());
             let ports = (0..e.net.spec.local_ports)
                 .map(|l| Port::Local(LocalPort(l)))
                 .chain((0..e.net.peers.len() as u16).map(|p| Port::Peer(PeerIdx(p))));
@@ -772,6 +812,7 @@ fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
         local_ports: 2,
         mss_clamp: false,
         pmtu_sources: Default::default(),
+        arp_suppress: false,
     }
 }
 
@@ -965,5 +1006,40 @@ pub fn check_pmtu(data: &[u8]) {
         if was_ok {
             assert!(TcpSeg::parse(&f).is_some_and(|s| s.checksums_ok(&f)), "checksums broken by clamping");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::neigh::Family;
+
+    fn arp(op: u8, dst: [u8; 6], sha: [u8; 6], spa: u8, tpa: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 42];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&sha);
+        f[12..22].copy_from_slice(&[8, 6, 0, 1, 8, 0, 6, 4, 0, op]);
+        f[22..28].copy_from_slice(&sha);
+        f[28..32].copy_from_slice(&[198, 51, 100, spa]);
+        if op == 2 {
+            f[32..38].copy_from_slice(&dst);
+        }
+        f[38..42].copy_from_slice(&[198, 51, 100, tpa]);
+        f
+    }
+
+    #[test]
+    fn the_node_checks_reach_an_answered_arp_request() {
+        let mut node = Node::new();
+        let (asker, remote) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        // blue (VNI 42 on 4789, peers ADDRS[0..2]): remote answers through the tunnel
+        let mut d = vec![0u8; vxlan::HEADER_LEN];
+        vxlan::emit(&mut d, Vni::new_unchecked(42));
+        d.extend_from_slice(&arp(2, asker, remote, 2, 1));
+        node.underlay(ADDRS[0], 4789, &d);
+        node.local(0, 0, &arp(1, [0xff; 6], asker, 1, 2));
+        let blue = &node.fabric.networks[0].net;
+        assert_eq!(blue.neigh.counters.get(Family::V4, true), 1, "answered (and checked) once");
+        node.check_tables();
     }
 }

@@ -17,6 +17,7 @@ use super::stats::{DropReason, NetStats, Shard};
 use super::storm::StormControl;
 use super::liveness::{Liveness, is_keepalive};
 use super::pmtu::Sources;
+use super::neigh::{NeighTable, Source};
 use super::time::Instant;
 use super::wire::ethernet::{EthernetFrame, HEADER_LEN};
 use super::{Encap, LocalPort, PeerIdx, Port, Vni};
@@ -41,6 +42,8 @@ pub struct NetworkSpec {
     pub mss_clamp: bool,
     /// Source addresses of path-MTU signals (the network's `address`, if any).
     pub pmtu_sources: Sources,
+    /// Answer ARP requests and neighbour solicitations from bindings (see [`super::neigh`]).
+    pub arp_suppress: bool,
 }
 
 /// A neighbouring daemon that carries this network.
@@ -72,6 +75,8 @@ pub struct Network {
     pub spec: NetworkSpec,
     pub peers: Vec<Peer>,
     pub fdb: Fdb,
+    /// IP → MAC bindings for ARP/ND suppression (empty unless `arp_suppress`).
+    pub neigh: NeighTable,
     pub stats: NetStats,
     pub storm: Option<StormControl>,
     /// Connects and disconnects of VM ports (the I/O side counts them).
@@ -83,6 +88,7 @@ impl Network {
         Network {
             peers: spec.peers.iter().map(|&addr| Peer { addr, last_seen: AtomicU64::new(0), liveness: Liveness::default() }).collect(),
             fdb: Fdb::new(spec.fdb),
+            neigh: NeighTable::new(spec.arp_suppress, spec.fdb.max_entries, spec.fdb.ageing),
             stats: NetStats::new(spec.peers.len()),
             storm: spec.bum_pps_limit.map(|pps| StormControl::new(pps, spec.peers.len())),
             vm_ports: Default::default(),
@@ -135,7 +141,11 @@ impl Network {
                 return Action::Consumed;
             }
         }
-        self.decide(Port::Peer(peer), frame, now)
+        let action = self.decide(Port::Peer(peer), frame, now);
+        if matches!(action, Action::Local(_) | Action::Flood) {
+            self.neigh.snoop(frame, Source::Snooped(peer), now);
+        }
+        action
     }
 
     fn decide(&self, ingress: Port, frame: &[u8], now: Instant) -> Action {

@@ -19,6 +19,7 @@ pub fn spec(local_ports: u16, peers: Vec<SocketAddr>) -> NetworkSpec {
         local_ports,
         mss_clamp: false,
         pmtu_sources: Default::default(),
+        arp_suppress: false,
     }
 }
 

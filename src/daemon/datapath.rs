@@ -27,6 +27,7 @@ use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
 use crate::core::offload::{MAX_RUN_SEGMENTS, PartialCsum, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
+use crate::core::neigh;
 use crate::core::pmtu;
 use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
 use crate::core::wire::ethernet::{self, EthernetFrame};
@@ -206,6 +207,7 @@ impl PortThread {
         let (mut rl_read, mut rl_send, mut rl_gso) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let mut signals = PmtuSignals::default();
+        let mut answer = [0u8; neigh::REPLY_MAX];
         let shard = Shard::per_thread();
         let ingress = Port::Local(port);
         loop {
@@ -326,6 +328,10 @@ impl PortThread {
                 }
                 let frame = &bufs[i][HEADROOM..HEADROOM + len];
                 let action = net.from_local(port, frame, now);
+                let answered = match action {
+                    Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, &mut answer, now).unwrap_or(0),
+                    _ => 0,
+                };
                 let hash = match action {
                     Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
                     _ => 0,
@@ -339,6 +345,8 @@ impl PortThread {
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
                         queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
                     }
+                    // ARP/ND suppression: answered on the asking port, nothing flooded
+                    Action::Flood if answered > 0 => fwd.deliver(&net, &ports, port, &answer[..answered], shard, now),
                     Action::Flood => {
                         net.stats.flooded(shard);
                         let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());

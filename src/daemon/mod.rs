@@ -194,6 +194,7 @@ fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
         local_ports: n.taps.len() as u16,
         mss_clamp: n.mss_clamp,
         pmtu_sources: n.pmtu_sources(),
+        arp_suppress: n.arp_suppress,
     }
 }
 
@@ -556,6 +557,11 @@ impl Daemon {
             let n = e.net.fdb.sweep(now);
             if n > 0 {
                 tracing::debug!(network = e.net.name(), expired = n, "fdb entries aged out");
+            }
+            // after the FDB: bindings whose MAC just aged out go with it
+            let n = e.net.sweep_neigh(now);
+            if n > 0 {
+                tracing::debug!(network = e.net.name(), removed = n, "neighbour bindings aged out or went stale");
             }
         }
         let fabric = self.fabric.load();

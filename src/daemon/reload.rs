@@ -2,7 +2,7 @@
 //!
 //! - a network only in the running configuration is *removed*;
 //! - one only in the new configuration is *added*;
-//! - one whose peers, FDB settings, storm limit or `mss_clamp` (and nothing else) changed is *updated*
+//! - one whose peers, FDB settings, storm limit, `mss_clamp` or `arp_suppress` (and nothing else) changed is *updated*
 //!   in place: the core's next generation, see [`crate::core::handover`];
 //! - one with any other change (TAPs, address, MTU, VNI, encapsulation, UDP port, GRE
 //!   options, TTL, DSCP, VM sockets) is *restarted*: its ports close and open again;
@@ -29,6 +29,7 @@ fn only_core_differs(a: &NetworkConfig, b: &NetworkConfig) -> bool {
     b.fdb = a.fdb;
     b.bum_pps_limit = a.bum_pps_limit;
     b.mss_clamp = a.mss_clamp;
+    b.arp_suppress = a.arp_suppress;
     &b == a
 }
 
@@ -146,6 +147,15 @@ peers = ["192.0.2.2"]
         let new = cfg(&BASE.replace("tap = \"b0\"", "tap = \"b0\"\nmss_clamp = true"));
         let plan = Plan::new(&running.networks, &new.networks);
         assert_eq!(plan.updated.iter().map(|n| (n.name.as_str(), n.mss_clamp)).collect::<Vec<_>>(), [("blue", true)]);
+        assert!(plan.restarted.is_empty());
+    }
+
+    #[test]
+    fn arp_suppress_changes_in_place() {
+        let running = cfg(BASE);
+        let new = cfg(&BASE.replace("tap = \"b0\"", "tap = \"b0\"\narp_suppress = true"));
+        let plan = Plan::new(&running.networks, &new.networks);
+        assert_eq!(plan.updated.iter().map(|n| (n.name.as_str(), n.arp_suppress)).collect::<Vec<_>>(), [("blue", true)]);
         assert!(plan.restarted.is_empty());
     }
 

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 
 use crate::core::pmtu;
 use crate::core::stats::{PmtuEvent, Shard};
+use crate::core::neigh;
 use crate::core::wire::ethernet::EthernetFrame;
 use crate::core::wire::qemu::{FramingError, StreamDecoder};
 use crate::core::wire::vxlan;
@@ -327,12 +328,14 @@ pub(super) struct Switcher {
     fwd: Forwarder,
     signals: PmtuSignals,
     rl_send: RateLimit,
+    /// An ARP/ND answer for the asking port (suppression).
+    answer: [u8; neigh::REPLY_MAX],
 }
 
 impl Switcher {
     pub(super) fn new(io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
         let q = SendQueue::new(tx.slots());
-        Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), signals: PmtuSignals::default(), rl_send: RateLimit::default() }
+        Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), signals: PmtuSignals::default(), rl_send: RateLimit::default(), answer: [0; neigh::REPLY_MAX] }
     }
 
     /// Send to peers over GRE with these parameters (a GRE network), or VXLAN (`None`).
@@ -357,7 +360,7 @@ impl Switcher {
         // the network's current generation, for this batch
         let current = self.io.net.load();
         let (net, shard, ingress) = (&**current, Shard::per_thread(), Port::Local(self.port));
-        let (q, fwd, gre, signals, tx) = (&mut self.q, &mut self.fwd, &mut self.gre, &mut self.signals, &*self.tx);
+        let (q, fwd, gre, signals, tx, answer) = (&mut self.q, &mut self.fwd, &mut self.gre, &mut self.signals, &*self.tx, &mut self.answer);
         let ports = Forwarder::ports(&self.io);
         for &(o, len) in &batch.items {
             let at = o + ROOM;
@@ -368,6 +371,10 @@ impl Switcher {
             let frame = &batch.arena[at..room.end];
             net.stats.tap_rx(shard, len);
             let action = net.from_local(self.port, frame, now);
+            let answered = match action {
+                Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
+                _ => 0,
+            };
             let hash = match action {
                 Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
                 _ => 0,
@@ -389,6 +396,8 @@ impl Switcher {
                         queue(net, tx, q, room, p, hash);
                     }
                 },
+                // ARP/ND suppression: answered on the asking port, nothing flooded
+                Action::Flood if answered > 0 => fwd.deliver(net, &ports, self.port, &answer[..answered], shard, now),
                 Action::Flood => {
                     net.stats.flooded(shard);
                     fwd.flood(net, &ports, Some(self.port), frame, shard, now);

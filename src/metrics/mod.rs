@@ -14,7 +14,8 @@
 //! - `reason`: one value per `DropReason` variant, every one exported (zeros included), so the
 //!   label set follows the enum;
 //! - `direction`: `rx` (into overlayd) or `tx` (out of overlayd);
-//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`.
+//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`;
+//! - `family`: `ipv4` (ARP) or `ipv6` (neighbour discovery); `result`: `hit` or `miss`.
 //!
 //! A MAC address is never a label: `overlayd fdb` on the admin socket shows the table.
 //!
@@ -58,6 +59,8 @@ struct Families {
     pmtu_signals: IntCounterVec,
     pmtu_limited: IntCounterVec,
     mss_clamped: IntCounterVec,
+    neigh_suppressed: IntCounterVec,
+    neigh_bindings: IntGaugeVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -138,6 +141,16 @@ impl Families {
                 "TCP SYNs from local ports whose MSS option was lowered to fit the network MTU (mss_clamp).",
                 &["network"],
             )?,
+            neigh_suppressed: counter(
+                "overlayd_neigh_suppressed_total",
+                "ARP requests (family=ipv4) and IPv6 neighbour solicitations (ipv6) from local ports on arp_suppress networks: answered locally from a binding (hit) or flooded for want of one (miss).",
+                &["network", "family", "result"],
+            )?,
+            neigh_bindings: gauge(
+                "overlayd_neigh_bindings",
+                "IP to MAC bindings the network holds for ARP/ND suppression (snooped from ARP/ND that came through the tunnel).",
+                &["network"],
+            )?,
             peer_last_seen: GaugeVec::new(
                 Opts::new(
                     "overlayd_peer_last_seen_seconds",
@@ -155,7 +168,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 12] {
+    fn counters(&self) -> [&IntCounterVec; 13] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -169,6 +182,7 @@ impl Families {
             &self.pmtu_signals,
             &self.pmtu_limited,
             &self.mss_clamped,
+            &self.neigh_suppressed,
         ]
     }
 
@@ -179,6 +193,7 @@ impl Families {
         v.push(&self.peer_last_seen);
         v.push(&self.peer_up);
         v.push(&self.vm_ports);
+        v.push(&self.neigh_bindings);
         v
     }
 
@@ -192,6 +207,7 @@ impl Families {
         self.peer_last_seen.reset();
         self.peer_up.reset();
         self.vm_ports.reset();
+        self.neigh_bindings.reset();
         for n in &s.networks {
             let net = n.name.as_str();
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
@@ -216,6 +232,10 @@ impl Families {
             self.pmtu_signals.with_label_values(&[net, "ipv6"]).inc_by(n.pmtu.signals_ipv6);
             self.pmtu_limited.with_label_values(&[net]).inc_by(n.pmtu.rate_limited);
             self.mss_clamped.with_label_values(&[net]).inc_by(n.pmtu.mss_clamped);
+            for (family, result, v) in n.neigh_suppressed.labelled() {
+                self.neigh_suppressed.with_label_values(&[net, family, result]).inc_by(v);
+            }
+            self.neigh_bindings.with_label_values(&[net]).set(n.neigh_bindings.min(i64::MAX as u64) as i64);
             for p in &n.peers {
                 let peer = p.peer.as_str();
                 self.tunnel_packets.with_label_values(&[net, peer, "rx"]).inc_by(p.rx_packets);
@@ -312,6 +332,8 @@ mod tests {
         net.fdb_events.learned = 4;
         net.vm_ports = 2;
         net.vm_connections.disconnected = 6;
+        net.neigh_bindings = 3;
+        net.neigh_suppressed.ipv6_miss = 8;
         net.peers.push(PeerSample { peer: "192.0.2.2".into(), tx_packets: 7, last_seen_unix: Some(1234.5), ..Default::default() });
         net.peers.push(PeerSample { peer: "192.0.2.3".into(), ..Default::default() });
         let mut unattributed = drops;
@@ -339,6 +361,9 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_peer_last_seen_seconds{network="blue",peer="192.0.2.3"}"#), Some("0"));
         assert_eq!(line(&t, r#"overlayd_vm_ports{network="blue"}"#), Some("2"));
         assert_eq!(line(&t, r#"overlayd_vm_connections_total{event="disconnected",network="blue"}"#), Some("6"));
+        assert_eq!(line(&t, r#"overlayd_neigh_bindings{network="blue"}"#), Some("3"));
+        assert_eq!(line(&t, r#"overlayd_neigh_suppressed_total{family="ipv6",network="blue",result="miss"}"#), Some("8"));
+        assert_eq!(line(&t, r#"overlayd_neigh_suppressed_total{family="ipv4",network="blue",result="hit"}"#), Some("0"));
         assert!(t.contains(&format!("overlayd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{t}");
         assert!(t.contains("process_resident_memory_bytes"), "process collector missing");
     }

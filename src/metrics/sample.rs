@@ -54,6 +54,13 @@ pub struct NetSample {
     /// Path-MTU signals and MSS clamps since start.
     #[serde(default)]
     pub pmtu: PmtuCounts,
+    /// IP → MAC bindings held for ARP/ND suppression.
+    #[serde(default)]
+    pub neigh_bindings: u64,
+    /// ARP requests / neighbour solicitations answered (hit) or flooded for want of a
+    /// binding (miss), by family.
+    #[serde(default)]
+    pub neigh_suppressed: NeighSuppressedCounts,
 }
 
 /// `overlayd_pmtu_signals_total{family}`, `overlayd_pmtu_signals_limited_total`,
@@ -68,6 +75,27 @@ pub struct PmtuCounts {
     pub rate_limited: u64,
     /// TCP SYNs whose MSS was lowered.
     pub mss_clamped: u64,
+}
+
+/// `overlayd_neigh_suppressed_total{family,result}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeighSuppressedCounts {
+    pub ipv4_hit: u64,
+    pub ipv4_miss: u64,
+    pub ipv6_hit: u64,
+    pub ipv6_miss: u64,
+}
+
+impl NeighSuppressedCounts {
+    /// (family label, result label, count), in a fixed order.
+    pub fn labelled(&self) -> [(&'static str, &'static str, u64); 4] {
+        [
+            ("ipv4", "hit", self.ipv4_hit),
+            ("ipv4", "miss", self.ipv4_miss),
+            ("ipv6", "hit", self.ipv6_hit),
+            ("ipv6", "miss", self.ipv6_miss),
+        ]
+    }
 }
 
 /// `overlayd_vm_connections_total{event}`.
@@ -207,6 +235,11 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     rate_limited: s.pmtu_count(PmtuEvent::RateLimited),
                     mss_clamped: s.pmtu_count(PmtuEvent::MssClamped),
                 },
+                neigh_bindings: net.neigh.len() as u64,
+                neigh_suppressed: {
+                    let [ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss] = net.neigh.counters.snapshot();
+                    NeighSuppressedCounts { ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss }
+                },
             }
         })
         .collect();
@@ -234,6 +267,7 @@ mod tests {
             local_ports: 1,
             mss_clamp: false,
             pmtu_sources: Default::default(),
+            arp_suppress: false,
         });
         Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])
     }
