@@ -78,10 +78,17 @@ pub struct Liveness {
     speaks_keepalive: AtomicU8,
     /// Set once the control path has reported `speaks_keepalive` ([`Liveness::newly_speaks`]).
     reported: AtomicU8,
-    /// Set once the peer sent a partial checksum or a whole TSO burst: its own kernel stack
-    /// sends offloaded packets on this link, so it receives ours (UDP GSO) just as well.
+    /// Set once the peer sent a whole TSO burst or a run of partial checksums: its own kernel
+    /// stack sends offloaded packets on this link, so it receives ours (UDP GSO) just as well.
     sends_offloads: AtomicU8,
+    /// Frames in a row whose inner checksum looked partial (see [`Liveness::partial_seen`]).
+    partial_run: AtomicU8,
 }
+
+/// Partial-looking checksums in a row that make a peer known to send offloads. One alone is no
+/// evidence: a complete checksum equals the pseudo-header sum once in 65,536 frames, so a peer
+/// that never offloads (Open vSwitch's userspace datapath) shows one every few tens of MB.
+pub const PARTIAL_RUN: u8 = 4;
 
 impl Liveness {
     pub fn state(&self) -> PeerState {
@@ -102,9 +109,27 @@ impl Liveness {
         self.sends_offloads.load(Relaxed) != 0
     }
 
-    /// The data path saw the peer send an offloaded packet; true the first time.
+    /// The data path saw the peer send a whole TSO burst (certain evidence); true the first time.
     pub fn offloads_seen(&self) -> bool {
         self.sends_offloads.load(Relaxed) == 0 && self.sends_offloads.swap(1, Relaxed) == 0
+    }
+
+    /// The data path saw a frame from the peer whose checksum looked partial; true the first
+    /// time this completes a run of [`PARTIAL_RUN`] (the peer then counts as sending offloads).
+    pub fn partial_seen(&self) -> bool {
+        if self.sends_offloads() {
+            return false;
+        }
+        let run = self.partial_run.fetch_add(1, Relaxed).saturating_add(1);
+        run >= PARTIAL_RUN && self.offloads_seen()
+    }
+
+    /// A frame from the peer whose checksum did not look partial: a run is broken.
+    #[inline]
+    pub fn complete_seen(&self) {
+        if self.partial_run.load(Relaxed) != 0 && !self.sends_offloads() {
+            self.partial_run.store(0, Relaxed);
+        }
     }
 
     /// Whether frames to the peer may go out as UDP GSO super-datagrams with checksums the
@@ -169,7 +194,12 @@ impl Network {
                 continue;
             }
             p.liveness.state.store(new as u8, Relaxed);
-            let flushed = if new == PeerState::Down { self.fdb.flush_port(Port::Peer(peer), now) } else { 0 };
+            let flushed = if new == PeerState::Down {
+                self.neigh.forget(crate::core::neigh::Source::Snooped(peer));
+                self.fdb.flush_port(Port::Peer(peer), now)
+            } else {
+                0
+            };
             changes.push(PeerChange { peer, state: new, silent_for: if new == PeerState::Up { Duration::ZERO } else { silent }, flushed });
         }
         changes
@@ -216,6 +246,22 @@ mod tests {
         assert!(!other.offloads_seen(), "reported once");
         assert!(other.takes_gso() && !other.speaks_keepalive());
         assert_eq!(n.peers[0].last_seen.load(Relaxed), 1000);
+        // partial-looking checksums count only in a run: a lone one is a complete checksum that
+        // happens to equal the pseudo-header sum
+        let third = &n.peers[0].liveness;
+        for _ in 0..10 {
+            for _ in 1..PARTIAL_RUN {
+                assert!(!third.partial_seen());
+            }
+            third.complete_seen();
+        }
+        assert!(!third.sends_offloads(), "broken runs are no evidence");
+        for _ in 1..PARTIAL_RUN {
+            assert!(!third.partial_seen());
+        }
+        assert!(third.partial_seen(), "a run of {PARTIAL_RUN} is, once");
+        assert!(!third.partial_seen());
+        assert!(third.sends_offloads());
         // from a local port it is just a (link-local multicast) frame
         assert_eq!(n.from_local(LocalPort(0), &ka, Instant::from_secs(1)), Action::Flood);
         // a frame to the same address with another payload is not a keepalive

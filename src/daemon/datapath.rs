@@ -413,12 +413,29 @@ fn complete<'a>(frame: &'a [u8], partial: Option<PartialCsum>, scratch: &'a mut 
     scratch
 }
 
-/// Note that `peer` sent an offloaded packet (a partial checksum or a whole TSO burst); the
-/// first time, log it: from now on it gets UDP GSO.
+/// What a frame from a peer says of its offloads: a whole TSO burst is certain, a partial-looking
+/// checksum counts only in a run, a complete one breaks the run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Offloads {
+    Burst,
+    Partial,
+    Complete,
+}
+
+/// Note what a frame from `peer` says of its offloads; the first time that makes the peer known
+/// to send offloaded packets, log it: from now on it gets UDP GSO.
 #[inline]
-fn peer_sends_offloads(net: &Network, peer: PeerIdx, from: SocketAddr) {
+fn peer_sends_offloads(net: &Network, peer: PeerIdx, from: SocketAddr, seen: Offloads) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
-        if !p.liveness.sends_offloads() && p.liveness.offloads_seen() {
+        let newly = match seen {
+            Offloads::Burst => !p.liveness.sends_offloads() && p.liveness.offloads_seen(),
+            Offloads::Partial => p.liveness.partial_seen(),
+            Offloads::Complete => {
+                p.liveness.complete_seen();
+                false
+            }
+        };
+        if newly {
             tracing::info!(
                 network = net.name(),
                 peer = %from.ip(),
@@ -584,7 +601,7 @@ impl UnderlayThread {
                                     _ => continue,
                                 }
                                 net.stats.partial_checksum(shard);
-                                peer_sends_offloads(net, c.peer, from);
+                                peer_sends_offloads(net, c.peer, from, Offloads::Burst);
                                 continue;
                             }
                         }
@@ -597,7 +614,9 @@ impl UnderlayThread {
                         let partial = PartialCsum::detect(c.inner);
                         if partial.is_some() {
                             net.stats.partial_checksum(shard);
-                            peer_sends_offloads(net, c.peer, from);
+                            peer_sends_offloads(net, c.peer, from, Offloads::Partial);
+                        } else {
+                            peer_sends_offloads(net, c.peer, from, Offloads::Complete);
                         }
                         match action {
                             Action::Local(p) => {
