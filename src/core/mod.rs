@@ -17,6 +17,7 @@ pub mod handover;
 #[doc(hidden)]
 pub mod invariants;
 pub mod liveness;
+pub mod membership;
 pub mod network;
 pub mod offload;
 pub mod ports;
