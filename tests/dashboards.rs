@@ -95,8 +95,8 @@ fn dashboards_query_through_the_datasource_variable_and_every_panel_has_queries(
     }
 }
 
-/// What a daemon with one network and one peer exports (families without series are left out
-/// of a scrape, so the sample needs a network).
+/// What a daemon with one network and one peer, in a cluster, exports (families without series
+/// are left out of a scrape, so the sample needs a network and a cluster).
 fn one_network() -> overlayd::metrics::Sample {
     use overlayd::core::fabric::{Fabric, NetEntry};
     use overlayd::core::stats::GlobalDrops;
@@ -112,7 +112,14 @@ fn one_network() -> overlayd::metrics::Sample {
         local_ports: 1,
     });
     let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
-    overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0)
+    let mut s = overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0);
+    use overlayd::daemon::cluster::{ClusterNetwork, ClusterStatus};
+    s.cluster = Some(ClusterStatus {
+        resyncs: [("start".to_string(), 1)].into_iter().collect(),
+        networks: vec![ClusterNetwork { network: "blue".into(), ..Default::default() }],
+        ..Default::default()
+    });
+    s
 }
 
 #[test]

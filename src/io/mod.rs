@@ -2,6 +2,7 @@
 //! batched syscalls, the clock, and small system helpers. The only place with `libc` calls.
 
 pub mod clock;
+pub mod etcd;
 pub mod gre;
 pub mod packet;
 pub mod sys;

@@ -21,6 +21,9 @@ pub struct Sample {
     /// Drops that belong to no configured network (unknown VNI, a tunnel header too short or
     /// with bad flags to tell the network): reason label -> count, every reason listed.
     pub unattributed_drops: BTreeMap<String, u64>,
+    /// The `[cluster]` state, when the daemon has one (filled by the daemon, not by [`take`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::daemon::cluster::ClusterStatus>,
 }
 
 /// Counters of one network.
@@ -105,6 +108,13 @@ pub struct PeerSample {
     /// The peer is alive (packets or keepalives keep coming); false when down or never heard.
     #[serde(default)]
     pub up: bool,
+    /// "static" (the config file's) or "cluster" (a member found through `[cluster]`).
+    #[serde(default = "static_source")]
+    pub source: String,
+}
+
+fn static_source() -> String {
+    "static".into()
 }
 
 fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
@@ -137,6 +147,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                         last_seen_ago_secs: ago,
                         last_seen_unix: ago.map(|a| unix_now - a),
                         up: p.liveness.state() == crate::core::liveness::PeerState::Up,
+                        source: static_source(),
                     }
                 })
                 .collect();
@@ -169,7 +180,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
             }
         })
         .collect();
-    Sample { networks, unattributed_drops: drop_map(&global.snapshot()) }
+    Sample { networks, unattributed_drops: drop_map(&global.snapshot()), cluster: None }
 }
 
 #[cfg(test)]
