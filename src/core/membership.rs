@@ -13,7 +13,8 @@
 //! - a record marked `leaving` (a daemon stopping cleanly) removes the member at once;
 //! - a record that disappears without that (its lease expired: the host died, or lost etcd but
 //!   maybe not the data plane) makes the member *expired*: it stays a peer while the data path
-//!   says it is up, for at most the grace period, and is removed once it is down.
+//!   says it is up, for at most the grace period, and is removed once it is not (down, or never
+//!   heard of).
 //!
 //! Records that disagree with the local network (encapsulation, VNI/key, UDP port, address
 //! family), that do not parse, or that claim this node's own address are rejected and counted,
@@ -309,15 +310,15 @@ impl Membership {
         out
     }
 
-    /// Remove the expired members that are down (`down(network, addr)`: the data path stopped
-    /// hearing from them) or past the grace period.
-    pub fn tick(&mut self, now: Instant, down: impl Fn(&str, IpAddr) -> bool) -> Vec<Change> {
+    /// Remove the expired members that are not up (`up(network, addr)`: the data path hears
+    /// them) or past the grace period.
+    pub fn tick(&mut self, now: Instant, up: impl Fn(&str, IpAddr) -> bool) -> Vec<Change> {
         let mut out = Vec::new();
         for (net, n) in &mut self.nets {
             let done: Vec<String> = n
                 .members
                 .iter()
-                .filter(|(_, m)| m.status == MemberStatus::Expired && (now.saturating_since(m.since) >= self.grace || down(net, m.addr)))
+                .filter(|(_, m)| m.status == MemberStatus::Expired && (now.saturating_since(m.since) >= self.grace || !up(net, m.addr)))
                 .map(|(k, _)| k.clone())
                 .collect();
             for node in done {
@@ -435,19 +436,19 @@ mod tests {
         let c = m.delete(&key("b"), Instant::from_secs(10));
         assert!(matches!(c[..], [Change::Expired { .. }]));
         assert_eq!(m.peers("blue").len(), 2, "expired is not removed");
-        assert!(m.tick(Instant::from_secs(20), |_, _| false).is_empty(), "still up: kept");
+        assert!(m.tick(Instant::from_secs(20), |_, _| true).is_empty(), "still up: kept");
         // comes back (its daemon re-granted a lease and re-wrote the record): active again
         put(&mut m, "b", "192.0.2.2", 25);
-        assert!(m.tick(Instant::from_secs(200), |_, _| false).is_empty());
+        assert!(m.tick(Instant::from_secs(200), |_, _| true).is_empty());
         // expires again and is down: removed at the next tick
         m.delete(&key("b"), Instant::from_secs(300));
-        let c = m.tick(Instant::from_secs(301), |_, a| a == ip("192.0.2.2"));
+        let c = m.tick(Instant::from_secs(301), |_, a| a != ip("192.0.2.2"));
         assert!(matches!(c[..], [Change::Removed { why: RemovedWhy::Expired, .. }]));
         assert_eq!(m.peers("blue"), [ip("192.0.2.3")]);
         // up forever: removed once the grace is over
         m.delete(&key("c"), Instant::from_secs(400));
-        assert!(m.tick(Instant::from_secs(459), |_, _| false).is_empty());
-        assert_eq!(m.tick(Instant::from_secs(460), |_, _| false).len(), 1);
+        assert!(m.tick(Instant::from_secs(459), |_, _| true).is_empty());
+        assert_eq!(m.tick(Instant::from_secs(460), |_, _| true).len(), 1);
         assert_eq!(m.counts("blue"), EventCounts { added: 2, removed: 2, expired: 3, rejected: 0 });
     }
 
@@ -497,7 +498,7 @@ mod tests {
         assert_eq!(c.len(), 4, "{c:?}"); // b replaced (removed + added), d added, c expired
         assert!(c.contains(&Change::Expired { network: "blue".into(), node: "c".into(), addr: ip("192.0.2.3") }));
         assert_eq!(m.peers("blue"), [ip("192.0.2.3"), ip("192.0.2.4"), ip("192.0.2.12")]);
-        m.tick(Instant::from_secs(6), |_, a| a == ip("192.0.2.3"));
+        m.tick(Instant::from_secs(6), |_, a| a != ip("192.0.2.3"));
         assert_eq!(m.peers("blue"), [ip("192.0.2.4"), ip("192.0.2.12")]);
         // the same listing again changes nothing
         assert!(m.relist([(kb.as_str(), vb.as_slice()), (kd.as_str(), vd.as_slice())], Instant::from_secs(7)).is_empty());
@@ -516,7 +517,7 @@ mod tests {
         assert!(m.tick(Instant::from_secs(1000), |_, _| false).is_empty());
         let (kb, vb) = (key("b"), rec("192.0.2.2", RecordState::Active));
         m.relist([(kb.as_str(), vb.as_slice())], Instant::from_secs(1001));
-        m.tick(Instant::from_secs(1002), |_, _| true);
-        assert_eq!(m.peers("blue"), [ip("192.0.2.2")], "confirmed by the listing: kept though down; c is not listed and down: gone");
+        m.tick(Instant::from_secs(1002), |_, _| false);
+        assert_eq!(m.peers("blue"), [ip("192.0.2.2")], "confirmed by the listing: kept though not heard; c is not listed and not heard: gone");
     }
 }

@@ -230,15 +230,15 @@ impl Cluster {
         self.log(changes);
     }
 
-    /// Remove expired members the data path says are down (once a second).
+    /// Remove expired members the data path does not hear (once a second).
     pub fn tick(&mut self, fabric: &super::datapath::SharedFabric) {
         let f = fabric.load();
-        let down = |net: &str, addr: IpAddr| {
+        let up = |net: &str, addr: IpAddr| {
             f.networks.iter().find(|e| e.net.name() == net).is_some_and(|e| {
-                e.net.peers.iter().any(|p| p.addr.ip() == addr && p.liveness.state() == PeerState::Down)
+                e.net.peers.iter().any(|p| p.addr.ip() == addr && p.liveness.state() == PeerState::Up)
             })
         };
-        let c = self.membership.tick(clock::now(), down);
+        let c = self.membership.tick(clock::now(), up);
         if !c.is_empty() {
             self.log(c);
             self.publish();
