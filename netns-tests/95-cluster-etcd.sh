@@ -201,6 +201,18 @@ info "death: SIGKILL of h3 removed at h1 after $(((t1 - t0) / 1000000)) ms (leas
 grep -q 'lease expired' "$WORK/d1.log" || die "h1 did not log h3's lease expiry"
 ok "h3 removed after its lease expired"
 
+log "a node name held by another underlay address is refused, not overwritten"
+sed 's/node_name = "h4"/node_name = "h2"/' "$WORK/h4.toml" >"$WORK/h4b.toml"
+start_daemon "${H[4]}" d4b "$WORK/h4b.toml"; wait_ready d4b
+wait_until -t 10 grep -q 'node name taken' "$WORK/d4b.log" || die "d4b did not log 'node name taken'"
+holder=$(ectl get --print-value-only /overlayd/v1/nodes/h2)
+assert_eq "holder of node name h2" "${U[2]}" "$holder"
+sleep 1
+not_peer 1 "${U[4]}" || die "h1 took the refused node as a peer"
+kill -0 "${_DAEMON_PID[d4b]}" || die "d4b exited after the refusal"
+stop_daemon d4b
+ok "node name taken: logged, refused, h2's claim intact, the daemon runs on"
+
 log "etcd down at start: h1 restarts from its state file"
 kill_etcd
 stop_daemon d1

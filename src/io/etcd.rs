@@ -150,7 +150,7 @@ impl Backend for EtcdBackend {
             match s.run(reason, &mut leave).await {
                 End::Left => return,
                 End::Failed(error) => {
-                    tracing::warn!(endpoints = ?self.cfg.endpoints, error, "cluster: etcd unreachable; forwarding goes on with the last known members");
+                    tracing::warn!(endpoints = ?self.cfg.endpoints, error, "cluster: etcd session failed (unreachable or refused); forwarding goes on with the last known members");
                     let _ = events.send(BackendEvent::Disconnected { error });
                 }
             }
