@@ -140,6 +140,24 @@ done
 wait_until -t 30 all_pairs 1 2 3 4 || die "the four hosts do not ping pairwise after h2 resumed"
 ok "no stale peer on h2 after SIGCONT; an expired member never heard on the data path is removed at once"
 
+log "h2 cut off from etcd only (a blackhole route), not from its peers"
+expired_events() { metric "$(scrape "${H[$1]}" "http://${U[$1]}:9477/metrics")" 'overlayd_cluster_events_total{event="expired",network="blue"}'; }
+x0=$(expired_events 1)
+ns_exec "${H[2]}" ip route add blackhole "$EA/32"
+wait_until -t $((TTL * 3)) eval "(( \$(expired_events 1) > x0 ))" || die "h1 saw no expiry of h2's lease with h2 cut off from etcd"
+info "h2's lease expired at h1 while h2 is cut off from etcd"
+sleep 3
+is_peer 1 "${U[2]}" || die "h1 removed h2, which its data path still hears"
+ping_ok "${H[1]}" "${O[2]}" 5
+ovl cluster --admin "$WORK/h1.sock" --json | jq -e '.networks[0].members[] | select(.node == "h2") | .status == "expired"' >/dev/null ||
+  die "h1 does not show h2 as expired"
+ok "h2 kept by h1 while its keepalives arrive (shown as expired)"
+ns_exec "${H[2]}" ip route del blackhole "$EA/32"
+active_again() { ovl cluster --admin "$WORK/h1.sock" --json | jq -e '.networks[0].members[] | select(.node == "h2") | .status == "active"' >/dev/null; }
+wait_until -t 30 active_again || die "h2 did not come back as active after it reached etcd again"
+grep -q 'granting a new one and writing the records again' "$WORK/d2.log" || die "h2 did not re-grant its lease"
+ok "h2 re-granted its lease and re-wrote its records; active again at h1"
+
 log "etcd SIGKILLed for $((TTL * 2 + 2)) s (lease TTL ${TTL} s) during a paced transfer h1 -> h2 and 50 pings/s h3 -> h4"
 flushed() { metric "$(scrape "${H[$1]}" "http://${U[$1]}:9477/metrics")" 'overlayd_fdb_events_total{event="flushed",network="blue"}'; }
 reconnects() { metric "$(scrape "${H[$1]}" "http://${U[$1]}:9477/metrics")" 'overlayd_cluster_resyncs_total{reason="reconnect"}'; }
