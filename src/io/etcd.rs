@@ -8,9 +8,10 @@
 //!   retried on the next resync, never overwritten.
 //! - Discovery: a listing of `<prefix>/v1/networks/`, then a watch from the next revision. A
 //!   watch that fails or is compacted, a reconnect, and a timer (±20 % jitter) re-list.
-//! - Failures: every error ends the session; the next one starts after a jittered backoff and
-//!   reuses the lease if etcd still has it (else grants one and re-writes the records). HTTP/2
-//!   keepalives notice a half-open connection. Nothing here exits the daemon.
+//! - Failures: every error ends the session; the next one starts after a jittered backoff, on
+//!   the next endpoint (one at a time), and reuses the lease if etcd still has it (else grants
+//!   one and re-writes the records). HTTP/2 keepalives notice a half-open connection. Nothing
+//!   here exits the daemon.
 //! - Leaving: the records are re-written `leaving`, then the lease is revoked.
 
 use std::time::Duration;
@@ -133,24 +134,37 @@ struct Session<'a> {
     events: &'a mpsc::UnboundedSender<BackendEvent>,
     lease: &'a mut Option<i64>,
     ttl: i64,
+    /// The endpoint this session talks to (one at a time: a request balanced onto a dead
+    /// member would fail the session while the others are fine).
+    endpoint: &'a str,
+    /// Whether the last registration succeeded (a goodbye writes only keys this node owns).
+    registered: &'a std::sync::atomic::AtomicBool,
 }
 
 impl Backend for EtcdBackend {
     async fn run(self, records: Vec<(String, String)>, leaving: Vec<(String, String)>, events: mpsc::UnboundedSender<BackendEvent>, mut leave: watch::Receiver<bool>) {
         let mut lease = None;
         let mut backoff = BACKOFF_MIN;
+        let mut next_endpoint = 0usize;
+        let registered = std::sync::atomic::AtomicBool::new(false);
         let mut reason = Resync::Start;
         let ttl = self.cfg.lease_ttl.as_secs() as i64;
         loop {
+            let endpoint = &self.cfg.endpoints[next_endpoint % self.cfg.endpoints.len()];
+            let mut s = Session { b: &self, records: &records, leaving: &leaving, events: &events, lease: &mut lease, ttl, endpoint, registered: &registered };
             if *leave.borrow() {
+                // leaving while disconnected: one attempt at a goodbye, on the next endpoint
+                if let Ok(mut c) = s.connect().await {
+                    s.goodbye(&mut c, registered.load(std::sync::atomic::Ordering::Relaxed)).await;
+                }
                 return;
             }
-            let mut s = Session { b: &self, records: &records, leaving: &leaving, events: &events, lease: &mut lease, ttl };
             let started = std::time::Instant::now();
             match s.run(reason, &mut leave).await {
                 End::Left => return,
                 End::Failed(error) => {
-                    tracing::warn!(endpoints = ?self.cfg.endpoints, error, "cluster: etcd session failed (unreachable or refused); forwarding goes on with the last known members");
+                    next_endpoint += 1;
+                    tracing::warn!(endpoint, error, "cluster: etcd session failed (unreachable or refused); forwarding goes on with the last known members");
                     let _ = events.send(BackendEvent::Disconnected { error });
                 }
             }
@@ -162,7 +176,7 @@ impl Backend for EtcdBackend {
             backoff = (backoff * 2).min(BACKOFF_MAX);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = leave.changed() => return,
+                _ = leave.changed() => {}
             }
         }
     }
@@ -192,7 +206,7 @@ impl Session<'_> {
             }
             opts = opts.with_tls(o);
         }
-        timed(Client::connect(&self.b.cfg.endpoints, Some(opts))).await
+        timed(Client::connect([self.endpoint], Some(opts))).await
     }
 
     /// A lease: the previous one if etcd still has it, else a new one.
@@ -222,6 +236,7 @@ impl Session<'_> {
             let txn = Txn::new().when([cmp]).and_then(ops.clone()).or_else([TxnOp::get(name_key.clone(), None)]);
             let r = timed(c.txn(txn)).await?;
             if r.succeeded() {
+                self.registered.store(true, std::sync::atomic::Ordering::Relaxed);
                 return Ok(true);
             }
             let holder = r.op_responses().into_iter().find_map(|o| match o {
@@ -231,10 +246,27 @@ impl Session<'_> {
             if let Some(h) = holder.filter(|h| h != &me) {
                 tracing::error!(node = cfg.node_name, held_by = h, underlay = me,
                     "cluster: node name taken by another underlay address; not registering (set cluster.node_name, or stop the other node)");
+                self.registered.store(false, std::sync::atomic::Ordering::Relaxed);
                 return Ok(false);
             }
         }
         Err("the node name claim raced with another writer".into())
+    }
+
+    /// Say goodbye: the records marked leaving first (the others drop us at once), then the
+    /// lease revoked.
+    async fn goodbye(&self, c: &mut Client, registered: bool) {
+        let Some(lease) = *self.lease else { return };
+        if registered {
+            let ops: Vec<TxnOp> = self.leaving.iter().map(|(k, v)| TxnOp::put(k.clone(), v.clone(), Some(etcd_client::PutOptions::new().with_lease(lease)))).collect();
+            if let Err(e) = timed(c.txn(Txn::new().and_then(ops))).await {
+                tracing::warn!(error = e, "cluster: could not mark the records leaving");
+            }
+        }
+        match timed(c.lease_revoke(lease)).await {
+            Ok(_) => tracing::info!(lease = format_args!("{lease:x}"), "cluster: left (records marked leaving, lease revoked)"),
+            Err(e) => tracing::warn!(error = e, "cluster: could not revoke the lease; the records expire with it"),
+        }
     }
 
     async fn list(&self, c: &mut Client, reason: Resync) -> Result<i64, String> {
@@ -253,7 +285,7 @@ impl Session<'_> {
         let mut registered = self.register(&mut c, lease, self.records).await?;
         let _ = self.events.send(BackendEvent::Connected { lease, ttl: self.ttl });
         let _ = self.events.send(BackendEvent::Registered(registered));
-        tracing::info!(endpoints = ?self.b.cfg.endpoints, lease = format_args!("{lease:x}"), registered, "cluster: connected to etcd");
+        tracing::info!(endpoint = self.endpoint, lease = format_args!("{lease:x}"), registered, "cluster: connected to etcd");
         let (mut keeper, mut kas) = timed(c.lease_keep_alive(lease)).await?;
         let mut revision = self.list(&mut c, first).await?;
         let prefix = list_prefix(&self.b.cfg.prefix);
@@ -265,17 +297,7 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 _ = leave.changed() => {
-                    // say goodbye: leaving first (the others drop us at once), then the lease
-                    if registered {
-                        let ops: Vec<TxnOp> = self.leaving.iter().map(|(k, v)| TxnOp::put(k.clone(), v.clone(), Some(etcd_client::PutOptions::new().with_lease(lease)))).collect();
-                        if let Err(e) = timed(c.txn(Txn::new().and_then(ops))).await {
-                            tracing::warn!(error = e, "cluster: could not mark the records leaving");
-                        }
-                    }
-                    match timed(c.lease_revoke(lease)).await {
-                        Ok(_) => tracing::info!(lease = format_args!("{lease:x}"), "cluster: left (records marked leaving, lease revoked)"),
-                        Err(e) => tracing::warn!(error = e, "cluster: could not revoke the lease; the records expire with it"),
-                    }
+                    self.goodbye(&mut c, registered).await;
                     return Ok(());
                 }
                 _ = ka_tick.tick() => {
