@@ -240,3 +240,17 @@ wait_until -t 10 pings 1 "${O[2]}" || die "h1 started without etcd cannot reach 
 t1=$(date +%s%N)
 info "start without etcd: h1 -> h2 ping after $(((t1 - t0) / 1000000)) ms"
 ok "h1 forwards to its state file's members while etcd is down"
+
+log "etcd down at start, no state file: h4 starts with no peer, and joins once etcd is back"
+sed "s|$WORK/h4-state.json|$WORK/h4-fresh-state.json|" "$WORK/h4.toml" >"$WORK/h4c.toml"
+start_daemon "${H[4]}" d4c "$WORK/h4c.toml"; wait_ready d4c
+sleep 2
+kill -0 "${_DAEMON_PID[d4c]}" || die "d4c exited because etcd is down"
+assert_eq "peers of h4 started without etcd or state file" 0 "$(ovl peers --admin "$WORK/h4.sock" --json | jq '.[0].peers | length')"
+start_etcd
+t0=$(date +%s%N)
+wait_until -t 30 pings 4 "${O[2]}" || die "h4 did not join h2 after etcd came back"
+wait_until -t 10 pings 1 "${O[4]}" || die "h1 (started from its state file) did not learn h4 after etcd came back"
+info "etcd back: h4 pings h2 after $((($(date +%s%N) - t0) / 1000000)) ms"
+[[ -s $WORK/h4-fresh-state.json ]] || die "h4 wrote no state file"
+ok "started without etcd and state file, joined when etcd came back, state file written"
