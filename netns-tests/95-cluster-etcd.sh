@@ -158,6 +158,14 @@ wait_until -t 30 active_again || die "h2 did not come back as active after it re
 grep -q 'granting a new one and writing the records again' "$WORK/d2.log" || die "h2 did not re-grant its lease"
 ok "h2 re-granted its lease and re-wrote its records; active again at h1"
 
+log "a SIGHUP reload of h1 (storm limit added) keeps its cluster peers"
+printf 'bum_pps_limit = 5000\n' >>"$WORK/h1.toml"
+kill -HUP "${_DAEMON_PID[d1]}"
+wait_until -t 10 grep -q 'reload applied' "$WORK/d1.log" || die "d1 did not apply the reload"
+for a in "${U[2]}" "${U[3]}" "${U[4]}"; do is_peer 1 "$a" || die "the reload dropped cluster peer $a"; done
+ping_ok "${H[1]}" "${O[4]}" 3
+ok "reload applied; the cluster peers stay"
+
 log "etcd SIGKILLed for $((TTL * 2 + 2)) s (lease TTL ${TTL} s) during a paced transfer h1 -> h2 and 50 pings/s h3 -> h4"
 flushed() { metric "$(scrape "${H[$1]}" "http://${U[$1]}:9477/metrics")" 'overlayd_fdb_events_total{event="flushed",network="blue"}'; }
 reconnects() { metric "$(scrape "${H[$1]}" "http://${U[$1]}:9477/metrics")" 'overlayd_cluster_resyncs_total{reason="reconnect"}'; }

@@ -333,3 +333,93 @@ impl Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::etcd::Resync;
+
+    /// A backend that reports a scripted listing and then waits for the leave.
+    struct Scripted(Vec<(String, Vec<u8>)>);
+
+    impl Backend for Scripted {
+        async fn run(
+            self,
+            records: Vec<(String, String)>,
+            leaving: Vec<(String, String)>,
+            events: mpsc::UnboundedSender<BackendEvent>,
+            mut leave: watch::Receiver<bool>,
+        ) {
+            assert_eq!(records.len(), 1, "one record per clustered network");
+            assert!(leaving[0].1.contains("\"leaving\""));
+            let _ = events.send(BackendEvent::Connected { lease: 0x2a, ttl: 5 });
+            let _ = events.send(BackendEvent::Listed { revision: 7, reason: Resync::Start, kvs: self.0 });
+            let _ = leave.changed().await;
+        }
+    }
+
+    const CFG: &str = r#"
+[node]
+underlay = "192.0.2.1"
+[cluster]
+endpoints = ["http://192.0.2.10:2379"]
+node_name = "h1"
+state_file = "STATE"
+[[networks]]
+name = "blue"
+encap = "vxlan"
+vni = 42
+tap = "b0"
+peers = ["192.0.2.9"]
+cluster = true
+[[networks]]
+name = "red"
+encap = "vxlan"
+vni = 43
+tap = "r0"
+peers = ["192.0.2.8"]
+"#;
+
+    fn record(addr: &str) -> Vec<u8> {
+        format!(r#"{{"underlay":"{addr}","encap":"vxlan","vni":42,"port":4789,"state":"active"}}"#).into_bytes()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn members_join_the_static_peers_of_clustered_networks_and_survive_a_restart_in_the_state_file() {
+        let dir = std::env::temp_dir().join(format!("overlayd-cluster-test-{}", std::process::id()));
+        let state = dir.join("cluster.json");
+        let cfg = crate::config::from_str_with_env(&CFG.replace("STATE", &state.display().to_string()), Vec::<(String, String)>::new()).unwrap();
+        let k = cfg.cluster.clone().unwrap();
+        let kvs = vec![
+            (member_key("/overlayd", "blue", "h2"), record("192.0.2.2")),
+            (member_key("/overlayd", "blue", "h9"), record("192.0.2.9")),
+            (member_key("/overlayd", "blue", "h3"), br#"{"underlay":"192.0.2.3","encap":"vxlan","vni":43,"port":4789,"state":"active"}"#.to_vec()),
+        ];
+        let mut c = Cluster::start(&cfg, &k, Scripted(kvs));
+        for _ in 0..2 {
+            let ev = c.next().await;
+            c.handle(ev);
+        }
+        assert!(c.take_changed());
+        let eff = c.effective(&cfg);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(eff.networks[0].peers, [ip("192.0.2.9"), ip("192.0.2.2")], "static first, then the members; h9 is static already");
+        assert_eq!(eff.networks[1].peers, [ip("192.0.2.8")], "red is not clustered");
+        assert!(c.is_cluster_peer("blue", ip("192.0.2.2")) && !c.is_cluster_peer("blue", ip("192.0.2.9")));
+        {
+            let st = c.status.lock().unwrap();
+            assert!(st.connected);
+            assert_eq!((st.revision, st.lease.as_deref(), st.resyncs["start"]), (7, Some("2a"), 1));
+            assert_eq!(st.networks[0].rejected, 1, "h3's record names another VNI");
+            assert_eq!(st.networks[0].peers, ["192.0.2.2"]);
+        }
+        c.leave().await;
+
+        // a restart while the store says nothing: the state file's members are peers at once
+        let mut again = Cluster::start(&cfg, &k, Scripted(Vec::new()));
+        again.take_changed();
+        assert_eq!(again.effective(&cfg).networks[0].peers, [ip("192.0.2.9"), ip("192.0.2.2")]);
+        again.leave().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
