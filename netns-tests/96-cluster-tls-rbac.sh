@@ -7,7 +7,8 @@
 #
 # Proves:
 #   - h1 and h2 (client certificates CN=h1, CN=h2, each granted its own keys) register over TLS
-#     and ping each other with `peers = []`;
+#     and ping each other with `peers = []`; h1 runs as nobody, its key file is root's (0600):
+#     the daemon reads it before it drops privileges;
 #   - h3 (CN=h3, a user with read access and no grant on its keys) cannot register: etcd refuses
 #     it, it never becomes a peer of h1 or h2, and its daemon keeps running;
 #   - a node cannot overwrite another node's record (etcdctl as h2 on h1's key is refused).
@@ -76,6 +77,8 @@ cfg() {
   printf '\n[cluster]\nendpoints = ["https://%s:2379"]\nnode_name = "h%s"\nlease_ttl_secs = 5\nca_file = "%s"\ncert_file = "%s"\nkey_file = "%s"\n' \
     "$EA" "$i" "$PKI/ca.pem" "$PKI/h$i.pem" "$PKI/h$i.key" >>"$f"
   add_network "$f" blue 42 "$TAP" "${O[i]}/24" "" cluster=true
+  # h1 runs as nobody: its key (mode 0600, root's) is read before the switch
+  [[ $i != 1 ]] || sed -i "s/^underlay = .*/&\nuser = \"nobody\"\ngroup = \"nogroup\"/" "$f"
 }
 is_peer() { "$OVERLAYD_BIN" peers --admin "$WORK/h$1.sock" --json | jq -e --arg a "$2" '.[0].peers | any(.peer == $a)' >/dev/null; }
 
@@ -84,6 +87,8 @@ for i in 1 2 3; do cfg "$i"; start_daemon "${H[i]}" "d$i" "$WORK/h$i.toml"; done
 for i in 1 2 3; do wait_ready "d$i"; done
 wait_until -t 30 ns_exec "${H[1]}" ping -n -c 1 -W 1 "${O[2]}" || die "h1 and h2 did not find each other over TLS"
 ok "h1 pings h2 (peers found through etcd over TLS with client certificates)"
+assert_eq "mode of h1's key file" 600 "$(stat -c %a "$PKI/h1.key")"
+assert_eq "user d1 runs as" "$(id -u nobody)" "$(awk '/^Uid:/ { print $2 }' "/proc/${_DAEMON_PID[d1]}/status")"
 
 log "h3 has no grant on its keys: it cannot register"
 wait_until -t 20 grep -q 'permission denied' "$WORK/d3.log" || { tail -n 5 "$WORK/d3.log" >&2; die "d3 did not log etcd's refusal"; }

@@ -712,13 +712,17 @@ pub async fn run_with_reload(
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
     let admin_socket = crate::admin::server::bind(&cfg.admin_socket, cfg.admin_group)
         .map_err(|error| StartupError::Admin { path: cfg.admin_socket.display().to_string(), error })?;
+    // the etcd client certificate and key are read while the daemon may still read them
+    let tls = match &cfg.cluster {
+        Some(k) => crate::io::etcd::TlsMaterial::read(k).map_err(StartupError::Cluster)?,
+        None => None,
+    };
     if let Some(to) = &cfg.node.run_as {
         privs::switch_user(to)?;
     }
     let mut cluster = match &cfg.cluster {
         None => None,
         Some(k) => {
-            let tls = crate::io::etcd::TlsMaterial::read(k).map_err(|e| StartupError::Cluster(e))?;
             let backend = crate::io::etcd::EtcdBackend {
                 cfg: k.clone(),
                 underlay: cfg.node.underlay,
