@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use overlayd::config::ClusterConfig;
 use overlayd::core::membership::{Change, LocalNet, Membership, RecordState, list_prefix, member_key};
-use overlayd::io::etcd::{Backend, BackendEvent, EtcdBackend};
+use overlayd::io::backend::{Backend, BackendEvent};
+use overlayd::io::etcd::EtcdBackend;
 use tokio::sync::{Mutex, mpsc, watch};
 
 fn net() -> LocalNet {

@@ -18,7 +18,7 @@ use crate::core::Encap;
 use crate::core::membership::{Change, EventCounts, LocalNet, MemberStatus, Membership, RecordState, RemovedWhy, member_key};
 use crate::core::liveness::PeerState;
 use crate::io::clock;
-use crate::io::etcd::{Backend, BackendEvent, Resync};
+use crate::io::backend::{Backend, BackendEvent, Resync};
 
 /// What `overlayd cluster` shows and the metrics export.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -337,7 +337,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::etcd::Resync;
+    use crate::io::backend::Resync;
 
     /// A backend that reports a scripted listing and then waits for the leave.
     struct Scripted(Vec<(String, Vec<u8>)>);
