@@ -50,6 +50,11 @@ enum Cmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show the cluster state: etcd endpoints, connection, lease, revision, members.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -145,6 +150,7 @@ fn main() -> ExitCode {
         }
         Cmd::Peers { client, network } => ask(&client, Request::Peers { network }),
         Cmd::Stats { client } => ask(&client, Request::Stats),
+        Cmd::Cluster { client } => ask(&client, Request::Cluster),
         Cmd::Check { config } => match overlayd::config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} network{})", config.display(), c.networks.len(), if c.networks.len() == 1 { "" } else { "s" });

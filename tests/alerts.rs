@@ -11,16 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_yaml_ng::Value;
+mod common;
 
-/// Metrics the rules may name before overlayd exports them, with the labels they will carry.
-///
-/// The etcd membership agent (`[cluster]`) is built alongside these rules; its metrics are
-/// specified but not in this build yet. Once `metrics::names()` lists one, it is checked like
-/// every other metric (this entry is then unused and can go). Nothing else belongs here: a rule
-/// on a metric that is never exported is an alert that can never fire.
-const NOT_YET_EXPORTED: &[(&str, &[&str])] =
-    &[("overlayd_cluster_connected", &[]), ("overlayd_cluster_events_total", &["network", "event"])];
+use serde_yaml_ng::Value;
 
 /// Labels whose values the rules may only select from what overlayd exports.
 const CHECKED_LABELS: &[&str] = &["reason", "event", "direction"];
@@ -233,27 +226,7 @@ struct Exported {
 
 impl Exported {
     fn new() -> Exported {
-        use overlayd::core::fabric::{Fabric, NetEntry};
-        use overlayd::core::stats::GlobalDrops;
-        use overlayd::core::{Encap, FdbConfig, Instant, Network, NetworkSpec, Vni};
-        let one_network = || {
-            let net = Network::new(NetworkSpec {
-                name: "blue".into(),
-                encap: Encap::Vxlan,
-                vni: Vni::new_unchecked(42),
-                mtu: 1450,
-                peers: vec![std::net::SocketAddr::from(([192, 0, 2, 2], 4789))],
-                fdb: FdbConfig::default(),
-                bum_pps_limit: None,
-                local_ports: 1,
-                mss_clamp: false,
-                pmtu_sources: Default::default(),
-                arp_suppress: false,
-            });
-            let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
-            overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0)
-        };
-        let text = overlayd::metrics::Metrics::new(one_network).expect("registry").render();
+        let text = overlayd::metrics::Metrics::new(common::one_network).expect("registry").render();
         let mut families: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let series = l.rsplit_once(' ').map_or(l, |(s, _)| s);
@@ -271,10 +244,6 @@ impl Exported {
         Exported { families }
     }
 
-    fn pending(name: &str) -> Option<&'static [&'static str]> {
-        NOT_YET_EXPORTED.iter().find(|(n, _)| *n == name).map(|(_, l)| *l)
-    }
-
     /// Labels of the series an expression selects: the scrape's `job` and `instance` plus the
     /// labels of every metric it names (recorded series: those of the expression they record).
     fn labels_of_expr(&self, expr: &str, recorded: &BTreeMap<String, String>) -> BTreeSet<String> {
@@ -285,9 +254,6 @@ impl Exported {
             } else if let Some(f) = self.families.get(&sel.name) {
                 out.extend(["instance".to_string(), "job".to_string()]);
                 out.extend(f.keys().cloned());
-            } else if let Some(l) = Self::pending(&sel.name) {
-                out.extend(["instance".to_string(), "job".to_string()]);
-                out.extend(l.iter().map(|s| s.to_string()));
             }
         }
         out
@@ -298,7 +264,6 @@ impl Exported {
 fn rules_name_only_metrics_and_label_values_that_overlayd_exports() {
     let exported = Exported::new();
     let recorded = recorded();
-    let mut pending_used = BTreeSet::new();
     let mut checked = 0;
     for r in rules() {
         let what = s(r.get("alert").unwrap_or(&r["record"])).to_string();
@@ -320,11 +285,7 @@ fn rules_name_only_metrics_and_label_values_that_overlayd_exports() {
                 continue;
             };
             for src in sources {
-                let Some(fam) = exported.families.get(&src) else {
-                    assert!(Exported::pending(&src).is_some(), "{what}: {src} is not a metric overlayd exports (in {expr:?})");
-                    pending_used.insert(src);
-                    continue;
-                };
+                let fam = exported.families.get(&src).unwrap_or_else(|| panic!("{what}: {src} is not a metric overlayd exports (in {expr:?})"));
                 for (label, op, value) in &sel.matchers {
                     if !CHECKED_LABELS.contains(&label.as_str()) {
                         continue;
@@ -340,12 +301,6 @@ fn rules_name_only_metrics_and_label_values_that_overlayd_exports() {
         }
     }
     assert!(checked >= 15, "only {checked} label values checked: is the matcher parser still reading the rules?");
-    for (name, _) in NOT_YET_EXPORTED {
-        assert!(
-            pending_used.contains(*name) || exported.families.contains_key(*name),
-            "NOT_YET_EXPORTED lists {name}, which no rule uses"
-        );
-    }
 }
 
 #[test]

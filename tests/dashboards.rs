@@ -2,6 +2,8 @@
 //! dashboard's Prometheus data-source variable, has queries, and only names metrics that
 //! overlayd (or its process collector) really exports.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -95,32 +97,9 @@ fn dashboards_query_through_the_datasource_variable_and_every_panel_has_queries(
     }
 }
 
-/// What a daemon with one network and one peer exports (families without series are left out
-/// of a scrape, so the sample needs a network).
-fn one_network() -> overlayd::metrics::Sample {
-    use overlayd::core::fabric::{Fabric, NetEntry};
-    use overlayd::core::stats::GlobalDrops;
-    use overlayd::core::{Encap, FdbConfig, Instant, Network, NetworkSpec, Vni};
-    let net = Network::new(NetworkSpec {
-        name: "blue".into(),
-        encap: Encap::Vxlan,
-        vni: Vni::new_unchecked(42),
-        mtu: 1450,
-        peers: vec![std::net::SocketAddr::from(([192, 0, 2, 2], 4789))],
-        fdb: FdbConfig::default(),
-        bum_pps_limit: None,
-        local_ports: 1,
-        mss_clamp: false,
-        pmtu_sources: Default::default(),
-        arp_suppress: false,
-    });
-    let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
-    overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0)
-}
-
 #[test]
 fn dashboards_name_only_metrics_that_overlayd_exports() {
-    let exported = overlayd::metrics::Metrics::new(one_network).expect("registry").render();
+    let exported = overlayd::metrics::Metrics::new(common::one_network).expect("registry").render();
     let families: BTreeSet<&str> = exported.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
     for name in overlayd::metrics::names() {
         assert!(families.contains(name.as_str()), "metrics::names() lists {name}, which is not exported");

@@ -74,6 +74,7 @@ pub fn render(req: &Request, v: serde_json::Value, json: bool) -> Result<String,
         }
         Request::Peers { .. } => peer_table(&decode::<Vec<PeerTable>>(v)?),
         Request::Stats => stats_text(&decode(v)?),
+        Request::Cluster => cluster_text(&decode(v)?),
     })
 }
 
@@ -126,13 +127,14 @@ fn fdb_table(tables: &[FdbTable]) -> String {
 }
 
 fn peer_table(tables: &[PeerTable]) -> String {
-    let mut rows = vec![["NETWORK", "PEER", "STATE", "OVERLAYD", "GSO", "LAST SEEN", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"].map(String::from).to_vec()];
+    let mut rows = vec![["NETWORK", "PEER", "SOURCE", "STATE", "OVERLAYD", "GSO", "LAST SEEN", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"].map(String::from).to_vec()];
     for t in tables {
         for p in &t.peers {
             let seen = p.last_seen_ago_secs.map_or_else(|| "never".to_string(), |s| format!("{} ago", secs(s)));
             rows.push(vec![
                 t.network.clone(),
                 p.peer.clone(),
+                p.source.clone(),
                 if p.up { "up" } else { "down" }.to_string(),
                 if p.speaks_overlayd { "yes" } else { "no" }.to_string(),
                 if p.gets_gso { "yes" } else { "no" }.to_string(),
@@ -145,6 +147,30 @@ fn peer_table(tables: &[PeerTable]) -> String {
         }
     }
     table(&rows)
+}
+
+fn cluster_text(c: &crate::daemon::cluster::ClusterStatus) -> String {
+    let mut out = format!(
+        "endpoints  {}\nnode       {}\nconnected  {}{}\nregistered {}\nlease      {} (ttl {}s)\nrevision   {}\nresyncs    {}\n",
+        c.endpoints.join(", "),
+        c.node_name,
+        if c.connected { "yes" } else { "no" },
+        c.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
+        if c.registered { "yes" } else { "no" },
+        c.lease.as_deref().unwrap_or("none"),
+        c.lease_ttl_secs,
+        c.revision,
+        c.resyncs.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+    );
+    let mut rows = vec![["NETWORK", "NODE", "UNDERLAY", "STATUS"].map(String::from).to_vec()];
+    for n in &c.networks {
+        for m in &n.members {
+            rows.push(vec![n.network.clone(), m.node.clone(), m.underlay.clone(), m.status.clone()]);
+        }
+    }
+    out.push('\n');
+    out.push_str(&table(&rows));
+    out
 }
 
 fn drops_line(d: &std::collections::BTreeMap<String, u64>) -> String {
@@ -223,15 +249,15 @@ mod tests {
         let t = vec![PeerTable {
             network: "blue".into(),
             peers: vec![
-                PeerSample { peer: "192.0.2.2".into(), rx_packets: 5, rx_bytes: 474, tx_packets: 6, tx_bytes: 500, last_seen_ago_secs: Some(0.25), up: true, speaks_overlayd: true, gets_gso: true, ..Default::default() },
-                PeerSample { peer: "192.0.2.3".into(), ..Default::default() },
+                PeerSample { peer: "192.0.2.2".into(), rx_packets: 5, rx_bytes: 474, tx_packets: 6, tx_bytes: 500, last_seen_ago_secs: Some(0.25), up: true, speaks_overlayd: true, gets_gso: true, source: "static".into(), ..Default::default() },
+                PeerSample { peer: "192.0.2.3".into(), source: "cluster".into(), ..Default::default() },
             ],
         }];
         let s = peer_table(&t);
         let lines: Vec<&str> = s.lines().collect();
-        assert_eq!(lines[0], "NETWORK  PEER       STATE  OVERLAYD  GSO  LAST SEEN  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES");
-        assert_eq!(lines[1], "blue     192.0.2.2  up     yes       yes  0.2s ago   5           474       6           500");
-        assert_eq!(lines[2], "blue     192.0.2.3  down   no        no   never      0           0         0           0");
+        assert_eq!(lines[0], "NETWORK  PEER       SOURCE   STATE  OVERLAYD  GSO  LAST SEEN  RX PACKETS  RX BYTES  TX PACKETS  TX BYTES");
+        assert_eq!(lines[1], "blue     192.0.2.2  static   up     yes       yes  0.2s ago   5           474       6           500");
+        assert_eq!(lines[2], "blue     192.0.2.3  cluster  down   no        no   never      0           0         0           0");
     }
 
     #[test]

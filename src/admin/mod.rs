@@ -9,6 +9,7 @@
 //! {"cmd":"fdb_flush","network":null}    forget learned MACs
 //! {"cmd":"peers"}                       per network: peers, last seen, traffic each way
 //! {"cmd":"stats"}                       every counter (the same numbers as /metrics)
+//! {"cmd":"cluster"}                     etcd endpoints, connection, lease, revision, members
 //! ```
 //!
 //! and every reply is `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`. The same
@@ -44,6 +45,8 @@ pub enum Request {
         network: Option<String>,
     },
     Stats,
+    /// `[cluster]` state: endpoints, connection, lease, revision, members.
+    Cluster,
 }
 
 /// A reply: `result` when `ok`, `error` otherwise.
@@ -215,6 +218,8 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
             }
         },
         Request::Stats => Reply::ok(sample()),
+        // answered by the daemon, which holds the cluster state
+        Request::Cluster => Reply::error("this daemon has no [cluster] section"),
     }
 }
 

@@ -8,6 +8,7 @@ pub mod validate;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::core::{Dscp, Encap, FdbConfig, Vni};
 
@@ -26,7 +27,33 @@ pub struct Config {
     /// 0660 and belongs to that group); `None` = root's (or the daemon user's) alone, 0600.
     pub admin_group: Option<u32>,
     pub networks: Vec<NetworkConfig>,
+    /// `[cluster]`: membership through etcd; `None` = peers come from this file alone.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// `[cluster]`: where the membership of the networks with `cluster = true` is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd client URLs, all `http://` or all `https://`.
+    pub endpoints: Vec<String>,
+    /// Key prefix without a trailing '/'; records live under `<prefix>/v1/`.
+    pub prefix: String,
+    pub node_name: String,
+    pub lease_ttl: Duration,
+    pub state_file: Option<PathBuf>,
+    pub tls: Option<ClusterTls>,
+}
+
+/// Files for TLS towards etcd (read at start, before privileges are dropped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTls {
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, together or not at all.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/overlayd";
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 15;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
@@ -88,6 +115,8 @@ pub struct NetworkConfig {
     pub vm_dgram_socket: Option<VmSocketConfig>,
     /// Lower the MSS of TCP SYNs from local ports to fit the MTU.
     pub mss_clamp: bool,
+    /// `cluster = true`: registered in `[cluster]`, its members become peers (besides `peers`).
+    pub cluster: bool,
 }
 
 /// What a network does with unicast frames for a MAC it does not know.
@@ -182,6 +211,8 @@ pub fn from_str_with_env(text: &str, env: impl IntoIterator<Item = (String, Stri
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("cluster.endpoints")
                 .source(Some(env)),
         )
         .build()

@@ -11,8 +11,30 @@ pub struct Raw {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Membership through etcd; absent = every peer comes from the config file.
+    pub cluster: Option<RawCluster>,
     #[serde(default)]
     pub networks: Vec<RawNetwork>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// etcd client URLs (`http://host:port` or `https://host:port`).
+    pub endpoints: Vec<String>,
+    /// Keys live under `<prefix>/v1/`; default "/overlayd".
+    pub prefix: Option<String>,
+    /// This node's name in the cluster; default: the hostname.
+    pub node_name: Option<String>,
+    /// Lease TTL in seconds; keepalives every third of it. Default 15.
+    pub lease_ttl_secs: Option<i64>,
+    /// Last known membership, read at start when etcd does not answer.
+    pub state_file: Option<String>,
+    /// TLS: CA bundle that signs the etcd servers' certificates.
+    pub ca_file: Option<String>,
+    /// TLS client certificate and its key.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +111,8 @@ pub struct RawNetwork {
     pub vm_socket_mode: Option<RawId>,
     /// Rewrite the MSS option of TCP SYNs from local ports to fit the network MTU.
     pub mss_clamp: Option<bool>,
+    /// Register this network in `[cluster]` and take its members as peers.
+    pub cluster: Option<bool>,
 }
 
 /// A name or a number (user, group, mode): TOML lets the user write either.

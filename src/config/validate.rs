@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{Raw, RawId, RawNetwork};
-use super::{Config, RunAs, UnknownUnicast, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::raw::{Raw, RawCluster, RawId, RawNetwork};
+use super::{ClusterConfig, ClusterTls, Config, RunAs, UnknownUnicast, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL_SECS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -130,7 +130,13 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
     }
     let offload = raw.node.offload.unwrap_or(true);
     let run_as = run_as(raw.node.user, raw.node.group)?;
-    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, admin_group, networks })
+    let cluster = raw.cluster.map(cluster).transpose()?;
+    if cluster.is_none() {
+        if let Some(i) = networks.iter().position(|n| n.cluster) {
+            return err(format!("networks[{i}].cluster"), "needs a [cluster] section (the etcd endpoints to register in)");
+        }
+    }
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, admin_group, networks, cluster })
 }
 
 fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
@@ -237,7 +243,8 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .map(|p| ranged(&format!("{at}.vxlan_port"), p, 1, 65535, "a UDP port").map(|p| p as u16))
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false), arp_suppress: n.arp_suppress.unwrap_or(false), unknown_unicast: UnknownUnicast::Flood };
+    let cluster = n.cluster.unwrap_or(false);
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false), arp_suppress: n.arp_suppress.unwrap_or(false), unknown_unicast: UnknownUnicast::Flood, cluster };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -271,6 +278,84 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         cfg.fdb.move_window = Duration::from_secs(s as u64);
     }
     Ok(cfg)
+}
+
+/// This host's name, for `cluster.node_name`'s default.
+fn hostname() -> Option<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let h = h.trim();
+    (!h.is_empty()).then(|| h.to_string())
+}
+
+/// Whether `s` can be a node name: it becomes one component of an etcd key.
+fn valid_node_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && s != "." && s != ".."
+}
+
+fn cluster(c: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    if c.endpoints.is_empty() {
+        return err("cluster.endpoints", "needs at least one etcd endpoint, e.g. [\"http://192.0.2.10:2379\"]");
+    }
+    let mut endpoints = Vec::with_capacity(c.endpoints.len());
+    let mut https = None;
+    for (i, e) in c.endpoints.iter().enumerate() {
+        let key = format!("cluster.endpoints[{i}]");
+        let e = e.trim();
+        let (tls, rest) = match (e.strip_prefix("http://"), e.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return err(key, format!("{e:?} must start with http:// or https://")),
+        };
+        let hostport = rest.trim_end_matches('/');
+        let port_ok = hostport.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !port_ok || hostport.contains('/') {
+            return err(key, format!("{e:?} must be a scheme, a host and a port, e.g. http://192.0.2.10:2379"));
+        }
+        if *https.get_or_insert(tls) != tls {
+            return err(key, "mixes http:// and https:// endpoints; use one scheme for all");
+        }
+        endpoints.push(e.trim_end_matches('/').to_string());
+    }
+    let https = https.unwrap_or(false);
+    let prefix = c.prefix.unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_string());
+    let trimmed = prefix.trim_end_matches('/');
+    if !prefix.starts_with('/') || trimmed.is_empty() || trimmed.contains("//") || trimmed.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return err("cluster.prefix", format!("{prefix:?} must be a key path like \"/overlayd\" (starting with '/', not only '/')"));
+    }
+    let prefix = trimmed.to_string();
+    let node_name = match c.node_name {
+        Some(n) => n,
+        None => hostname().ok_or_else(|| ConfigError::new("cluster.node_name", "not set, and the hostname cannot be read"))?,
+    };
+    if !valid_node_name(&node_name) {
+        return err("cluster.node_name", format!("{node_name:?} must be 1..=253 letters, digits, '-', '_' or '.'"));
+    }
+    let ttl = ranged("cluster.lease_ttl_secs", c.lease_ttl_secs.unwrap_or(DEFAULT_LEASE_TTL_SECS as i64), 2, 3600, "the lease TTL in seconds")?;
+    let file = |key: &str, p: String| -> Result<PathBuf, ConfigError> {
+        let path = PathBuf::from(&p);
+        if p.is_empty() || path.file_name().is_none() { err(key, format!("{p:?} is not a file path")) } else { Ok(path) }
+    };
+    let state_file = c.state_file.map(|p| file("cluster.state_file", p)).transpose()?;
+    let ca_file = c.ca_file.map(|p| file("cluster.ca_file", p)).transpose()?;
+    let cert = c.cert_file.map(|p| file("cluster.cert_file", p)).transpose()?;
+    let key = c.key_file.map(|p| file("cluster.key_file", p)).transpose()?;
+    let identity = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => return err("cluster.key_file", "cert_file needs the key_file of its private key"),
+        (None, Some(_)) => return err("cluster.cert_file", "key_file needs the cert_file it belongs to"),
+    };
+    let tls = if https {
+        Some(ClusterTls { ca_file, identity })
+    } else {
+        for (k, set) in [("ca_file", ca_file.is_some()), ("cert_file", identity.is_some())] {
+            if set {
+                return err(format!("cluster.{k}"), "only applies to https:// endpoints");
+            }
+        }
+        None
+    };
+    Ok(ClusterConfig { endpoints, prefix, node_name, lease_ttl: Duration::from_secs(ttl as u64), state_file, tls })
 }
 
 /// TAPs a network may list; the rest of the port table is for VM connections.
@@ -465,6 +550,70 @@ mod tests {
         assert_eq!(n.address, Some(("198.51.100.1".parse().unwrap(), 24)));
         assert_eq!(n.overhead(c.node.underlay), 50);
         assert!(c.node.offload, "offloads are on unless turned off");
+    }
+
+    const CLUSTER: &str = "[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\nnode_name = \"host7\"\n";
+
+    #[test]
+    fn no_cluster_section_means_no_cluster_and_a_clustered_network_needs_one() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.cluster, None);
+        assert!(!c.networks[0].cluster);
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\ncluster = true"));
+        assert!(p.starts_with("networks[0].cluster: needs a [cluster] section"), "{p}");
+    }
+
+    #[test]
+    fn cluster_has_the_documented_defaults() {
+        let c = parse(&format!("{CLUSTER}{}", GOOD.replace("vni = 42", "vni = 42\ncluster = true"))).unwrap();
+        let k = c.cluster.unwrap();
+        assert_eq!(k.endpoints, ["http://192.0.2.10:2379"]);
+        assert_eq!(k.prefix, "/overlayd");
+        assert_eq!(k.node_name, "host7");
+        assert_eq!(k.lease_ttl, Duration::from_secs(15));
+        assert_eq!((k.state_file, k.tls), (None, None));
+        assert!(c.networks[0].cluster);
+        // without node_name, the hostname
+        let c = parse(&format!("[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\n{GOOD}")).unwrap();
+        assert_eq!(Some(c.cluster.unwrap().node_name), hostname());
+    }
+
+    #[test]
+    fn cluster_keys_are_validated_naming_the_key() {
+        let with = |extra: &str| problem(&format!("{CLUSTER}{extra}\n{GOOD}"));
+        let cases = [
+            ("lease_ttl_secs = 0", "cluster.lease_ttl_secs: 0 is out of range"),
+            ("prefix = \"overlayd\"", "cluster.prefix:"),
+            ("state_file = \"\"", "cluster.state_file:"),
+            ("ca_file = \"/etc/ca.pem\"", "cluster.ca_file: only applies to https://"),
+            ("cert_file = \"/etc/c.pem\"", "cluster.key_file:"),
+            ("colour = 1", "colour"),
+        ];
+        for (extra, want) in cases {
+            let p = with(extra);
+            assert!(p.contains(want), "{extra}: {p}");
+        }
+        let p = problem(&format!("{}\n{GOOD}", CLUSTER.replace("\"host7\"", "\"a/b\"")));
+        assert!(p.starts_with("cluster.node_name:"), "{p}");
+        let p = problem(&format!("{}\n{GOOD}", CLUSTER.replace("http://192.0.2.10:2379", "192.0.2.10")));
+        assert!(p.starts_with("cluster.endpoints[0]:"), "{p}");
+        let p = problem(&format!("{}\n{GOOD}", CLUSTER.replace("\"http://192.0.2.10:2379\"", "\"http://a:1\", \"https://b:2\"")));
+        assert!(p.starts_with("cluster.endpoints[1]: mixes"), "{p}");
+        let p = problem(&format!("{}\n{GOOD}", CLUSTER.replace("[\"http://192.0.2.10:2379\"]", "[]")));
+        assert!(p.starts_with("cluster.endpoints:"), "{p}");
+    }
+
+    #[test]
+    fn cluster_keys_come_from_the_environment_too() {
+        let env = vec![
+            ("OVERLAYD__CLUSTER__ENDPOINTS".to_string(), "https://192.0.2.10:2379,https://192.0.2.11:2379".to_string()),
+            ("OVERLAYD__CLUSTER__LEASE_TTL_SECS".to_string(), "6".to_string()),
+            ("OVERLAYD__CLUSTER__CA_FILE".to_string(), "/etc/overlayd/ca.pem".to_string()),
+        ];
+        let k = from_str_with_env(&format!("{CLUSTER}{GOOD}"), env).unwrap().cluster.unwrap();
+        assert_eq!(k.endpoints, ["https://192.0.2.10:2379", "https://192.0.2.11:2379"]);
+        assert_eq!(k.lease_ttl, Duration::from_secs(6));
+        assert_eq!(k.tls, Some(ClusterTls { ca_file: Some("/etc/overlayd/ca.pem".into()), identity: None }));
     }
 
     #[test]

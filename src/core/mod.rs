@@ -20,6 +20,7 @@ pub mod handover;
 #[doc(hidden)]
 pub mod invariants;
 pub mod liveness;
+pub mod membership;
 pub mod neigh;
 pub mod network;
 pub mod offload;

@@ -16,6 +16,7 @@ pub mod vmport;
 pub mod watch;
 pub mod privs;
 pub mod reload;
+pub mod cluster;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -63,6 +64,15 @@ pub enum StartupError {
     Admin { path: String, error: std::io::Error },
     #[error("node.user: {0}")]
     User(String),
+    #[error("{0}")]
+    Cluster(String),
+}
+
+/// Mean time between periodic re-lists of the cluster (`OVERLAYD_CLUSTER_RESYNC_SECS` for
+/// tests; default 5 minutes).
+fn cluster_resync_every() -> Duration {
+    let secs = std::env::var("OVERLAYD_CLUSTER_RESYNC_SECS").ok().and_then(|s| s.parse::<u64>().ok()).filter(|s| *s > 0);
+    Duration::from_secs(secs.unwrap_or(300))
 }
 
 impl crate::admin::PortNames for Arc<NetIo> {
@@ -458,7 +468,8 @@ impl Daemon {
     /// gets its next generation in place (ports, threads and the MACs behind the peers that
     /// stay are kept), a network with any other change restarts. Networks that did not change
     /// are not touched. Underlay sockets are opened first: if that fails nothing changes.
-    pub fn apply(&mut self, new: &Config) -> Result<reload::Applied, String> {
+    /// `cause` names what asks for it in the log ("reload" for SIGHUP, "cluster" for membership).
+    pub fn apply(&mut self, new: &Config, cause: &'static str) -> Result<reload::Applied, String> {
         let plan = reload::Plan::new(&self.nets.iter().map(|r| r.cfg.clone()).collect::<Vec<_>>(), &new.networks);
         if plan.is_empty() {
             return Ok(reload::Applied::default());
@@ -506,8 +517,13 @@ impl Daemon {
             let old = r.io.net.swap(next.clone());
             drop(current);
             r.cfg = n.clone();
-            tracing::info!(network = n.name, peers_added = ?added, peers_removed = ?removed, peers = n.peers.len(),
-                "reload: network updated in place (ports, threads and the other peers' MACs kept)");
+            if cause == "reload" {
+                tracing::info!(network = n.name, peers_added = ?added, peers_removed = ?removed, peers = n.peers.len(),
+                    "reload: network updated in place (ports, threads and the other peers' MACs kept)");
+            } else {
+                tracing::info!(network = n.name, peers_added = ?added, peers_removed = ?removed, peers = n.peers.len(),
+                    "cluster: peers updated in place (ports, threads and the other peers' MACs kept)");
+            }
             applied.updated.push(n.name.clone());
             handovers.push((old, next, h));
         }
@@ -644,7 +660,7 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -
 /// changes settings applied at start only, is refused and the running configuration stays; a
 /// valid one is applied network by network ([`Daemon::apply`]) and `running` becomes what
 /// runs now.
-fn reload(path: Option<&std::path::Path>, daemon: &mut Daemon, running: &mut Config) {
+fn reload(path: Option<&std::path::Path>, daemon: &mut Daemon, running: &mut Config, cluster: Option<&cluster::Cluster>) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP received, but the daemon was not started from a config file: nothing to reload");
         return;
@@ -667,10 +683,13 @@ fn reload(path: Option<&std::path::Path>, daemon: &mut Daemon, running: &mut Con
         return;
     }
     let started = std::time::Instant::now();
-    match daemon.apply(&new) {
+    let effective = cluster.map_or_else(|| new.clone(), |c| c.effective(&new));
+    match daemon.apply(&effective, "reload") {
         Err(e) => tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force"),
         Ok(a) => {
-            *running = daemon.running(running);
+            // what runs now, as the file says it (cluster members are not the file's)
+            let names: Vec<String> = daemon.nets.iter().map(|r| r.cfg.name.clone()).collect();
+            *running = Config { networks: new.networks.iter().filter(|n| names.contains(&n.name)).cloned().collect(), ..new.clone() };
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             if a.failed.is_empty() {
                 tracing::info!(config = %path.display(), added = ?a.added, removed = ?a.removed, updated = ?a.updated,
@@ -701,20 +720,62 @@ pub async fn run_with_reload(
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
     let admin_socket = crate::admin::server::bind(&cfg.admin_socket, cfg.admin_group)
         .map_err(|error| StartupError::Admin { path: cfg.admin_socket.display().to_string(), error })?;
+    // the etcd client certificate and key are read while the daemon may still read them
+    let tls = match &cfg.cluster {
+        Some(k) => crate::io::etcd::TlsMaterial::read(k).map_err(StartupError::Cluster)?,
+        None => None,
+    };
     if let Some(to) = &cfg.node.run_as {
         privs::switch_user(to)?;
     }
-    let mut daemon = Daemon::start(&cfg)?;
+    let mut cluster = match &cfg.cluster {
+        None => None,
+        Some(k) => {
+            let backend = crate::io::etcd::EtcdBackend {
+                cfg: k.clone(),
+                underlay: cfg.node.underlay,
+                tls,
+                resync_every: cluster_resync_every(),
+            };
+            Some(cluster::Cluster::start(&cfg, k, backend))
+        }
+    };
+    // forward at once with the static peers and the state file's members, whatever etcd does
+    let start_cfg = match cluster.as_mut() {
+        Some(c) => {
+            c.take_changed();
+            c.effective(&cfg)
+        }
+        None => cfg.clone(),
+    };
+    let mut daemon = Daemon::start(&start_cfg)?;
     let mut cfg = cfg;
+    let cluster_status = cluster.as_ref().map(|c| c.status.clone());
     let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
+    let status = cluster_status.clone();
     let answer = move |req: &crate::admin::Request| {
         let now = clock::now();
-        crate::admin::handle(req, &fabric.load(), || sample_of(&fabric, &global), now)
+        if let crate::admin::Request::Cluster = req {
+            return match &status {
+                Some(s) => crate::admin::Reply::ok(&*s.lock().unwrap_or_else(|p| p.into_inner())),
+                None => crate::admin::Reply::error("this daemon has no [cluster] section"),
+            };
+        }
+        let mut reply = crate::admin::handle(req, &fabric.load(), || sample_of(&fabric, &global), now);
+        if let (crate::admin::Request::Peers { .. }, Some(s), Some(result)) = (req, &status, reply.result.as_mut()) {
+            cluster::mark_sources(result, &s.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        reply
     };
     let admin_task = tokio::spawn(crate::admin::server::serve(admin_socket, Arc::new(answer)));
     tracing::info!(socket = %cfg.admin_socket.display(), group = ?cfg.admin_group, "admin socket ready");
     let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
-    let metrics = match crate::metrics::Metrics::new(move || sample_of(&fabric, &global)) {
+    let status = cluster_status.clone();
+    let metrics = match crate::metrics::Metrics::new(move || {
+        let mut s = sample_of(&fabric, &global);
+        s.cluster = status.as_ref().map(|st| st.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        s
+    }) {
         Ok(m) => Arc::new(m),
         Err(e) => {
             daemon.stop();
@@ -731,14 +792,42 @@ pub async fn run_with_reload(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(shutdown);
     loop {
+        let cluster_event = async {
+            match cluster.as_mut() {
+                Some(c) => c.next().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = tick.tick() => daemon.tick(),
+            _ = tick.tick() => {
+                daemon.tick();
+                if let Some(c) = cluster.as_mut() {
+                    c.tick(&daemon.fabric);
+                }
+            }
             _ = usr1.recv() => daemon.log_drops(),
-            _ = hup.recv() => reload(config_path.as_deref(), &mut daemon, &mut cfg),
+            _ = hup.recv() => reload(config_path.as_deref(), &mut daemon, &mut cfg, cluster.as_ref()),
+            ev = cluster_event => {
+                if let Some(c) = cluster.as_mut() {
+                    c.handle(ev);
+                }
+            }
+        }
+        if let Some(c) = cluster.as_mut() {
+            if !c.take_changed() {
+                continue;
+            }
+            let effective = c.effective(&cfg);
+            if let Err(e) = daemon.apply(&effective, "cluster") {
+                tracing::error!("cluster: cannot apply the members: {e}");
+            }
         }
     }
     tracing::info!("shutting down");
+    if let Some(c) = cluster.as_mut() {
+        c.leave().await;
+    }
     daemon.log_drops();
     // the exporter and the admin socket hold the fabric: let them go first so that stop()
     // really closes the TAPs (and the admin socket file is removed)

@@ -8,8 +8,9 @@
 //!   options, TTL, DSCP, VM sockets) is *restarted*: its ports close and open again;
 //! - every other network is left alone.
 //!
-//! Settings outside `[[networks]]` (the node, the metrics address, the admin socket) are
-//! applied at start only: a configuration that changes them is refused as a whole.
+//! Settings outside `[[networks]]` (the node, the metrics address, the admin socket, the
+//! cluster) and which networks are in the cluster are applied at start only: a configuration
+//! that changes them is refused as a whole.
 
 use crate::config::{Config, NetworkConfig};
 
@@ -74,6 +75,11 @@ pub struct Applied {
     pub failed: Vec<(String, String)>,
 }
 
+/// The names of the networks registered in the cluster.
+fn clustered(c: &Config) -> Vec<&str> {
+    c.networks.iter().filter(|n| n.cluster).map(|n| n.name.as_str()).collect()
+}
+
 /// The settings of `new` that differ from `running` outside `[[networks]]`, by key; a reload
 /// cannot apply them.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
@@ -88,6 +94,8 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (running.metrics_listen != new.metrics_listen, "metrics.listen"),
         (running.admin_socket != new.admin_socket, "admin.socket"),
         (running.admin_group != new.admin_group, "admin.group"),
+        (running.cluster != new.cluster, "cluster"),
+        (clustered(running) != clustered(new), "networks.cluster"),
     ];
     let mut keys: Vec<&'static str> = node.iter().filter(|(changed, _)| *changed).map(|&(_, k)| k).collect();
     // a node setting without a key of its own above still refuses the reload
@@ -177,5 +185,16 @@ peers = ["192.0.2.2"]
         assert_eq!(restart_only_changes(&running, &new), ["node.underlay", "node.offload"]);
         let new = cfg(&format!("[admin]\nsocket = \"/tmp/other.sock\"\ngroup = 0\n{BASE}"));
         assert_eq!(restart_only_changes(&running, &new), ["admin.socket", "admin.group"]);
+    }
+
+    #[test]
+    fn cluster_settings_and_clustered_networks_are_start_only() {
+        let cluster = "[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\nnode_name = \"a\"\n";
+        let running = cfg(&format!("{cluster}{BASE}"));
+        assert_eq!(restart_only_changes(&running, &cfg(BASE)), ["cluster"]);
+        let new = cfg(&format!("{}{BASE}", cluster.replace("\"a\"", "\"b\"")));
+        assert_eq!(restart_only_changes(&running, &new), ["cluster"]);
+        let new = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true")));
+        assert_eq!(restart_only_changes(&running, &new), ["networks.cluster"]);
     }
 }

@@ -61,6 +61,10 @@ struct Families {
     mss_clamped: IntCounterVec,
     neigh_suppressed: IntCounterVec,
     neigh_bindings: IntGaugeVec,
+    cluster_connected: IntGaugeVec,
+    cluster_members: IntGaugeVec,
+    cluster_events: IntCounterVec,
+    cluster_resyncs: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -165,10 +169,18 @@ impl Families {
                 ),
                 &["network", "peer"],
             )?,
+            cluster_connected: gauge("overlayd_cluster_connected", "1 while the daemon is connected to its etcd cluster, else 0 (only with [cluster]).", &[])?,
+            cluster_members: gauge("overlayd_cluster_members", "Members of the clustered network known from etcd (this node not counted).", &["network"])?,
+            cluster_events: counter(
+                "overlayd_cluster_events_total",
+                "Membership events of a clustered network: members added, removed, expired (lease ended), records rejected.",
+                &["network", "event"],
+            )?,
+            cluster_resyncs: counter("overlayd_cluster_resyncs_total", "Full listings of the cluster's members, by why they were made.", &["reason"])?,
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 13] {
+    fn counters(&self) -> [&IntCounterVec; 15] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -183,6 +195,8 @@ impl Families {
             &self.pmtu_limited,
             &self.mss_clamped,
             &self.neigh_suppressed,
+            &self.cluster_events,
+            &self.cluster_resyncs,
         ]
     }
 
@@ -194,6 +208,8 @@ impl Families {
         v.push(&self.peer_up);
         v.push(&self.vm_ports);
         v.push(&self.neigh_bindings);
+        v.push(&self.cluster_connected);
+        v.push(&self.cluster_members);
         v
     }
 
@@ -208,6 +224,21 @@ impl Families {
         self.peer_up.reset();
         self.vm_ports.reset();
         self.neigh_bindings.reset();
+        self.cluster_connected.reset();
+        self.cluster_members.reset();
+        if let Some(c) = &s.cluster {
+            self.cluster_connected.with_label_values(&[] as &[&str]).set(i64::from(c.connected));
+            for (reason, v) in &c.resyncs {
+                self.cluster_resyncs.with_label_values(&[reason.as_str()]).inc_by(*v);
+            }
+            for n in &c.networks {
+                let net = n.network.as_str();
+                self.cluster_members.with_label_values(&[net]).set(n.members.len() as i64);
+                for (event, v) in [("added", n.added), ("removed", n.removed), ("expired", n.expired), ("rejected", n.rejected)] {
+                    self.cluster_events.with_label_values(&[net, event]).inc_by(v);
+                }
+            }
+        }
         for n in &s.networks {
             let net = n.name.as_str();
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
@@ -338,7 +369,21 @@ mod tests {
         net.peers.push(PeerSample { peer: "192.0.2.3".into(), ..Default::default() });
         let mut unattributed = drops;
         unattributed.insert("unknown_vni".into(), 9);
-        Sample { networks: vec![net], unattributed_drops: unattributed }
+        let cluster = crate::daemon::cluster::ClusterStatus {
+            connected: true,
+            resyncs: [("start".to_string(), 1), ("reconnect".to_string(), 2)].into_iter().collect(),
+            networks: vec![crate::daemon::cluster::ClusterNetwork {
+                network: "blue".into(),
+                members: vec![crate::daemon::cluster::ClusterMember { node: "h2".into(), underlay: "192.0.2.2".into(), status: "active".into() }],
+                added: 3,
+                removed: 2,
+                expired: 1,
+                rejected: 4,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        Sample { networks: vec![net], unattributed_drops: unattributed, cluster: Some(cluster) }
     }
 
     fn line<'a>(text: &'a str, series: &str) -> Option<&'a str> {
@@ -364,6 +409,11 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_neigh_bindings{network="blue"}"#), Some("3"));
         assert_eq!(line(&t, r#"overlayd_neigh_suppressed_total{family="ipv6",network="blue",result="miss"}"#), Some("8"));
         assert_eq!(line(&t, r#"overlayd_neigh_suppressed_total{family="ipv4",network="blue",result="hit"}"#), Some("0"));
+        assert_eq!(line(&t, "overlayd_cluster_connected "), Some("1"));
+        assert_eq!(line(&t, r#"overlayd_cluster_members{network="blue"}"#), Some("1"));
+        assert_eq!(line(&t, r#"overlayd_cluster_events_total{event="rejected",network="blue"}"#), Some("4"));
+        assert_eq!(line(&t, r#"overlayd_cluster_events_total{event="expired",network="blue"}"#), Some("1"));
+        assert_eq!(line(&t, r#"overlayd_cluster_resyncs_total{reason="reconnect"}"#), Some("2"));
         assert!(t.contains(&format!("overlayd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{t}");
         assert!(t.contains("process_resident_memory_bytes"), "process collector missing");
     }

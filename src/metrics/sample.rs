@@ -21,6 +21,9 @@ pub struct Sample {
     /// Drops that belong to no configured network (unknown VNI, a tunnel header too short or
     /// with bad flags to tell the network): reason label -> count, every reason listed.
     pub unattributed_drops: BTreeMap<String, u64>,
+    /// The `[cluster]` state, when the daemon has one (filled by the daemon, not by [`take`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::daemon::cluster::ClusterStatus>,
 }
 
 /// Counters of one network.
@@ -164,6 +167,13 @@ pub struct PeerSample {
     /// (partial checksums, whole TSO bursts: a kernel on a link that keeps offloads).
     #[serde(default)]
     pub gets_gso: bool,
+    /// "static" (the config file's) or "cluster" (a member found through `[cluster]`).
+    #[serde(default = "static_source")]
+    pub source: String,
+}
+
+fn static_source() -> String {
+    "static".into()
 }
 
 fn drop_map(counts: &[u64; DropReason::COUNT]) -> BTreeMap<String, u64> {
@@ -198,6 +208,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                         up: p.liveness.state() == crate::core::liveness::PeerState::Up,
                         speaks_overlayd: p.liveness.speaks_keepalive(),
                         gets_gso: p.liveness.takes_gso(),
+                        source: static_source(),
                     }
                 })
                 .collect();
@@ -243,7 +254,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
             }
         })
         .collect();
-    Sample { networks, unattributed_drops: drop_map(&global.snapshot()) }
+    Sample { networks, unattributed_drops: drop_map(&global.snapshot()), cluster: None }
 }
 
 #[cfg(test)]

@@ -1,0 +1,425 @@
+//! The cluster on the control path: a membership backend's events go into the sans-IO
+//! [`Membership`]; the peer sets it yields are applied through [`super::Daemon::apply`], the
+//! same in-place update a SIGHUP reload uses (MACs and counters of the peers that stay kept).
+//! The last known members are saved to `cluster.state_file` on every change and read at start,
+//! so a daemon that starts while etcd is down forwards to them at once.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{ClusterConfig, Config};
+use crate::core::Encap;
+use crate::core::membership::{Change, EventCounts, LocalNet, MemberStatus, Membership, RecordState, RemovedWhy, member_key};
+use crate::core::liveness::PeerState;
+use crate::io::clock;
+use crate::io::backend::{Backend, BackendEvent, Resync};
+
+/// What `overlayd cluster` shows and the metrics export.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub endpoints: Vec<String>,
+    pub node_name: String,
+    pub connected: bool,
+    /// This node's records are written (false: not yet, or its name is taken).
+    pub registered: bool,
+    /// Lease id (hex) and TTL.
+    pub lease: Option<String>,
+    pub lease_ttl_secs: u64,
+    pub revision: i64,
+    pub last_error: Option<String>,
+    pub resyncs: BTreeMap<String, u64>,
+    pub networks: Vec<ClusterNetwork>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNetwork {
+    pub network: String,
+    /// The peers membership adds to the static ones.
+    pub peers: Vec<String>,
+    pub members: Vec<ClusterMember>,
+    pub added: u64,
+    pub removed: u64,
+    pub expired: u64,
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub node: String,
+    pub underlay: String,
+    /// "active", or "expired" (its lease ended; kept while the data path still hears it).
+    pub status: String,
+}
+
+/// Set `source` to "cluster" on the rows of an `overlayd peers` answer that membership added.
+pub fn mark_sources(result: &mut serde_json::Value, st: &ClusterStatus) {
+    let Some(tables) = result.as_array_mut() else { return };
+    for t in tables {
+        let net = t.get("network").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+        let Some(cn) = st.networks.iter().find(|n| n.network == net) else { continue };
+        for p in t.get_mut("peers").and_then(|p| p.as_array_mut()).into_iter().flatten() {
+            if p.get("peer").and_then(|a| a.as_str()).is_some_and(|a| cn.peers.iter().any(|c| c == a)) {
+                p["source"] = serde_json::Value::from("cluster");
+            }
+        }
+    }
+}
+
+pub type SharedStatus = Arc<Mutex<ClusterStatus>>;
+
+/// The state file: the last known members.
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    members: Vec<SavedMember>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedMember {
+    network: String,
+    node: String,
+    underlay: IpAddr,
+}
+
+/// How long an expired member that the data path still hears stays a peer.
+pub fn grace(ttl: Duration) -> Duration {
+    (ttl * 8).max(Duration::from_secs(60))
+}
+
+pub struct Cluster {
+    cfg: ClusterConfig,
+    pub membership: Membership,
+    pub status: SharedStatus,
+    events: mpsc::UnboundedReceiver<BackendEvent>,
+    leave: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Cluster peers applied last, by network.
+    applied: BTreeMap<String, Vec<IpAddr>>,
+    dirty: bool,
+}
+
+fn local_net(n: &crate::config::NetworkConfig) -> LocalNet {
+    let (encap, vni, port) = match n.encap {
+        Encap::Vxlan => ("vxlan", Some(n.vni.get()), Some(n.vxlan_port)),
+        Encap::Gre(o) => ("gre", o.key.then_some(n.vni.get()), None),
+    };
+    LocalNet { name: n.name.clone(), encap: encap.into(), vni, port, statics: n.peers.clone() }
+}
+
+impl Cluster {
+    /// Build the membership (with the state file's members) and start `backend`.
+    pub fn start<B: Backend>(cfg: &Config, cluster: &ClusterConfig, backend: B) -> Cluster {
+        let nets: Vec<LocalNet> = cfg.networks.iter().filter(|n| n.cluster).map(local_net).collect();
+        let underlay = cfg.node.underlay;
+        let records = |state| -> Vec<(String, String)> {
+            nets.iter().map(|l| (member_key(&cluster.prefix, &l.name, &cluster.node_name), l.record(underlay, state).to_json())).collect()
+        };
+        let (active, leaving) = (records(RecordState::Active), records(RecordState::Leaving));
+        let mut membership = Membership::new(&cluster.prefix, &cluster.node_name, underlay, grace(cluster.lease_ttl), nets);
+        if let Some(path) = &cluster.state_file {
+            match std::fs::read(path) {
+                Ok(bytes) => match serde_json::from_slice::<StateFile>(&bytes) {
+                    Ok(s) => {
+                        let saved: Vec<_> = s.members.into_iter().map(|m| (m.network, m.node, m.underlay)).collect();
+                        membership.restore(&saved, clock::now());
+                        tracing::info!(state_file = %path.display(), members = saved.len(), "cluster: starting with the last known members");
+                    }
+                    Err(e) => tracing::warn!(state_file = %path.display(), error = %e, "cluster: state file unreadable; starting without it"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(state_file = %path.display(), error = %e, "cluster: cannot read the state file; starting without it"),
+            }
+        }
+        let status = Arc::new(Mutex::new(ClusterStatus {
+            endpoints: cluster.endpoints.clone(),
+            node_name: cluster.node_name.clone(),
+            lease_ttl_secs: cluster.lease_ttl.as_secs(),
+            resyncs: Resync::ALL.iter().map(|r| (r.as_str().to_string(), 0)).collect(),
+            ..Default::default()
+        }));
+        let (tx, events) = mpsc::unbounded_channel();
+        let (leave, leave_rx) = watch::channel(false);
+        let task = tokio::spawn(backend.run(active, leaving, tx, leave_rx));
+        let mut c = Cluster { cfg: cluster.clone(), membership, status, events, leave, task: Some(task), applied: BTreeMap::new(), dirty: true };
+        c.publish();
+        c
+    }
+
+    /// The next backend event (pending forever once the backend is gone).
+    pub async fn next(&mut self) -> BackendEvent {
+        match self.events.recv().await {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn log(&mut self, changes: Vec<Change>) {
+        for c in changes {
+            self.dirty = true;
+            match c {
+                Change::Added { network, node, addr } => tracing::info!(network, node, peer = %addr, "cluster: member added"),
+                Change::Removed { network, node, addr, why } => {
+                    let why = match why {
+                        RemovedWhy::Left => "left",
+                        RemovedWhy::Expired => "lease expired and down (or past the grace period)",
+                        RemovedWhy::Replaced => "its record names another address now",
+                    };
+                    tracing::info!(network, node, peer = %addr, why, "cluster: member removed");
+                }
+                Change::Expired { network, node, addr } => {
+                    tracing::warn!(network, node, peer = %addr, "cluster: member's lease expired; kept while the data path still hears it")
+                }
+                Change::Rejected { network, node, why } => tracing::warn!(network, node, %why, "cluster: record rejected"),
+            }
+        }
+    }
+
+    /// Take in one backend event.
+    pub fn handle(&mut self, ev: BackendEvent) {
+        let now = clock::now();
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let changes = match ev {
+            BackendEvent::Connected { lease, ttl } => {
+                st.connected = true;
+                st.lease = Some(format!("{lease:x}"));
+                st.lease_ttl_secs = ttl as u64;
+                st.last_error = None;
+                Vec::new()
+            }
+            BackendEvent::Disconnected { error } => {
+                st.connected = false;
+                st.last_error = Some(error);
+                Vec::new()
+            }
+            BackendEvent::Registered(r) => {
+                st.registered = r;
+                Vec::new()
+            }
+            BackendEvent::Listed { revision, reason, kvs } => {
+                st.revision = revision;
+                *st.resyncs.entry(reason.as_str().to_string()).or_default() += 1;
+                drop(st);
+                let c = self.membership.relist(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), now);
+                self.log(c);
+                self.publish();
+                return;
+            }
+            BackendEvent::Put { revision, key, value } => {
+                st.revision = revision;
+                drop(st);
+                let c = self.membership.put(&key, &value, now);
+                self.log(c);
+                self.publish();
+                return;
+            }
+            BackendEvent::Delete { revision, key } => {
+                st.revision = revision;
+                drop(st);
+                let c = self.membership.delete(&key, now);
+                self.log(c);
+                self.publish();
+                return;
+            }
+        };
+        drop(st);
+        self.log(changes);
+    }
+
+    /// Remove expired members the data path does not hear (once a second).
+    pub fn tick(&mut self, fabric: &super::datapath::SharedFabric) {
+        let f = fabric.load();
+        let up = |net: &str, addr: IpAddr| {
+            f.networks.iter().find(|e| e.net.name() == net).is_some_and(|e| {
+                e.net.peers.iter().any(|p| p.addr.ip() == addr && p.liveness.state() == PeerState::Up)
+            })
+        };
+        let c = self.membership.tick(clock::now(), up);
+        if !c.is_empty() {
+            self.log(c);
+            self.publish();
+        }
+    }
+
+    /// Refresh the shared status from the membership.
+    fn publish(&mut self) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let names: Vec<String> = self.membership.networks().map(|l| l.name.clone()).collect();
+        st.networks = names
+            .iter()
+            .map(|n| {
+                let EventCounts { added, removed, expired, rejected } = self.membership.counts(n);
+                let members = self
+                    .membership
+                    .members(n)
+                    .map(|(node, m)| ClusterMember {
+                        node: node.to_string(),
+                        underlay: m.addr.to_string(),
+                        status: match m.status {
+                            MemberStatus::Active => "active",
+                            MemberStatus::Expired => "expired",
+                        }
+                        .into(),
+                    })
+                    .collect();
+                ClusterNetwork { network: n.clone(), peers: self.membership.peers(n).iter().map(|a| a.to_string()).collect(), members, added, removed, expired, rejected }
+            })
+            .collect();
+    }
+
+    /// The configuration to run: `file`'s, with each clustered network's members added to its
+    /// static peers.
+    pub fn effective(&self, file: &Config) -> Config {
+        let mut c = file.clone();
+        for n in c.networks.iter_mut().filter(|n| n.cluster) {
+            for p in self.membership.peers(&n.name) {
+                if !n.peers.contains(&p) {
+                    n.peers.push(p);
+                }
+            }
+        }
+        c
+    }
+
+    /// Whether the peer sets changed since [`Self::applied`]; then remember them as applied.
+    pub fn take_changed(&mut self) -> bool {
+        if !self.dirty {
+            return false;
+        }
+        self.dirty = false;
+        let now: BTreeMap<String, Vec<IpAddr>> = self.membership.networks().map(|l| (l.name.clone(), self.membership.peers(&l.name))).collect();
+        if now == self.applied {
+            return false;
+        }
+        self.applied = now;
+        self.save();
+        true
+    }
+
+    /// Cluster peers of `network` (for the `source` of `overlayd peers`).
+    pub fn is_cluster_peer(&self, network: &str, addr: IpAddr) -> bool {
+        self.applied.get(network).is_some_and(|v| v.contains(&addr))
+    }
+
+    fn save(&self) {
+        let Some(path) = &self.cfg.state_file else { return };
+        let s = StateFile {
+            members: self.membership.snapshot().into_iter().map(|(network, node, underlay)| SavedMember { network, node, underlay }).collect(),
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp: PathBuf = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&s).unwrap_or_default())?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(state_file = %path.display(), error = %e, "cluster: cannot write the state file");
+        }
+    }
+
+    /// Leave: the backend marks the records leaving and revokes the lease (waits at most 3 s).
+    pub async fn leave(&mut self) {
+        let _ = self.leave.send(true);
+        if let Some(t) = self.task.take() {
+            if tokio::time::timeout(Duration::from_secs(3), t).await.is_err() {
+                tracing::warn!("cluster: etcd did not confirm the leave in time; the records expire with the lease");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::backend::Resync;
+
+    /// A backend that reports a scripted listing and then waits for the leave.
+    struct Scripted(Vec<(String, Vec<u8>)>);
+
+    impl Backend for Scripted {
+        async fn run(
+            self,
+            records: Vec<(String, String)>,
+            leaving: Vec<(String, String)>,
+            events: mpsc::UnboundedSender<BackendEvent>,
+            mut leave: watch::Receiver<bool>,
+        ) {
+            assert_eq!(records.len(), 1, "one record per clustered network");
+            assert!(leaving[0].1.contains("\"leaving\""));
+            let _ = events.send(BackendEvent::Connected { lease: 0x2a, ttl: 5 });
+            let _ = events.send(BackendEvent::Listed { revision: 7, reason: Resync::Start, kvs: self.0 });
+            let _ = leave.changed().await;
+        }
+    }
+
+    const CFG: &str = r#"
+[node]
+underlay = "192.0.2.1"
+[cluster]
+endpoints = ["http://192.0.2.10:2379"]
+node_name = "h1"
+state_file = "STATE"
+[[networks]]
+name = "blue"
+encap = "vxlan"
+vni = 42
+tap = "b0"
+peers = ["192.0.2.9"]
+cluster = true
+[[networks]]
+name = "red"
+encap = "vxlan"
+vni = 43
+tap = "r0"
+peers = ["192.0.2.8"]
+"#;
+
+    fn record(addr: &str) -> Vec<u8> {
+        format!(r#"{{"underlay":"{addr}","encap":"vxlan","vni":42,"port":4789,"state":"active"}}"#).into_bytes()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn members_join_the_static_peers_of_clustered_networks_and_survive_a_restart_in_the_state_file() {
+        let dir = std::env::temp_dir().join(format!("overlayd-cluster-test-{}", std::process::id()));
+        let state = dir.join("cluster.json");
+        let cfg = crate::config::from_str_with_env(&CFG.replace("STATE", &state.display().to_string()), Vec::<(String, String)>::new()).unwrap();
+        let k = cfg.cluster.clone().unwrap();
+        let kvs = vec![
+            (member_key("/overlayd", "blue", "h2"), record("192.0.2.2")),
+            (member_key("/overlayd", "blue", "h9"), record("192.0.2.9")),
+            (member_key("/overlayd", "blue", "h3"), br#"{"underlay":"192.0.2.3","encap":"vxlan","vni":43,"port":4789,"state":"active"}"#.to_vec()),
+        ];
+        let mut c = Cluster::start(&cfg, &k, Scripted(kvs));
+        for _ in 0..2 {
+            let ev = c.next().await;
+            c.handle(ev);
+        }
+        assert!(c.take_changed());
+        let eff = c.effective(&cfg);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(eff.networks[0].peers, [ip("192.0.2.9"), ip("192.0.2.2")], "static first, then the members; h9 is static already");
+        assert_eq!(eff.networks[1].peers, [ip("192.0.2.8")], "red is not clustered");
+        assert!(c.is_cluster_peer("blue", ip("192.0.2.2")) && !c.is_cluster_peer("blue", ip("192.0.2.9")));
+        {
+            let st = c.status.lock().unwrap();
+            assert!(st.connected);
+            assert_eq!((st.revision, st.lease.as_deref(), st.resyncs["start"]), (7, Some("2a"), 1));
+            assert_eq!(st.networks[0].rejected, 1, "h3's record names another VNI");
+            assert_eq!(st.networks[0].peers, ["192.0.2.2"]);
+        }
+        c.leave().await;
+
+        // a restart while the store says nothing: the state file's members are peers at once
+        let mut again = Cluster::start(&cfg, &k, Scripted(Vec::new()));
+        again.take_changed();
+        assert_eq!(again.effective(&cfg).networks[0].peers, [ip("192.0.2.9"), ip("192.0.2.2")]);
+        again.leave().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
