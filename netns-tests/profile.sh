@@ -118,71 +118,127 @@ profile_stat_per_gb() {
         printf "%s %s %d %.0f\n", s, ev[k], c[s, ev[k]], (gb > 0) ? c[s, ev[k]] / gb : 0 }' "$1" | sort
 }
 
-# profile_fold PERF_DATA PIDS GB SYMFILE - categories of the samples of PIDS (self time),
-# printed as "category pct cpu_s_per_gb", then the top symbols of every category
-profile_fold() {
-  local data=$1 pids=$2 gb=$3 symf=$4
-  perf report -i "$data" --stdio --no-children -g none --sort sym --pid "$pids" >"$symf" 2>/dev/null || true
-  awk -v gb="$gb" '
-    /^# Event count/ { ns = $NF + 0 }
-    /^#/ || !/%/ { next }
-    { pct = $1; sub(/%/, "", pct); pct += 0; kern = ($2 == "[k]")
-      sym = $0; sub(/^ *[0-9.]+% +\[.\] +/, "", sym)
-      c = category(sym, kern); tot[c] += pct; all += pct
-      if (nt[c] < 8 && pct >= 0.1) { nt[c]++; tp[c, nt[c]] = pct; ts[c, nt[c]] = substr(sym, 1, 100) } }
-    END {
-      # perf percentages are of all samples of the machine: rescale to these processes
-      if (all <= 0) all = 1
-      printf "# category pct_of_these_samples cpu_s_per_gb (cpu s: %.2f of %.2f sampled on the machine; GB: %s)\n", all / 100 * ns / 1e9, ns / 1e9, gb
-      n = split("copies checksums syscalls scheduler lookups tap_kernel udp_ip_kernel tcp_kernel memory softirq_irqoff overlayd_other other_kernel other_user", order, " ")
-      for (i = 1; i <= n; i++) printf "%s %.1f %.3f\n", order[i], 100 * tot[order[i]] / all, (gb > 0) ? tot[order[i]] / 100 * ns / 1e9 / gb : 0
-      for (i = 1; i <= n; i++) if (nt[order[i]]) { c = order[i]; printf "## %s\n", c
-        for (j = 1; j <= nt[c]; j++) printf "  %5.2f%% %s\n", 100 * tp[c, j] / all, ts[c, j] } }
+# category(SYMBOL, IS_KERNEL) in awk: the category of one function, by name
+PROFILE_CATEGORY_AWK='
     function category(s, k) {
       if (s ~ /csum|checksum|do_csum/) return "checksums"
       if (s ~ /memcpy|memmove|copy_user|rep_movs|copy_to_iter|copy_from_iter|copy_to_user|copy_from_user|copy_page|skb_copy_bits|copy_mc/) return "copies"
       if (!k && s ~ /[Ff]db|neigh|papaya|hash|Hash|arc_swap|lookup/) return "lookups"
       if (s ~ /^(entry_SYSCALL|syscall_|do_syscall|x64_sys_call|__x64_sys|__do_sys|__sys_|___sys_|____sys_|ksys_|vfs_read|vfs_write|do_iter_|import_iovec|iovec_from_user|copy_msghdr|__copy_msghdr|__fget|fdget|fput|__fdget|rw_verify_area|security_|sock_sendmsg|sock_recvmsg|sock_write_iter|sock_read_iter|__import_iovec|__check_object_size|__virt_addr_valid|check_heap_object|__get_user|__put_user|syscall_return|restore_regs|fpregs_|switch_fpu|exit_to_user|arch_exit_to_user)/) return "syscalls"
       if (!k && s ~ /^(__libc_|__GI_|__sendmmsg|sendmmsg|__recvmmsg|recvmmsg|__sendmsg|sendmsg|recvmsg|__recvmsg|read|write|readv|writev|__read|__write|__readv|__writev|syscall|__poll|poll|ppoll|__ppoll)$|::sys::|libc::|nix::/) return "syscalls"
-      if (s ~ /schedule|__switch_to|switch_mm|finish_task_switch|futex|wake_up|ttwu|enqueue_|dequeue_|pick_next|pick_task|update_curr|update_load|update_cfs|select_task_rq|psi_|sched_|set_next_entity|put_prev|task_tick|^do_poll|^do_sys_poll|poll_|pollwake|^ep_|epoll|hrtimer|prepare_to_wait|finish_wait|autoremove_wake|__wake|idle|^pthread_cond|^__pthread|parking_lot|std::thread|^tun_chr_poll|dl_server|avg_vruntime|reweight|place_entity|__calc_delta|vruntime|account_|cpuacct|rcu_note/) return "scheduler"
+      if (s ~ /schedule|__switch_to|switch_mm|finish_task_switch|futex|wake_up|ttwu|enqueue_|dequeue_|pick_next|pick_task|update_curr|update_load|update_cfs|select_task_rq|psi_|sched_|set_next_entity|put_prev|task_tick|^do_poll|^do_sys_poll|poll_|pollwake|^ep_|epoll|hrtimer|prepare_to_wait|finish_wait|autoremove_wake|__wake|idle|^pthread_cond|^__pthread|parking_lot|^tun_chr_poll|dl_server|avg_vruntime|reweight|place_entity|__calc_delta|vruntime|account_|cpuacct|rcu_note/) return "scheduler"
       if (k && s ~ /^(tun_|tap_|__tun_|virtio_net|tun$)/) return "tap_kernel"
       if (k && s ~ /^(tcp_|__tcp_|tcp4_|tcp6_|inet_csk|inet_ehash|__inet_lookup_established|__inet_lookup|inet_sendmsg|inet_recvmsg|bictcp|cubictcp|tcp$)/) return "tcp_kernel"
       if (k && s ~ /udp|^ip_|^__ip_|^ipv4_|^ip6|^ipv6|^inet_|^__inet|^raw_|^skb_segment|gso|gro|^veth|^netif_|^__netif_|napi|dev_queue_xmit|dev_hard_start|^validate_xmit|net_rx_action|process_backlog|^__dev_|^dev_|^sk_|^__sk_|^sock_|^skb_|^__skb_|^pskb_|^___pskb|^fib|^dst_|^rt_|^__rt_|^neigh_|^nf_|^iptunnel|vxlan|^gre|^eth_|^__dev|^netdev_|^qdisc|^sch_|^__qdisc|^rps_|^enqueue_to_backlog|^__netdev|^packet_|^tpacket|^lock_sock|^release_sock|^__release_sock|^__build_skb|^build_skb|^napi_/) return "udp_ip_kernel"
       if (s ~ /kmem_cache|kmalloc|kfree|__alloc|alloc_pages|page_frag|^free_|^__free|malloc|_int_free|_int_malloc|^cfree|slab|rmqueue|get_page_from_freelist|clear_page|memset|page_pool|folio|__rmqueue|__kmalloc|mod_objcg|obj_cgroup|memcg|__mod_|refill_obj|__refill_stock|^alloc_/) return "memory"
       if (k && s ~ /^(handle_softirqs|__do_softirq|do_softirq|__local_bh_enable_ip|irq_exit|_raw_spin_unlock_irqrestore|_raw_spin_unlock_bh|_raw_spin_unlock_irq|sysvec_|asm_sysvec|__irq_exit|local_bh_enable)/) return "softirq_irqoff"
       if (!k && s ~ /overlayd|^<overlayd/) return "overlayd_other"
-      return k ? "other_kernel" : "other_user" }' "$symf"
+      return k ? "other_kernel" : "other_user" }
+'
+PROFILE_CATEGORIES="copies checksums syscalls scheduler lookups tap_kernel udp_ip_kernel tcp_kernel memory softirq_irqoff overlayd_other other_kernel other_user"
+
+# profile_fold PERF_DATA PIDS GB SYMFILE - where the samples of PIDS went, printed as
+#   "category pct cpu_s_per_gb self_pct" lines: a sample goes to the category of the nearest
+#     frame, leaf first, that is not generic (softirq/irq-off, other): _raw_spin_unlock_irqrestore
+#     inside tcp_write_xmit is TCP; self_pct is the leaf symbol alone (perf report --sort sym)
+#   "path NAME pct cpu_s_per_gb" lines: the system call (outermost) the sample ran under; a TAP
+#     write includes the host stack the kernel runs inside it (the receiving TCP, its ACKs...)
+#   then the top leaf symbols of every category (from SYMFILE, perf report --sort sym)
+profile_fold() {
+  local data=$1 pids=$2 gb=$3 symf=$4
+  perf report -i "$data" --stdio --no-children -g none --sort sym --pid "$pids" >"$symf" 2>/dev/null || true
+  {
+    perf script -i "$data" --pid "$pids" -F period,ip,sym 2>/dev/null || true
+    echo
+    echo "==SYMFILE=="
+    cat "$symf"
+  } | awk -v gb="$gb" -v cats="$PROFILE_CATEGORIES" "$PROFILE_CATEGORY_AWK"'
+    BEGIN { ncat = split(cats, order, " ")
+      np = split("tap_write tap_read socket_send socket_receive wait_poll_futex other_syscall irq_softirq userspace", porder, " ") }
+    $0 == "==SYMFILE==" { insym = 1; next }
+    insym {
+      if (/^#/ || !/%/) next
+      pct = $1; sub(/%/, "", pct); pct += 0; kern = ($2 == "[k]")
+      sym = $0; sub(/^ *[0-9.]+% +\[.\] +/, "", sym)
+      c = category(sym, kern); self[c] += pct; sall += pct
+      if (nt[c] < 8 && pct >= 0.1) { nt[c]++; tp[c, nt[c]] = pct; ts[c, nt[c]] = substr(sym, 1, 100) }
+      next }
+    # perf script: a header line with the period, then one line per frame (leaf first), blank
+    /^[ \t]*[0-9]+ *$/ || /^[ \t]*[0-9]+[ \t]*$/ { period = $1 + 0; nf = 0; next }
+    NF >= 2 && $1 ~ /^[0-9a-f]+$/ { nf++; fk[nf] = ($1 ~ /^ffff/); fs[nf] = $2; sub(/\+0x[0-9a-f]+$/, "", fs[nf]); next }
+    NF == 0 { if (nf) sample(); nf = 0; next }
+    function sample(   i, c, c0, p) {
+      c0 = ""; c = ""
+      for (i = 1; i <= nf; i++) {
+        c = category(fs[i], fk[i]); if (i == 1) c0 = c
+        if (c != "softirq_irqoff" && c != "other_kernel" && c != "other_user") break
+        c = "" }
+      if (c == "") c = c0
+      cat_ns[c] += period; tot_ns += period
+      p = ""
+      for (i = nf; i >= 1 && p == ""; i--) {
+        if (!fk[i]) continue
+        if (fs[i] ~ /^tun_chr_write_iter/) p = "tap_write"
+        else if (fs[i] ~ /^tun_chr_read_iter/) p = "tap_read"
+        else if (fs[i] ~ /^(__sys_sendmmsg|__sys_sendmsg|__sys_sendto|sock_write_iter|___sys_sendmsg)/) p = "socket_send"
+        else if (fs[i] ~ /^(__sys_recvmmsg|__sys_recvmsg|__sys_recvfrom|sock_read_iter|___sys_recvmsg|do_recvmmsg)/) p = "socket_receive"
+        else if (fs[i] ~ /^(do_sys_poll|__x64_sys_poll|__x64_sys_ppoll|do_epoll_wait|__x64_sys_epoll|__x64_sys_futex|do_futex|__x64_sys_select|do_select|__x64_sys_pselect)/) p = "wait_poll_futex"
+      }
+      if (p == "") {
+        for (i = 1; i <= nf; i++) if (fk[i] && fs[i] ~ /^(do_syscall_64|entry_SYSCALL)/) { p = "other_syscall"; break }
+        if (p == "") { p = fk[1] ? "irq_softirq" : "userspace" }
+      }
+      path_ns[p] += period }
+    END {
+      if (nf) sample()
+      if (tot_ns <= 0) tot_ns = 1
+      if (sall <= 0) sall = 1
+      printf "# category pct cpu_s_per_gb self_pct (cpu s: %.2f; GB: %s)\n", tot_ns / 1e9, gb
+      for (i = 1; i <= ncat; i++) { c = order[i]
+        printf "%s %.1f %.3f %.1f\n", c, 100 * cat_ns[c] / tot_ns, (gb > 0) ? cat_ns[c] / 1e9 / gb : 0, 100 * self[c] / sall }
+      printf "# path pct cpu_s_per_gb: the system call a sample ran under\n"
+      for (i = 1; i <= np; i++) { c = porder[i]
+        printf "path %s %.1f %.3f\n", c, 100 * path_ns[c] / tot_ns, (gb > 0) ? path_ns[c] / 1e9 / gb : 0 }
+      printf "# top leaf symbols per category, %% of these samples\n"
+      for (i = 1; i <= ncat; i++) if (nt[order[i]]) { c = order[i]; printf "## %s\n", c
+        for (j = 1; j <= nt[c]; j++) printf "  %5.2f%% %s\n", 100 * tp[c, j] / sall, ts[c, j] } }'
 }
 
 # profile_summary OUTDIR - one markdown table over all profiled systems (printed, profile.md)
 profile_summary() {
-  local out=$1 f sys
+  local out=$1 f sys v cols=() c
+  for f in "$out"/*/profile-window.txt; do
+    [[ -r $f ]] || continue
+    sys=$(basename "$(dirname "$f")")
+    for v in daemons lab; do [[ -r $out/$sys/profile-$v.txt ]] && cols+=("$sys/$v"); done
+  done
+  ((${#cols[@]})) || return 0
   {
-    echo "Profile window per system (PROFILE=1): GB moved, rate, load average"
+    echo "Profile windows (PROFILE=1): seconds, GB received on the server's overlay interface, rate, load average"
     echo
     for f in "$out"/*/profile-window.txt; do [[ -r $f ]] && sed 's/^/    /' "$f"; done
     echo
-    echo "| category (self time) | $(for f in "$out"/*/profile-window.txt; do sys=$(basename "$(dirname "$f")")
-      [[ -r $out/$sys/profile-daemons.txt ]] && printf '%s daemons %% | s/GB | ' "$sys"
-      printf '%s lab %% | s/GB | ' "$sys"; done)"
-    echo "|---|$(for f in "$out"/*/profile-window.txt; do sys=$(basename "$(dirname "$f")")
-      [[ -r $out/$sys/profile-daemons.txt ]] && printf -- '---|---|'
-      printf -- '---|---|'; done)"
-    local cats c
-    cats=$(awk '!/^#/ && NF == 3 {print $1}' "$(ls "$out"/*/profile-lab.txt | head -1)")
-    for c in $cats total; do
-      printf '| %s |' "$c"
-      for f in "$out"/*/profile-window.txt; do sys=$(basename "$(dirname "$f")")
-        for v in daemons lab; do
-          [[ -r $out/$sys/profile-$v.txt ]] || continue
-          awk -v c="$c" '!/^#/ && NF == 3 { if (c == "total" || $1 == c) { p += $2; s += $3 } }
-            END { printf " %.1f | %.3f |", p, s }' "$out/$sys/profile-$v.txt"
-        done
+    echo "Where the CPU went (cpu-clock samples; a sample counts for the nearest frame of a known category):"
+    echo "% of the scope's samples, and CPU seconds per GB moved. daemons = the overlay daemons;"
+    echo "lab = daemons + iperf3 client and server + ksoftirqd."
+    echo
+    printf '| category |'; for c in "${cols[@]}"; do printf ' %s %% | s/GB |' "$c"; done; echo
+    printf '|---|'; for c in "${cols[@]}"; do printf -- '---|---|'; done; echo
+    for v in $PROFILE_CATEGORIES total "path tap_write" "path tap_read" "path socket_send" \
+        "path socket_receive" "path wait_poll_futex" "path other_syscall" "path irq_softirq" "path userspace"; do
+      printf '| %s |' "$v"
+      for c in "${cols[@]}"; do
+        awk -v want="$v" '
+          !/^#/ && !/^##/ && !/^ / {
+            if ($1 == "path") { k = $1 " " $2; p = $3; g = $4 } else { k = $1; p = $2; g = $3 }
+            if (k == want || (want == "total" && $1 != "path")) { sp += p; sg += g; hit = 1 } }
+          END { if (hit) printf " %.1f | %.3f |", sp, sg; else printf " - | - |" }' \
+          "$out/${c%%/*}/profile-${c##*/}.txt"
       done
       echo
     done
     echo
-    echo "Counts per GB moved (perf stat over the same window; daemons = overlay daemon threads)"
+    echo "Counts per GB moved (perf stat over the same window; daemons = the overlay daemons' threads)"
     echo
     echo "| system | scope | sched_switch/GB | sched_wakeup/GB | syscalls/GB |"
     echo "|---|---|---|---|---|"
