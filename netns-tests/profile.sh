@@ -94,6 +94,7 @@ profile_run() {
     perf report -i "$d/perf.data" --stdio --no-children -g none --sort comm --pid "$dpids" \
       >"$d/perf-daemons-threads.txt" 2>/dev/null || true
   fi
+  echo "daemons=$dpids lab=$(echo $labpids $kpids | tr ' ' ',')" >"$d/profile-pids.txt"
   profile_fold "$d/perf.data" "$(echo $labpids $kpids | tr ' ' ',')" "$gb" "$d/perf-lab-sym.txt" >"$d/profile-lab.txt"
   rm -f "$d/perf.data.old"    # perf.data stays: perf report -i ... -g for call graphs
   log "profile of $CUR_SYS: $(cat "$d/profile-window.txt")"
@@ -126,7 +127,7 @@ PROFILE_CATEGORY_AWK='
       if (!k && s ~ /[Ff]db|neigh|papaya|hash|Hash|arc_swap|lookup/) return "lookups"
       if (s ~ /^(entry_SYSCALL|syscall_|do_syscall|x64_sys_call|__x64_sys|__do_sys|__sys_|___sys_|____sys_|ksys_|vfs_read|vfs_write|do_iter_|import_iovec|iovec_from_user|copy_msghdr|__copy_msghdr|__fget|fdget|fput|__fdget|rw_verify_area|security_|sock_sendmsg|sock_recvmsg|sock_write_iter|sock_read_iter|__import_iovec|__check_object_size|__virt_addr_valid|check_heap_object|__get_user|__put_user|syscall_return|restore_regs|fpregs_|switch_fpu|exit_to_user|arch_exit_to_user)/) return "syscalls"
       if (!k && s ~ /^(__libc_|__GI_|__sendmmsg|sendmmsg|__recvmmsg|recvmmsg|__sendmsg|sendmsg|recvmsg|__recvmsg|read|write|readv|writev|__read|__write|__readv|__writev|syscall|__poll|poll|ppoll|__ppoll)$|::sys::|libc::|nix::/) return "syscalls"
-      if (s ~ /schedule|__switch_to|switch_mm|finish_task_switch|futex|wake_up|ttwu|enqueue_|dequeue_|pick_next|pick_task|update_curr|update_load|update_cfs|select_task_rq|psi_|sched_|set_next_entity|put_prev|task_tick|^do_poll|^do_sys_poll|poll_|pollwake|^ep_|epoll|hrtimer|prepare_to_wait|finish_wait|autoremove_wake|__wake|idle|^pthread_cond|^__pthread|parking_lot|^tun_chr_poll|dl_server|avg_vruntime|reweight|place_entity|__calc_delta|vruntime|account_|cpuacct|rcu_note/) return "scheduler"
+      if (s ~ /^schedule|^__schedule|^preempt_schedule|^schedule_|__switch_to|switch_mm|finish_task_switch|futex|wake_up|ttwu|^enqueue_|^dequeue_|pick_next|pick_task|update_curr|update_load|update_cfs|select_task_rq|psi_|sched_|set_next_entity|put_prev|task_tick|^do_poll|^do_sys_poll|poll_|pollwake|^ep_|epoll|hrtimer|prepare_to_wait|finish_wait|autoremove_wake|__wake|idle|^pthread_cond|^__pthread|parking_lot|^tun_chr_poll|dl_server|avg_vruntime|reweight|place_entity|__calc_delta|vruntime|account_|cpuacct|rcu_note/) return "scheduler"
       if (k && s ~ /^(tun_|tap_|__tun_|virtio_net|tun$)/) return "tap_kernel"
       if (k && s ~ /^(tcp_|__tcp_|tcp4_|tcp6_|inet_csk|inet_ehash|__inet_lookup_established|__inet_lookup|inet_sendmsg|inet_recvmsg|bictcp|cubictcp|tcp$)/) return "tcp_kernel"
       if (k && s ~ /udp|^ip_|^__ip_|^ipv4_|^ip6|^ipv6|^inet_|^__inet|^raw_|^skb_segment|gso|gro|^veth|^netif_|^__netif_|napi|dev_queue_xmit|dev_hard_start|^validate_xmit|net_rx_action|process_backlog|^__dev_|^dev_|^sk_|^__sk_|^sock_|^skb_|^__skb_|^pskb_|^___pskb|^fib|^dst_|^rt_|^__rt_|^neigh_|^nf_|^iptunnel|vxlan|^gre|^eth_|^__dev|^netdev_|^qdisc|^sch_|^__qdisc|^rps_|^enqueue_to_backlog|^__netdev|^packet_|^tpacket|^lock_sock|^release_sock|^__release_sock|^__build_skb|^build_skb|^napi_/) return "udp_ip_kernel"
@@ -161,7 +162,10 @@ profile_fold() {
       pct = $1; sub(/%/, "", pct); pct += 0; kern = ($2 == "[k]")
       sym = $0; sub(/^ *[0-9.]+% +\[.\] +/, "", sym)
       c = category(sym, kern); self[c] += pct; sall += pct
-      if (nt[c] < 8 && pct >= 0.1) { nt[c]++; tp[c, nt[c]] = pct; ts[c, nt[c]] = substr(sym, 1, 100) }
+      # each process has its own map of a binary: sum a symbol over them
+      sym = substr(sym, 1, 100)
+      if (!((c, sym) in ix)) { if (pct < 0.05 || nt[c] >= 30) next; ix[c, sym] = ++nt[c]; ts[c, nt[c]] = sym }
+      tp[c, ix[c, sym]] += pct
       next }
     # perf script: a header line with the period, then one line per frame (leaf first), blank
     /^[ \t]*[0-9]+ *$/ || /^[ \t]*[0-9]+[ \t]*$/ { period = $1 + 0; nf = 0; next }
@@ -201,7 +205,9 @@ profile_fold() {
         printf "path %s %.1f %.3f\n", c, 100 * path_ns[c] / tot_ns, (gb > 0) ? path_ns[c] / 1e9 / gb : 0 }
       printf "# top leaf symbols per category, %% of these samples\n"
       for (i = 1; i <= ncat; i++) if (nt[order[i]]) { c = order[i]; printf "## %s\n", c
-        for (j = 1; j <= nt[c]; j++) printf "  %5.2f%% %s\n", 100 * tp[c, j] / sall, ts[c, j] } }'
+        for (k = 1; k <= 8 && k <= nt[c]; k++) {
+          b = 0; for (j = 1; j <= nt[c]; j++) if (!used[c, j] && (b == 0 || tp[c, j] > tp[c, b])) b = j
+          used[c, b] = 1; printf "  %5.2f%% %s\n", 100 * tp[c, b] / sall, ts[c, b] } } }'
 }
 
 # profile_summary OUTDIR - one markdown table over all profiled systems (printed, profile.md)
