@@ -13,10 +13,12 @@
 #     both switched on and off through perf's control FIFOs, so that the bytes counted on the
 #     server's overlay interface (rx) cover exactly the sampled window.
 #   - folds the samples of the daemons (and, for every system, of the whole lab: daemons, iperf3,
-#     ksoftirqd) into categories by symbol name, and prints counts per GB moved.
-# Per system, in $OUTDIR/SYSTEM/: profile-daemons.txt and profile-lab.txt (categories, then the
-# top symbols of each), perf-stat.csv, perf-{daemons,lab}-sym.txt (perf report --sort sym),
-# perf-daemons-threads.txt (per thread). At the end: $OUTDIR/profile.md, one table for all.
+#     ksoftirqd) into categories by function name along the frame-pointer stack, and by the
+#     system call they ran under, and prints counts per GB moved.
+# Per system, in $OUTDIR/SYSTEM/: profile-daemons.txt and profile-lab.txt (categories, system
+# calls, then the top leaf symbols of each category), perf-stat.csv, perf-{daemons,lab}-sym.txt
+# (perf report --sort sym), perf-daemons-threads.txt (per thread), profile-pids.txt and perf.data
+# (perf report -i perf.data --pid PIDS -g). At the end: $OUTDIR/profile.md, one table for all.
 #
 # Caveat of cpu-clock in a guest: time spent with interrupts off is charged to the instruction
 # that turns them back on (_raw_spin_unlock_irqrestore, handle_softirqs, ...), not to its callee.
@@ -147,31 +149,19 @@ PROFILE_CATEGORIES="copies checksums syscalls scheduler lookups tap_kernel udp_i
 #   then the top leaf symbols of every category (from SYMFILE, perf report --sort sym)
 profile_fold() {
   local data=$1 pids=$2 gb=$3 symf=$4
-  perf report -i "$data" --stdio --no-children -g none --sort sym --pid "$pids" >"$symf" 2>/dev/null || true
-  {
-    perf script -i "$data" --pid "$pids" -F period,ip,sym 2>/dev/null || true
-    echo
-    echo "==SYMFILE=="
-    cat "$symf"
-  } | awk -v gb="$gb" -v cats="$PROFILE_CATEGORIES" "$PROFILE_CATEGORY_AWK"'
+  # (sort by pid too: with --sort sym alone, perf merges a symbol over all processes before
+  # filtering by pid and drops it when another process hit it first)
+  perf report -i "$data" --stdio --no-children -g none --sort pid,sym --pid "$pids" >"$symf" 2>/dev/null || true
+  perf script -i "$data" --pid "$pids" -F period,ip,sym 2>/dev/null |
+  awk -v gb="$gb" -v cats="$PROFILE_CATEGORIES" "$PROFILE_CATEGORY_AWK"'
     BEGIN { ncat = split(cats, order, " ")
       np = split("tap_write tap_read socket_send socket_receive wait_poll_futex other_syscall irq_softirq userspace", porder, " ") }
-    $0 == "==SYMFILE==" { insym = 1; next }
-    insym {
-      if (/^#/ || !/%/) next
-      pct = $1; sub(/%/, "", pct); pct += 0; kern = ($2 == "[k]")
-      sym = $0; sub(/^ *[0-9.]+% +\[.\] +/, "", sym)
-      c = category(sym, kern); self[c] += pct; sall += pct
-      # each process has its own map of a binary: sum a symbol over them
-      sym = substr(sym, 1, 100)
-      if (!((c, sym) in ix)) { if (pct < 0.05 || nt[c] >= 30) next; ix[c, sym] = ++nt[c]; ts[c, nt[c]] = sym }
-      tp[c, ix[c, sym]] += pct
-      next }
     # perf script: a header line with the period, then one line per frame (leaf first), blank
-    /^[ \t]*[0-9]+ *$/ || /^[ \t]*[0-9]+[ \t]*$/ { period = $1 + 0; nf = 0; next }
-    NF >= 2 && $1 ~ /^[0-9a-f]+$/ { nf++; fk[nf] = ($1 ~ /^ffff/); fs[nf] = $2; sub(/\+0x[0-9a-f]+$/, "", fs[nf]); next }
+    /^[ \t]*[0-9]+[ \t]*$/ { if (nf) sample(); period = $1 + 0; nf = 0; next }
+    NF >= 2 && $1 ~ /^[0-9a-f]+$/ { nf++; fk[nf] = ($1 ~ /^ffff/); fs[nf] = $0
+      sub(/^[ \t]*[0-9a-f]+ /, "", fs[nf]); sub(/\+0x[0-9a-f]+$/, "", fs[nf]); next }
     NF == 0 { if (nf) sample(); nf = 0; next }
-    function sample(   i, c, c0, p) {
+    function sample(   i, c, c0, p, k) {
       c0 = ""; c = ""
       for (i = 1; i <= nf; i++) {
         c = category(fs[i], fk[i]); if (i == 1) c0 = c
@@ -179,6 +169,10 @@ profile_fold() {
         c = "" }
       if (c == "") c = c0
       cat_ns[c] += period; tot_ns += period
+      # the leaf alone ("self")
+      self[c0] += period; k = c0 SUBSEP fs[1]
+      if (!(k in lx)) { lx[k] = ++nl[c0]; ln[c0, nl[c0]] = substr(fs[1], 1, 100) }
+      lp[c0, lx[k]] += period
       p = ""
       for (i = nf; i >= 1 && p == ""; i--) {
         if (!fk[i]) continue
@@ -192,22 +186,23 @@ profile_fold() {
         for (i = 1; i <= nf; i++) if (fk[i] && fs[i] ~ /^(do_syscall_64|entry_SYSCALL)/) { p = "other_syscall"; break }
         if (p == "") { p = fk[1] ? "irq_softirq" : "userspace" }
       }
-      path_ns[p] += period }
+      path_ns[p] += period; nf = 0 }
     END {
       if (nf) sample()
       if (tot_ns <= 0) tot_ns = 1
-      if (sall <= 0) sall = 1
       printf "# category pct cpu_s_per_gb self_pct (cpu s: %.2f; GB: %s)\n", tot_ns / 1e9, gb
       for (i = 1; i <= ncat; i++) { c = order[i]
-        printf "%s %.1f %.3f %.1f\n", c, 100 * cat_ns[c] / tot_ns, (gb > 0) ? cat_ns[c] / 1e9 / gb : 0, 100 * self[c] / sall }
+        printf "%s %.1f %.3f %.1f\n", c, 100 * cat_ns[c] / tot_ns, (gb > 0) ? cat_ns[c] / 1e9 / gb : 0, 100 * self[c] / tot_ns }
       printf "# path pct cpu_s_per_gb: the system call a sample ran under\n"
       for (i = 1; i <= np; i++) { c = porder[i]
         printf "path %s %.1f %.3f\n", c, 100 * path_ns[c] / tot_ns, (gb > 0) ? path_ns[c] / 1e9 / gb : 0 }
-      printf "# top leaf symbols per category, %% of these samples\n"
-      for (i = 1; i <= ncat; i++) if (nt[order[i]]) { c = order[i]; printf "## %s\n", c
-        for (k = 1; k <= 8 && k <= nt[c]; k++) {
-          b = 0; for (j = 1; j <= nt[c]; j++) if (!used[c, j] && (b == 0 || tp[c, j] > tp[c, b])) b = j
-          used[c, b] = 1; printf "  %5.2f%% %s\n", 100 * tp[c, b] / sall, ts[c, b] } } }'
+      printf "# top leaf symbols (self) per category, %% of these samples\n"
+      for (i = 1; i <= ncat; i++) if (nl[order[i]]) { c = order[i]; printf "## %s\n", c
+        for (k = 1; k <= 8 && k <= nl[c]; k++) {
+          b = 0; for (j = 1; j <= nl[c]; j++) if (!used[c, j] && (b == 0 || lp[c, j] > lp[c, b])) b = j
+          used[c, b] = 1
+          if (100 * lp[c, b] / tot_ns < 0.1) break
+          printf "  %5.2f%% %s\n", 100 * lp[c, b] / tot_ns, ln[c, b] } } }'
 }
 
 # profile_summary OUTDIR - one markdown table over all profiled systems (printed, profile.md)
