@@ -37,8 +37,9 @@
 #   SYSTEMS ["raw kernel-vxlan overlayd overlayd-nooffload", + overlayd-gre if supported]
 #   DURATION [10]  OMIT [1]  REPEATS [3]  UDP_LEN [64]  UDP_RATE [0]
 #   PING_COUNT [100]  PING_INTERVAL [0.01]  PREFIX [ob]  OUTDIR [/tmp/overlayd-bench.<time>]
-#   OVERLAYD_BIN [target/release/overlayd, built if unset]  PROFILE [0] (1 = one extra tcp1
-#   run per system under perf)  INTERLEAVE [1]  KEEP_LAB [0]
+#   OVERLAYD_BIN [target/release/overlayd, built if unset]  PROFILE [0] (1 = build with frame
+#   pointers, one extra tcp1 run per system under perf: netns-tests/profile.sh)  INTERLEAVE [1]
+#   KEEP_LAB [0]
 #
 # The machine may be shared: compare systems within one run only, and look at
 # foreign_core_pct (other processes' CPU during tcp1) before trusting a difference.
@@ -69,6 +70,8 @@ NCPU=$(nproc)
 CLK_TCK=$(getconf CLK_TCK)
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# PROFILE=1: profile_build, profile_run (after the last repetition), profile_summary
+source "$REPO_DIR/netns-tests/profile.sh"
 
 # Name -> one-line description.
 declare -A SYSTEM_INFO=(
@@ -158,7 +161,7 @@ lab_down() {  # idempotent; may run concurrently in the parent and a system's su
     done
     [[ $sig == TERM ]] && sleep 0.3
   done
-  [[ -n ${PERF_PID:-} ]] && kill "$PERF_PID" 2>/dev/null || true
+  [[ -n ${PERF_PID:-} ]] && kill $PERF_PID 2>/dev/null || true
   for nsn in "$NS1" "$NS2"; do
     [[ -e /run/netns/$nsn ]] && ip netns del "$nsn" 2>/dev/null || true
   done
@@ -478,27 +481,6 @@ measure_rep() {
   emit ping_loss_pct "$r" "$lost"
 }
 
-# one extra tcp1 run under perf (PROFILE=1)
-profile_run() {
-  command -v perf >/dev/null || { log "perf not installed, PROFILE skipped"; return 0; }
-  local data=$WORK/perf.data
-  perf record -a -g -e cpu-clock -o "$data" -- sleep "$((DURATION + OMIT + 1))" >"$WORK/perf-record.log" 2>&1 &
-  PERF_PID=$!          # runs in the root namespace; stops by itself after the sleep
-  sleep 0.5
-  iperf "$WORK/tcp1-profile.json" -O "$OMIT" || true
-  wait "$PERF_PID" || true
-  PERF_PID=""
-  perf report -i "$data" --stdio --no-children -g none --sort comm,dso \
-    >"$WORK/perf-comm-dso.txt" 2>/dev/null || true
-  perf report -i "$data" --stdio --no-children -g none --sort comm,symbol \
-    >"$WORK/perf-comm-sym.txt" 2>/dev/null || true
-  # inclusive ("children") cost: which syscall / kernel path the time is spent under
-  perf report -i "$data" --stdio --children -g none --sort comm,symbol --percent-limit 1.5 \
-    >"$WORK/perf-children.txt" 2>/dev/null || true
-  rm -f "$data" "$data.old"
-  log "perf profile: $WORK/perf-{comm-dso,comm-sym,children}.txt"
-}
-
 summarize() {  # summarize SYSTEM - median/min/max over the RUN lines of SYSTEM
   awk -v sys="$1" '
     $1 == "RUN" {
@@ -598,6 +580,7 @@ main() {
     table) shift; [[ -r ${1:-} ]] || die "usage: $0 table RESULTS_FILE [METRIC...]"; table "$@"; exit 0 ;;
   esac
   [[ $EUID == 0 ]] || die "must run as root (network namespaces)"
+  if [[ $PROFILE == 1 && -z ${OVERLAYD_BIN:-} ]]; then OVERLAYD_BIN=$(profile_build); fi
   if [[ -z ${OVERLAYD_BIN:-} ]]; then
     log "cargo build --release"
     (cd "$REPO_DIR" && cargo build --release >&2) || die "cargo build --release failed"
@@ -659,6 +642,7 @@ main() {
   echo "Medians of $REPEATS repetitions (full min-max table: $0 table $RESULTS_FILE):"
   echo
   ratios "$RESULTS_FILE" | tee "$OUTDIR/summary.md"
+  if [[ $PROFILE == 1 ]]; then echo; profile_summary "$OUTDIR"; fi
   log "results: $RESULTS_FILE"
   ((${#failed[@]} == 0)) || { log "failed (system/repetition): ${failed[*]}"; exit 1; }
 }
