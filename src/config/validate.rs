@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawId, RawNetwork};
-use super::{Config, RunAs, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::{Config, Datapath, RunAs, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -129,8 +129,14 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
         networks.push(net);
     }
     let offload = raw.node.offload.unwrap_or(true);
+    let datapath = match raw.node.datapath.as_deref() {
+        None | Some("auto") => Datapath::Auto,
+        Some("ebpf") => Datapath::Ebpf,
+        Some("userspace") => Datapath::Userspace,
+        Some(other) => return err("node.datapath", format!("{other:?} is not a data path (expected \"auto\", \"ebpf\" or \"userspace\")")),
+    };
     let run_as = run_as(raw.node.user, raw.node.group)?;
-    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, admin_group, networks })
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, datapath, run_as }, metrics_listen, admin_socket, admin_group, networks })
 }
 
 fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
@@ -455,6 +461,17 @@ mod tests {
         assert_eq!(n.address, Some(("198.51.100.1".parse().unwrap(), 24)));
         assert_eq!(n.overhead(c.node.underlay), 50);
         assert!(c.node.offload, "offloads are on unless turned off");
+    }
+
+    #[test]
+    fn datapath_defaults_to_auto_is_set_by_file_or_environment_and_bad_values_name_the_key() {
+        assert_eq!(parse(GOOD).unwrap().node.datapath, Datapath::Auto);
+        let c = parse(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\ndatapath = \"userspace\"")).unwrap();
+        assert_eq!(c.node.datapath, Datapath::Userspace);
+        let env = [("OVERLAYD__NODE__DATAPATH".to_string(), "ebpf".to_string())];
+        assert_eq!(from_str_with_env(GOOD, env).unwrap().node.datapath, Datapath::Ebpf);
+        let p = problem(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\ndatapath = \"xdp\""));
+        assert!(p.starts_with("node.datapath:"), "{p}");
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (a.underlay != b.underlay, "node.underlay"),
         (a.underlay_mtu != b.underlay_mtu, "node.underlay_mtu"),
         (a.offload != b.offload, "node.offload"),
+        (a.datapath != b.datapath, "node.datapath"),
         (a.run_as != b.run_as, "node.user/node.group"),
     ];
     let rest = [

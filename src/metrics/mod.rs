@@ -53,6 +53,8 @@ struct Families {
     peer_up: GaugeVec,
     vm_ports: IntGaugeVec,
     vm_connections: IntCounterVec,
+    datapath_info: IntGaugeVec,
+    fast_frames: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -108,6 +110,16 @@ impl Families {
                 "VM ports connected, disconnected (left, failed, or dropped for bad framing), or refused (port table full).",
                 &["network", "event"],
             )?,
+            datapath_info: gauge(
+                "overlayd_datapath_info",
+                "1 for the data path that forwards the network's known unicast: ebpf (fast path at TC) or userspace.",
+                &["network", "datapath"],
+            )?,
+            fast_frames: counter(
+                "overlayd_fastpath_frames_total",
+                "Frames the eBPF fast path carried (also counted in overlayd_tap_* and overlayd_tunnel_*): from the network's TAPs (tap_rx) or tunnel packets received (tunnel_rx).",
+                &["network", "direction"],
+            )?,
             peer_last_seen: GaugeVec::new(
                 Opts::new(
                     "overlayd_peer_last_seen_seconds",
@@ -125,8 +137,8 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 8] {
-        [&self.tap_frames, &self.tap_bytes, &self.tunnel_packets, &self.tunnel_bytes, &self.drops, &self.flooded, &self.fdb_events, &self.vm_connections]
+    fn counters(&self) -> [&IntCounterVec; 9] {
+        [&self.tap_frames, &self.tap_bytes, &self.tunnel_packets, &self.tunnel_bytes, &self.drops, &self.flooded, &self.fdb_events, &self.vm_connections, &self.fast_frames]
     }
 
     fn collectors(&self) -> Vec<&dyn Collector> {
@@ -135,6 +147,7 @@ impl Families {
         v.push(&self.peer_last_seen);
         v.push(&self.peer_up);
         v.push(&self.vm_ports);
+        v.push(&self.datapath_info);
         v
     }
 
@@ -147,8 +160,16 @@ impl Families {
         self.peer_last_seen.reset();
         self.peer_up.reset();
         self.vm_ports.reset();
+        self.datapath_info.reset();
         for n in &s.networks {
             let net = n.name.as_str();
+            if !n.datapath.is_empty() {
+                self.datapath_info.with_label_values(&[net, n.datapath.as_str()]).set(1);
+            }
+            if n.datapath == "ebpf" {
+                self.fast_frames.with_label_values(&[net, "tap_rx"]).inc_by(n.fast_frames[0]);
+                self.fast_frames.with_label_values(&[net, "tunnel_rx"]).inc_by(n.fast_frames[1]);
+            }
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
             self.tap_frames.with_label_values(&[net, "tx"]).inc_by(n.tap_tx_frames);
             self.tap_bytes.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_bytes);

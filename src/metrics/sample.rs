@@ -45,6 +45,12 @@ pub struct NetSample {
     /// VM connections since start: (connected, disconnected, refused).
     #[serde(default)]
     pub vm_connections: VmConnectionCounts,
+    /// Who forwards its known unicast: "ebpf" or "userspace".
+    #[serde(default)]
+    pub datapath: String,
+    /// Frames the eBPF fast path carried: [from TAP ports, tunnel packets received].
+    #[serde(default)]
+    pub fast_frames: [u64; 2],
 }
 
 /// `overlayd_vm_connections_total{event}`.
@@ -166,6 +172,8 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     disconnected: net.vm_ports.disconnects.load(Relaxed),
                     refused: net.vm_ports.refused.load(Relaxed),
                 },
+                datapath: "userspace".into(),
+                fast_frames: [0, 0],
             }
         })
         .collect();
