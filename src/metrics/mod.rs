@@ -166,10 +166,8 @@ impl Families {
             if !n.datapath.is_empty() {
                 self.datapath_info.with_label_values(&[net, n.datapath.as_str()]).set(1);
             }
-            if n.datapath == "ebpf" {
-                self.fast_frames.with_label_values(&[net, "tap_rx"]).inc_by(n.fast_frames[0]);
-                self.fast_frames.with_label_values(&[net, "tunnel_rx"]).inc_by(n.fast_frames[1]);
-            }
+            self.fast_frames.with_label_values(&[net, "tap_rx"]).inc_by(n.fast_frames[0]);
+            self.fast_frames.with_label_values(&[net, "tunnel_rx"]).inc_by(n.fast_frames[1]);
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
             self.tap_frames.with_label_values(&[net, "tx"]).inc_by(n.tap_tx_frames);
             self.tap_bytes.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_bytes);
@@ -282,6 +280,8 @@ mod tests {
         net.fdb_events.learned = 4;
         net.vm_ports = 2;
         net.vm_connections.disconnected = 6;
+        net.datapath = "ebpf".into();
+        net.fast_frames = [11, 12];
         net.peers.push(PeerSample { peer: "192.0.2.2".into(), tx_packets: 7, last_seen_unix: Some(1234.5), ..Default::default() });
         net.peers.push(PeerSample { peer: "192.0.2.3".into(), ..Default::default() });
         let mut unattributed = drops;
@@ -308,6 +308,8 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_peer_last_seen_seconds{network="blue",peer="192.0.2.3"}"#), Some("0"));
         assert_eq!(line(&t, r#"overlayd_vm_ports{network="blue"}"#), Some("2"));
         assert_eq!(line(&t, r#"overlayd_vm_connections_total{event="disconnected",network="blue"}"#), Some("6"));
+        assert_eq!(line(&t, r#"overlayd_datapath_info{datapath="ebpf",network="blue"}"#), Some("1"));
+        assert_eq!(line(&t, r#"overlayd_fastpath_frames_total{direction="tunnel_rx",network="blue"}"#), Some("12"));
         assert!(t.contains(&format!("overlayd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{t}");
         assert!(t.contains("process_resident_memory_bytes"), "process collector missing");
     }
