@@ -532,3 +532,323 @@ impl State {
         st.folded = cur;
     }
 }
+
+/// The fast path against the sans-IO core: the programs run with `BPF_PROG_TEST_RUN` on the
+/// fuzz corpus's frames and on lab-like frames, over the same table as `Network::from_local` /
+/// `from_peer`, and may only ever take a decision the core takes too (forward to that peer, to
+/// a local port); everything else they must pass on untouched. Needs root (CAP_BPF): it fails,
+/// naming that, where the programs cannot be loaded.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::testutil::{frame, spec};
+    use crate::core::{Action, Instant};
+    use aya::programs::{TestRun, TestRunOptions};
+    use std::net::SocketAddr;
+
+    const TC_ACT_OK: u32 = 0;
+    const TC_ACT_REDIRECT: u32 = 7;
+    /// `struct __sk_buff`: 192 bytes, `ifindex` at 40.
+    const SKB_LEN: usize = 192;
+    const LO: u32 = 1; // the test TAP: test runs need a real device, loopback is one
+    const UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+    const PEERS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3)];
+    const TAP1_IFINDEX: u32 = 77;
+
+    struct Progs {
+        ebpf: Ebpf,
+        fdb: BpfHashMap<MapData, FdbKey, FdbVal>,
+        _taps: BpfHashMap<MapData, u32, TapCfg>,
+        _peers: BpfHashMap<MapData, PeerKey, PeerVal>,
+    }
+
+    fn load() -> Progs {
+        let mut ebpf = Ebpf::load(OBJECT).expect("the BPF object parses");
+        for prog in ["tap_egress", "underlay_ingress"] {
+            let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into().unwrap();
+            if let Err(e) = p.load() {
+                panic!("loading {prog} failed (this test needs root: CAP_BPF and CAP_NET_ADMIN): {}", program_error(prog, e));
+            }
+        }
+        let fdb = BpfHashMap::try_from(ebpf.take_map("FDB").unwrap()).unwrap();
+        let mut taps = BpfHashMap::try_from(ebpf.take_map("TAPS").unwrap()).unwrap();
+        let mut peers = BpfHashMap::try_from(ebpf.take_map("PEERS").unwrap()).unwrap();
+        let cfg = TapCfg { net: 0, lport: 0, mtu: 1450, vni: 42, saddr: be32(UNDERLAY), underlay_ifindex: 99, sport_min: SPORT_MIN, sport_span: SPORT_SPAN };
+        taps.insert(LO, cfg, 0).unwrap();
+        for (i, p) in PEERS.iter().enumerate() {
+            let v = PeerVal { net: 0, idx: i as u16, dport: 4789u16.to_be(), daddr: be32(UNDERLAY), mtu: 1450, pad: 0 };
+            peers.insert(PeerKey { vni: 42, saddr: be32(*p) }, v, 0).unwrap();
+        }
+        Progs { ebpf, fdb, _taps: taps, _peers: peers }
+    }
+
+    fn network() -> Network {
+        Network::new(spec(2, PEERS.iter().map(|p| SocketAddr::from((*p, 4789))).collect()))
+    }
+
+    /// Mirror `net`'s table into the map as the sync thread does (local port 0 is the test
+    /// TAP, local port 1 another TAP); returns the keys written.
+    fn mirror(p: &mut Progs, net: &Network, now: Instant) -> Vec<FdbKey> {
+        let taps: HashMap<LocalPort, u32> = [(LocalPort(0), LO), (LocalPort(1), TAP1_IFINDEX)].into();
+        let mut keys = Vec::new();
+        for r in net.fdb.entries(now) {
+            if let Some(v) = fdb_val(net, r.port, &taps) {
+                let k = FdbKey { net: 0, mac: r.mac.0, pad: 0 };
+                p.fdb.insert(k, v, 0).unwrap();
+                keys.push(k);
+            }
+        }
+        keys
+    }
+
+    /// The program's verdict and packet, or `None` where BPF_PROG_TEST_RUN itself refuses the
+    /// input (an IPv4/IPv6 ethertype without a whole IP header: the kernel checks that first).
+    fn try_run(p: &Progs, prog: &str, data: &[u8]) -> Option<(u32, Vec<u8>)> {
+        let sc: &SchedClassifier = p.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut ctx = [0u8; SKB_LEN];
+        ctx[40..44].copy_from_slice(&LO.to_ne_bytes());
+        let mut out = vec![0u8; data.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(data);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = sc.test_run(opts).ok()?;
+        out.truncate(r.data_size_out as usize);
+        Some((r.return_value, out))
+    }
+
+    fn run(p: &Progs, prog: &str, data: &[u8]) -> (u32, Vec<u8>) {
+        let sc: &SchedClassifier = p.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut ctx = [0u8; SKB_LEN];
+        ctx[40..44].copy_from_slice(&LO.to_ne_bytes());
+        let mut out = vec![0u8; data.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(data);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = sc.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog} on {} bytes: {e}", data.len()));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    fn vxlan(peer: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+        let mut o = vec![0u8; 50];
+        o[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (20 + 8 + 8 + inner.len()) as u16;
+        o[14] = 0x45;
+        o[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        o[22] = 64;
+        o[23] = 17;
+        o[26..30].copy_from_slice(&peer.octets());
+        o[30..34].copy_from_slice(&UNDERLAY.octets());
+        o[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        o[36..38].copy_from_slice(&4789u16.to_be_bytes());
+        o[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        o[42] = 0x08;
+        o[46..49].copy_from_slice(&[0, 0, 42]);
+        o.extend_from_slice(inner);
+        o
+    }
+
+    fn mac(b: &[u8]) -> MacAddr {
+        MacAddr([b[0], b[1], b[2], b[3], b[4], b[5]])
+    }
+
+    fn usable_src(m: MacAddr) -> bool {
+        !m.is_multicast() && !m.is_zero()
+    }
+
+    #[derive(Default, Debug)]
+    struct Tally {
+        fast_peer: usize,
+        fast_local: usize,
+        passed: usize,
+        not_runnable: usize,
+    }
+
+    /// One frame, sent by the host into TAP 0, with its destination placed by `dst_at`.
+    fn egress_case(p: &mut Progs, f: &[u8], dst_at: Port, t: &mut Tally) {
+        let now = Instant::from_secs(10);
+        let net = network();
+        let (src, dst) = (mac(&f[6..12]), mac(&f[0..6]));
+        if usable_src(src) {
+            net.fdb.learn(src, Port::Local(LocalPort(0)), now);
+        }
+        if usable_src(dst) && dst != src {
+            net.fdb.learn(dst, dst_at, now);
+        }
+        let keys = mirror(p, &net, now);
+        let Some((rc, out)) = try_run(p, "tap_egress", f) else {
+            t.not_runnable += 1;
+            for k in keys {
+                let _ = p.fdb.remove(&k);
+            }
+            return;
+        };
+        let core = net.from_local(LocalPort(0), f, now);
+        match rc {
+            TC_ACT_OK => {
+                assert_eq!(out, f, "a frame passed on to userspace must be untouched");
+                t.passed += 1;
+            }
+            TC_ACT_REDIRECT if out.len() == f.len() + 50 => {
+                let daddr = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+                let peer = PEERS.iter().position(|p| *p == daddr).expect("encapsulated towards a peer");
+                assert_eq!(core, Action::Peer(PeerIdx(peer as u16)), "fast path sent {f:02x?} to peer {peer}; the core says {core:?}");
+                assert_eq!(&out[50..], f, "the inner frame is the frame");
+                assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, 42, 0], "VXLAN header: I flag, VNI 42");
+                assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789);
+                assert_eq!(out[20] & 0x40, 0x40, "DF set");
+                t.fast_peer += 1;
+            }
+            TC_ACT_REDIRECT => {
+                assert_eq!(out, f, "a frame for another TAP goes as it is");
+                assert_eq!(core, Action::Local(LocalPort(1)), "fast path sent {f:02x?} to TAP 1; the core says {core:?}");
+                t.fast_local += 1;
+            }
+            rc => panic!("tap_egress returned {rc} for {f:02x?}"),
+        }
+        for k in keys {
+            let _ = p.fdb.remove(&k);
+        }
+    }
+
+    /// The same frame arriving from peer `from` in VXLAN, its destination placed by `dst_at`.
+    fn ingress_case(p: &mut Progs, f: &[u8], from: usize, dst_at: Port, t: &mut Tally) {
+        let now = Instant::from_secs(10);
+        let net = network();
+        let (src, dst) = (mac(&f[6..12]), mac(&f[0..6]));
+        if usable_src(src) {
+            net.fdb.learn(src, Port::Peer(PeerIdx(from as u16)), now);
+        }
+        if usable_src(dst) && dst != src {
+            net.fdb.learn(dst, dst_at, now);
+        }
+        let keys = mirror(p, &net, now);
+        let pkt = vxlan(PEERS[from], f);
+        let (rc, out) = run(p, "underlay_ingress", &pkt); // whole outer headers: always runnable
+        let core = net.from_peer(PeerIdx(from as u16), f, now);
+        match rc {
+            TC_ACT_OK => {
+                assert_eq!(out, pkt, "a packet passed on to the socket must be untouched");
+                t.passed += 1;
+            }
+            TC_ACT_REDIRECT => {
+                assert_eq!(out, f, "decapsulated to exactly the inner frame");
+                assert!(matches!(core, Action::Local(_)), "fast path delivered {f:02x?} from peer {from} to a TAP; the core says {core:?}");
+                t.fast_local += 1;
+            }
+            rc => panic!("underlay_ingress returned {rc} for {f:02x?}"),
+        }
+        for k in keys {
+            let _ = p.fdb.remove(&k);
+        }
+    }
+
+    fn corpus() -> Vec<Vec<u8>> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/ethernet");
+        let mut v: Vec<Vec<u8>> = std::fs::read_dir(dir)
+            .expect("fuzz corpus")
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            // BPF_PROG_TEST_RUN takes more than a bare Ethernet header, and at most a page
+            // less head- and tailroom
+            .filter(|f| f.len() > 14 && f.len() <= 3000)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Frames like the labs': ARP, ping, a full-MTU and an oversized IPv4 frame, IPv6, a
+    /// keepalive, broadcast, multicast and a VLAN-tagged frame, between MACs A and B.
+    fn lab_frames() -> Vec<Vec<u8>> {
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let ipv4 = |len: usize| {
+            let mut f = frame(b, a, len);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+            f[22] = 64;
+            f[23] = 1;
+            f
+        };
+        let mut v = vec![ipv4(98), ipv4(14 + 1450), ipv4(14 + 1451), ipv4(60)];
+        let mut arp = frame(b, a, 60);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        v.push(arp);
+        let mut v6 = frame(b, a, 14 + 40 + 8);
+        v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        v6[14] = 0x60;
+        v6[18..20].copy_from_slice(&8u16.to_be_bytes());
+        v6[20] = 58;
+        v.push(v6);
+        v.push(crate::core::liveness::keepalive_frame(7).to_vec());
+        v.push(frame(MacAddr::BROADCAST, a, 60));
+        v.push(frame(MacAddr([1, 0, 0x5e, 0, 0, 1]), a, 60));
+        let mut vlan = frame(b, a, 64);
+        vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+        v.push(vlan);
+        v
+    }
+
+    #[test]
+    fn fast_path_decisions_are_a_subset_of_the_cores() {
+        let mut p = load();
+        let mut base = lab_frames();
+        base.extend(corpus());
+        // and mutants of each: a few header bytes changed, or cut short (xorshift, fixed seed)
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut frames = base.clone();
+        for f in &base {
+            for _ in 0..40 {
+                let mut m = f.clone();
+                if rnd() % 5 == 0 {
+                    let keep = 15 + (rnd() as usize) % m.len().saturating_sub(14).max(1);
+                    m.truncate(keep.min(m.len()));
+                }
+                for _ in 0..1 + rnd() % 3 {
+                    let i = 12 + (rnd() as usize) % (m.len().min(80) - 12);
+                    m[i] = rnd() as u8;
+                }
+                frames.push(m);
+            }
+        }
+        let mut t = Tally::default();
+        for (i, f) in frames.iter().enumerate() {
+            let dst_at = [Port::Peer(PeerIdx(0)), Port::Peer(PeerIdx(1)), Port::Local(LocalPort(1)), Port::Local(LocalPort(0))][i % 4];
+            egress_case(&mut p, f, dst_at, &mut t);
+            let local = [Port::Local(LocalPort(0)), Port::Local(LocalPort(1)), Port::Peer(PeerIdx(1))][i % 3];
+            ingress_case(&mut p, f, i % 2, local, &mut t);
+        }
+        eprintln!("{} frames: {t:?}", frames.len());
+        // not vacuous: the known unicast among them took the fast path, both ways
+        assert!(t.fast_peer >= 50 && t.fast_local >= 100, "{t:?}");
+    }
+
+    #[test]
+    fn a_source_not_yet_learned_at_the_ingress_is_left_to_userspace() {
+        let mut p = load();
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let now = Instant::from_secs(10);
+        let net = network();
+        net.fdb.learn(b, Port::Peer(PeerIdx(0)), now);
+        net.fdb.learn(a, Port::Peer(PeerIdx(1)), now); // A moved here since: userspace must see it
+        let keys = mirror(&mut p, &net, now);
+        let mut f = frame(b, a, 98);
+        f[14] = 0x45;
+        let (rc, out) = run(&p, "tap_egress", &f);
+        assert_eq!((rc, out), (TC_ACT_OK, f.clone()));
+        // once the core learned the move and the mirror has it, the flow is fast
+        net.from_local(LocalPort(0), &f, now);
+        let more = mirror(&mut p, &net, now);
+        let (rc, out) = run(&p, "tap_egress", &f);
+        assert_eq!((rc, out.len()), (TC_ACT_REDIRECT, f.len() + 50));
+        for k in keys.into_iter().chain(more) {
+            let _ = p.fdb.remove(&k);
+        }
+    }
+}
