@@ -694,7 +694,7 @@ mod tests {
             TC_ACT_REDIRECT if out.len() == f.len() + 50 => {
                 let daddr = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
                 let peer = PEERS.iter().position(|p| *p == daddr).expect("encapsulated towards a peer");
-                assert_eq!(core, Action::Peer(PeerIdx(peer as u16)), "fast path sent {f:02x?} to peer {peer}; the core says {core:?}");
+                assert_eq!(core, Action::Peer(PeerIdx(peer as u16)), "fast path sent {:02x?}.. to peer {peer}; the core says {core:?}", &f[..f.len().min(64)]);
                 assert_eq!(&out[50..], f, "the inner frame is the frame");
                 assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, 42, 0], "VXLAN header: I flag, VNI 42");
                 assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789);
@@ -703,7 +703,7 @@ mod tests {
             }
             TC_ACT_REDIRECT => {
                 assert_eq!(out, f, "a frame for another TAP goes as it is");
-                assert_eq!(core, Action::Local(LocalPort(1)), "fast path sent {f:02x?} to TAP 1; the core says {core:?}");
+                assert_eq!(core, Action::Local(LocalPort(1)), "fast path sent {:02x?}.. to TAP 1; the core says {core:?}", &f[..f.len().min(64)]);
                 t.fast_local += 1;
             }
             rc => panic!("tap_egress returned {rc} for {f:02x?}"),
@@ -735,7 +735,7 @@ mod tests {
             }
             TC_ACT_REDIRECT => {
                 assert_eq!(out, f, "decapsulated to exactly the inner frame");
-                assert!(matches!(core, Action::Local(_)), "fast path delivered {f:02x?} from peer {from} to a TAP; the core says {core:?}");
+                assert!(matches!(core, Action::Local(_)), "fast path delivered {:02x?}.. from peer {from} to a TAP; the core says {core:?}", &f[..f.len().min(64)]);
                 t.fast_local += 1;
             }
             rc => panic!("underlay_ingress returned {rc} for {f:02x?}"),

@@ -156,6 +156,8 @@ peers = ["192.0.2.2"]
         let running = cfg(BASE);
         let new = cfg(&BASE.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.9\"\noffload = false"));
         assert_eq!(restart_only_changes(&running, &new), ["node.underlay", "node.offload"]);
+        let new = cfg(&BASE.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\ndatapath = \"userspace\""));
+        assert_eq!(restart_only_changes(&running, &new), ["node.datapath"]);
         let new = cfg(&format!("[admin]\nsocket = \"/tmp/other.sock\"\ngroup = 0\n{BASE}"));
         assert_eq!(restart_only_changes(&running, &new), ["admin.socket", "admin.group"]);
     }
