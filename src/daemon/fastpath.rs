@@ -293,9 +293,14 @@ impl FastPath {
         let state = Arc::new(Mutex::new(st));
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, stop2) = (state.clone(), stop.clone());
+        // capabilities are per thread: this one keeps CAP_NET_ADMIN (attaching to a TAP a
+        // reload adds) and drops the rest before it runs, like the data-path threads
+        let (dropped, wait) = std::sync::mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("fastpath-sync".into())
             .spawn(move || {
+                let _ = super::privs::drop_to_minimum();
+                let _ = dropped.send(());
                 while !stop2.load(Ordering::Relaxed) {
                     std::thread::sleep(SYNC_EVERY);
                     let mut st = match s2.lock() {
@@ -308,6 +313,7 @@ impl FastPath {
                 }
             })
             .map_err(|e| Unavailable::Load(format!("spawn sync thread: {e}")))?;
+        let _ = wait.recv();
         Ok(FastPath { state, stop, thread: Some(thread), underlay_dev })
     }
 
