@@ -144,9 +144,11 @@ ping_ok "$H1" "$O2" 3
 sleep 0.3
 make_random_file "$WORK/payload2" 50
 before1=$(scrape "$H1" http://127.0.0.1:9477/metrics)
+# what the host sent since the restart: the pings, and the last words of the connections the
+# kill cut (resets, retransmissions): a few hundred at most, not the thousands counted before
 n=$(metric "$before1" 'overlayd_tap_frames_total{direction="rx",network="blue"}')
-((n < 100)) || die "restarted d1 counts $n TAP rx frames before the new transfer (expected the pings' few)"
-ok "restarted d1's counters start from zero: $n TAP rx frames (the pings)"
+((n < 1000)) || die "restarted d1 counts $n TAP rx frames before the new transfer (expected a fresh count)"
+ok "restarted d1's counters start afresh: $n TAP rx frames"
 tcp_transfer "$H1" "$H2" "$O2" 5003 "$WORK/payload2" "overlay h1->h2 after the restart (50 MB)"
 after1=$(scrape "$H1" http://127.0.0.1:9477/metrics)
 tap_rx=$(d "$before1" "$after1" 'overlayd_tap_frames_total{direction="rx",network="blue"}')

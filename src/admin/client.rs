@@ -149,6 +149,14 @@ fn stats_text(s: &Sample) -> String {
         let (rxp, rxb, txp, txb) = n.peers.iter().fold((0, 0, 0, 0), |a, p| (a.0 + p.rx_packets, a.1 + p.rx_bytes, a.2 + p.tx_packets, a.3 + p.tx_bytes));
         out.push_str(&format!("  tunnels      rx {rxp} packets, {rxb} bytes; tx {txp} packets, {txb} bytes; peers {}\n", n.peers.len()));
         out.push_str(&format!("  flooded      frames {}\n", n.flooded_frames));
+        match n.datapath.as_str() {
+            "ebpf" => out.push_str(&format!(
+                "  data path    ebpf fast path for known unicast: {} frames from local ports, {} tunnel packets received (counted above too)\n",
+                n.fast_frames[0], n.fast_frames[1]
+            )),
+            "" => {}
+            other => out.push_str(&format!("  data path    {other}\n")),
+        }
         out.push_str(&format!(
             "  fdb          {} entries; learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
             n.fdb_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned

@@ -231,6 +231,8 @@ struct State {
     nets: BTreeMap<String, NetState>,
     /// TAP ifindex -> the TCX link of its program.
     links: HashMap<u32, aya::programs::tc::SchedClassifierLinkId>,
+    /// Networks logged as staying on the userspace path.
+    slow_nets: std::collections::BTreeSet<String>,
     last_refresh: std::time::Instant,
 }
 
@@ -287,6 +289,7 @@ impl FastPath {
             saddr,
             nets: BTreeMap::new(),
             links: HashMap::new(),
+            slow_nets: Default::default(),
             last_refresh: std::time::Instant::now(),
         };
         st.sync(&fabric, true)?;
@@ -368,6 +371,9 @@ impl State {
         for e in &f.networks {
             let net = &e.net;
             if net.spec.encap != Encap::Vxlan {
+                if self.slow_nets.insert(net.name().to_string()) {
+                    tracing::info!(network = net.name(), "fast path: a GRE network stays on the userspace path (the fast path carries VXLAN only)");
+                }
                 continue;
             }
             let name = net.name().to_string();
