@@ -18,7 +18,8 @@
 #   <overlay dev> 198.51.100.1/24  ......overlay......  <overlay dev> 198.51.100.2/24
 #
 # Systems: raw (plain veth, no overlay: the ceiling), kernel-vxlan (the Linux vxlan device,
-# VNI 42, port 4789), overlayd (VXLAN, offloads on: the default), overlayd-nooffload (VXLAN
+# VNI 42, port 4789), overlayd (VXLAN, userspace data path, offloads on), overlayd-ebpf (VXLAN,
+# the eBPF fast path at TC: [node] datapath = "ebpf"), overlayd-nooffload (VXLAN
 # with [node] offload = false), overlayd-gre (GRE, when this overlayd build supports it).
 #
 # Measurements (client in h1 -> server in h2, overlay addresses), REPEATS times each:
@@ -34,7 +35,7 @@
 # $OUTDIR/results.txt, then a table of medians with the ratio overlayd / kernel-vxlan.
 #
 # Environment knobs (defaults in brackets):
-#   SYSTEMS ["raw kernel-vxlan overlayd overlayd-nooffload", + overlayd-gre if supported]
+#   SYSTEMS ["raw kernel-vxlan overlayd overlayd-ebpf overlayd-nooffload", + overlayd-gre if supported]
 #   DURATION [10]  OMIT [1]  REPEATS [3]  UDP_LEN [64]  UDP_RATE [0]
 #   PING_COUNT [100]  PING_INTERVAL [0.01]  PREFIX [ob]  OUTDIR [/tmp/overlayd-bench.<time>]
 #   OVERLAYD_BIN [target/release/overlayd, built if unset]  PROFILE [0] (1 = build with frame
@@ -77,13 +78,14 @@ source "$REPO_DIR/netns-tests/profile.sh"
 declare -A SYSTEM_INFO=(
   [raw]="plain veth underlay, no overlay, offloads on (the ceiling)"
   [kernel-vxlan]="kernel vxlan VNI 42 dstport 4789, overlay IP on the vxlan device"
-  [overlayd]="overlayd VXLAN VNI 42, offload on (default): TSO/GSO/GRO"
+  [overlayd]="overlayd VXLAN VNI 42, userspace data path, offload on (default): TSO/GSO/GRO"
+  [overlayd-ebpf]="overlayd VXLAN VNI 42, eBPF fast path at TC (datapath = \"ebpf\")"
   [overlayd-nooffload]="overlayd VXLAN VNI 42 with [node] offload = false"
   [overlayd-gre]="overlayd GRE key 42 (raw IP protocol 47 sockets)"
   [overlayd-kernel]="overlayd VXLAN in h1 (the client), kernel vxlan in h2: a mixed segment"
   [kernel-overlayd]="kernel vxlan in h1 (the client), overlayd VXLAN in h2: a mixed segment"
 )
-ALL_SYSTEMS=(raw kernel-vxlan overlayd overlayd-nooffload overlayd-gre overlayd-kernel kernel-overlayd)
+ALL_SYSTEMS=(raw kernel-vxlan overlayd overlayd-ebpf overlayd-nooffload overlayd-gre overlayd-kernel kernel-overlayd)
 
 # ----------------------------------------------------------------------------- logging
 log()  { printf '# %s\n' "$*" >&2; }
@@ -207,10 +209,10 @@ setup_kernel_vxlan() {
 }
 
 # overlayd: one daemon per namespace; its TAP ${PREFIX}_ovl carries the overlay address.
-# overlayd_setup ENCAP OFFLOAD [HOST...] - ENCAP vxlan|gre, OFFLOAD the value of [node] offload,
-# daemons in hosts HOST (1, 2) [both]
+# overlayd_setup ENCAP OFFLOAD DATAPATH [HOST...] - ENCAP vxlan|gre, OFFLOAD the value of [node]
+# offload, DATAPATH of [node] datapath, daemons in hosts HOST (1, 2) [both]
 overlayd_setup() {
-  local encap=$1 offload=$2 i j nsn cfg t hosts=("${@:3}")
+  local encap=$1 offload=$2 datapath=$3 i j nsn cfg t hosts=("${@:4}")
   ((${#hosts[@]})) || hosts=(1 2)
   for i in "${hosts[@]}"; do
     j=$((3 - i)) nsn=${PREFIX}_h$i cfg=$WORK/overlayd$i.toml
@@ -218,6 +220,7 @@ overlayd_setup() {
 [node]
 underlay = "192.0.2.$i"
 offload = $offload
+datapath = "$datapath"
 
 [admin]
 socket = "$WORK/overlayd$i.sock"
@@ -239,24 +242,25 @@ EOF
     done
     grep -q 'overlayd ready' "$WORK/overlayd$i.log" || { cat "$WORK/overlayd$i.log" >&2; die "overlayd$i not ready"; }
   done
-  NOTE_MTU="tap MTU $(link_mtu "${PREFIX}_h${hosts[0]}" "${PREFIX}_ovl") set by overlayd ($encap, offload=$offload)"
+  NOTE_MTU="tap MTU $(link_mtu "${PREFIX}_h${hosts[0]}" "${PREFIX}_ovl") set by overlayd ($encap, offload=$offload, datapath=$datapath)"
 }
 
-setup_overlayd() { overlayd_setup vxlan true; }
-setup_overlayd_nooffload() { overlayd_setup vxlan false; }
-setup_overlayd_gre() { overlayd_setup gre true; }
+setup_overlayd() { overlayd_setup vxlan true userspace; }
+setup_overlayd_ebpf() { overlayd_setup vxlan true ebpf; }
+setup_overlayd_nooffload() { overlayd_setup vxlan false userspace; }
+setup_overlayd_gre() { overlayd_setup gre true userspace; }
 
 # a mixed segment: overlayd in one host, the kernel's vxlan device in the other (the veth keeps
 # its default offloads, as everywhere here)
 setup_overlayd_kernel() {
   ip -n "$NS2" link add "${PREFIX}_vx2" type vxlan id 42 dstport 4789 local "$U2" remote "$U1" dev "$UL2"
   overlay_ip "$NS2" "${PREFIX}_vx2" "$O2"
-  overlayd_setup vxlan true 1
+  overlayd_setup vxlan true userspace 1
 }
 setup_kernel_overlayd() {
   ip -n "$NS1" link add "${PREFIX}_vx1" type vxlan id 42 dstport 4789 local "$U1" remote "$U2" dev "$UL1"
   overlay_ip "$NS1" "${PREFIX}_vx1" "$O1"
-  overlayd_setup vxlan true 2
+  overlayd_setup vxlan true userspace 2
 }
 
 # gre_supported - whether this overlayd build accepts a GRE network
@@ -591,7 +595,7 @@ main() {
     if [[ -n ${SYSTEMS:-} ]]; then
       read -r -a _sys <<<"$SYSTEMS"
     else
-      _sys=(raw kernel-vxlan overlayd overlayd-nooffload)
+      _sys=(raw kernel-vxlan overlayd overlayd-ebpf overlayd-nooffload)
       gre_supported && _sys+=(overlayd-gre)
     fi
     set -- "${_sys[@]}"

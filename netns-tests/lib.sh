@@ -22,6 +22,8 @@
 #   READY_TIMEOUT  seconds to wait for "overlayd ready" [20]
 #   KEEP_WORK=1    keep $WORK (configs, logs, captures) after the run
 #   VERBOSE=1      trace commands (set -x)
+#   OVERLAYD_DATAPATH  auto|ebpf|userspace: every daemon of the run uses this data path
+#                  (exported as OVERLAYD__NODE__DATAPATH); unset = the config's (default auto)
 
 set -Eeuo pipefail
 
@@ -30,6 +32,7 @@ REPO_DIR=$(cd "$LIB_DIR/.." && pwd)
 OVERLAYD_BIN=${OVERLAYD_BIN:-$REPO_DIR/target/release/overlayd}
 READY_TIMEOUT=${READY_TIMEOUT:-20}
 KEEP_WORK=${KEEP_WORK:-0}
+if [[ -n ${OVERLAYD_DATAPATH:-} ]]; then export OVERLAYD__NODE__DATAPATH=$OVERLAYD_DATAPATH; fi
 
 # ----------------------------------------------------------------------------- messages
 log()  { printf '== %s\n' "$*"; }            # a step of the lab

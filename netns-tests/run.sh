@@ -9,7 +9,9 @@
 #
 # Builds the release binary first (`cargo build --release`) unless OVERLAYD_BIN is set.
 # Environment: OVERLAYD_BIN, SCENARIO_TIMEOUT [300 s per scenario], and those of lib.sh
-# (KEEP_WORK=1, VERBOSE=1, READY_TIMEOUT).
+# (KEEP_WORK=1, VERBOSE=1, READY_TIMEOUT, OVERLAYD_DATAPATH).
+#   OVERLAYD_DATAPATHS="userspace ebpf"  run the scenarios once per data path (each daemon's
+#                  [node] datapath overridden); the closing line counts every run.
 set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,10 +31,14 @@ fi
 echo "== overlayd binary: $OVERLAYD_BIN"
 
 passed=0 failed=0 failures=()
+read -r -a datapaths <<<"${OVERLAYD_DATAPATHS:-${OVERLAYD_DATAPATH:--}}"
+for dp in "${datapaths[@]}"; do
+if [[ $dp != - ]]; then export OVERLAYD_DATAPATH=$dp; fi
 for script in "$here"/[0-9][0-9]-*.sh; do
   [[ -e $script ]] || continue
   name=$(basename "$script" .sh)
   [[ -z $filter || $name == *"$filter"* ]] || continue
+  [[ $dp == - ]] || name="$name [datapath $dp]"
   echo
   echo "=== $name"
   start=$SECONDS
@@ -47,6 +53,7 @@ for script in "$here"/[0-9][0-9]-*.sh; do
     ((rc == 124)) && echo "(timed out after ${timeout_s} s)"
     echo "FAIL $name (exit status $rc, $((SECONDS - start)) s)"
   fi
+done
 done
 
 echo

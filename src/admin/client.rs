@@ -188,6 +188,14 @@ fn stats_text(s: &Sample) -> String {
         out.push_str(&format!("  tunnels      rx {rxp} packets, {rxb} bytes; tx {txp} packets, {txb} bytes; peers {}\n", n.peers.len()));
         out.push_str(&format!("  flooded      frames {}\n", n.flooded_frames));
         out.push_str(&format!("  partial csum frames {} (completed; sent by a peer with checksum offload on a virtual link)\n", n.partial_checksums));
+        match n.datapath.as_str() {
+            "ebpf" => out.push_str(&format!(
+                "  data path    ebpf fast path for known unicast: {} frames from local ports, {} tunnel packets received (counted above too)\n",
+                n.fast_frames[0], n.fast_frames[1]
+            )),
+            "" => {}
+            other => out.push_str(&format!("  data path    {other}\n")),
+        }
         out.push_str(&format!(
             "  fdb          {} entries (cap {}); learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
             n.fdb_entries, n.fdb_max_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned

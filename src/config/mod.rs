@@ -63,9 +63,33 @@ pub struct NodeConfig {
     /// send and GRO on receive. `[node] offload = false` turns all of it off (one frame per
     /// TAP read/write, one datagram per message), e.g. to rule it out when debugging.
     pub offload: bool,
+    /// `[node] datapath`: where known unicast is forwarded (see [`Datapath`]).
+    pub datapath: Datapath,
     /// `[node] user` / `group`: who the daemon runs as after binding its admin and metrics
     /// sockets; `None` = stay as started.
     pub run_as: Option<RunAs>,
+}
+
+/// `[node] datapath`: who forwards known unicast between TAP ports and peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Datapath {
+    /// The eBPF fast path where the kernel allows it, else the userspace path (logged).
+    #[default]
+    Auto,
+    /// The eBPF fast path, or refuse to start.
+    Ebpf,
+    /// The userspace threads alone.
+    Userspace,
+}
+
+impl Datapath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Datapath::Auto => "auto",
+            Datapath::Ebpf => "ebpf",
+            Datapath::Userspace => "userspace",
+        }
+    }
 }
 
 /// An unprivileged identity to switch to, resolved when the config is loaded (so `overlayd

@@ -45,6 +45,8 @@ pub struct RawNode {
     pub underlay_mtu: Option<u32>,
     /// Segmentation offloads on the data path (TSO/GSO/GRO); default true.
     pub offload: Option<bool>,
+    /// Which data path forwards known unicast: "auto" (default), "ebpf" or "userspace".
+    pub datapath: Option<String>,
     /// Run as this user (name or uid) once the admin and metrics sockets are bound.
     pub user: Option<RawId>,
     /// ... and this group (name or gid); default: the user's primary group.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawCluster, RawId, RawNetwork};
-use super::{ClusterConfig, ClusterTls, Config, RunAs, UnknownUnicast, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL_SECS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::{ClusterConfig, ClusterTls, Config, Datapath, RunAs, UnknownUnicast, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL_SECS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -129,6 +129,12 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
         networks.push(net);
     }
     let offload = raw.node.offload.unwrap_or(true);
+    let datapath = match raw.node.datapath.as_deref() {
+        None | Some("auto") => Datapath::Auto,
+        Some("ebpf") => Datapath::Ebpf,
+        Some("userspace") => Datapath::Userspace,
+        Some(other) => return err("node.datapath", format!("{other:?} is not a data path (expected \"auto\", \"ebpf\" or \"userspace\")")),
+    };
     let run_as = run_as(raw.node.user, raw.node.group)?;
     let cluster = raw.cluster.map(cluster).transpose()?;
     if cluster.is_none() {
@@ -136,7 +142,7 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
             return err(format!("networks[{i}].cluster"), "needs a [cluster] section (the etcd endpoints to register in)");
         }
     }
-    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, run_as }, metrics_listen, admin_socket, admin_group, networks, cluster })
+    Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, datapath, run_as }, metrics_listen, admin_socket, admin_group, networks, cluster })
 }
 
 fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>) -> Result<NetworkConfig, ConfigError> {
@@ -614,6 +620,17 @@ mod tests {
         assert_eq!(k.endpoints, ["https://192.0.2.10:2379", "https://192.0.2.11:2379"]);
         assert_eq!(k.lease_ttl, Duration::from_secs(6));
         assert_eq!(k.tls, Some(ClusterTls { ca_file: Some("/etc/overlayd/ca.pem".into()), identity: None }));
+    }
+
+    #[test]
+    fn datapath_defaults_to_auto_is_set_by_file_or_environment_and_bad_values_name_the_key() {
+        assert_eq!(parse(GOOD).unwrap().node.datapath, Datapath::Auto);
+        let c = parse(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\ndatapath = \"userspace\"")).unwrap();
+        assert_eq!(c.node.datapath, Datapath::Userspace);
+        let env = [("OVERLAYD__NODE__DATAPATH".to_string(), "ebpf".to_string())];
+        assert_eq!(from_str_with_env(GOOD, env).unwrap().node.datapath, Datapath::Ebpf);
+        let p = problem(&GOOD.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\ndatapath = \"xdp\""));
+        assert!(p.starts_with("node.datapath:"), "{p}");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! for the networks it adds or restarts ([`Daemon::apply`]).
 
 pub mod datapath;
+pub mod fastpath;
 pub mod forward;
 pub mod gre;
 pub mod packetport;
@@ -64,6 +65,8 @@ pub enum StartupError {
     Admin { path: String, error: std::io::Error },
     #[error("node.user: {0}")]
     User(String),
+    #[error("node.datapath = \"ebpf\": the eBPF fast path cannot be used: {0}")]
+    Datapath(String),
     #[error("{0}")]
     Cluster(String),
 }
@@ -167,6 +170,10 @@ pub struct Daemon {
     pending_rx: Vec<RxSocket>,
     /// Largest underlay packet accepted.
     slot: usize,
+    /// The eBPF fast path, when `[node] datapath` chose it and it loaded.
+    fast: Option<Arc<fastpath::FastPath>>,
+    /// Why the fast path is not used (for the log and `overlayd_datapath_info`).
+    pub datapath_note: String,
 }
 
 /// The underlay MTU: configured, or read off the interface that holds the underlay address.
@@ -256,6 +263,8 @@ impl Daemon {
             gre_sock: None,
             pending_rx: Vec::new(),
             slot: usize::from(umtu).max(2048) + 64,
+            fast: None,
+            datapath_note: String::new(),
         };
         let started = d.listen(&cfg.networks).and_then(|()| {
             for n in &cfg.networks {
@@ -269,12 +278,38 @@ impl Daemon {
             d.publish();
             d.start_receivers()
         });
+        let started = started.and_then(|()| d.start_fast_path(cfg.node.datapath));
         if let Err(e) = started {
             d.stop();
             return Err(e);
         }
         tracing::info!(source_ports = ?d.tx.ports(), "sending VXLAN");
         Ok(d)
+    }
+
+    /// Load and attach the eBPF fast path if `datapath` asks for it: `auto` falls back to the
+    /// userspace path (logged with the reason), `ebpf` refuses to start.
+    fn start_fast_path(&mut self, datapath: crate::config::Datapath) -> Result<(), StartupError> {
+        use crate::config::Datapath;
+        if datapath == Datapath::Userspace {
+            self.datapath_note = "node.datapath = \"userspace\"".into();
+            tracing::info!("data path: userspace (node.datapath = \"userspace\")");
+            return Ok(());
+        }
+        match fastpath::FastPath::start(self.node.underlay, self.fabric.clone()) {
+            Ok(f) => {
+                tracing::info!(datapath = datapath.as_str(), underlay_device = f.underlay_dev,
+                    "data path: eBPF fast path at TC for known unicast of VXLAN networks; GRE networks, VM socket ports, BUM and unknown unicast stay on the userspace path");
+                self.fast = Some(Arc::new(f));
+                Ok(())
+            }
+            Err(e) if datapath == Datapath::Ebpf => Err(StartupError::Datapath(e.to_string())),
+            Err(e) => {
+                tracing::warn!(reason = %e, "data path: userspace (node.datapath = \"auto\" and the eBPF fast path cannot be used)");
+                self.datapath_note = e.to_string();
+                Ok(())
+            }
+        }
     }
 
     /// Open every underlay socket `networks` need that is not open yet: a UDP port per VXLAN
@@ -593,7 +628,12 @@ impl Daemon {
 
     /// Every counter, folded over the data-path shards (control path only).
     pub fn sample(&self) -> crate::metrics::Sample {
-        sample_of(&self.fabric, &self.global)
+        sample_of(&self.fabric, &self.global, self.fast.as_deref())
+    }
+
+    /// What a sample needs besides the fabric: the fast path to fold in.
+    pub fn fast_path(&self) -> Option<Arc<fastpath::FastPath>> {
+        self.fast.clone()
     }
 
     /// Log the drop totals by reason: one line for drops no network could be charged with
@@ -618,6 +658,12 @@ impl Daemon {
 
     /// Stop the data path and close every device and socket.
     pub fn stop(mut self) {
+        if let Some(f) = self.fast.take() {
+            match Arc::try_unwrap(f) {
+                Ok(f) => f.stop(),
+                Err(_) => tracing::warn!("fast path still referenced at stop; its programs go with the process"),
+            }
+        }
         for r in &mut self.nets {
             r.halt();
         }
@@ -644,8 +690,22 @@ fn wait_released(released: impl Fn() -> bool) {
     tracing::warn!("reload: a data-path thread held on to the previous configuration for more than a second");
 }
 
-fn sample_of(fabric: &SharedFabric, global: &GlobalDrops) -> crate::metrics::Sample {
-    crate::metrics::sample::take(&fabric.load(), global, clock::now(), clock::unix_now())
+fn sample_of(fabric: &SharedFabric, global: &GlobalDrops, fast: Option<&fastpath::FastPath>) -> crate::metrics::Sample {
+    let served = fast.map(|f| {
+        f.fold(fabric);
+        f.served()
+    });
+    let mut s = crate::metrics::sample::take(&fabric.load(), global, clock::now(), clock::unix_now());
+    for n in &mut s.networks {
+        match served.as_ref().and_then(|m| m.get(&n.name)) {
+            Some(f) => {
+                n.datapath = "ebpf".into();
+                n.fast_frames = f.frames;
+            }
+            None => n.datapath = "userspace".into(),
+        }
+    }
+    s
 }
 
 /// Run until `shutdown` resolves: start, housekeeping every second, stop.
@@ -751,7 +811,7 @@ pub async fn run_with_reload(
     let mut daemon = Daemon::start(&start_cfg)?;
     let mut cfg = cfg;
     let cluster_status = cluster.as_ref().map(|c| c.status.clone());
-    let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
+    let (fabric, global, fast) = (daemon.fabric.clone(), daemon.global.clone(), daemon.fast_path());
     let status = cluster_status.clone();
     let answer = move |req: &crate::admin::Request| {
         let now = clock::now();
@@ -761,7 +821,7 @@ pub async fn run_with_reload(
                 None => crate::admin::Reply::error("this daemon has no [cluster] section"),
             };
         }
-        let mut reply = crate::admin::handle(req, &fabric.load(), || sample_of(&fabric, &global), now);
+        let mut reply = crate::admin::handle(req, &fabric.load(), || sample_of(&fabric, &global, fast.as_deref()), now);
         if let (crate::admin::Request::Peers { .. }, Some(s), Some(result)) = (req, &status, reply.result.as_mut()) {
             cluster::mark_sources(result, &s.lock().unwrap_or_else(|p| p.into_inner()));
         }
@@ -769,10 +829,10 @@ pub async fn run_with_reload(
     };
     let admin_task = tokio::spawn(crate::admin::server::serve(admin_socket, Arc::new(answer)));
     tracing::info!(socket = %cfg.admin_socket.display(), group = ?cfg.admin_group, "admin socket ready");
-    let (fabric, global) = (daemon.fabric.clone(), daemon.global.clone());
+    let (fabric, global, fast) = (daemon.fabric.clone(), daemon.global.clone(), daemon.fast_path());
     let status = cluster_status.clone();
     let metrics = match crate::metrics::Metrics::new(move || {
-        let mut s = sample_of(&fabric, &global);
+        let mut s = sample_of(&fabric, &global, fast.as_deref());
         s.cluster = status.as_ref().map(|st| st.lock().unwrap_or_else(|p| p.into_inner()).clone());
         s
     }) {

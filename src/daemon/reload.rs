@@ -88,6 +88,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (a.underlay != b.underlay, "node.underlay"),
         (a.underlay_mtu != b.underlay_mtu, "node.underlay_mtu"),
         (a.offload != b.offload, "node.offload"),
+        (a.datapath != b.datapath, "node.datapath"),
         (a.run_as != b.run_as, "node.user/node.group"),
     ];
     let rest = [
@@ -183,6 +184,8 @@ peers = ["192.0.2.2"]
         let running = cfg(BASE);
         let new = cfg(&BASE.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.9\"\noffload = false"));
         assert_eq!(restart_only_changes(&running, &new), ["node.underlay", "node.offload"]);
+        let new = cfg(&BASE.replace("underlay = \"192.0.2.1\"", "underlay = \"192.0.2.1\"\ndatapath = \"userspace\""));
+        assert_eq!(restart_only_changes(&running, &new), ["node.datapath"]);
         let new = cfg(&format!("[admin]\nsocket = \"/tmp/other.sock\"\ngroup = 0\n{BASE}"));
         assert_eq!(restart_only_changes(&running, &new), ["admin.socket", "admin.group"]);
     }

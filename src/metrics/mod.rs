@@ -65,6 +65,8 @@ struct Families {
     cluster_members: IntGaugeVec,
     cluster_events: IntCounterVec,
     cluster_resyncs: IntCounterVec,
+    datapath_info: IntGaugeVec,
+    fast_frames: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -155,6 +157,16 @@ impl Families {
                 "IP to MAC bindings the network holds for ARP/ND suppression (snooped from ARP/ND that came through the tunnel).",
                 &["network"],
             )?,
+            datapath_info: gauge(
+                "overlayd_datapath_info",
+                "1 for the data path that forwards the network's known unicast: ebpf (fast path at TC) or userspace.",
+                &["network", "datapath"],
+            )?,
+            fast_frames: counter(
+                "overlayd_fastpath_frames_total",
+                "Frames the eBPF fast path carried (also counted in overlayd_tap_* and overlayd_tunnel_*): from the network's TAPs (tap_rx) or tunnel packets received (tunnel_rx).",
+                &["network", "direction"],
+            )?,
             peer_last_seen: GaugeVec::new(
                 Opts::new(
                     "overlayd_peer_last_seen_seconds",
@@ -180,7 +192,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 15] {
+    fn counters(&self) -> [&IntCounterVec; 16] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -197,6 +209,7 @@ impl Families {
             &self.neigh_suppressed,
             &self.cluster_events,
             &self.cluster_resyncs,
+            &self.fast_frames,
         ]
     }
 
@@ -210,6 +223,7 @@ impl Families {
         v.push(&self.neigh_bindings);
         v.push(&self.cluster_connected);
         v.push(&self.cluster_members);
+        v.push(&self.datapath_info);
         v
     }
 
@@ -239,8 +253,14 @@ impl Families {
                 }
             }
         }
+        self.datapath_info.reset();
         for n in &s.networks {
             let net = n.name.as_str();
+            if !n.datapath.is_empty() {
+                self.datapath_info.with_label_values(&[net, n.datapath.as_str()]).set(1);
+            }
+            self.fast_frames.with_label_values(&[net, "tap_rx"]).inc_by(n.fast_frames[0]);
+            self.fast_frames.with_label_values(&[net, "tunnel_rx"]).inc_by(n.fast_frames[1]);
             self.tap_frames.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_frames);
             self.tap_frames.with_label_values(&[net, "tx"]).inc_by(n.tap_tx_frames);
             self.tap_bytes.with_label_values(&[net, "rx"]).inc_by(n.tap_rx_bytes);
@@ -365,6 +385,8 @@ mod tests {
         net.vm_connections.disconnected = 6;
         net.neigh_bindings = 3;
         net.neigh_suppressed.ipv6_miss = 8;
+        net.datapath = "ebpf".into();
+        net.fast_frames = [11, 12];
         net.peers.push(PeerSample { peer: "192.0.2.2".into(), tx_packets: 7, last_seen_unix: Some(1234.5), ..Default::default() });
         net.peers.push(PeerSample { peer: "192.0.2.3".into(), ..Default::default() });
         let mut unattributed = drops;
@@ -414,6 +436,8 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_cluster_events_total{event="rejected",network="blue"}"#), Some("4"));
         assert_eq!(line(&t, r#"overlayd_cluster_events_total{event="expired",network="blue"}"#), Some("1"));
         assert_eq!(line(&t, r#"overlayd_cluster_resyncs_total{reason="reconnect"}"#), Some("2"));
+        assert_eq!(line(&t, r#"overlayd_datapath_info{datapath="ebpf",network="blue"}"#), Some("1"));
+        assert_eq!(line(&t, r#"overlayd_fastpath_frames_total{direction="tunnel_rx",network="blue"}"#), Some("12"));
         assert!(t.contains(&format!("overlayd_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{t}");
         assert!(t.contains("process_resident_memory_bytes"), "process collector missing");
     }

@@ -64,6 +64,12 @@ pub struct NetSample {
     /// binding (miss), by family.
     #[serde(default)]
     pub neigh_suppressed: NeighSuppressedCounts,
+    /// Who forwards its known unicast: "ebpf" or "userspace".
+    #[serde(default)]
+    pub datapath: String,
+    /// Frames the eBPF fast path carried: [from TAP ports, tunnel packets received].
+    #[serde(default)]
+    pub fast_frames: [u64; 2],
 }
 
 /// `overlayd_pmtu_signals_total{family}`, `overlayd_pmtu_signals_limited_total`,
@@ -251,6 +257,8 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     let [ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss] = net.neigh.counters.snapshot();
                     NeighSuppressedCounts { ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss }
                 },
+                datapath: "userspace".into(),
+                fast_frames: [0, 0],
             }
         })
         .collect();
