@@ -41,6 +41,11 @@
 #define SEEN_GRANULARITY_NS 1000000000ULL
 
 enum { KIND_LOCAL = 1, KIND_PEER = 2 };
+// The peer takes what this program sends: GSO super-packets and inner checksums left for the
+// receiver (an overlayd, or a kernel whose own stack sends offloads). Any other peer (Open
+// vSwitch's userspace datapath reading a veth) gets its frames from the userspace path, one
+// datagram per segment with finished checksums.
+#define PEER_TAKES_OFFLOADS 1
 
 struct fdb_key {
 	__u32 net;
@@ -55,7 +60,7 @@ struct fdb_val {
 	__u32 ifindex; // KIND_LOCAL: the TAP
 	__u32 daddr;   // KIND_PEER: the peer's underlay IPv4 address (network order)
 	__u16 dport;   // KIND_PEER: its VXLAN port (network order)
-	__u16 pad2;
+	__u16 flags;   // KIND_PEER: PEER_TAKES_OFFLOADS
 	__u64 seen_ns; // written by the programs: last frame forwarded from this MAC
 };
 
@@ -165,6 +170,21 @@ static __always_inline __u32 l34_len(struct __sk_buff *skb, __u32 off, __u16 pro
 	return l3 + (doff >> 4) * 4;
 }
 
+// Is the IP packet at `off` IPv6 neighbour discovery (ICMPv6 types 133..137: router and
+// neighbour solicitations and advertisements, redirects)? The userspace path must see those:
+// it snoops neighbour advertisements that cross the tunnel (arp_suppress) and answers
+// solicitations from local ports; they are a few packets a minute, never bulk.
+static __always_inline int is_nd(struct __sk_buff *skb, __u32 off, __u16 proto) {
+	if (proto != bpf_htons(ETH_P_IPV6))
+		return 0;
+	__u8 nexthdr, type;
+	if (bpf_skb_load_bytes(skb, off + 6, &nexthdr, 1) || nexthdr != IPPROTO_ICMPV6)
+		return 0;
+	if (bpf_skb_load_bytes(skb, off + sizeof(struct ipv6hdr), &type, 1))
+		return 1; // cut short: let the userspace path judge it
+	return type >= 133 && type <= 137;
+}
+
 // Does the frame (Ethernet header at `off`) fit the network's MTU, as the userspace path
 // judges it: L3 length, or for a GSO super-frame its segments' L3 length?
 // (`len`, `gso_size`, `gso_segs`: the skb's, read once at the start of a program: clang must
@@ -222,6 +242,8 @@ int tap_egress(struct __sk_buff *skb) {
 		return TC_ACT_OK;
 	if (!fits_mtu(skb, len0, gso_size, 0, eth.h_proto, t->mtu))
 		return TC_ACT_OK;
+	if (is_nd(skb, ETH_HLEN, eth.h_proto))
+		return TC_ACT_OK;
 	struct fdb_key k = {.net = t->net};
 	__builtin_memcpy(k.mac, eth.h_source, 6);
 	struct fdb_val *src = bpf_map_lookup_elem(&FDB, &k);
@@ -243,7 +265,7 @@ int tap_egress(struct __sk_buff *skb) {
 		count(net, 3, len0);
 		return bpf_redirect(dst->ifindex, BPF_F_INGRESS);
 	}
-	if (dst->kind != KIND_PEER || dst->idx >= MAX_PEERS || dst->daddr == 0)
+	if (dst->kind != KIND_PEER || dst->idx >= MAX_PEERS || dst->daddr == 0 || !(dst->flags & PEER_TAKES_OFFLOADS))
 		return TC_ACT_OK;
 	__u32 peer = dst->idx, daddr = dst->daddr;
 	__u16 dport = dst->dport;
@@ -320,6 +342,8 @@ int underlay_ingress(struct __sk_buff *skb) {
 	if (is_multicast(eth.h_dest) || is_multicast(eth.h_source) || is_zero(eth.h_source))
 		return TC_ACT_OK;
 	if (!fits_mtu(skb, len0, gso_size, OUTER_LEN - ETH_HLEN, eth.h_proto, p->mtu))
+		return TC_ACT_OK;
+	if (is_nd(skb, OUTER_LEN, eth.h_proto))
 		return TC_ACT_OK;
 	struct fdb_key k = {.net = p->net};
 	__builtin_memcpy(k.mac, eth.h_source, 6);

@@ -67,7 +67,8 @@ pub struct FdbVal {
     pub ifindex: u32,
     pub daddr: u32,
     pub dport: u16,
-    pub pad2: u16,
+    /// `PEER_TAKES_OFFLOADS` for a peer that takes GSO super-packets and partial checksums.
+    pub flags: u16,
     pub seen_ns: u64,
 }
 
@@ -113,13 +114,18 @@ fn be32(a: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(a.octets())
 }
 
+/// `FdbVal::flags`: the peer takes GSO super-packets and inner checksums left partial.
+const PEER_TAKES_OFFLOADS: u16 = 1;
+
 /// The mirror value of an FDB row, if the fast path can forward to that port.
 fn fdb_val(net: &Network, port: Port, taps: &HashMap<LocalPort, u32>) -> Option<FdbVal> {
     match port {
         Port::Local(l) => taps.get(&l).map(|&ifindex| FdbVal { kind: KIND_LOCAL, idx: l.0, ifindex, ..Default::default() }),
         Port::Peer(p) if usize::from(p.0) < MAX_PEERS => match net.peers.get(usize::from(p.0))?.addr {
             std::net::SocketAddr::V4(a) => {
-                Some(FdbVal { kind: KIND_PEER, idx: p.0, daddr: be32(*a.ip()), dport: a.port().to_be(), ..Default::default() })
+                // the same judgement as the userspace path's UDP GSO (Liveness::takes_gso)
+                let flags = if net.peers[usize::from(p.0)].liveness.takes_gso() { PEER_TAKES_OFFLOADS } else { 0 };
+                Some(FdbVal { kind: KIND_PEER, idx: p.0, daddr: be32(*a.ip()), dport: a.port().to_be(), flags, ..Default::default() })
             }
             std::net::SocketAddr::V6(_) => None,
         },
@@ -602,8 +608,13 @@ mod tests {
         Progs { ebpf, fdb, _taps: taps, _peers: peers }
     }
 
+    /// Two TAPs and two peers that run overlayd (they take offloads).
     fn network() -> Network {
-        Network::new(spec(2, PEERS.iter().map(|p| SocketAddr::from((*p, 4789))).collect()))
+        let net = Network::new(spec(2, PEERS.iter().map(|p| SocketAddr::from((*p, 4789))).collect()));
+        for p in &net.peers {
+            p.liveness.keepalive_seen();
+        }
+        net
     }
 
     /// Mirror `net`'s table into the map as the sync thread does (local port 0 is the test
@@ -847,6 +858,30 @@ mod tests {
         eprintln!("{} frames: {t:?}", frames.len());
         // not vacuous: the known unicast among them took the fast path, both ways
         assert!(t.fast_peer >= 50 && t.fast_local >= 100, "{t:?}");
+    }
+
+    #[test]
+    fn a_peer_that_does_not_take_offloads_gets_its_frames_from_userspace() {
+        let mut p = load();
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let now = Instant::from_secs(10);
+        // an Open vSwitch or kernel peer never heard from: no keepalive, no offloads seen
+        let net = Network::new(spec(2, PEERS.iter().map(|p| SocketAddr::from((*p, 4789))).collect()));
+        net.fdb.learn(a, Port::Local(LocalPort(0)), now);
+        net.fdb.learn(b, Port::Peer(PeerIdx(0)), now);
+        let keys = mirror(&mut p, &net, now);
+        let mut f = frame(b, a, 98);
+        f[14] = 0x45;
+        let (rc, out) = run(&p, "tap_egress", &f);
+        assert_eq!((rc, out), (TC_ACT_OK, f.clone()), "left to the userspace path");
+        // once it speaks overlayd, the same frame is encapsulated in the kernel
+        net.peers[0].liveness.keepalive_seen();
+        let more = mirror(&mut p, &net, now);
+        let (rc, out) = run(&p, "tap_egress", &f);
+        assert_eq!((rc, out.len()), (TC_ACT_REDIRECT, f.len() + 50));
+        for k in keys.into_iter().chain(more) {
+            let _ = p.fdb.remove(&k);
+        }
     }
 
     #[test]
