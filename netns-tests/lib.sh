@@ -274,6 +274,9 @@ start_daemon() {
   local nsn=$1 name=$2 cfg=$3
   need_daemon
   _DAEMON_LOG[$name]=$WORK/$name.log
+  # emptied here, not only by start_bg's redirection in the background: a restarted daemon's
+  # wait_ready must not find the "overlayd ready" of the run before
+  : >"${_DAEMON_LOG[$name]}"
   start_bg "$nsn" "${_DAEMON_LOG[$name]}" "$OVERLAYD_BIN" run --config "$cfg"
   _DAEMON_PID[$name]=$BG_PID
   info "started $name (pid $BG_PID) in $nsn"
