@@ -24,7 +24,7 @@ fn main() {
             Ok(s) => panic!("clang failed ({s}) compiling {src}: see the errors above"),
             Err(e) => panic!(
                 "cannot run {clang:?} ({e}): building overlayd needs clang (with the BPF target) and the \
-                 libbpf headers to compile its eBPF fast path; on Debian: apt-get install clang llvm libbpf-dev"
+                 libbpf headers to compile its eBPF fast path; on Debian: apt-get install clang libbpf-dev (or: bash scripts/deps.sh build)"
             ),
         }
     }
