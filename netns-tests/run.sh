@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # netns-tests/run.sh - run the privileged overlayd labs (root; network namespaces).
 #
-# Usage: netns-tests/run.sh [FILTER]
+# Usage: netns-tests/run.sh [FILTER...]
 #   Runs every scenario netns-tests/[0-9][0-9]-*.sh in order (only those whose file name contains
-#   FILTER, if given), one after the other, each in its own bash with its own namespaces.
+#   one of the FILTERs, if any are given), one after the other, each in its own bash with its own
+#   namespaces.
 #   Prints PASS/FAIL per scenario and ends with the line `netns: N passed, N failed`; exits 1 if
 #   any scenario failed, or if none matched FILTER.
 #
@@ -16,7 +17,7 @@ set -uo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
-filter=${1:-}
+filters=("$@")
 timeout_s=${SCENARIO_TIMEOUT:-300}
 
 if [[ -z ${OVERLAYD_BIN:-} ]]; then
@@ -37,7 +38,11 @@ if [[ $dp != - ]]; then export OVERLAYD_DATAPATH=$dp; fi
 for script in "$here"/[0-9][0-9]-*.sh; do
   [[ -e $script ]] || continue
   name=$(basename "$script" .sh)
-  [[ -z $filter || $name == *"$filter"* ]] || continue
+  if ((${#filters[@]})); then
+    match=0
+    for f in "${filters[@]}"; do [[ $name == *"$f"* ]] && match=1; done
+    ((match)) || continue
+  fi
   [[ $dp == - ]] || name="$name [datapath $dp]"
   echo
   echo "=== $name"
@@ -58,6 +63,6 @@ done
 
 echo
 ((${#failures[@]} == 0)) || echo "failed: ${failures[*]}"
-((passed + failed > 0)) || echo "no scenario matches '$filter'"
+((passed + failed > 0)) || echo "no scenario matches '${filters[*]}'"
 echo "netns: $passed passed, $failed failed"
 ((failed == 0 && passed > 0))
