@@ -63,7 +63,13 @@ ok "h1 and h2 joined through etcd"
 is_peer() { "$OVERLAYD_BIN" peers --admin "$WORK/h$1.sock" --json | jq -e --arg a "$2" '.[0].peers | any(.peer == $a)' >/dev/null; }
 not_peer() { ! is_peer "$@"; }
 compacted() { metric "$(scrape "${H[$1]}" "http://${U[$1]}:9477/metrics")" 'overlayd_cluster_resyncs_total{reason="compacted"}'; }
-slow_watchers() { ns_exec "$E" curl -fsS --max-time 5 "http://$EA:2379/metrics" | awk '$1 == "etcd_debugging_mvcc_slow_watcher_total" { print $2 }'; }
+# slow_watchers - etcd's count of watchers behind the store (fails the lab if etcd has no such gauge)
+slow_watchers() {
+  local m
+  m=$(ns_exec "$E" curl -fsS --max-time 5 "http://$EA:2379/metrics") || die "etcd's /metrics does not answer"
+  awk '$1 == "etcd_debugging_mvcc_slow_watcher_total" { print $2; f = 1 } END { exit !f }' <<<"$m" ||
+    die "etcd exports no etcd_debugging_mvcc_slow_watcher_total"
+}
 rec() { printf '{"underlay":"%s","encap":"vxlan","vni":42,"port":4789,"state":"active"}' "$1"; }
 K=/overlayd/v1/networks/blue/members
 # fill N - N records of 32 KiB under another network's prefix, one revision each (etcd's HTTP
@@ -88,13 +94,14 @@ log "h2 stopped (SIGSTOP); a ghost member appears; another network's records chu
 kill -STOP "${_DAEMON_PID[d2]}"
 ectl put "$K/ghost" "$(rec 192.0.2.77)" >/dev/null
 rounds=0
-while (($(slow_watchers) == 0)); do
+while sw=$(slow_watchers) && [[ $sw == 0 ]]; do
   ((rounds < 20)) || die "etcd never had a slow watcher after $((rounds * 100)) records of 32 KiB"
   fill 100
   rounds=$((rounds + 1))
   sleep 0.3   # etcd moves a blocked watcher to its slow set on its next pass
 done
-info "etcd reports $(slow_watchers) slow watcher(s) after $((rounds * 100)) records of 32 KiB ($((rounds * 100 * 32 / 1024)) MiB)"
+[[ $sw =~ ^[1-9][0-9]*$ ]] || die "etcd's slow-watcher gauge is unreadable: '$sw'"
+info "etcd reports $sw slow watcher(s) after $((rounds * 100)) records of 32 KiB ($((rounds * 100 * 32 / 1024)) MiB)"
 ectl del "$K/ghost" >/dev/null
 ectl put "$K/late" "$(rec 192.0.2.78)" >/dev/null
 rev=$(ectl endpoint status -w json | jq '.[0].Status.header.revision')
