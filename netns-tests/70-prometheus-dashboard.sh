@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# 70-prometheus-dashboard.sh - a real Prometheus scrapes two daemons; every dashboard query
-# returns data.
+# 70-prometheus-dashboard.sh - a real Prometheus scrapes two clustered daemons (membership from
+# a real etcd); every dashboard query returns data.
 #
-#   netns h1                                            netns h2
-#   <P>u1 192.0.2.1/24  <======= veth underlay =======>  <P>u2 192.0.2.2/24
-#   overlayd d1, metrics on 192.0.2.1:9477               overlayd d2, metrics on 192.0.2.2:9477
-#   prometheus (127.0.0.1:9090 in h1 only, 1 s scrape of both, tsdb in $WORK)
+#   netns e   192.0.2.10 etcd (started here) ─┐
+#   netns h1  192.0.2.1  overlayd d1 ─────────┼─ bridge in netns sw (the L3 underlay)
+#   netns h2  192.0.2.2  overlayd d2 ─────────┘
+#   metrics on <underlay>:9477; prometheus in h1 (127.0.0.1:9090, 1 s scrape of both, tsdb in $WORK)
 #
+# Both daemons run `cluster = true` with `peers = []`: they find each other through etcd, so the
+# dashboard's cluster row has real data like the rest.
 # Proves:
 #   - /usr/bin/prometheus, started by the lab inside h1 (never the packaged service), scrapes
 #     both daemons: `up == 1` for both targets (polled: the first scrape takes a few seconds);
+#   - through Prometheus, both daemons are connected to etcd and each knows the other as the
+#     one member of blue;
 #   - with traffic on the overlay (ping both ways, a TCP transfer), every PromQL expression of
 #     dashboards/overlayd.json ($network = blue, $__rate_interval = 10s) returns a non-empty
 #     result through the Prometheus HTTP API, and so does the network variable's query.
@@ -22,19 +26,35 @@ command -v curl >/dev/null || die "curl not installed"
 DASHBOARD=$REPO_DIR/dashboards/overlayd.json
 [[ -r $DASHBOARD ]] || die "no dashboard at $DASHBOARD"
 
-H1=$PREFIX-h1 H2=$PREFIX-h2
-U1=192.0.2.1 U2=192.0.2.2 O1=198.51.100.1 O2=198.51.100.2
+command -v etcd >/dev/null || die "the etcd binary is needed (apt-get install etcd-server)"
+command -v etcdctl >/dev/null || die "etcdctl is needed (apt-get install etcd-client)"
+
+SW=$PREFIX-sw H1=$PREFIX-h1 H2=$PREFIX-h2 E=$PREFIX-e
+U1=192.0.2.1 U2=192.0.2.2 EA=192.0.2.10 O1=198.51.100.1 O2=198.51.100.2
 TAP=${PREFIX}tap
 API=http://127.0.0.1:9090/api/v1
 
-add_ns "$H1" "$H2"
-add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
-write_config "$WORK/h1.toml" "$U1"
-set_metrics_listen "$WORK/h1.toml" "$U1:9477"
-add_network "$WORK/h1.toml" blue 42 "$TAP" "$O1/24" "$U2"
-write_config "$WORK/h2.toml" "$U2"
-set_metrics_listen "$WORK/h2.toml" "$U2:9477"
-add_network "$WORK/h2.toml" blue 42 "$TAP" "$O2/24" "$U1"
+bridged_underlay "$SW" "$H1" "$U1/24" "$H2" "$U2/24" "$E" "$EA/24"
+log "etcd in $E"
+start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
+  --listen-client-urls "http://$EA:2379" --advertise-client-urls "http://$EA:2379" \
+  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+  --initial-cluster e1=http://127.0.0.1:2380
+ETCD_PID=$BG_PID
+wait_until -t 20 ns_exec "$E" env ETCDCTL_API=3 etcdctl --endpoints "http://$EA:2379" endpoint health >/dev/null ||
+  { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
+ok "etcd up (pid $ETCD_PID)"
+
+# cfg FILE UNDERLAY NODE TAP_ADDRESS - a clustered daemon: blue has no static peer
+cfg() {
+  write_config "$1" "$2"
+  set_metrics_listen "$1" "$2:9477"
+  printf '\n[cluster]\nendpoints = ["http://%s:2379"]\nnode_name = "%s"\nlease_ttl_secs = 10\nstate_file = "%s"\n' \
+    "$EA" "$3" "$WORK/$3-state.json" >>"$1"
+  add_network "$1" blue 42 "$TAP" "$4" "" cluster=true
+}
+cfg "$WORK/h1.toml" "$U1" h1 "$O1/24"
+cfg "$WORK/h2.toml" "$U2" h2 "$O2/24"
 start_daemon "$H1" d1 "$WORK/h1.toml"
 start_daemon "$H2" d2 "$WORK/h2.toml"
 wait_ready d1
@@ -65,6 +85,12 @@ both_up() { [[ $(query 'count(up{job="overlayd"} == 1)' | jq -r '.data.result[0]
 t0=$SECONDS
 wait_until -t 40 both_up || die "prometheus does not see both daemons up: $(query 'up' | jq -c '.data.result')"
 ok "up == 1 for $U1:9477 and $U2:9477 (after ~$((SECONDS - t0)) s)"
+
+log "the daemons found each other through etcd"
+members() { query 'sum(overlayd_cluster_members{network="blue"} == 1) + sum(overlayd_cluster_connected == 1)' | jq -r '.data.result[0].value[1] // 0'; }
+wait_until -t 30 eval '[[ $(members) == 4 ]]' ||
+  die "prometheus does not see both daemons connected with one member each: $(query '{__name__=~"overlayd_cluster_(members|connected)"}' | jq -c '[.data.result[] | [.metric.instance, .metric.__name__, .value[1]]]')"
+ok "overlayd_cluster_connected == 1 and overlayd_cluster_members{network=\"blue\"} == 1 on both"
 
 log "traffic over the overlay"
 wait_ping "$H1" "$O2"
@@ -125,4 +151,4 @@ kill -TERM "$PROM_PID"
 wait_exit "$PROM_PID" 20 || die "prometheus did not stop"
 stop_daemon d1
 stop_daemon d2
-log "PASS: prometheus scrapes both daemons; every dashboard query has data"
+log "PASS: prometheus scrapes both clustered daemons; every dashboard query has data"

@@ -130,6 +130,10 @@ fn dashboards_name_only_metrics_that_overlayd_exports() {
             "overlayd_fdb_events_total",
             "overlayd_peer_last_seen_seconds",
             "overlayd_peer_up",
+            "overlayd_cluster_connected",
+            "overlayd_cluster_members",
+            "overlayd_cluster_events_total",
+            "overlayd_cluster_resyncs_total",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
         ] {
