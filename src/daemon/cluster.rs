@@ -3,6 +3,11 @@
 //! same in-place update a SIGHUP reload uses (MACs and counters of the peers that stay kept).
 //! The last known members are saved to `cluster.state_file` on every change and read at start,
 //! so a daemon that starts while etcd is down forwards to them at once.
+//!
+//! MAC advertisement (`advertise`) runs here too: [`Cluster::advertise`] feeds the sans-IO
+//! [`Advertiser`] the MACs (and snooped addresses) on local ports, sends its key writes to the
+//! backend, and applies the remote bindings to the networks' FDBs (entries of type `cluster`
+//! behind the advertising member's peer) and neighbour tables (source `cluster`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ClusterConfig, Config};
-use crate::core::Encap;
+use crate::core::advert::{Advertiser, KeyWrite, Mode, RemoteChange};
+use crate::core::neigh::Source;
+use crate::core::{Encap, Port};
 use crate::core::membership::{Change, EventCounts, LocalNet, MemberStatus, Membership, RecordState, RemovedWhy, member_key};
 use crate::core::liveness::PeerState;
 use crate::io::clock;
@@ -47,6 +54,21 @@ pub struct ClusterNetwork {
     pub removed: u64,
     pub expired: u64,
     pub rejected: u64,
+    /// `advertise` is not "none".
+    #[serde(default)]
+    pub advertising: bool,
+    /// MACs this node advertises, and MACs other members advertise (`advertise` networks).
+    #[serde(default)]
+    pub macs_local: u64,
+    #[serde(default)]
+    pub macs_remote: u64,
+    #[serde(default)]
+    pub adverts_published: u64,
+    #[serde(default)]
+    pub adverts_withdrawn: u64,
+    /// Remote MAC records that did not parse.
+    #[serde(default)]
+    pub adverts_rejected: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +123,10 @@ pub struct Cluster {
     /// Cluster peers applied last, by network.
     applied: BTreeMap<String, Vec<IpAddr>>,
     dirty: bool,
+    pub advert: Advertiser,
+    writes: mpsc::UnboundedSender<KeyWrite>,
+    /// Bindings whose member is not a peer yet (retried on every advertise round).
+    pending: Vec<RemoteChange>,
 }
 
 fn local_net(n: &crate::config::NetworkConfig) -> LocalNet {
@@ -144,8 +170,18 @@ impl Cluster {
         }));
         let (tx, events) = mpsc::unbounded_channel();
         let (leave, leave_rx) = watch::channel(false);
-        let task = tokio::spawn(backend.run(active, leaving, tx, leave_rx));
-        let mut c = Cluster { cfg: cluster.clone(), membership, status, events, leave, task: Some(task), applied: BTreeMap::new(), dirty: true };
+        let (writes, writes_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(backend.run(active, leaving, tx, writes_rx, leave_rx));
+        let advertising = cfg.networks.iter().filter(|n| n.cluster).filter_map(|n| {
+            let mode = match n.advertise {
+                crate::config::Advertise::None => return None,
+                crate::config::Advertise::Macs => Mode::Macs,
+                crate::config::Advertise::MacsIps => Mode::MacsIps,
+            };
+            Some((n.name.clone(), mode, n.fdb.max_entries))
+        });
+        let advert = Advertiser::new(&cluster.prefix, &cluster.node_name, crate::core::advert::DEFAULT_RATE, advertising);
+        let mut c = Cluster { cfg: cluster.clone(), membership, status, events, leave, task: Some(task), applied: BTreeMap::new(), dirty: true, advert, writes, pending: Vec::new() };
         c.publish();
         c
     }
@@ -185,6 +221,7 @@ impl Cluster {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let changes = match ev {
             BackendEvent::Connected { lease, ttl } => {
+                self.advert.rewrite_all();
                 st.connected = true;
                 st.lease = Some(format!("{lease:x}"));
                 st.lease_ttl_secs = ttl as u64;
@@ -205,6 +242,7 @@ impl Cluster {
                 *st.resyncs.entry(reason.as_str().to_string()).or_default() += 1;
                 drop(st);
                 let c = self.membership.relist(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), now);
+                self.advert.relist(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), now);
                 self.log(c);
                 self.publish();
                 return;
@@ -213,6 +251,7 @@ impl Cluster {
                 st.revision = revision;
                 drop(st);
                 let c = self.membership.put(&key, &value, now);
+                self.advert.remote_put(&key, &value, now);
                 self.log(c);
                 self.publish();
                 return;
@@ -221,6 +260,7 @@ impl Cluster {
                 st.revision = revision;
                 drop(st);
                 let c = self.membership.delete(&key, now);
+                self.advert.remote_delete(&key);
                 self.log(c);
                 self.publish();
                 return;
@@ -245,6 +285,83 @@ impl Cluster {
         }
     }
 
+    /// One round of MAC advertisement (after every backend event, and a few times a second):
+    /// the remote bindings that changed go into the FDBs, every remote binding is refreshed
+    /// (put back if the table lost it, its addresses into the neighbour table), the MACs on
+    /// local ports go to the advertiser, and its writes to the backend.
+    pub fn advertise(&mut self, fabric: &super::datapath::SharedFabric) {
+        if self.advert.networks().next().is_none() {
+            return;
+        }
+        let now = clock::now();
+        let f = fabric.load();
+        let mut changes = std::mem::take(&mut self.pending);
+        changes.extend(self.advert.take_changes());
+        let peer_of = |m: &Membership, net: &crate::core::Network, node: &str| {
+            m.members(net.name()).find(|(n, _)| *n == node).and_then(|(_, mem)| net.peer_by_ip(mem.addr))
+        };
+        for ch in changes {
+            let (network, mac, node) = match &ch {
+                RemoteChange::Bind { network, mac, node, .. } | RemoteChange::Unbind { network, mac, node } => (network, *mac, node),
+            };
+            let Some(e) = f.networks.iter().find(|e| e.net.name() == network) else { continue };
+            let Some(p) = peer_of(&self.membership, &e.net, node) else {
+                // its member is not a peer (yet): a binding waits while it is still the winner
+                if let RemoteChange::Bind { seq, .. } = &ch {
+                    if self.advert.bindings(network).iter().any(|b| b.0 == mac && b.1 == node && b.2 == *seq) && self.membership.members(network).any(|(n, _)| n == node) {
+                        self.pending.push(ch.clone());
+                    }
+                }
+                continue;
+            };
+            match &ch {
+                RemoteChange::Bind { seq, .. } => {
+                    let was = e.net.fdb.lookup(mac, now);
+                    if e.net.fdb.set_cluster(mac, Port::Peer(p), false, now) && was.is_some_and(|w| w != Port::Peer(p)) {
+                        tracing::info!(network, mac = %mac, node, seq, "cluster: MAC moved (advertised with a higher sequence)");
+                    }
+                }
+                RemoteChange::Unbind { .. } => {
+                    e.net.fdb.uncluster(mac, Port::Peer(p), now);
+                }
+            }
+        }
+        let nets: Vec<String> = self.advert.networks().map(str::to_string).collect();
+        for name in &nets {
+            let Some(e) = f.networks.iter().find(|e| e.net.name() == name) else { continue };
+            let net = &e.net;
+            for (mac, node, _, ips) in self.advert.bindings(name) {
+                let Some(p) = peer_of(&self.membership, net, node) else { continue };
+                if net.fdb.set_cluster(mac, Port::Peer(p), true, now) {
+                    for ip in ips {
+                        net.neigh.learn(*ip, mac, Source::Cluster(p), None, now);
+                    }
+                }
+            }
+            let mut local: BTreeMap<crate::core::wire::ethernet::MacAddr, Vec<IpAddr>> = BTreeMap::new();
+            for r in net.fdb.entries(now) {
+                if matches!(r.port, Port::Local(_)) {
+                    local.insert(r.mac, Vec::new());
+                }
+            }
+            for r in net.local_neigh.rows(now) {
+                if let Some(v) = local.get_mut(&r.mac) {
+                    v.push(r.ip);
+                }
+            }
+            self.advert.observe(name, local, now);
+        }
+        for w in self.advert.writes(now) {
+            let _ = self.writes.send(w);
+        }
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for n in st.networks.iter_mut() {
+            let c = self.advert.counts(&n.network);
+            let (l, r) = self.advert.sizes(&n.network);
+            (n.macs_local, n.macs_remote, n.adverts_published, n.adverts_withdrawn, n.adverts_rejected) = (l as u64, r as u64, c.published, c.withdrawn, c.rejected);
+        }
+    }
+
     /// Refresh the shared status from the membership.
     fn publish(&mut self) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -266,7 +383,23 @@ impl Cluster {
                         .into(),
                     })
                     .collect();
-                ClusterNetwork { network: n.clone(), peers: self.membership.peers(n).iter().map(|a| a.to_string()).collect(), members, added, removed, expired, rejected }
+                let c = self.advert.counts(n);
+                let (l, r) = self.advert.sizes(n);
+                ClusterNetwork {
+                    network: n.clone(),
+                    peers: self.membership.peers(n).iter().map(|a| a.to_string()).collect(),
+                    members,
+                    added,
+                    removed,
+                    expired,
+                    rejected,
+                    advertising: self.advert.networks().any(|a| a == n),
+                    macs_local: l as u64,
+                    macs_remote: r as u64,
+                    adverts_published: c.published,
+                    adverts_withdrawn: c.withdrawn,
+                    adverts_rejected: c.rejected,
+                }
             })
             .collect();
     }
@@ -348,6 +481,7 @@ mod tests {
             records: Vec<(String, String)>,
             leaving: Vec<(String, String)>,
             events: mpsc::UnboundedSender<BackendEvent>,
+            _writes: mpsc::UnboundedReceiver<KeyWrite>,
             mut leave: watch::Receiver<bool>,
         ) {
             assert_eq!(records.len(), 1, "one record per clustered network");

@@ -31,6 +31,7 @@ fn only_core_differs(a: &NetworkConfig, b: &NetworkConfig) -> bool {
     b.bum_pps_limit = a.bum_pps_limit;
     b.mss_clamp = a.mss_clamp;
     b.arp_suppress = a.arp_suppress;
+    b.unknown_unicast = a.unknown_unicast;
     &b == a
 }
 
@@ -76,6 +77,12 @@ pub struct Applied {
 }
 
 /// The names of the networks registered in the cluster.
+/// Whether a network clustered before and after changed its `advertise` (start-only: the
+/// advertiser and what it published are built at start, like the cluster registration).
+fn advertise_changed(running: &Config, new: &Config) -> bool {
+    running.networks.iter().filter(|a| a.cluster).any(|a| new.networks.iter().any(|b| b.cluster && b.name == a.name && b.advertise != a.advertise))
+}
+
 fn clustered(c: &Config) -> Vec<&str> {
     c.networks.iter().filter(|n| n.cluster).map(|n| n.name.as_str()).collect()
 }
@@ -96,6 +103,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (running.admin_group != new.admin_group, "admin.group"),
         (running.cluster != new.cluster, "cluster"),
         (clustered(running) != clustered(new), "networks.cluster"),
+        (advertise_changed(running, new), "networks.advertise"),
     ];
     let mut keys: Vec<&'static str> = node.iter().filter(|(changed, _)| *changed).map(|&(_, k)| k).collect();
     // a node setting without a key of its own above still refuses the reload
@@ -196,5 +204,8 @@ peers = ["192.0.2.2"]
         assert_eq!(restart_only_changes(&running, &new), ["cluster"]);
         let new = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true")));
         assert_eq!(restart_only_changes(&running, &new), ["networks.cluster"]);
+        let clustered = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true")));
+        let advertising = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true\nadvertise = \"macs\"")));
+        assert_eq!(restart_only_changes(&clustered, &advertising), ["networks.advertise"]);
     }
 }
