@@ -14,7 +14,7 @@
 //! - `reason`: one value per `DropReason` variant, every one exported (zeros included), so the
 //!   label set follows the enum;
 //! - `direction`: `rx` (into overlayd) or `tx` (out of overlayd);
-//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`;
+//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`, `cluster_moved`;
 //! - `family`: `ipv4` (ARP) or `ipv6` (neighbour discovery); `result`: `hit` or `miss`.
 //!
 //! A MAC address is never a label: `overlayd fdb` on the admin socket shows the table.
@@ -123,7 +123,7 @@ impl Families {
             )?,
             fdb_events: counter(
                 "overlayd_fdb_events_total",
-                "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often).",
+                "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often); cluster_moved: entries of type cluster that the data path saw elsewhere.",
                 &["network", "event"],
             )?,
             vm_ports: gauge("overlayd_vm_ports", "VMs connected now to the network's vm_socket or vm_dgram_socket.", &["network"])?,

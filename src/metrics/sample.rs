@@ -127,11 +127,14 @@ pub struct FdbEventCounts {
     /// MACs pinned to their port for moving too often (`mac_move_limit`).
     #[serde(default)]
     pub pinned: u64,
+    /// Entries of type `cluster` moved by the data path (a frame from elsewhere).
+    #[serde(default)]
+    pub cluster_moved: u64,
 }
 
 impl FdbEventCounts {
     /// (event label, count) pairs, in a fixed order.
-    pub fn labelled(&self) -> [(&'static str, u64); 6] {
+    pub fn labelled(&self) -> [(&'static str, u64); 7] {
         [
             ("learned", self.learned),
             ("moved", self.moved),
@@ -139,6 +142,7 @@ impl FdbEventCounts {
             ("evicted", self.evicted),
             ("flushed", self.flushed),
             ("pinned", self.pinned),
+            ("cluster_moved", self.cluster_moved),
         ]
     }
 }
@@ -232,6 +236,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     evicted: ev.evicted.load(Relaxed),
                     flushed: ev.flushed.load(Relaxed),
                     pinned: ev.pinned.load(Relaxed),
+                    cluster_moved: ev.cluster_moved.load(Relaxed),
                 },
                 peers,
                 vm_ports: net.vm_ports.connected.load(Relaxed),
