@@ -12,6 +12,8 @@
 #   - each host's MAC and addresses (snooped from its gratuitous ARP and unsolicited NA) are
 #     published in etcd (macs/<node>/<mac>, seq 0) and become FDB entries of type "cluster" and
 #     neighbour bindings of source "cluster" on the others, before any ping;
+#   - h1's tables are flushed: the bindings come back from the cluster alone (without
+#     advertisement they do not, and h1's requests flood);
 #   - then ARP requests and IPv6 neighbour solicitations of every host are answered locally:
 #     ZERO broadcast frames and ZERO solicitations reach any of the four underlay legs while h1
 #     pings h2, h3, h4 over IPv4 and IPv6 (both directions resolve: the answers come from
@@ -119,6 +121,18 @@ assert_eq "h2's record (seq, addresses)" "0 ${O[2]} ${O6[2]}" "$(jq -r '"\(.seq)
 ovl fdb --admin "$WORK/h1.sock" --network blue
 assert_ge "overlayd_cluster_macs remote on h1" 3 "$(m 1 'overlayd_cluster_macs{network="blue",origin="remote"}')"
 assert_ge "overlayd_cluster_adverts_total published on h1" 1 "$(m 1 'overlayd_cluster_adverts_total{network="blue",op="published"}')"
+
+log "h1's tables flushed (overlayd fdb flush): what comes back comes from the cluster alone"
+# (the announcements above also crossed the tunnels, so h1 had snooped bindings too)
+ovl fdb flush --admin "$WORK/h1.sock" --network blue
+h1_bound() {
+  local j
+  for j in 2 3 4; do
+    cluster_entry 1 "${MAC[j]}" "${U[j]}" && cluster_binding 1 "${O[j]}" "${MAC[j]}" && cluster_binding 1 "${O6[j]}" "${MAC[j]}" || return 1
+  done
+}
+wait_until -t 5 h1_bound || { fdb1 | jq . >&2; die "h1 did not get the others' bindings back from the cluster"; }
+ok "h1 has the others' MACs (type cluster) and addresses back from the cluster"
 
 log "ARP and ND with bindings known: answered locally, nothing broadcast or solicited on the underlay"
 hits4='overlayd_neigh_suppressed_total{family="ipv4",network="blue",result="hit"}'
