@@ -75,6 +75,12 @@ pub enum RemoteChange {
     Unbind { network: String, mac: MacAddr, node: String },
 }
 
+/// Whether an advertisement (`seq`, `node`) wins over another (`seq2`, `node2`): the higher
+/// sequence, and on a tie the lower node name (RFC 7432 §15 takes the lower address).
+fn beats(seq: u64, node: &str, seq2: u64, node2: &str) -> bool {
+    seq > seq2 || (seq == seq2 && node < node2)
+}
+
 /// `<prefix>/v1/networks/<network>/macs/<node>/<mac>`.
 pub fn mac_key(prefix: &str, network: &str, node: &str, mac: MacAddr) -> String {
     format!("{prefix}/{SCHEMA}/networks/{network}/macs/{node}/{mac}")
@@ -231,7 +237,8 @@ impl Advertiser {
                 .published
                 .iter()
                 .filter(|(m, p)| {
-                    p.missing_since.is_some_and(|t| now.saturating_since(t) >= WITHDRAW_AFTER) || n.remote.get(m).is_some_and(|r| r.values().any(|r| r.seq > p.seq))
+                    p.missing_since.is_some_and(|t| now.saturating_since(t) >= WITHDRAW_AFTER)
+                        || n.remote.get(m).is_some_and(|r| r.iter().any(|(other, r)| beats(r.seq, other, p.seq, node)))
                 })
                 .map(|(m, _)| *m)
                 .collect();
@@ -368,6 +375,12 @@ impl Advertiser {
         }
     }
 
+    /// Whether this node's own advertisement of `mac` beats `node`'s with `seq` (then a bind
+    /// to `node` is not applied: the MAC stays where this node has it).
+    pub fn ours_wins(&self, network: &str, mac: MacAddr, node: &str, seq: u64) -> bool {
+        self.nets.get(network).and_then(|n| n.published.get(&mac)).is_some_and(|p| !beats(seq, node, p.seq, &self.node))
+    }
+
     /// The table changes since the last call.
     pub fn take_changes(&mut self) -> Vec<RemoteChange> {
         std::mem::take(&mut self.changes)
@@ -466,6 +479,18 @@ mod tests {
         a.observe("blue", [(A, vec![])], t(4000));
         let w = a.writes(t(5000));
         assert!(matches!(&w[..], [KeyWrite::Put { value, .. }] if value.contains("\"seq\":6")), "{w:?}");
+    }
+
+    #[test]
+    fn on_a_tie_the_lower_node_name_wins() {
+        let mut a = adv(100, 10); // this node is "me"
+        a.observe("blue", [(A, vec![]), (B, vec![])], t(0));
+        assert_eq!(a.writes(t(1000)).len(), 2);
+        a.remote_put(&mac_key("/o", "blue", "zz", A), &rec(0, &[], A), t(1100));
+        a.remote_put(&mac_key("/o", "blue", "aa", B), &rec(0, &[], B), t(1100));
+        assert!(a.ours_wins("blue", A, "zz", 0) && !a.ours_wins("blue", B, "aa", 0));
+        a.observe("blue", [(A, vec![]), (B, vec![])], t(1200));
+        assert_eq!(a.writes(t(1300)), vec![KeyWrite::Delete { key: mac_key("/o", "blue", "me", B) }], "B is aa's");
     }
 
     #[test]

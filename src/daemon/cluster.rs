@@ -315,6 +315,9 @@ impl Cluster {
                 continue;
             };
             match &ch {
+                RemoteChange::Bind { seq, .. } if self.advert.ours_wins(network, mac, node, *seq) => {
+                    tracing::warn!(network, mac = %mac, node, seq, "cluster: a MAC of a local port is advertised elsewhere too with no higher sequence; kept here");
+                }
                 RemoteChange::Bind { seq, .. } => {
                     let was = e.net.fdb.lookup(mac, now);
                     if e.net.fdb.set_cluster(mac, Port::Peer(p), false, now) && was.is_some_and(|w| w != Port::Peer(p)) {
