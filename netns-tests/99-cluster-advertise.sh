@@ -119,6 +119,7 @@ rec2=$(ectl get --print-value-only "$K/h2/${MAC[2]}")
 info "h2's record: $rec2"
 assert_eq "h2's record (seq, addresses)" "0 ${O[2]} ${O6[2]}" "$(jq -r '"\(.seq) \(.ips | sort | join(" "))"' <<<"$rec2")"
 ovl fdb --admin "$WORK/h1.sock" --network blue
+ovl cluster --admin "$WORK/h1.sock"
 assert_ge "overlayd_cluster_macs remote on h1" 3 "$(m 1 'overlayd_cluster_macs{network="blue",origin="remote"}')"
 assert_ge "overlayd_cluster_adverts_total published on h1" 1 "$(m 1 'overlayd_cluster_adverts_total{network="blue",op="published"}')"
 

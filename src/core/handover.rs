@@ -84,7 +84,7 @@ impl Network {
             Source::Cluster(p) => peer_map.get(usize::from(p.0)).copied().flatten().map(|n| Source::Cluster(PeerIdx(n as u16))),
             Source::Local => None,
         });
-        new.local_neigh.take_over(&self.local_neigh, |s| Some(s));
+        new.local_neigh.take_over(&self.local_neigh, Some);
         let neigh = self.neigh.counters.snapshot();
         let stats = self.stats.snapshot();
         new.stats.absorb(&stats, &peer_map);
