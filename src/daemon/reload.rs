@@ -2,7 +2,7 @@
 //!
 //! - a network only in the running configuration is *removed*;
 //! - one only in the new configuration is *added*;
-//! - one whose peers, FDB settings, storm limit, `mss_clamp` or `arp_suppress` (and nothing else) changed is *updated*
+//! - one whose peers, FDB settings, storm limit, `mss_clamp`, `arp_suppress` or `unknown_unicast` (and nothing else) changed is *updated*
 //!   in place: the core's next generation, see [`crate::core::handover`];
 //! - one with any other change (TAPs, address, MTU, VNI, encapsulation, UDP port, GRE
 //!   options, TTL, DSCP, VM sockets) is *restarted*: its ports close and open again;
@@ -173,6 +173,18 @@ peers = ["192.0.2.2"]
         let plan = Plan::new(&running.networks, &new.networks);
         assert_eq!(plan.updated.iter().map(|n| (n.name.as_str(), n.arp_suppress)).collect::<Vec<_>>(), [("blue", true)]);
         assert!(plan.restarted.is_empty());
+    }
+
+    #[test]
+    fn unknown_unicast_changes_in_place() {
+        let cluster = "[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\nnode_name = \"a\"\n";
+        let adv = "tap = \"b0\"\ncluster = true\nadvertise = \"macs\"";
+        let running = cfg(&format!("{cluster}{}", BASE.replace("tap = \"b0\"", adv)));
+        let new = cfg(&format!("{cluster}{}", BASE.replace("tap = \"b0\"", &format!("{adv}\nunknown_unicast = \"drop\""))));
+        let plan = Plan::new(&running.networks, &new.networks);
+        assert_eq!(plan.updated.iter().map(|n| (n.name.as_str(), n.unknown_unicast)).collect::<Vec<_>>(), [("blue", crate::config::UnknownUnicast::Drop)]);
+        assert!(plan.restarted.is_empty());
+        assert!(restart_only_changes(&running, &new).is_empty());
     }
 
     #[test]
