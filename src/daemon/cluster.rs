@@ -559,4 +559,82 @@ peers = ["192.0.2.8"]
         again.leave().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A backend that reports a scripted listing and keeps the writes it is asked to make.
+    struct Recording(Vec<(String, Vec<u8>)>, Arc<Mutex<Vec<KeyWrite>>>);
+
+    impl Backend for Recording {
+        async fn run(
+            self,
+            _records: Vec<(String, String)>,
+            _leaving: Vec<(String, String)>,
+            events: mpsc::UnboundedSender<BackendEvent>,
+            mut writes: mpsc::UnboundedReceiver<KeyWrite>,
+            mut leave: watch::Receiver<bool>,
+        ) {
+            let _ = events.send(BackendEvent::Connected { lease: 1, ttl: 5 });
+            let _ = events.send(BackendEvent::Listed { revision: 3, reason: Resync::Start, kvs: self.0 });
+            loop {
+                tokio::select! {
+                    _ = leave.changed() => return,
+                    Some(w) = writes.recv() => self.1.lock().unwrap().push(w),
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn advertised_macs_become_cluster_entries_and_bindings_and_local_macs_are_published() {
+        use crate::core::fabric::NetEntry;
+        use crate::core::wire::ethernet::MacAddr;
+        let text = CFG.replace("state_file = \"STATE\"\n", "").replace("cluster = true", "cluster = true\nadvertise = \"macs+ips\"\narp_suppress = true");
+        let cfg = crate::config::from_str_with_env(&text, Vec::<(String, String)>::new()).unwrap();
+        let k = cfg.cluster.clone().unwrap();
+        let remote = MacAddr([2, 0, 0, 0, 0, 2]);
+        let kvs = vec![
+            (member_key("/overlayd", "blue", "h2"), record("192.0.2.2")),
+            (crate::core::advert::mac_key("/overlayd", "blue", "h2", remote), br#"{"mac":"02:00:00:00:00:02","ips":["198.51.100.2"],"seq":3}"#.to_vec()),
+        ];
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut c = Cluster::start(&cfg, &k, Recording(kvs, written.clone()));
+        for _ in 0..2 {
+            let ev = c.next().await;
+            c.handle(ev);
+        }
+        assert!(c.take_changed());
+        // the daemon's network with the member as its peer
+        let mut spec = crate::core::testutil::spec(1, vec!["192.0.2.9:4789".parse().unwrap(), "192.0.2.2:4789".parse().unwrap()]);
+        spec.arp_suppress = true;
+        spec.snoop_local = true;
+        let net = Arc::new(crate::core::Network::new(spec));
+        let io = Arc::new(super::super::datapath::NetIo::new(net.clone(), Vec::new()));
+        let fabric: super::super::datapath::SharedFabric =
+            Arc::new(arc_swap::ArcSwap::from_pointee(crate::core::Fabric::new(vec![NetEntry { net: net.clone(), io }], &[4789])));
+        let local = MacAddr([2, 0, 0, 0, 0, 1]);
+        net.fdb.learn(local, Port::Local(crate::core::LocalPort(0)), clock::now());
+        c.advertise(&fabric);
+        let now = clock::now();
+        let rows = net.fdb.entries(now);
+        let r = rows.iter().find(|r| r.mac == remote).expect("the advertised MAC is in the table");
+        assert_eq!((r.port, r.cluster), (Port::Peer(crate::core::PeerIdx(1)), true), "type cluster, behind h2's peer");
+        let b = net.neigh.rows(now);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].ip, b[0].mac, b[0].source), ("198.51.100.2".parse().unwrap(), remote, Source::Cluster(crate::core::PeerIdx(1))));
+        assert!(written.lock().unwrap().is_empty(), "the local MAC is not stable yet");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        c.advertise(&fabric);
+        tokio::task::yield_now().await;
+        let w = written.lock().unwrap().clone();
+        assert_eq!(w, vec![KeyWrite::Put { key: crate::core::advert::mac_key("/overlayd", "blue", "h1", local), value: r#"{"mac":"02:00:00:00:00:01","ips":[],"seq":0}"#.into() }]);
+        {
+            let st = c.status.lock().unwrap();
+            assert_eq!((st.networks[0].macs_local, st.networks[0].macs_remote, st.networks[0].adverts_published), (1, 1, 1));
+        }
+        // h2's record goes (its lease expired): the entry ages normally from now on
+        c.handle(BackendEvent::Delete { revision: 4, key: crate::core::advert::mac_key("/overlayd", "blue", "h2", remote) });
+        c.advertise(&fabric);
+        assert!(!net.fdb.entries(clock::now()).iter().any(|r| r.mac == remote && r.cluster));
+        assert!(net.fdb.lookup(remote, clock::now()).is_some(), "still there, learned");
+        c.leave().await;
+    }
 }
