@@ -63,6 +63,8 @@ fn network(peers: usize, max_entries: usize) -> Network {
         mss_clamp: false,
         pmtu_sources: Default::default(),
         arp_suppress: false,
+        unknown_unicast_drop: false,
+        snoop_local: false,
     })
 }
 

@@ -66,7 +66,9 @@ async fn main() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (leave, leave_rx) = watch::channel(false);
         leaves.push(leave);
-        tasks.push(tokio::spawn(backend.run(records, leaving, tx, leave_rx)));
+        // no MAC advertisement here: the writes channel stays empty
+        let (_writes, writes_rx) = tokio::sync::mpsc::unbounded_channel();
+        tasks.push(tokio::spawn(backend.run(records, leaving, tx, writes_rx, leave_rx)));
         let mut m = Membership::new(&prefix, &node, me, Duration::from_secs(60), vec![net()]);
         let (converged, seen, written) = (converged.clone(), seen.clone(), written.clone());
         tokio::spawn(async move {

@@ -170,6 +170,12 @@ fn cluster_text(c: &crate::daemon::cluster::ClusterStatus) -> String {
     }
     out.push('\n');
     out.push_str(&table(&rows));
+    for n in c.networks.iter().filter(|n| n.advertising) {
+        out.push_str(&format!(
+            "{}: MACs advertised here {}, by the others {}; published {}, withdrawn {}, rejected {}\n",
+            n.network, n.macs_local, n.macs_remote, n.adverts_published, n.adverts_withdrawn, n.adverts_rejected
+        ));
+    }
     out
 }
 
@@ -197,8 +203,8 @@ fn stats_text(s: &Sample) -> String {
             other => out.push_str(&format!("  data path    {other}\n")),
         }
         out.push_str(&format!(
-            "  fdb          {} entries (cap {}); learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}\n",
-            n.fdb_entries, n.fdb_max_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned
+            "  fdb          {} entries (cap {}); learned {}, moved {}, expired {}, evicted {}, flushed {}, pinned {}, cluster entries moved by traffic {}\n",
+            n.fdb_entries, n.fdb_max_entries, e.learned, e.moved, e.expired, e.evicted, e.flushed, e.pinned, e.cluster_moved
         ));
         let m = &n.pmtu;
         out.push_str(&format!(

@@ -80,7 +80,8 @@ pub struct FdbEntry {
     pub kind: String,
     /// The local port's name (TAP device), or the peer's underlay address.
     pub port: String,
-    /// "learned" (from traffic, ages out); overlayd has no static entries yet.
+    /// "learned" (from traffic, ages out) or "cluster" (advertised by the member behind the
+    /// peer; does not age while its record lives).
     #[serde(rename = "type")]
     pub entry_type: String,
     /// Seconds since the MAC was last seen.
@@ -168,7 +169,7 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                                         e.net.peers.get(usize::from(p.0)).map_or_else(|| format!("peer#{}", p.0), |p| p.addr.ip().to_string()),
                                     ),
                                 };
-                                FdbEntry { mac: r.mac.to_string(), kind: kind.into(), port, entry_type: "learned".into(), age_secs: r.age.as_secs_f64() }
+                                FdbEntry { mac: r.mac.to_string(), kind: kind.into(), port, entry_type: if r.cluster { "cluster" } else { "learned" }.into(), age_secs: r.age.as_secs_f64() }
                             })
                             .collect();
                         let neighbours = e
@@ -177,9 +178,14 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                             .rows(now)
                             .into_iter()
                             .map(|r| {
-                                let crate::core::neigh::Source::Snooped(p) = r.source;
-                                let peer = e.net.peers.get(usize::from(p.0)).map_or_else(|| format!("peer#{}", p.0), |p| p.addr.ip().to_string());
-                                NeighEntry { ip: r.ip.to_string(), mac: r.mac.to_string(), source: "snooped".into(), peer, age_secs: r.age.as_secs_f64() }
+                                use crate::core::neigh::Source;
+                                let (source, p) = match r.source {
+                                    Source::Snooped(p) => ("snooped", Some(p)),
+                                    Source::Cluster(p) => ("cluster", Some(p)),
+                                    Source::Local => ("local", None),
+                                };
+                                let peer = p.map_or_else(|| "-".to_string(), |p| e.net.peers.get(usize::from(p.0)).map_or_else(|| format!("peer#{}", p.0), |p| p.addr.ip().to_string()));
+                                NeighEntry { ip: r.ip.to_string(), mac: r.mac.to_string(), source: source.into(), peer, age_secs: r.age.as_secs_f64() }
                             })
                             .collect();
                         FdbTable { network: e.net.name().to_string(), ageing_secs: e.net.fdb.config().ageing.as_secs(), entries, neighbours }
@@ -246,6 +252,8 @@ mod tests {
                 mss_clamp: false,
                 pmtu_sources: Default::default(),
                 arp_suppress: false,
+                unknown_unicast_drop: false,
+                snoop_local: false,
             })),
             io: (),
         };

@@ -141,6 +141,19 @@ pub struct NetworkConfig {
     pub mss_clamp: bool,
     /// `cluster = true`: registered in `[cluster]`, its members become peers (besides `peers`).
     pub cluster: bool,
+    /// `advertise`: what of its local MACs the network publishes to the cluster.
+    pub advertise: Advertise,
+}
+
+/// What a clustered network publishes of the MACs on its local ports (`advertise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Advertise {
+    #[default]
+    None,
+    /// The MACs.
+    Macs,
+    /// The MACs with the IPv4/IPv6 addresses snooped for them on local ports.
+    MacsIps,
 }
 
 /// What a network does with unicast frames for a MAC it does not know.
@@ -150,7 +163,7 @@ pub enum UnknownUnicast {
     #[default]
     Flood,
     /// Drop them: only sound when every MAC is advertised through the cluster, so the config
-    /// refuses it until cluster MAC advertisement exists.
+    /// accepts it only on `cluster = true` networks with `advertise` other than "none".
     Drop,
 }
 

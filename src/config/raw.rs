@@ -90,6 +90,8 @@ pub struct RawNetwork {
     pub arp_suppress: Option<bool>,
     /// "flood" (default) or "drop" (needs every MAC from cluster advertisement).
     pub unknown_unicast: Option<String>,
+    /// Cluster networks: "none" (default), "macs" or "macs+ips" published in etcd.
+    pub advertise: Option<String>,
     /// Moves within `mac_move_window_secs` after which a MAC is pinned (0 = never).
     pub mac_move_limit: Option<i64>,
     pub mac_move_window_secs: Option<i64>,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{Raw, RawCluster, RawId, RawNetwork};
-use super::{ClusterConfig, ClusterTls, Config, Datapath, RunAs, UnknownUnicast, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL_SECS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
+use super::{ClusterConfig, ClusterTls, Config, Datapath, RunAs, UnknownUnicast, Advertise, DEFAULT_CLUSTER_PREFIX, DEFAULT_LEASE_TTL_SECS, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN, DEFAULT_TTL, DEFAULT_VM_SOCKET_MODE, NetworkConfig, NodeConfig, VmSocketConfig};
 use crate::core::wire::vxlan;
 use crate::core::{Dscp, Encap, FdbConfig, GreOptions, Vni};
 
@@ -250,7 +250,7 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
         .transpose()?
         .unwrap_or(vxlan::DEFAULT_PORT);
     let cluster = n.cluster.unwrap_or(false);
-    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false), arp_suppress: n.arp_suppress.unwrap_or(false), unknown_unicast: UnknownUnicast::Flood, cluster };
+    let mut cfg = NetworkConfig { name, encap, vni, taps, address, peers, mtu: None, vxlan_port, fdb: FdbConfig::default(), bum_pps_limit: None, ttl, dscp, vm_socket, vm_dgram_socket, mss_clamp: n.mss_clamp.unwrap_or(false), arp_suppress: n.arp_suppress.unwrap_or(false), unknown_unicast: UnknownUnicast::Flood, cluster, advertise: Advertise::None };
     if let Some(m) = n.mtu {
         let overhead = cfg.overhead(underlay);
         let hi = i64::from(underlay_mtu.unwrap_or(65535).saturating_sub(overhead));
@@ -266,12 +266,22 @@ fn network(at: &str, n: RawNetwork, underlay: IpAddr, underlay_mtu: Option<u16>)
     if let Some(p) = n.bum_pps_limit {
         cfg.bum_pps_limit = Some(ranged(&format!("{at}.bum_pps_limit"), p, 1, 100_000_000, "flooded frames per second per port")? as u32);
     }
+    cfg.advertise = match n.advertise.as_deref().map(str::trim) {
+        None | Some("none") => Advertise::None,
+        Some(a @ ("macs" | "macs+ips")) if !cluster => {
+            return err(format!("{at}.advertise"), format!("{a:?} needs cluster = true (MACs are published in the cluster's etcd)"));
+        }
+        Some("macs") => Advertise::Macs,
+        Some("macs+ips") => Advertise::MacsIps,
+        Some(other) => return err(format!("{at}.advertise"), format!("{other:?} is none of \"none\", \"macs\", \"macs+ips\"")),
+    };
     match n.unknown_unicast.as_deref().map(str::trim) {
         None | Some("flood") => {}
+        Some("drop") if cluster && cfg.advertise != Advertise::None => cfg.unknown_unicast = UnknownUnicast::Drop,
         Some("drop") => {
             return err(
                 format!("{at}.unknown_unicast"),
-                "\"drop\" needs cluster MAC advertisement (every MAC of the network known from the cluster), which this daemon does not have; use \"flood\"",
+                "\"drop\" needs every MAC of the network known from the cluster: cluster = true and advertise = \"macs\" or \"macs+ips\"; use \"flood\"",
             );
         }
         Some(other) => return err(format!("{at}.unknown_unicast"), format!("{other:?} is neither \"flood\" nor \"drop\"")),
@@ -719,9 +729,25 @@ mod tests {
     #[test]
     fn unknown_unicast_drop_is_refused_until_macs_come_from_the_cluster() {
         let p = problem(&GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"drop\""));
-        assert!(p.starts_with("networks[0].unknown_unicast:") && p.contains("cluster MAC advertisement"), "{p}");
+        assert!(p.starts_with("networks[0].unknown_unicast:") && p.contains("advertise"), "{p}");
+        // clustered but advertising nothing: still refused
+        let p = problem(&format!("{CLUSTER}{}", GOOD.replace("vni = 42", "vni = 42\ncluster = true\nunknown_unicast = \"drop\"")));
+        assert!(p.starts_with("networks[0].unknown_unicast:"), "{p}");
+        let c = parse(&format!("{CLUSTER}{}", GOOD.replace("vni = 42", "vni = 42\ncluster = true\nadvertise = \"macs+ips\"\nunknown_unicast = \"drop\""))).unwrap();
+        assert_eq!((c.networks[0].advertise, c.networks[0].unknown_unicast), (Advertise::MacsIps, UnknownUnicast::Drop));
         let p = problem(&GOOD.replace("vni = 42", "vni = 42\nunknown_unicast = \"discard\""));
         assert!(p.starts_with("networks[0].unknown_unicast:"), "{p}");
+    }
+
+    #[test]
+    fn advertise_needs_a_clustered_network_and_names_the_key() {
+        assert_eq!(parse(GOOD).unwrap().networks[0].advertise, Advertise::None);
+        let p = problem(&GOOD.replace("vni = 42", "vni = 42\nadvertise = \"macs\""));
+        assert!(p.starts_with("networks[0].advertise:") && p.contains("cluster = true"), "{p}");
+        let p = problem(&format!("{CLUSTER}{}", GOOD.replace("vni = 42", "vni = 42\ncluster = true\nadvertise = \"ips\"")));
+        assert!(p.starts_with("networks[0].advertise:"), "{p}");
+        let c = parse(&format!("{CLUSTER}{}", GOOD.replace("vni = 42", "vni = 42\ncluster = true\nadvertise = \"macs\""))).unwrap();
+        assert_eq!(c.networks[0].advertise, Advertise::Macs);
     }
 
     #[test]

@@ -182,6 +182,8 @@ mod tests {
                 mss_clamp: false,
                 pmtu_sources: Default::default(),
                 arp_suppress: false,
+                unknown_unicast_drop: false,
+                snoop_local: false,
             })),
             io: (),
         };

@@ -25,7 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use super::time::Instant;
@@ -75,6 +75,8 @@ struct Entry {
     moves: AtomicU32,
     /// Pinned to its port until this time (ms); 0 = not pinned.
     pinned_until: AtomicU64,
+    /// Put there by a cluster advertisement (type `cluster`): does not age while set.
+    cluster: AtomicBool,
 }
 
 impl Entry {
@@ -86,6 +88,7 @@ impl Entry {
             window_start: AtomicU64::new(now.as_millis()),
             moves: AtomicU32::new(0),
             pinned_until: AtomicU64::new(0),
+            cluster: AtomicBool::new(false),
         }
     }
 
@@ -130,6 +133,9 @@ pub struct FdbEvents {
     pub flushed: AtomicU64,
     /// MACs pinned for moving too often.
     pub pinned: AtomicU64,
+    /// Entries of type `cluster` that the data path saw elsewhere and moved (they became
+    /// learned entries there until the advertisement with the higher sequence says otherwise).
+    pub cluster_moved: AtomicU64,
 }
 
 /// One row of [`Fdb::entries`].
@@ -138,6 +144,8 @@ pub struct FdbRow {
     pub mac: MacAddr,
     pub port: Port,
     pub age: Duration,
+    /// Type `cluster` (advertised by the member behind `port`), else learned.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Default)]
@@ -180,7 +188,7 @@ impl Fdb {
     }
 
     fn fresh(&self, e: &Entry, now: Instant) -> bool {
-        now.as_millis().saturating_sub(e.last_seen.load(Relaxed)) <= self.cfg.ageing.as_millis() as u64
+        e.cluster.load(Relaxed) || now.as_millis().saturating_sub(e.last_seen.load(Relaxed)) <= self.cfg.ageing.as_millis() as u64
     }
 
     /// Where `mac` lives, if known and not aged out. Lock-free.
@@ -256,6 +264,9 @@ impl Fdb {
                 }
             }
             e.last_seen.store(now.as_millis(), Relaxed);
+            if e.cluster.swap(false, Relaxed) {
+                self.events.cluster_moved.fetch_add(1, Relaxed);
+            }
             if let Some(pb) = book.ports.get_mut(&from) {
                 pb.count = pb.count.saturating_sub(1);
             }
@@ -350,6 +361,7 @@ impl Fdb {
                 n.window_start.store(e.window_start.load(Relaxed), Relaxed);
                 n.moves.store(e.moves.load(Relaxed), Relaxed);
                 n.pinned_until.store(e.pinned_until.load(Relaxed), Relaxed);
+                n.cluster.store(e.cluster.load(Relaxed), Relaxed);
             }
         }
         self.events.expired.fetch_add(aged, Relaxed);
@@ -473,6 +485,62 @@ impl Fdb {
         (std::mem::take(&mut book.pin_events), std::mem::take(&mut book.pin_events_lost))
     }
 
+    /// Put `mac` behind `port` as type `cluster` (an advertisement): moved there from wherever
+    /// it is (a move, counted) unless `only_if_absent` and the table has it somewhere. An
+    /// entry of type `cluster` does not age until [`Self::uncluster`]. Returns whether the
+    /// entry is now `cluster` behind `port`.
+    pub fn set_cluster(&self, mac: MacAddr, port: Port, only_if_absent: bool, now: Instant) -> bool {
+        let code = port.to_u32();
+        {
+            let g = self.map.guard();
+            if let Some(e) = self.map.get(&mac, &g).filter(|e| self.fresh(e, now)) {
+                if e.port.load(Relaxed) == code {
+                    e.cluster.store(true, Relaxed);
+                    e.last_seen.store(now.as_millis(), Relaxed);
+                    return true;
+                }
+                if only_if_absent {
+                    return false;
+                }
+                // the advertisement with the higher sequence wins over a pin and a learned entry
+                e.pinned_until.store(0, Relaxed);
+                e.cluster.store(false, Relaxed);
+            }
+        }
+        match self.learn_slow(mac, port, now) {
+            Learned::Pinned { .. } => false,
+            _ => {
+                let g = self.map.guard();
+                match self.map.get(&mac, &g).filter(|e| e.port.load(Relaxed) == code) {
+                    Some(e) => {
+                        e.cluster.store(true, Relaxed);
+                        true
+                    }
+                    None => false,
+                }
+            }
+        }
+    }
+
+    /// `mac` behind `port` is no longer advertised: if it is a `cluster` entry there, it
+    /// becomes a learned one, ageing from `now`.
+    pub fn uncluster(&self, mac: MacAddr, port: Port, now: Instant) -> bool {
+        let g = self.map.guard();
+        match self.map.get(&mac, &g) {
+            Some(e) if e.port.load(Relaxed) == port.to_u32() && e.cluster.swap(false, Relaxed) => {
+                e.last_seen.store(now.as_millis(), Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Entries of type `cluster`.
+    pub fn cluster_len(&self) -> usize {
+        let g = self.map.guard();
+        self.map.iter(&g).filter(|(_, e)| e.cluster.load(Relaxed)).count()
+    }
+
     /// Whether `mac` is pinned at `now`.
     pub fn is_pinned(&self, mac: MacAddr, now: Instant) -> bool {
         let g = self.map.guard();
@@ -504,6 +572,7 @@ impl Fdb {
                 mac: *mac,
                 port: Port::from_u32(e.port.load(Relaxed)),
                 age: now.saturating_since(Instant::from_millis(e.last_seen.load(Relaxed))),
+                cluster: e.cluster.load(Relaxed),
             })
             .collect();
         rows.sort_by_key(|r| r.mac);
@@ -531,6 +600,33 @@ mod tests {
 
     fn damped(limit: u32, window_secs: u64) -> Fdb {
         Fdb::new(FdbConfig { move_limit: limit, move_window: Duration::from_secs(window_secs), ..FdbConfig::default() })
+    }
+
+    #[test]
+    fn a_cluster_entry_does_not_age_until_unclustered_and_a_data_path_move_is_counted() {
+        let f = fdb(10);
+        assert!(f.set_cluster(mac(1), P0, false, Instant::ZERO));
+        assert_eq!(f.lookup(mac(1), Instant::from_secs(10_000)), Some(P0), "no ageing while advertised");
+        assert_eq!(f.sweep(Instant::from_secs(10_000)), 0);
+        assert!(f.entries(Instant::from_secs(1))[0].cluster);
+        // the record went away: normal ageing from then on
+        assert!(f.uncluster(mac(1), P0, Instant::from_secs(10_000)));
+        assert_eq!(f.lookup(mac(1), Instant::from_secs(10_299)), Some(P0));
+        assert_eq!(f.sweep(Instant::from_secs(10_301)), 1);
+        // a data-path move of a cluster entry is counted and makes it learned
+        f.set_cluster(mac(2), P0, false, Instant::ZERO);
+        assert!(matches!(f.learn(mac(2), P1, Instant::from_secs(1)), Learned::Moved { .. }));
+        assert_eq!(f.events.cluster_moved.load(Relaxed), 1);
+        assert!(!f.entries(Instant::from_secs(1)).iter().any(|r| r.cluster));
+        // only_if_absent does not take it back; a new advertisement (higher sequence) does
+        assert!(!f.set_cluster(mac(2), P0, true, Instant::from_secs(2)));
+        assert_eq!(f.lookup(mac(2), Instant::from_secs(2)), Some(P1));
+        assert!(f.set_cluster(mac(2), P0, false, Instant::from_secs(2)));
+        assert_eq!(f.lookup(mac(2), Instant::from_secs(2)), Some(P0));
+        // a local MAC moved behind a peer by an advertisement
+        f.learn(mac(3), L0, Instant::ZERO);
+        assert!(f.set_cluster(mac(3), P1, false, Instant::from_secs(3)));
+        assert_eq!(f.lookup(mac(3), Instant::from_secs(3)), Some(P1));
     }
 
     #[test]
@@ -739,7 +835,7 @@ mod tests {
         f.learn(mac(1), L0, Instant::from_secs(8));
         let rows = f.entries(Instant::from_secs(10));
         assert_eq!(rows.len(), 2);
-        assert_eq!(rows[0], FdbRow { mac: mac(1), port: L0, age: Duration::from_secs(2) });
+        assert_eq!(rows[0], FdbRow { mac: mac(1), port: L0, age: Duration::from_secs(2), cluster: false });
         assert_eq!(rows[1].age, Duration::from_secs(5));
     }
 }

@@ -81,7 +81,10 @@ impl Network {
         new.fdb.take_over(&self.fdb, map_port(&peer_map), now);
         new.neigh.take_over(&self.neigh, |s| match s {
             Source::Snooped(p) => peer_map.get(usize::from(p.0)).copied().flatten().map(|n| Source::Snooped(PeerIdx(n as u16))),
+            Source::Cluster(p) => peer_map.get(usize::from(p.0)).copied().flatten().map(|n| Source::Cluster(PeerIdx(n as u16))),
+            Source::Local => None,
         });
+        new.local_neigh.take_over(&self.local_neigh, Some);
         let neigh = self.neigh.counters.snapshot();
         let stats = self.stats.snapshot();
         new.stats.absorb(&stats, &peer_map);

@@ -320,6 +320,8 @@ fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_p
         mss_clamp: false,
         pmtu_sources: Default::default(),
         arp_suppress: false,
+        unknown_unicast_drop: false,
+        snoop_local: false,
     }
 }
 
@@ -813,6 +815,8 @@ fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
         mss_clamp: false,
         pmtu_sources: Default::default(),
         arp_suppress: false,
+        unknown_unicast_drop: false,
+        snoop_local: false,
     }
 }
 

@@ -196,6 +196,7 @@ impl Network {
             p.liveness.state.store(new as u8, Relaxed);
             let flushed = if new == PeerState::Down {
                 self.neigh.forget(crate::core::neigh::Source::Snooped(peer));
+                self.neigh.forget(crate::core::neigh::Source::Cluster(peer));
                 self.fdb.flush_port(Port::Peer(peer), now)
             } else {
                 0

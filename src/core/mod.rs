@@ -13,6 +13,7 @@
 //! - every data structure the data path touches per frame is safe to share between threads
 //!   without a lock: the FDB is read lock-free, counters are atomics in per-thread shards.
 
+pub mod advert;
 pub mod checksum;
 pub mod fabric;
 pub mod fdb;

@@ -9,10 +9,11 @@
 //!   target of a neighbour advertisement with its target link-layer option, the source of a
 //!   neighbour solicitation with its source link-layer option. The bound MAC must be the
 //!   frame's own source MAC, which the FDB has just learned behind that peer.
-//! - a `cluster` source (MAC/IP advertisement through the control plane) is meant to be
-//!   another variant: the table, the answers and the counters do not care where a binding
-//!   came from, only [`Network::neigh_usable`](super::Network) asks the source whether it
-//!   still holds.
+//! - `Cluster(peer)`: the addresses of a MAC advertisement (`advertise = "macs+ips"`) of the
+//!   member behind `peer`, refreshed while its record lives. The table, the answers and the
+//!   counters do not care where a binding came from, only
+//!   [`Network::neigh_usable`](super::Network) asks the source whether it still holds: the
+//!   FDB must have the MAC behind that same peer.
 //!
 //! How stale answers are avoided: a snooped binding is used only while
 //! - it was seen within the FDB ageing time (its own ageing), and
@@ -65,6 +66,11 @@ const NA_OVERRIDE: u8 = 0x20;
 pub enum Source {
     /// From ARP/ND frames that came through the tunnel from this peer.
     Snooped(PeerIdx),
+    /// From a cluster advertisement of the member behind this peer.
+    Cluster(PeerIdx),
+    /// From ARP/ND frames of a local port (what `advertise = "macs+ips"` publishes); never
+    /// used to answer.
+    Local,
 }
 
 /// The address family of a request (`family` label).
@@ -542,7 +548,8 @@ impl super::Network {
     /// the FDB has `mac` behind the peer it was snooped from.
     pub fn neigh_usable(&self, mac: MacAddr, source: Source, now: Instant) -> bool {
         match source {
-            Source::Snooped(p) => self.fdb.lookup(mac, now) == Some(super::Port::Peer(p)),
+            Source::Snooped(p) | Source::Cluster(p) => self.fdb.lookup(mac, now) == Some(super::Port::Peer(p)),
+            Source::Local => false,
         }
     }
 

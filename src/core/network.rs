@@ -44,6 +44,11 @@ pub struct NetworkSpec {
     pub pmtu_sources: Sources,
     /// Answer ARP requests and neighbour solicitations from bindings (see [`super::neigh`]).
     pub arp_suppress: bool,
+    /// `unknown_unicast = "drop"`: unicast to a MAC not in the table is dropped (every MAC
+    /// comes from the cluster), not flooded.
+    pub unknown_unicast_drop: bool,
+    /// Snoop the addresses of local hosts from their ARP/ND (`advertise = "macs+ips"`).
+    pub snoop_local: bool,
 }
 
 /// A neighbouring daemon that carries this network.
@@ -77,6 +82,8 @@ pub struct Network {
     pub fdb: Fdb,
     /// IP → MAC bindings for ARP/ND suppression (empty unless `arp_suppress`).
     pub neigh: NeighTable,
+    /// Addresses snooped from local ports' ARP/ND, by MAC (empty unless `snoop_local`).
+    pub local_neigh: NeighTable,
     pub stats: NetStats,
     pub storm: Option<StormControl>,
     /// Connects and disconnects of VM ports (the I/O side counts them).
@@ -89,6 +96,7 @@ impl Network {
             peers: spec.peers.iter().map(|&addr| Peer { addr, last_seen: AtomicU64::new(0), liveness: Liveness::default() }).collect(),
             fdb: Fdb::new(spec.fdb),
             neigh: NeighTable::new(spec.arp_suppress, spec.fdb.max_entries, spec.fdb.ageing),
+            local_neigh: NeighTable::new(spec.snoop_local, spec.fdb.max_entries, spec.fdb.ageing),
             stats: NetStats::new(spec.peers.len()),
             storm: spec.bum_pps_limit.map(|pps| StormControl::new(pps, spec.peers.len())),
             vm_ports: Default::default(),
@@ -108,7 +116,11 @@ impl Network {
 
     /// Decide where a frame read from local port `ingress` goes, learning its source.
     pub fn from_local(&self, ingress: LocalPort, frame: &[u8], now: Instant) -> Action {
-        self.decide(Port::Local(ingress), frame, now)
+        let action = self.decide(Port::Local(ingress), frame, now);
+        if self.spec.snoop_local && matches!(action, Action::Flood | Action::Peer(_) | Action::Local(_)) {
+            self.local_neigh.snoop(frame, Source::Local, now);
+        }
+        action
     }
 
     /// Decide where a frame decapsulated from peer `peer` goes, learning its source.
@@ -167,6 +179,7 @@ impl Network {
         let dst = eth.dst();
         let known = if dst.is_multicast() { None } else { self.fdb.lookup(dst, now) };
         match known {
+            None if self.spec.unknown_unicast_drop && !dst.is_multicast() => Action::Drop(DropReason::UnknownUnicast),
             None => self.flood(ingress, now),
             Some(p) if p == ingress => Action::Drop(DropReason::Hairpin),
             Some(Port::Local(l)) => Action::Local(l),
@@ -253,6 +266,18 @@ mod tests {
         n.from_peer(PeerIdx(0), &frame(MacAddr::BROADCAST, B, 60), T);
         assert_eq!(n.from_peer(PeerIdx(1), &frame(B, C, 60), T), Action::Drop(DropReason::SplitHorizon));
         assert_eq!(n.from_peer(PeerIdx(0), &frame(B, A, 60), T), Action::Drop(DropReason::Hairpin));
+    }
+
+    #[test]
+    fn unknown_unicast_is_dropped_when_configured_and_broadcast_still_floods() {
+        let mut s = spec(1, vec![SocketAddr::from(([192, 0, 2, 10], 4789))]);
+        s.unknown_unicast_drop = true;
+        let n = Network::new(s);
+        assert_eq!(n.from_local(L0, &frame(B, A, 60), T), Action::Drop(DropReason::UnknownUnicast));
+        assert_eq!(n.from_peer(PeerIdx(0), &frame(A, C, 60), T), Action::Local(L0), "A was learned by its first frame");
+        assert_eq!(n.from_local(L0, &frame(MacAddr::BROADCAST, A, 60), T), Action::Flood);
+        n.fdb.set_cluster(B, Port::Peer(PeerIdx(0)), false, T);
+        assert_eq!(n.from_local(L0, &frame(B, A, 60), T), Action::Peer(PeerIdx(0)), "advertised: known");
     }
 
     #[test]

@@ -84,6 +84,8 @@ drop_reasons! {
     /// A frame from an offloading TAP whose virtio-net header does not match it, or asks for
     /// a segmentation we do not do.
     BadOffload => "bad_offload",
+    /// Unicast to a MAC nobody advertises, on a network with `unknown_unicast = "drop"`.
+    UnknownUnicast => "unknown_unicast",
 }
 
 /// Path-MTU events of a network (see [`super::pmtu`]).

@@ -20,6 +20,8 @@ pub fn spec(local_ports: u16, peers: Vec<SocketAddr>) -> NetworkSpec {
         mss_clamp: false,
         pmtu_sources: Default::default(),
         arp_suppress: false,
+        unknown_unicast_drop: false,
+        snoop_local: false,
     }
 }
 

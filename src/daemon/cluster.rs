@@ -3,6 +3,11 @@
 //! same in-place update a SIGHUP reload uses (MACs and counters of the peers that stay kept).
 //! The last known members are saved to `cluster.state_file` on every change and read at start,
 //! so a daemon that starts while etcd is down forwards to them at once.
+//!
+//! MAC advertisement (`advertise`) runs here too: [`Cluster::advertise`] feeds the sans-IO
+//! [`Advertiser`] the MACs (and snooped addresses) on local ports, sends its key writes to the
+//! backend, and applies the remote bindings to the networks' FDBs (entries of type `cluster`
+//! behind the advertising member's peer) and neighbour tables (source `cluster`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -14,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{ClusterConfig, Config};
-use crate::core::Encap;
+use crate::core::advert::{Advertiser, KeyWrite, Mode, RemoteChange};
+use crate::core::neigh::Source;
+use crate::core::{Encap, Port};
 use crate::core::membership::{Change, EventCounts, LocalNet, MemberStatus, Membership, RecordState, RemovedWhy, member_key};
 use crate::core::liveness::PeerState;
 use crate::io::clock;
@@ -47,6 +54,21 @@ pub struct ClusterNetwork {
     pub removed: u64,
     pub expired: u64,
     pub rejected: u64,
+    /// `advertise` is not "none".
+    #[serde(default)]
+    pub advertising: bool,
+    /// MACs this node advertises, and MACs other members advertise (`advertise` networks).
+    #[serde(default)]
+    pub macs_local: u64,
+    #[serde(default)]
+    pub macs_remote: u64,
+    #[serde(default)]
+    pub adverts_published: u64,
+    #[serde(default)]
+    pub adverts_withdrawn: u64,
+    /// Remote MAC records that did not parse.
+    #[serde(default)]
+    pub adverts_rejected: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +123,10 @@ pub struct Cluster {
     /// Cluster peers applied last, by network.
     applied: BTreeMap<String, Vec<IpAddr>>,
     dirty: bool,
+    pub advert: Advertiser,
+    writes: mpsc::UnboundedSender<KeyWrite>,
+    /// Bindings whose member is not a peer yet (retried on every advertise round).
+    pending: Vec<RemoteChange>,
 }
 
 fn local_net(n: &crate::config::NetworkConfig) -> LocalNet {
@@ -144,8 +170,18 @@ impl Cluster {
         }));
         let (tx, events) = mpsc::unbounded_channel();
         let (leave, leave_rx) = watch::channel(false);
-        let task = tokio::spawn(backend.run(active, leaving, tx, leave_rx));
-        let mut c = Cluster { cfg: cluster.clone(), membership, status, events, leave, task: Some(task), applied: BTreeMap::new(), dirty: true };
+        let (writes, writes_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(backend.run(active, leaving, tx, writes_rx, leave_rx));
+        let advertising = cfg.networks.iter().filter(|n| n.cluster).filter_map(|n| {
+            let mode = match n.advertise {
+                crate::config::Advertise::None => return None,
+                crate::config::Advertise::Macs => Mode::Macs,
+                crate::config::Advertise::MacsIps => Mode::MacsIps,
+            };
+            Some((n.name.clone(), mode, n.fdb.max_entries))
+        });
+        let advert = Advertiser::new(&cluster.prefix, &cluster.node_name, crate::core::advert::DEFAULT_RATE, advertising);
+        let mut c = Cluster { cfg: cluster.clone(), membership, status, events, leave, task: Some(task), applied: BTreeMap::new(), dirty: true, advert, writes, pending: Vec::new() };
         c.publish();
         c
     }
@@ -185,6 +221,7 @@ impl Cluster {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let changes = match ev {
             BackendEvent::Connected { lease, ttl } => {
+                self.advert.rewrite_all();
                 st.connected = true;
                 st.lease = Some(format!("{lease:x}"));
                 st.lease_ttl_secs = ttl as u64;
@@ -205,6 +242,7 @@ impl Cluster {
                 *st.resyncs.entry(reason.as_str().to_string()).or_default() += 1;
                 drop(st);
                 let c = self.membership.relist(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), now);
+                self.advert.relist(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), now);
                 self.log(c);
                 self.publish();
                 return;
@@ -213,6 +251,7 @@ impl Cluster {
                 st.revision = revision;
                 drop(st);
                 let c = self.membership.put(&key, &value, now);
+                self.advert.remote_put(&key, &value, now);
                 self.log(c);
                 self.publish();
                 return;
@@ -221,6 +260,7 @@ impl Cluster {
                 st.revision = revision;
                 drop(st);
                 let c = self.membership.delete(&key, now);
+                self.advert.remote_delete(&key);
                 self.log(c);
                 self.publish();
                 return;
@@ -245,6 +285,86 @@ impl Cluster {
         }
     }
 
+    /// One round of MAC advertisement (after every backend event, and a few times a second):
+    /// the remote bindings that changed go into the FDBs, every remote binding is refreshed
+    /// (put back if the table lost it, its addresses into the neighbour table), the MACs on
+    /// local ports go to the advertiser, and its writes to the backend.
+    pub fn advertise(&mut self, fabric: &super::datapath::SharedFabric) {
+        if self.advert.networks().next().is_none() {
+            return;
+        }
+        let now = clock::now();
+        let f = fabric.load();
+        let mut changes = std::mem::take(&mut self.pending);
+        changes.extend(self.advert.take_changes());
+        let peer_of = |m: &Membership, net: &crate::core::Network, node: &str| {
+            m.members(net.name()).find(|(n, _)| *n == node).and_then(|(_, mem)| net.peer_by_ip(mem.addr))
+        };
+        for ch in changes {
+            let (network, mac, node) = match &ch {
+                RemoteChange::Bind { network, mac, node, .. } | RemoteChange::Unbind { network, mac, node } => (network, *mac, node),
+            };
+            let Some(e) = f.networks.iter().find(|e| e.net.name() == network) else { continue };
+            let Some(p) = peer_of(&self.membership, &e.net, node) else {
+                // its member is not a peer (yet): a binding waits while it is still the winner
+                if let RemoteChange::Bind { seq, .. } = &ch {
+                    if self.advert.bindings(network).iter().any(|b| b.0 == mac && b.1 == node && b.2 == *seq) && self.membership.members(network).any(|(n, _)| n == node) {
+                        self.pending.push(ch.clone());
+                    }
+                }
+                continue;
+            };
+            match &ch {
+                RemoteChange::Bind { seq, .. } if self.advert.ours_wins(network, mac, node, *seq) => {
+                    tracing::warn!(network, mac = %mac, node, seq, "cluster: a MAC of a local port is advertised elsewhere too with no higher sequence; kept here");
+                }
+                RemoteChange::Bind { seq, .. } => {
+                    let was = e.net.fdb.lookup(mac, now);
+                    if e.net.fdb.set_cluster(mac, Port::Peer(p), false, now) && was.is_some_and(|w| w != Port::Peer(p)) {
+                        tracing::info!(network, mac = %mac, node, seq, "cluster: MAC moved (advertised with a higher sequence)");
+                    }
+                }
+                RemoteChange::Unbind { .. } => {
+                    e.net.fdb.uncluster(mac, Port::Peer(p), now);
+                }
+            }
+        }
+        let nets: Vec<String> = self.advert.networks().map(str::to_string).collect();
+        for name in &nets {
+            let Some(e) = f.networks.iter().find(|e| e.net.name() == name) else { continue };
+            let net = &e.net;
+            for (mac, node, _, ips) in self.advert.bindings(name) {
+                let Some(p) = peer_of(&self.membership, net, node) else { continue };
+                if net.fdb.set_cluster(mac, Port::Peer(p), true, now) {
+                    for ip in ips {
+                        net.neigh.learn(*ip, mac, Source::Cluster(p), None, now);
+                    }
+                }
+            }
+            let mut local: BTreeMap<crate::core::wire::ethernet::MacAddr, Vec<IpAddr>> = BTreeMap::new();
+            for r in net.fdb.entries(now) {
+                if matches!(r.port, Port::Local(_)) {
+                    local.insert(r.mac, Vec::new());
+                }
+            }
+            for r in net.local_neigh.rows(now) {
+                if let Some(v) = local.get_mut(&r.mac) {
+                    v.push(r.ip);
+                }
+            }
+            self.advert.observe(name, local, now);
+        }
+        for w in self.advert.writes(now) {
+            let _ = self.writes.send(w);
+        }
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for n in st.networks.iter_mut() {
+            let c = self.advert.counts(&n.network);
+            let (l, r) = self.advert.sizes(&n.network);
+            (n.macs_local, n.macs_remote, n.adverts_published, n.adverts_withdrawn, n.adverts_rejected) = (l as u64, r as u64, c.published, c.withdrawn, c.rejected);
+        }
+    }
+
     /// Refresh the shared status from the membership.
     fn publish(&mut self) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
@@ -266,7 +386,23 @@ impl Cluster {
                         .into(),
                     })
                     .collect();
-                ClusterNetwork { network: n.clone(), peers: self.membership.peers(n).iter().map(|a| a.to_string()).collect(), members, added, removed, expired, rejected }
+                let c = self.advert.counts(n);
+                let (l, r) = self.advert.sizes(n);
+                ClusterNetwork {
+                    network: n.clone(),
+                    peers: self.membership.peers(n).iter().map(|a| a.to_string()).collect(),
+                    members,
+                    added,
+                    removed,
+                    expired,
+                    rejected,
+                    advertising: self.advert.networks().any(|a| a == n),
+                    macs_local: l as u64,
+                    macs_remote: r as u64,
+                    adverts_published: c.published,
+                    adverts_withdrawn: c.withdrawn,
+                    adverts_rejected: c.rejected,
+                }
             })
             .collect();
     }
@@ -348,6 +484,7 @@ mod tests {
             records: Vec<(String, String)>,
             leaving: Vec<(String, String)>,
             events: mpsc::UnboundedSender<BackendEvent>,
+            _writes: mpsc::UnboundedReceiver<KeyWrite>,
             mut leave: watch::Receiver<bool>,
         ) {
             assert_eq!(records.len(), 1, "one record per clustered network");
@@ -421,5 +558,83 @@ peers = ["192.0.2.8"]
         assert_eq!(again.effective(&cfg).networks[0].peers, [ip("192.0.2.9"), ip("192.0.2.2")]);
         again.leave().await;
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A backend that reports a scripted listing and keeps the writes it is asked to make.
+    struct Recording(Vec<(String, Vec<u8>)>, Arc<Mutex<Vec<KeyWrite>>>);
+
+    impl Backend for Recording {
+        async fn run(
+            self,
+            _records: Vec<(String, String)>,
+            _leaving: Vec<(String, String)>,
+            events: mpsc::UnboundedSender<BackendEvent>,
+            mut writes: mpsc::UnboundedReceiver<KeyWrite>,
+            mut leave: watch::Receiver<bool>,
+        ) {
+            let _ = events.send(BackendEvent::Connected { lease: 1, ttl: 5 });
+            let _ = events.send(BackendEvent::Listed { revision: 3, reason: Resync::Start, kvs: self.0 });
+            loop {
+                tokio::select! {
+                    _ = leave.changed() => return,
+                    Some(w) = writes.recv() => self.1.lock().unwrap().push(w),
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn advertised_macs_become_cluster_entries_and_bindings_and_local_macs_are_published() {
+        use crate::core::fabric::NetEntry;
+        use crate::core::wire::ethernet::MacAddr;
+        let text = CFG.replace("state_file = \"STATE\"\n", "").replace("cluster = true", "cluster = true\nadvertise = \"macs+ips\"\narp_suppress = true");
+        let cfg = crate::config::from_str_with_env(&text, Vec::<(String, String)>::new()).unwrap();
+        let k = cfg.cluster.clone().unwrap();
+        let remote = MacAddr([2, 0, 0, 0, 0, 2]);
+        let kvs = vec![
+            (member_key("/overlayd", "blue", "h2"), record("192.0.2.2")),
+            (crate::core::advert::mac_key("/overlayd", "blue", "h2", remote), br#"{"mac":"02:00:00:00:00:02","ips":["198.51.100.2"],"seq":3}"#.to_vec()),
+        ];
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut c = Cluster::start(&cfg, &k, Recording(kvs, written.clone()));
+        for _ in 0..2 {
+            let ev = c.next().await;
+            c.handle(ev);
+        }
+        assert!(c.take_changed());
+        // the daemon's network with the member as its peer
+        let mut spec = crate::core::testutil::spec(1, vec!["192.0.2.9:4789".parse().unwrap(), "192.0.2.2:4789".parse().unwrap()]);
+        spec.arp_suppress = true;
+        spec.snoop_local = true;
+        let net = Arc::new(crate::core::Network::new(spec));
+        let io = Arc::new(super::super::datapath::NetIo::new(net.clone(), Vec::new()));
+        let fabric: super::super::datapath::SharedFabric =
+            Arc::new(arc_swap::ArcSwap::from_pointee(crate::core::Fabric::new(vec![NetEntry { net: net.clone(), io }], &[4789])));
+        let local = MacAddr([2, 0, 0, 0, 0, 1]);
+        net.fdb.learn(local, Port::Local(crate::core::LocalPort(0)), clock::now());
+        c.advertise(&fabric);
+        let now = clock::now();
+        let rows = net.fdb.entries(now);
+        let r = rows.iter().find(|r| r.mac == remote).expect("the advertised MAC is in the table");
+        assert_eq!((r.port, r.cluster), (Port::Peer(crate::core::PeerIdx(1)), true), "type cluster, behind h2's peer");
+        let b = net.neigh.rows(now);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].ip, b[0].mac, b[0].source), ("198.51.100.2".parse().unwrap(), remote, Source::Cluster(crate::core::PeerIdx(1))));
+        assert!(written.lock().unwrap().is_empty(), "the local MAC is not stable yet");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        c.advertise(&fabric);
+        tokio::task::yield_now().await;
+        let w = written.lock().unwrap().clone();
+        assert_eq!(w, vec![KeyWrite::Put { key: crate::core::advert::mac_key("/overlayd", "blue", "h1", local), value: r#"{"mac":"02:00:00:00:00:01","ips":[],"seq":0}"#.into() }]);
+        {
+            let st = c.status.lock().unwrap();
+            assert_eq!((st.networks[0].macs_local, st.networks[0].macs_remote, st.networks[0].adverts_published), (1, 1, 1));
+        }
+        // h2's record goes (its lease expired): the entry ages normally from now on
+        c.handle(BackendEvent::Delete { revision: 4, key: crate::core::advert::mac_key("/overlayd", "blue", "h2", remote) });
+        c.advertise(&fabric);
+        assert!(!net.fdb.entries(clock::now()).iter().any(|r| r.mac == remote && r.cluster));
+        assert!(net.fdb.lookup(remote, clock::now()).is_some(), "still there, learned");
+        c.leave().await;
     }
 }

@@ -212,6 +212,8 @@ fn spec_of(n: &NetworkConfig, tap_mtu: u16) -> NetworkSpec {
         mss_clamp: n.mss_clamp,
         pmtu_sources: n.pmtu_sources(),
         arp_suppress: n.arp_suppress,
+        unknown_unicast_drop: n.unknown_unicast == crate::config::UnknownUnicast::Drop,
+        snoop_local: n.advertise == crate::config::Advertise::MacsIps,
     }
 }
 
@@ -850,6 +852,9 @@ pub async fn run_with_reload(
     }
     tracing::info!(networks = cfg.networks.len(), "overlayd ready");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // MAC advertisement rounds (stable time 1 s; a move is applied as its record arrives)
+    let mut advert_tick = tokio::time::interval(Duration::from_millis(250));
+    advert_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let cluster_event = async {
@@ -866,11 +871,17 @@ pub async fn run_with_reload(
                     c.tick(&daemon.fabric);
                 }
             }
+            _ = advert_tick.tick() => {
+                if let Some(c) = cluster.as_mut() {
+                    c.advertise(&daemon.fabric);
+                }
+            }
             _ = usr1.recv() => daemon.log_drops(),
             _ = hup.recv() => reload(config_path.as_deref(), &mut daemon, &mut cfg, cluster.as_ref()),
             ev = cluster_event => {
                 if let Some(c) = cluster.as_mut() {
                     c.handle(ev);
+                    c.advertise(&daemon.fabric);
                 }
             }
         }
@@ -882,6 +893,7 @@ pub async fn run_with_reload(
             if let Err(e) = daemon.apply(&effective, "cluster") {
                 tracing::error!("cluster: cannot apply the members: {e}");
             }
+            c.advertise(&daemon.fabric);
         }
     }
     tracing::info!("shutting down");

@@ -2,7 +2,7 @@
 //!
 //! - a network only in the running configuration is *removed*;
 //! - one only in the new configuration is *added*;
-//! - one whose peers, FDB settings, storm limit, `mss_clamp` or `arp_suppress` (and nothing else) changed is *updated*
+//! - one whose peers, FDB settings, storm limit, `mss_clamp`, `arp_suppress` or `unknown_unicast` (and nothing else) changed is *updated*
 //!   in place: the core's next generation, see [`crate::core::handover`];
 //! - one with any other change (TAPs, address, MTU, VNI, encapsulation, UDP port, GRE
 //!   options, TTL, DSCP, VM sockets) is *restarted*: its ports close and open again;
@@ -31,6 +31,7 @@ fn only_core_differs(a: &NetworkConfig, b: &NetworkConfig) -> bool {
     b.bum_pps_limit = a.bum_pps_limit;
     b.mss_clamp = a.mss_clamp;
     b.arp_suppress = a.arp_suppress;
+    b.unknown_unicast = a.unknown_unicast;
     &b == a
 }
 
@@ -76,6 +77,12 @@ pub struct Applied {
 }
 
 /// The names of the networks registered in the cluster.
+/// Whether a network clustered before and after changed its `advertise` (start-only: the
+/// advertiser and what it published are built at start, like the cluster registration).
+fn advertise_changed(running: &Config, new: &Config) -> bool {
+    running.networks.iter().filter(|a| a.cluster).any(|a| new.networks.iter().any(|b| b.cluster && b.name == a.name && b.advertise != a.advertise))
+}
+
 fn clustered(c: &Config) -> Vec<&str> {
     c.networks.iter().filter(|n| n.cluster).map(|n| n.name.as_str()).collect()
 }
@@ -97,6 +104,7 @@ pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str>
         (running.admin_group != new.admin_group, "admin.group"),
         (running.cluster != new.cluster, "cluster"),
         (clustered(running) != clustered(new), "networks.cluster"),
+        (advertise_changed(running, new), "networks.advertise"),
     ];
     let mut keys: Vec<&'static str> = node.iter().filter(|(changed, _)| *changed).map(|&(_, k)| k).collect();
     // a node setting without a key of its own above still refuses the reload
@@ -169,6 +177,18 @@ peers = ["192.0.2.2"]
     }
 
     #[test]
+    fn unknown_unicast_changes_in_place() {
+        let cluster = "[cluster]\nendpoints = [\"http://192.0.2.10:2379\"]\nnode_name = \"a\"\n";
+        let adv = "tap = \"b0\"\ncluster = true\nadvertise = \"macs\"";
+        let running = cfg(&format!("{cluster}{}", BASE.replace("tap = \"b0\"", adv)));
+        let new = cfg(&format!("{cluster}{}", BASE.replace("tap = \"b0\"", &format!("{adv}\nunknown_unicast = \"drop\""))));
+        let plan = Plan::new(&running.networks, &new.networks);
+        assert_eq!(plan.updated.iter().map(|n| (n.name.as_str(), n.unknown_unicast)).collect::<Vec<_>>(), [("blue", crate::config::UnknownUnicast::Drop)]);
+        assert!(plan.restarted.is_empty());
+        assert!(restart_only_changes(&running, &new).is_empty());
+    }
+
+    #[test]
     fn removed_and_unchanged() {
         let running = cfg(BASE);
         let text = BASE.split("[[networks]]\nname = \"red\"").next().unwrap_or_default();
@@ -199,5 +219,8 @@ peers = ["192.0.2.2"]
         assert_eq!(restart_only_changes(&running, &new), ["cluster"]);
         let new = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true")));
         assert_eq!(restart_only_changes(&running, &new), ["networks.cluster"]);
+        let clustered = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true")));
+        let advertising = cfg(&format!("{cluster}{}", BASE.replace("vni = 43", "vni = 43\ncluster = true\nadvertise = \"macs\"")));
+        assert_eq!(restart_only_changes(&clustered, &advertising), ["networks.advertise"]);
     }
 }

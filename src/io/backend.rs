@@ -46,12 +46,16 @@ pub enum BackendEvent {
 /// A source of membership records. The daemon runs it on its control path; it reports through
 /// `events` and returns once `leave` turns true and it has said goodbye.
 pub trait Backend: Send + 'static {
-    /// `records`: this node's (key, JSON value) pairs; `leaving`: the same marked `leaving`.
+    /// `records`: this node's (key, JSON value) pairs; `leaving`: the same marked `leaving`;
+    /// `writes`: further keys to put under this node's lease or delete (MAC advertisements),
+    /// made in batches while connected and registered (lost ones are made good by the daemon
+    /// after the next `Connected` and listing).
     fn run(
         self,
         records: Vec<(String, String)>,
         leaving: Vec<(String, String)>,
         events: mpsc::UnboundedSender<BackendEvent>,
+        writes: mpsc::UnboundedReceiver<crate::core::advert::KeyWrite>,
         leave: watch::Receiver<bool>,
     ) -> impl std::future::Future<Output = ()> + Send;
 }

@@ -20,6 +20,7 @@ use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOpti
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ClusterConfig;
+use crate::core::advert::KeyWrite;
 use crate::core::membership::list_prefix;
 
 use super::backend::{Backend, BackendEvent, Resync};
@@ -90,10 +91,14 @@ struct Session<'a> {
     endpoint: &'a str,
     /// Whether the last registration succeeded (a goodbye writes only keys this node owns).
     registered: &'a std::sync::atomic::AtomicBool,
+    writes: &'a mut mpsc::UnboundedReceiver<KeyWrite>,
 }
 
+/// Writes made in one transaction at most (etcd's default limit is 128 operations).
+const WRITE_BATCH: usize = 100;
+
 impl Backend for EtcdBackend {
-    async fn run(self, records: Vec<(String, String)>, leaving: Vec<(String, String)>, events: mpsc::UnboundedSender<BackendEvent>, mut leave: watch::Receiver<bool>) {
+    async fn run(self, records: Vec<(String, String)>, leaving: Vec<(String, String)>, events: mpsc::UnboundedSender<BackendEvent>, mut writes: mpsc::UnboundedReceiver<KeyWrite>, mut leave: watch::Receiver<bool>) {
         let mut lease = None;
         let mut backoff = BACKOFF_MIN;
         let mut next_endpoint = 0usize;
@@ -102,7 +107,7 @@ impl Backend for EtcdBackend {
         let ttl = self.cfg.lease_ttl.as_secs() as i64;
         loop {
             let endpoint = &self.cfg.endpoints[next_endpoint % self.cfg.endpoints.len()];
-            let mut s = Session { b: &self, records: &records, leaving: &leaving, events: &events, lease: &mut lease, ttl, endpoint, registered: &registered };
+            let mut s = Session { b: &self, records: &records, leaving: &leaving, events: &events, lease: &mut lease, ttl, endpoint, registered: &registered, writes: &mut writes };
             if *leave.borrow() {
                 // leaving while disconnected: one attempt at a goodbye, on the next endpoint
                 if let Ok(mut c) = s.connect().await {
@@ -250,6 +255,25 @@ impl Session<'_> {
                 _ = leave.changed() => {
                     self.goodbye(&mut c, registered).await;
                     return Ok(());
+                }
+                Some(first) = self.writes.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < WRITE_BATCH {
+                        match self.writes.try_recv() {
+                            Ok(w) => batch.push(w),
+                            Err(_) => break,
+                        }
+                    }
+                    if registered {
+                        let ops: Vec<TxnOp> = batch
+                            .into_iter()
+                            .map(|w| match w {
+                                KeyWrite::Put { key, value } => TxnOp::put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease))),
+                                KeyWrite::Delete { key } => TxnOp::delete(key, None),
+                            })
+                            .collect();
+                        timed(c.txn(Txn::new().and_then(ops))).await?;
+                    }
                 }
                 _ = ka_tick.tick() => {
                     timed(keeper.keep_alive()).await?;

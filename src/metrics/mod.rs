@@ -14,7 +14,7 @@
 //! - `reason`: one value per `DropReason` variant, every one exported (zeros included), so the
 //!   label set follows the enum;
 //! - `direction`: `rx` (into overlayd) or `tx` (out of overlayd);
-//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`;
+//! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`, `cluster_moved`;
 //! - `family`: `ipv4` (ARP) or `ipv6` (neighbour discovery); `result`: `hit` or `miss`.
 //!
 //! A MAC address is never a label: `overlayd fdb` on the admin socket shows the table.
@@ -67,6 +67,8 @@ struct Families {
     cluster_resyncs: IntCounterVec,
     datapath_info: IntGaugeVec,
     fast_frames: IntCounterVec,
+    cluster_macs: IntGaugeVec,
+    cluster_adverts: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -123,7 +125,7 @@ impl Families {
             )?,
             fdb_events: counter(
                 "overlayd_fdb_events_total",
-                "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often).",
+                "Changes of the network's forwarding table: MACs learned, moved to another port, expired, evicted (table full), flushed, or pinned (moved too often); cluster_moved: entries of type cluster that the data path saw elsewhere.",
                 &["network", "event"],
             )?,
             vm_ports: gauge("overlayd_vm_ports", "VMs connected now to the network's vm_socket or vm_dgram_socket.", &["network"])?,
@@ -189,10 +191,20 @@ impl Families {
                 &["network", "event"],
             )?,
             cluster_resyncs: counter("overlayd_cluster_resyncs_total", "Full listings of the cluster's members, by why they were made.", &["reason"])?,
+            cluster_macs: gauge(
+                "overlayd_cluster_macs",
+                "MAC bindings of an advertising network: published by this node (origin=local) and advertised by other members (origin=remote).",
+                &["network", "origin"],
+            )?,
+            cluster_adverts: counter(
+                "overlayd_cluster_adverts_total",
+                "MAC advertisements of this node: published (first write of a MAC), withdrawn (deleted: aged out, moved away); rejected: other members' records that did not parse.",
+                &["network", "op"],
+            )?,
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 16] {
+    fn counters(&self) -> [&IntCounterVec; 17] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -210,6 +222,7 @@ impl Families {
             &self.cluster_events,
             &self.cluster_resyncs,
             &self.fast_frames,
+            &self.cluster_adverts,
         ]
     }
 
@@ -224,6 +237,7 @@ impl Families {
         v.push(&self.cluster_connected);
         v.push(&self.cluster_members);
         v.push(&self.datapath_info);
+        v.push(&self.cluster_macs);
         v
     }
 
@@ -240,6 +254,7 @@ impl Families {
         self.neigh_bindings.reset();
         self.cluster_connected.reset();
         self.cluster_members.reset();
+        self.cluster_macs.reset();
         if let Some(c) = &s.cluster {
             self.cluster_connected.with_label_values(&[] as &[&str]).set(i64::from(c.connected));
             for (reason, v) in &c.resyncs {
@@ -250,6 +265,13 @@ impl Families {
                 self.cluster_members.with_label_values(&[net]).set(n.members.len() as i64);
                 for (event, v) in [("added", n.added), ("removed", n.removed), ("expired", n.expired), ("rejected", n.rejected)] {
                     self.cluster_events.with_label_values(&[net, event]).inc_by(v);
+                }
+                if n.advertising {
+                    self.cluster_macs.with_label_values(&[net, "local"]).set(n.macs_local as i64);
+                    self.cluster_macs.with_label_values(&[net, "remote"]).set(n.macs_remote as i64);
+                    for (op, v) in [("published", n.adverts_published), ("withdrawn", n.adverts_withdrawn), ("rejected", n.adverts_rejected)] {
+                        self.cluster_adverts.with_label_values(&[net, op]).inc_by(v);
+                    }
                 }
             }
         }
@@ -401,6 +423,11 @@ mod tests {
                 removed: 2,
                 expired: 1,
                 rejected: 4,
+                advertising: true,
+                macs_local: 2,
+                macs_remote: 5,
+                adverts_published: 6,
+                adverts_withdrawn: 4,
                 ..Default::default()
             }],
             ..Default::default()
@@ -421,6 +448,9 @@ mod tests {
         assert_eq!(line(&t, r#"overlayd_drops_total{network="blue",reason="unknown_peer"}"#), Some("3"));
         assert_eq!(line(&t, r#"overlayd_drops_total{network="-",reason="unknown_vni"}"#), Some("9"));
         assert_eq!(line(&t, r#"overlayd_fdb_entries{network="blue"}"#), Some("2"));
+        assert_eq!(line(&t, r#"overlayd_cluster_macs{network="blue",origin="remote"}"#), Some("5"));
+        assert_eq!(line(&t, r#"overlayd_cluster_adverts_total{network="blue",op="withdrawn"}"#), Some("4"));
+        assert_eq!(line(&t, r#"overlayd_drops_total{network="blue",reason="unknown_unicast"}"#), Some("0"));
         assert_eq!(line(&t, r#"overlayd_fdb_max_entries{network="blue"}"#), Some("8192"));
         assert_eq!(line(&t, r#"overlayd_fdb_events_total{event="learned",network="blue"}"#), Some("4"));
         assert_eq!(line(&t, r#"overlayd_tunnel_packets_total{direction="tx",network="blue",peer="192.0.2.2"}"#), Some("7"));

@@ -133,11 +133,14 @@ pub struct FdbEventCounts {
     /// MACs pinned to their port for moving too often (`mac_move_limit`).
     #[serde(default)]
     pub pinned: u64,
+    /// Entries of type `cluster` moved by the data path (a frame from elsewhere).
+    #[serde(default)]
+    pub cluster_moved: u64,
 }
 
 impl FdbEventCounts {
     /// (event label, count) pairs, in a fixed order.
-    pub fn labelled(&self) -> [(&'static str, u64); 6] {
+    pub fn labelled(&self) -> [(&'static str, u64); 7] {
         [
             ("learned", self.learned),
             ("moved", self.moved),
@@ -145,6 +148,7 @@ impl FdbEventCounts {
             ("evicted", self.evicted),
             ("flushed", self.flushed),
             ("pinned", self.pinned),
+            ("cluster_moved", self.cluster_moved),
         ]
     }
 }
@@ -238,6 +242,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     evicted: ev.evicted.load(Relaxed),
                     flushed: ev.flushed.load(Relaxed),
                     pinned: ev.pinned.load(Relaxed),
+                    cluster_moved: ev.cluster_moved.load(Relaxed),
                 },
                 peers,
                 vm_ports: net.vm_ports.connected.load(Relaxed),
@@ -287,6 +292,8 @@ mod tests {
             mss_clamp: false,
             pmtu_sources: Default::default(),
             arp_suppress: false,
+            unknown_unicast_drop: false,
+            snoop_local: false,
         });
         Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])
     }

@@ -18,13 +18,15 @@ pub fn one_network() -> overlayd::metrics::Sample {
         mss_clamp: false,
         pmtu_sources: Default::default(),
         arp_suppress: false,
+        unknown_unicast_drop: false,
+        snoop_local: false,
     });
     let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
     let mut s = overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0);
     use overlayd::daemon::cluster::{ClusterNetwork, ClusterStatus};
     s.cluster = Some(ClusterStatus {
         resyncs: [("start".to_string(), 1)].into_iter().collect(),
-        networks: vec![ClusterNetwork { network: "blue".into(), ..Default::default() }],
+        networks: vec![ClusterNetwork { network: "blue".into(), advertising: true, ..Default::default() }],
         ..Default::default()
     });
     s
