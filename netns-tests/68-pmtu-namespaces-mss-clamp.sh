@@ -121,6 +121,8 @@ done
 for d in d1 d2; do
   kill -HUP "${_DAEMON_PID[$d]}"
   wait_until -t 10 grep -q 'reload: network updated in place' "$WORK/$d.log" || die "$d: no in-place update logged after SIGHUP"
+  # applied on both data paths only once the whole reload is (the fast path leaves the network)
+  wait_until -t 10 grep -q 'reload applied' "$WORK/$d.log" || die "$d: no 'reload applied' after SIGHUP"
 done
 ok "mss_clamp applied in place on both daemons"
 tcp_transfer "$H1" "$H2" "$A2" 5005 "$FILE" "8 MB over IPv4 with mss_clamp, no DF"

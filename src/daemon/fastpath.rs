@@ -326,6 +326,18 @@ impl FastPath {
         Ok(FastPath { state, stop, thread: Some(thread), underlay_dev })
     }
 
+    /// Mirror the running networks now, not at the next tick: when this returns, the programs
+    /// act on what was just published (a reload's `mss_clamp`, a removed peer, a new TAP).
+    pub fn sync_now(&self, fabric: &SharedFabric) {
+        let mut st = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Err(e) = st.sync(fabric, false) {
+            tracing::warn!(error = %e, "fast path: sync failed");
+        }
+    }
+
     /// Fold the programs' counters into the networks' now (before a sample).
     pub fn fold(&self, fabric: &SharedFabric) {
         if let Ok(mut st) = self.state.lock() {

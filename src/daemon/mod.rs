@@ -590,6 +590,10 @@ impl Daemon {
         let order = |name: &str| new.networks.iter().position(|n| n.name == name).unwrap_or(usize::MAX);
         self.nets.sort_by_key(|r| order(&r.cfg.name));
         self.publish();
+        // the fast path follows before the reload counts as applied
+        if let Some(f) = &self.fast {
+            f.sync_now(&self.fabric);
+        }
         if let Err(e) = self.start_receivers() {
             tracing::error!(error = %e, "reload: cannot start an underlay receiver; packets on that socket are not read until a restart");
         }
