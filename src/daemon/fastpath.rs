@@ -644,34 +644,30 @@ mod tests {
         keys
     }
 
+    /// BPF_PROG_TEST_RUN of `prog` on `data` (the test TAP as the skb's device): its verdict
+    /// and packet.
+    fn test_run(p: &Progs, prog: &str, data: &[u8]) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+        let sc: &SchedClassifier = p.ebpf.program(prog).unwrap().try_into().unwrap();
+        let mut ctx = [0u8; SKB_LEN];
+        ctx[40..44].copy_from_slice(&LO.to_ne_bytes());
+        let mut out = vec![0u8; data.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(data);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        let r = sc.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
     /// The program's verdict and packet, or `None` where BPF_PROG_TEST_RUN itself refuses the
     /// input (an IPv4/IPv6 ethertype without a whole IP header: the kernel checks that first).
     fn try_run(p: &Progs, prog: &str, data: &[u8]) -> Option<(u32, Vec<u8>)> {
-        let sc: &SchedClassifier = p.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut ctx = [0u8; SKB_LEN];
-        ctx[40..44].copy_from_slice(&LO.to_ne_bytes());
-        let mut out = vec![0u8; data.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(data);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        let r = sc.test_run(opts).ok()?;
-        out.truncate(r.data_size_out as usize);
-        Some((r.return_value, out))
+        test_run(p, prog, data).ok()
     }
 
     fn run(p: &Progs, prog: &str, data: &[u8]) -> (u32, Vec<u8>) {
-        let sc: &SchedClassifier = p.ebpf.program(prog).unwrap().try_into().unwrap();
-        let mut ctx = [0u8; SKB_LEN];
-        ctx[40..44].copy_from_slice(&LO.to_ne_bytes());
-        let mut out = vec![0u8; data.len() + 256];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(data);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
-        let r = sc.test_run(opts).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog} on {} bytes: {e}", data.len()));
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        test_run(p, prog, data).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog} on {} bytes: {e}", data.len()))
     }
 
     fn vxlan(peer: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
