@@ -61,7 +61,6 @@ vsctl add-br "$BP" -- set bridge "$BP" datapath_type=netdev -- add-port "$BP" "$
 wait_until -t 10 link_exists "$H2" "$BP" || die "OVS did not create the internal port $BP"
 ip -n "$H2" addr add "$U2/24" dev "$BP"
 ip -n "$H2" link set "$BP" up
-checksum_offload_off "$H2" "$BP"
 ping_ok "$H1" "$U2" 2
 # the overlay side: a netdev bridge with an internal port carrying the overlay address
 vsctl add-br "$BI" -- set bridge "$BI" datapath_type=netdev \
@@ -69,7 +68,6 @@ vsctl add-br "$BI" -- set bridge "$BI" datapath_type=netdev \
 wait_until -t 10 link_exists "$H2" "$VM" || die "OVS did not create the internal port $VM"
 ip -n "$H2" addr add "$O2/24" dev "$VM"
 ip -n "$H2" link set "$VM" up
-checksum_offload_off "$H2" "$VM"
 make_random_file "$WORK/payload" 10
 
 # no_tunnel_drops NS URL - overlayd counted no drop of a tunnel packet (all reasons but the
