@@ -20,8 +20,6 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
-PROMETHEUS=${PROMETHEUS:-/usr/bin/prometheus}
-[[ -x $PROMETHEUS ]] || die "prometheus not installed at $PROMETHEUS (package prometheus)"
 command -v curl >/dev/null || die "curl not installed"
 DASHBOARD=$REPO_DIR/dashboards/overlayd.json
 [[ -r $DASHBOARD ]] || die "no dashboard at $DASHBOARD"
@@ -61,26 +59,10 @@ wait_ready d1
 wait_ready d2
 
 log "prometheus in $H1, scraping both daemons every second"
-cat >"$WORK/prometheus.yml" <<EOF
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-scrape_configs:
-  - job_name: overlayd
-    static_configs:
-      - targets: ["$U1:9477", "$U2:9477"]
-EOF
-mkdir "$WORK/tsdb"
-start_bg "$H1" "$WORK/prometheus.log" "$PROMETHEUS" --config.file="$WORK/prometheus.yml" \
-  --storage.tsdb.path="$WORK/tsdb" --web.listen-address=127.0.0.1:9090 --storage.tsdb.retention.time=1h
-PROM_PID=$BG_PID
-prom_ready() { ns_exec "$H1" curl -fsS --max-time 2 http://127.0.0.1:9090/-/ready; }
-wait_until -t 30 prom_ready || { _print_log "$WORK/prometheus.log"; die "prometheus did not get ready"; }
-ok "prometheus ready (pid $PROM_PID)"
+start_prometheus "$H1" 1 "" "$U1:9477" "$U2:9477"
 
 # query EXPR - the JSON answer of an instant query
-query() { ns_exec "$H1" curl -fsS --max-time 5 "$API/query" --data-urlencode "query=$1"; }
+query() { prom_query "$H1" "$1"; }
 both_up() { [[ $(query 'count(up{job="overlayd"} == 1)' | jq -r '.data.result[0].value[1] // 0') == 2 ]]; }
 t0=$SECONDS
 wait_until -t 40 both_up || die "prometheus does not see both daemons up: $(query 'up' | jq -c '.data.result')"

@@ -28,8 +28,6 @@
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
-PROMETHEUS=${PROMETHEUS:-/usr/bin/prometheus}
-[[ -x $PROMETHEUS ]] || die "prometheus not installed at $PROMETHEUS (package prometheus)"
 for _t in curl jq iperf3; do command -v "$_t" >/dev/null || die "missing tool: $_t"; done
 /usr/bin/python3 -c 'import scapy.all' 2>/dev/null ||
   die "python3-scapy is needed to send tunnel packets from a non-peer (apt-get install python3-scapy)"
@@ -63,28 +61,10 @@ wait_ready d1
 wait_ready d2
 
 log "prometheus in $H1: scrapes both daemons and evaluates $RULES every ${SCRAPE} s"
-cat >"$WORK/prometheus.yml" <<EOF
-global:
-  scrape_interval: ${SCRAPE}s
-  scrape_timeout: ${SCRAPE}s
-  evaluation_interval: ${SCRAPE}s
-rule_files:
-  - $RULES
-scrape_configs:
-  - job_name: overlayd
-    static_configs:
-      - targets: ["$U1:9477", "$U2:9477"]
-EOF
-mkdir "$WORK/tsdb"
-start_bg "$H1" "$WORK/prometheus.log" "$PROMETHEUS" --config.file="$WORK/prometheus.yml" \
-  --storage.tsdb.path="$WORK/tsdb" --web.listen-address=127.0.0.1:9090 --storage.tsdb.retention.time=1h
-PROM_PID=$BG_PID
-prom_ready() { ns_exec "$H1" curl -fsS --max-time 2 http://127.0.0.1:9090/-/ready; }
-wait_until -t 30 prom_ready || { _print_log "$WORK/prometheus.log"; die "prometheus did not get ready"; }
-ok "prometheus ready (pid $PROM_PID)"
+start_prometheus "$H1" "$SCRAPE" "$RULES" "$U1:9477" "$U2:9477"
 
 api() { ns_exec "$H1" curl -fsS --max-time 5 "$API/$1"; }
-query() { ns_exec "$H1" curl -fsS --max-time 5 "$API/query" --data-urlencode "query=$1"; }
+query() { prom_query "$H1" "$1"; }
 value() { query "$1" | jq -r '.data.result[0].value[1] // "none"'; }
 # alerts - "name state labels" per active alert (pending or firing), sorted
 alerts() { api alerts | jq -r '.data.alerts[] | "\(.labels.alertname) \(.state) \(.labels | del(.alertname, .severity) | tostring)"' | sort; }

@@ -214,6 +214,32 @@ wait_until() {
   done
 }
 
+# ----------------------------------------------------------------------------- prometheus
+# start_prometheus NS EVERY RULES TARGET... - a real Prometheus in NS on 127.0.0.1:9090 (tsdb and
+# log in $WORK) scraping TARGETs (host:port) as job "overlayd" and evaluating RULES ("" for none)
+# every EVERY seconds; waits until it is ready. Its PID in $PROM_PID, the binary is $PROMETHEUS
+# (default /usr/bin/prometheus). prom_query NS EXPR prints the JSON answer of an instant query.
+start_prometheus() {
+  local nsn=$1 every=$2 rules=$3 targets; shift 3
+  PROMETHEUS=${PROMETHEUS:-/usr/bin/prometheus}
+  [[ -x $PROMETHEUS ]] || die "prometheus not installed at $PROMETHEUS (package prometheus)"
+  command -v curl >/dev/null || die "curl not installed"
+  targets=$(printf '"%s", ' "$@")
+  {
+    printf 'global:\n  scrape_interval: %ss\n  scrape_timeout: %ss\n  evaluation_interval: %ss\n' "$every" "$every" "$every"
+    [[ -z $rules ]] || printf 'rule_files:\n  - %s\n' "$rules"
+    printf 'scrape_configs:\n  - job_name: overlayd\n    static_configs:\n      - targets: [%s]\n' "${targets%, }"
+  } >"$WORK/prometheus.yml"
+  mkdir -p "$WORK/tsdb"
+  start_bg "$nsn" "$WORK/prometheus.log" "$PROMETHEUS" --config.file="$WORK/prometheus.yml" \
+    --storage.tsdb.path="$WORK/tsdb" --web.listen-address=127.0.0.1:9090 --storage.tsdb.retention.time=1h
+  PROM_PID=$BG_PID
+  wait_until -t 30 ns_exec "$nsn" curl -fsS --max-time 2 http://127.0.0.1:9090/-/ready >/dev/null ||
+    { _print_log "$WORK/prometheus.log"; die "prometheus did not get ready"; }
+  ok "prometheus ready (pid $PROM_PID)"
+}
+prom_query() { ns_exec "$1" curl -fsS --max-time 5 http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$2"; }
+
 # ----------------------------------------------------------------------------- background jobs
 # start_bg NS LOGFILE CMD... - run CMD in NS in the background; PID in $BG_PID
 start_bg() {
