@@ -39,28 +39,10 @@ add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
 ping_ok "$H1" "$U2" 1
 
 log "h2: the VM's TAP (QEMU opens it), then vm2 at MTU 1500"
-ip -n "$H2" tuntap add dev "$VMTAP" mode tap || die "cannot create TAP $VMTAP in $H2"
-ip -n "$H2" link set dev "$VMTAP" up
-VM_MTU=1500 start_vm vm2 "$H2" "$VM2/24" 52:54:00:00:00:12 "tap,id=n0,ifname=$VMTAP,script=no,downscript=no,vnet_hdr=off"
-wait_until -t 60 ns_exec "$H2" grep -qx 1 "/sys/class/net/$VMTAP/carrier" ||
-  die "QEMU did not take TAP $VMTAP within 60 s"$'\n'"$(cat "$WORK/vm2.qemu.log")"
+VM_MTU=1500 start_vm_on_tap vm2 "$H2" "$VM2/24" 52:54:00:00:00:12 "$VMTAP"
 
 log "daemons: h1 with a TAP and a vm_socket, h2 with a TAP and the VM's TAP"
-write_config "$WORK/h1.toml" "$U1"
-set_metrics_listen "$WORK/h1.toml" 127.0.0.1:9477
-add_network "$WORK/h1.toml" blue 42 "${PREFIX}tap1" "$NS1/24" "$U2" "vm_socket=\"$SOCK\""
-write_config "$WORK/h2.toml" "$U2"
-set_metrics_listen "$WORK/h2.toml" 127.0.0.1:9477
-cat >>"$WORK/h2.toml" <<EOT
-
-[[networks]]
-name = "blue"
-encap = "vxlan"
-vni = 42
-taps = ["${PREFIX}tap2", "$VMTAP"]
-address = "$NS2/24"
-peers = ["$U1"]
-EOT
+vm_lab_configs "$NS1/24" "$NS2/24" "$SOCK" "$VMTAP" 127.0.0.1:9477
 start_daemon "$H1" d1 "$WORK/h1.toml"
 start_daemon "$H2" d2 "$WORK/h2.toml"
 wait_ready d1

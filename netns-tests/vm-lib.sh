@@ -110,6 +110,44 @@ start_vm() {
   info "started VM $name (qemu pid $BG_PID) in $nsn: $ip, $mac"
 }
 
+# start_vm_on_tap NAME NS IP MAC TAP - create TAP in NS (persistent, up), boot NAME on it (QEMU
+# opens the TAP, vnet_hdr off) and wait until QEMU holds it (carrier): only then may a daemon
+# start, since it attaches to a TAP another process holds but would open a free one as its own
+start_vm_on_tap() {
+  local name=$1 nsn=$2 ip=$3 mac=$4 tap=$5
+  ip -n "$nsn" tuntap add dev "$tap" mode tap || die "cannot create TAP $tap in $nsn"
+  ip -n "$nsn" link set dev "$tap" up
+  start_vm "$name" "$nsn" "$ip" "$mac" "tap,id=n0,ifname=$tap,script=no,downscript=no,vnet_hdr=off"
+  wait_until -t 60 ns_exec "$nsn" grep -qx 1 "/sys/class/net/$tap/carrier" ||
+    die "QEMU did not take TAP $tap within 60 s"$'\n'"$(cat "$WORK/$name.qemu.log")"
+  ok "QEMU holds $tap (carrier up)"
+}
+
+# vm_lab_configs H1_ADDR H2_ADDR SOCK VMTAP [METRICS] - the two hosts of the VM labs, network blue
+# (VXLAN 42): $WORK/h1.toml with TAP ${PREFIX}tap1 (H1_ADDR) and a vm_socket SOCK, $WORK/h2.toml
+# with TAP ${PREFIX}tap2 (H2_ADDR) and the VM's TAP VMTAP; underlays $U1 and $U2; METRICS, if
+# given, is both daemons' metrics_listen
+vm_lab_configs() {
+  local a1=$1 a2=$2 sock=$3 vmtap=$4 metrics=${5:-}
+  write_config "$WORK/h1.toml" "$U1"
+  write_config "$WORK/h2.toml" "$U2"
+  if [[ -n $metrics ]]; then
+    set_metrics_listen "$WORK/h1.toml" "$metrics"
+    set_metrics_listen "$WORK/h2.toml" "$metrics"
+  fi
+  add_network "$WORK/h1.toml" blue 42 "${PREFIX}tap1" "$a1" "$U2" "vm_socket=\"$sock\""
+  cat >>"$WORK/h2.toml" <<EOT
+
+[[networks]]
+name = "blue"
+encap = "vxlan"
+vni = 42
+taps = ["${PREFIX}tap2", "$vmtap"]
+address = "$a2"
+peers = ["$U1"]
+EOT
+}
+
 # wait_vm NAME [TIMEOUT] - wait for the guest's READY line
 wait_vm() {
   local name=$1 t=${2:-90} deadline
