@@ -12,7 +12,7 @@ use overlayd::core::fabric::{Fabric, NetEntry};
 use overlayd::core::offload::{Run, TcpSeg, TsoPlan, VnetHdr, flags, gso};
 use overlayd::core::wire::ethernet::{EthernetFrame, MacAddr};
 use overlayd::core::wire::vxlan::{self, VxlanHeader};
-use overlayd::core::{Encap, Fdb, FdbConfig, Instant, LocalPort, Network, NetworkSpec, PeerIdx, Port, Vni, checksum};
+use overlayd::core::{Fdb, FdbConfig, Instant, LocalPort, Network, NetworkSpec, PeerIdx, Port, Vni, checksum};
 
 const NOW: Instant = Instant::ZERO;
 
@@ -51,21 +51,8 @@ fn tcp_frame(payload: usize, seq: u32) -> Vec<u8> {
 }
 
 fn network(peers: usize, max_entries: usize) -> Network {
-    Network::new(NetworkSpec {
-        name: "bench".into(),
-        encap: Encap::Vxlan,
-        vni: Vni::new_unchecked(42),
-        mtu: 1450,
-        peers: (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect(),
-        fdb: FdbConfig { max_entries, ..FdbConfig::default() },
-        bum_pps_limit: None,
-        local_ports: 1,
-        mss_clamp: false,
-        pmtu_sources: Default::default(),
-        arp_suppress: false,
-        unknown_unicast_drop: false,
-        snoop_local: false,
-    })
+    let peers = (0..peers).map(|i| SocketAddr::from(([192, 0, 2, 10 + i as u8], 4789))).collect();
+    Network::new(NetworkSpec { fdb: FdbConfig { max_entries, ..FdbConfig::default() }, ..NetworkSpec::vxlan("bench", 42, peers) })
 }
 
 fn mac(i: u32) -> MacAddr {

@@ -234,27 +234,13 @@ mod tests {
     use super::*;
     use crate::core::fabric::NetEntry;
     use crate::core::stats::GlobalDrops;
-    use crate::core::{Encap, FdbConfig, LocalPort, Network, NetworkSpec, PeerIdx, Vni};
+    use crate::core::{LocalPort, Network, NetworkSpec, PeerIdx};
     use std::net::SocketAddr;
     use std::sync::Arc;
 
     fn fabric() -> Fabric<()> {
         let mk = |name: &str, vni| NetEntry {
-            net: Arc::new(Network::new(NetworkSpec {
-                name: name.into(),
-                encap: Encap::Vxlan,
-                vni: Vni::new_unchecked(vni),
-                mtu: 1450,
-                peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789))],
-                fdb: FdbConfig::default(),
-                bum_pps_limit: None,
-                local_ports: 1,
-                mss_clamp: false,
-                pmtu_sources: Default::default(),
-                arp_suppress: false,
-                unknown_unicast_drop: false,
-                snoop_local: false,
-            })),
+            net: Arc::new(Network::new(NetworkSpec::vxlan(name, vni, vec![SocketAddr::from(([192, 0, 2, 2], 4789))]))),
             io: (),
         };
         Fabric::new(vec![mk("blue", 42), mk("red", 43)], &[4789, 4789])

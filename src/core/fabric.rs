@@ -157,7 +157,6 @@ impl<P> Fabric<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::fdb::FdbConfig;
     use crate::core::network::NetworkSpec;
     use crate::core::wire::vxlan;
     use std::net::SocketAddr;
@@ -170,21 +169,7 @@ mod tests {
     /// named gre0.., vni 42 + i, each with peer 192.0.2.(10 + i).
     fn gre_fabric(gre: &[(bool, bool)]) -> Fabric<()> {
         let mk = |name: &str, encap: Encap, vni: u32, peers: Vec<SocketAddr>| NetEntry {
-            net: Arc::new(Network::new(NetworkSpec {
-                name: name.into(),
-                encap,
-                vni: Vni::new_unchecked(vni),
-                mtu: 1450,
-                peers,
-                fdb: FdbConfig::default(),
-                bum_pps_limit: None,
-                local_ports: 1,
-                mss_clamp: false,
-                pmtu_sources: Default::default(),
-                arp_suppress: false,
-                unknown_unicast_drop: false,
-                snoop_local: false,
-            })),
+            net: Arc::new(Network::new(NetworkSpec { encap, ..NetworkSpec::vxlan(name, vni, peers) })),
             io: (),
         };
         let mut nets = vec![

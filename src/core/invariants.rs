@@ -309,19 +309,13 @@ pub struct Node {
 #[allow(clippy::too_many_arguments)]
 fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig, bum_pps_limit: Option<u32>) -> NetworkSpec {
     NetworkSpec {
-        name: name.into(),
         encap,
-        vni: Vni::new_unchecked(vni),
         mtu: 200,
         peers: peers.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
         fdb,
         bum_pps_limit,
         local_ports,
-        mss_clamp: false,
-        pmtu_sources: Default::default(),
-        arp_suppress: false,
-        unknown_unicast_drop: false,
-        snoop_local: false,
+        ..NetworkSpec::vxlan(name, vni, Vec::new())
     }
 }
 
@@ -799,24 +793,15 @@ fn pool_addr(i: usize) -> SocketAddr {
 
 fn reload_spec(mask: u8, cap: u8, move_limit: u8) -> NetworkSpec {
     NetworkSpec {
-        name: "blue".into(),
-        encap: Encap::Vxlan,
-        vni: Vni::new_unchecked(42),
         mtu: 200,
-        peers: (0..RELOAD_POOL.len()).filter(|i| mask & (1 << i) != 0).map(pool_addr).collect(),
         fdb: FdbConfig {
             ageing: Duration::from_secs(10),
             max_entries: 1 + usize::from(cap % 12),
             move_limit: u32::from(move_limit % 4),
             move_window: Duration::from_secs(5),
         },
-        bum_pps_limit: None,
         local_ports: 2,
-        mss_clamp: false,
-        pmtu_sources: Default::default(),
-        arp_suppress: false,
-        unknown_unicast_drop: false,
-        snoop_local: false,
+        ..NetworkSpec::vxlan("blue", 42, (0..RELOAD_POOL.len()).filter(|i| mask & (1 << i) != 0).map(pool_addr).collect())
     }
 }
 

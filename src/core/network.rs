@@ -51,6 +51,28 @@ pub struct NetworkSpec {
     pub snoop_local: bool,
 }
 
+impl NetworkSpec {
+    /// A VXLAN network with one local port, an MTU of 1450 and every option as a config without
+    /// it gets: the starting point that tests, benchmarks and examples change field by field.
+    pub fn vxlan(name: &str, vni: u32, peers: Vec<SocketAddr>) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            encap: Encap::Vxlan,
+            vni: Vni::new_unchecked(vni),
+            mtu: 1450,
+            peers,
+            fdb: FdbConfig::default(),
+            bum_pps_limit: None,
+            local_ports: 1,
+            mss_clamp: false,
+            pmtu_sources: Default::default(),
+            arp_suppress: false,
+            unknown_unicast_drop: false,
+            snoop_local: false,
+        }
+    }
+}
+
 /// A neighbouring daemon that carries this network.
 #[derive(Debug)]
 pub struct Peer {

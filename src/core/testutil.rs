@@ -4,25 +4,10 @@ use std::net::SocketAddr;
 
 use super::network::NetworkSpec;
 use super::wire::ethernet::MacAddr;
-use super::{Encap, FdbConfig, Vni};
 
 /// Network "blue": VXLAN VNI 42, MTU 1450, default FDB settings, no storm limit.
 pub fn spec(local_ports: u16, peers: Vec<SocketAddr>) -> NetworkSpec {
-    NetworkSpec {
-        name: "blue".into(),
-        encap: Encap::Vxlan,
-        vni: Vni::new_unchecked(42),
-        mtu: 1450,
-        peers,
-        fdb: FdbConfig::default(),
-        bum_pps_limit: None,
-        local_ports,
-        mss_clamp: false,
-        pmtu_sources: Default::default(),
-        arp_suppress: false,
-        unknown_unicast_drop: false,
-        snoop_local: false,
-    }
+    NetworkSpec { local_ports, ..NetworkSpec::vxlan("blue", 42, peers) }
 }
 
 /// An IPv4 Ethernet frame of `len` bytes (zeros after the header).

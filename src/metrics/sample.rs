@@ -275,26 +275,12 @@ mod tests {
     use super::*;
     use crate::core::fabric::NetEntry;
     use crate::core::stats::Shard;
-    use crate::core::{Encap, FdbConfig, Network, NetworkSpec, PeerIdx, Vni};
+    use crate::core::{FdbConfig, Network, NetworkSpec, PeerIdx};
     use std::net::SocketAddr;
     use std::sync::Arc;
 
     pub(crate) fn fabric() -> Fabric<()> {
-        let net = Network::new(NetworkSpec {
-            name: "blue".into(),
-            encap: Encap::Vxlan,
-            vni: Vni::new_unchecked(42),
-            mtu: 1450,
-            peers: vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))],
-            fdb: FdbConfig::default(),
-            bum_pps_limit: None,
-            local_ports: 1,
-            mss_clamp: false,
-            pmtu_sources: Default::default(),
-            arp_suppress: false,
-            unknown_unicast_drop: false,
-            snoop_local: false,
-        });
+        let net = Network::new(NetworkSpec::vxlan("blue", 42, vec![SocketAddr::from(([192, 0, 2, 2], 4789)), SocketAddr::from(([192, 0, 2, 3], 4789))]));
         Fabric::new(vec![NetEntry { net: Arc::new(net), io: () }], &[4789])
     }
 

@@ -5,22 +5,8 @@
 pub fn one_network() -> overlayd::metrics::Sample {
     use overlayd::core::fabric::{Fabric, NetEntry};
     use overlayd::core::stats::GlobalDrops;
-    use overlayd::core::{Encap, FdbConfig, Instant, Network, NetworkSpec, Vni};
-    let net = Network::new(NetworkSpec {
-        name: "blue".into(),
-        encap: Encap::Vxlan,
-        vni: Vni::new_unchecked(42),
-        mtu: 1450,
-        peers: vec![std::net::SocketAddr::from(([192, 0, 2, 2], 4789))],
-        fdb: FdbConfig::default(),
-        bum_pps_limit: None,
-        local_ports: 1,
-        mss_clamp: false,
-        pmtu_sources: Default::default(),
-        arp_suppress: false,
-        unknown_unicast_drop: false,
-        snoop_local: false,
-    });
+    use overlayd::core::{Instant, Network, NetworkSpec};
+    let net = Network::new(NetworkSpec::vxlan("blue", 42, vec![std::net::SocketAddr::from(([192, 0, 2, 2], 4789))]));
     let fabric = Fabric::new(vec![NetEntry { net: std::sync::Arc::new(net), io: () }], &[4789]);
     let mut s = overlayd::metrics::sample::take(&fabric, &GlobalDrops::default(), Instant::ZERO, 0.0);
     use overlayd::daemon::cluster::{ClusterNetwork, ClusterStatus};
