@@ -53,7 +53,7 @@ pub fn keepalive_frame(node: u32) -> [u8; KEEPALIVE_LEN] {
 
 /// Whether `frame` is an overlayd keepalive (any version).
 pub fn is_keepalive(frame: &[u8]) -> bool {
-    frame.len() >= HEADER_LEN + MAGIC.len() + 1 && {
+    frame.len() > HEADER_LEN + MAGIC.len() && {
         let e = EthernetFrame::new_unchecked(frame);
         e.dst() == KEEPALIVE_DST && e.ethertype() == KEEPALIVE_ETHERTYPE && &frame[HEADER_LEN..HEADER_LEN + MAGIC.len()] == MAGIC
     }

@@ -768,11 +768,11 @@ mod tests {
         for (i, fr) in frames.iter().enumerate() {
             let seg = TcpSeg::parse(fr).unwrap();
             assert!(seg.checksums_ok(fr));
-            if let Some((run, first, members)) = cur.as_mut() {
-                if run.try_push(&frames[*first], &seg, fr) {
-                    members.push(i);
-                    continue;
-                }
+            if let Some((run, first, members)) = cur.as_mut()
+                && run.try_push(&frames[*first], &seg, fr)
+            {
+                members.push(i);
+                continue;
             }
             flush(&mut cur, &mut out);
             cur = Some((Run::start(seg), i, vec![i]));

@@ -748,7 +748,7 @@ fn reload(path: Option<&std::path::Path>, daemon: &mut Daemon, running: &mut Con
             "reload refused: these settings apply at start only (restart the daemon to change them); the running configuration stays in force");
         return;
     }
-    let started = std::time::Instant::now();
+    let started = clock::monotonic();
     let effective = cluster.map_or_else(|| new.clone(), |c| c.effective(&new));
     match daemon.apply(&effective, "reload") {
         Err(e) => tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force"),

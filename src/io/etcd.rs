@@ -58,11 +58,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// `d` ± 20 %, from a cheap per-call random source.
+/// `d` ± 20 %, from a cheap per-call random source (every `RandomState` has keys of its own).
 fn jitter(d: Duration) -> Duration {
     let r = std::collections::hash_map::RandomState::new();
     use std::hash::BuildHasher;
-    let x = r.hash_one(std::time::SystemTime::now()) % 4001; // 0..=4000
+    let x = r.hash_one(()) % 4001; // 0..=4000
     d.mul_f64(0.8 + x as f64 / 10_000.0)
 }
 
@@ -115,7 +115,7 @@ impl Backend for EtcdBackend {
                 }
                 return;
             }
-            let started = std::time::Instant::now();
+            let started = super::clock::monotonic();
             match s.run(reason, &mut leave).await {
                 End::Left => return,
                 End::Failed(error) => {
@@ -197,7 +197,7 @@ impl Session<'_> {
             }
             let holder = r.op_responses().into_iter().find_map(|o| match o {
                 TxnOpResponse::Get(g) => g.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                _ => None,
+                TxnOpResponse::Put(_) | TxnOpResponse::Delete(_) | TxnOpResponse::Txn(_) => None,
             });
             if let Some(h) = holder.filter(|h| h != &me) {
                 tracing::error!(node = cfg.node_name, held_by = h, underlay = me,
