@@ -330,11 +330,11 @@ impl PortThread {
                 let action = net.from_local(port, frame, now);
                 let answered = match action {
                     Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, &mut answer, now).unwrap_or(0),
-                    _ => 0,
+                    Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
                 };
                 let hash = match action {
                     Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                    _ => 0,
+                    Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
                 };
                 match action {
                     Action::Drop(DropReason::MtuExceeded) => signals.too_big(&mut fwd, &net, &ports, port, frame, shard, now),
@@ -583,27 +583,27 @@ impl UnderlayThread {
                         };
                         let net = &c.entry.net;
                         // larger than any frame of the network: a kernel peer's whole TSO burst?
-                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN {
-                            if let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu)) {
-                                flush(&mut pending, shard, &mut rl_write, now);
-                                // decide on the first segment's worth, as for a TAP's super-frame
-                                let first = &c.inner[..plan.header_len() + plan.mss];
-                                let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
-                                let ports = Forwarder::ports(&c.entry.io);
-                                match action {
-                                    Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
-                                    Action::Flood => {
-                                        net.stats.flooded(shard);
-                                        for (p, _) in ports.others(None) {
-                                            fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
-                                        }
+                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
+                            && let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu))
+                        {
+                            flush(&mut pending, shard, &mut rl_write, now);
+                            // decide on the first segment's worth, as for a TAP's super-frame
+                            let first = &c.inner[..plan.header_len() + plan.mss];
+                            let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
+                            let ports = Forwarder::ports(&c.entry.io);
+                            match action {
+                                Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
+                                Action::Flood => {
+                                    net.stats.flooded(shard);
+                                    for (p, _) in ports.others(None) {
+                                        fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
                                     }
-                                    _ => continue,
                                 }
-                                net.stats.partial_checksum(shard);
-                                peer_sends_offloads(net, c.peer, from, Offloads::Burst);
-                                continue;
+                                Action::Peer(_) | Action::Drop(_) | Action::Consumed => continue,
                             }
+                            net.stats.partial_checksum(shard);
+                            peer_sends_offloads(net, c.peer, from, Offloads::Burst);
+                            continue;
                         }
                         let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
                         if !matches!(action, Action::Local(_) | Action::Flood) {
@@ -621,17 +621,17 @@ impl UnderlayThread {
                         match action {
                             Action::Local(p) => {
                                 let ports = Forwarder::ports(&c.entry.io);
-                                if gro {
-                                    if let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr())) {
-                                        // a run's frame goes to the TAP with a partial checksum anyway
-                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
-                                            if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
-                                                continue;
-                                            }
-                                            flush(&mut pending, shard, &mut rl_write, now);
-                                            pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                if gro
+                                    && let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr()))
+                                {
+                                    // a run's frame goes to the TAP with a partial checksum anyway
+                                    if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
+                                        if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
                                             continue;
                                         }
+                                        flush(&mut pending, shard, &mut rl_write, now);
+                                        pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                        continue;
                                     }
                                 }
                                 flush(&mut pending, shard, &mut rl_write, now);
@@ -642,7 +642,7 @@ impl UnderlayThread {
                                 net.stats.flooded(shard);
                                 fwd.flood(net, &Forwarder::ports(&c.entry.io), None, complete(c.inner, partial, &mut scratch), shard, now);
                             }
-                            _ => {}
+                            Action::Peer(_) | Action::Drop(_) | Action::Consumed => {}
                         }
                     }
                 }
