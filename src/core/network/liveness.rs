@@ -18,10 +18,10 @@
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::network::Network;
-use super::time::Instant;
-use super::wire::ethernet::{EthernetFrame, HEADER_LEN, MacAddr};
-use super::{PeerIdx, Port};
+use super::Network;
+use crate::core::time::Instant;
+use crate::core::wire::ethernet::{EthernetFrame, HEADER_LEN, MacAddr};
+use crate::core::{PeerIdx, Port};
 
 /// Destination of keepalives: IEEE 802.1D reserved link-local address, never forwarded by a
 /// bridge.

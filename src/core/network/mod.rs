@@ -8,6 +8,14 @@
 //!   came from a tunnel is never sent into a tunnel again (split horizon; the peers of a
 //!   network form a full mesh, so every peer got its own copy from the sender);
 //! - known unicast goes to exactly one port, never back to its ingress.
+//!
+//! Two parts of a network's life live below it: [`liveness`] (is each peer up, and the
+//! keepalives that tell) and [`handover`] (the next generation on a reload). They extend
+//! [`Network`] and nothing else names them from below, so the dependencies inside the core
+//! run one way.
+
+pub mod handover;
+pub mod liveness;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use super::fdb::{Fdb, FdbConfig, Learned};
 use super::stats::{DropReason, NetStats, Shard};
 use super::storm::StormControl;
-use super::liveness::{Liveness, is_keepalive};
+use liveness::{Liveness, is_keepalive};
 use super::pmtu::Sources;
 use super::neigh::{NeighTable, Source};
 use super::time::Instant;
