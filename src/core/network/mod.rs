@@ -9,13 +9,15 @@
 //!   network form a full mesh, so every peer got its own copy from the sender);
 //! - known unicast goes to exactly one port, never back to its ingress.
 //!
-//! Two parts of a network's life live below it: [`liveness`] (is each peer up, and the
-//! keepalives that tell) and [`handover`] (the next generation on a reload). They extend
+//! Three parts of a network's life live below it: [`liveness`] (is each peer up, and the
+//! keepalives that tell), [`handover`] (the next generation on a reload) and `suppress`
+//! (ARP/ND answers from the neighbour table, checked against the FDB). They extend
 //! [`Network`] and nothing else names them from below, so the dependencies inside the core
 //! run one way.
 
 pub mod handover;
 pub mod liveness;
+mod suppress;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
