@@ -309,7 +309,7 @@ impl FastPath {
         let thread = std::thread::Builder::new()
             .name("fastpath-sync".into())
             .spawn(move || {
-                let _ = super::privs::drop_to_minimum();
+                super::privs::drop_in_thread();
                 let _ = dropped.send(());
                 while !stop2.load(Ordering::Relaxed) {
                     std::thread::sleep(SYNC_EVERY);

@@ -32,10 +32,21 @@ pub struct TlsMaterial {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// A TLS file of `[cluster]` that cannot be read; `key` names the setting (`ca_file`, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("cluster.{key} {}: {error}", path.display())]
+pub struct TlsError {
+    pub key: &'static str,
+    pub path: std::path::PathBuf,
+    pub error: std::io::Error,
+}
+
 impl TlsMaterial {
-    pub fn read(cfg: &ClusterConfig) -> Result<Option<TlsMaterial>, String> {
+    pub fn read(cfg: &ClusterConfig) -> Result<Option<TlsMaterial>, TlsError> {
         let Some(tls) = &cfg.tls else { return Ok(None) };
-        let read = |key: &str, p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cluster.{key} {}: {e}", p.display()));
+        let read = |key: &'static str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|error| TlsError { key, path: p.to_path_buf(), error })
+        };
         let ca = tls.ca_file.as_deref().map(|p| read("ca_file", p)).transpose()?;
         let identity = match &tls.identity {
             Some((c, k)) => Some((read("cert_file", c)?, read("key_file", k)?)),
