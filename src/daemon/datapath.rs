@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
-use crate::core::offload::{MAX_RUN_SEGMENTS, PartialCsum, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
+use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
 use crate::core::neigh;
 use crate::core::pmtu;
 use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
@@ -462,49 +462,40 @@ const GRO_BATCH: usize = 16;
 /// Receive slot with GRO: a whole coalesced message.
 const GRO_SLOT: usize = 65_536;
 
-/// A run of TCP segments (inside the current receive batch) on its way to one TAP.
+/// A run of TCP segments (inside the current receive batch) on its way to one TAP; the
+/// coalescing itself is [`Coalescer`]'s.
 struct Pending<'a> {
     net: &'a Network,
     port: LocalPort,
     tap: Arc<Tap>,
-    run: Run,
-    first: &'a [u8],
-    payloads: [&'a [u8]; MAX_RUN_SEGMENTS],
-    n: usize,
+    run: Coalescer<'a>,
 }
 
 impl<'a> Pending<'a> {
     fn new(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: TcpSeg, frame: &'a [u8]) -> Self {
-        let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
-        payloads[0] = seg.payload(frame);
-        Pending { net, port, tap, run: Run::start(seg), first: frame, payloads, n: 1 }
+        Pending { net, port, tap, run: Coalescer::start(seg, frame) }
     }
 
     /// Add a segment if it continues this run to the same port.
     fn push(&mut self, net: &Network, port: LocalPort, seg: &TcpSeg, frame: &'a [u8]) -> bool {
-        if !std::ptr::eq(self.net, net) || self.port != port || self.n >= MAX_RUN_SEGMENTS || !self.run.try_push(self.first, seg, frame) {
-            return false;
-        }
-        self.payloads[self.n] = seg.payload(frame);
-        self.n += 1;
-        true
+        std::ptr::eq(self.net, net) && self.port == port && self.run.push(seg, frame)
     }
 
     /// Write the run to its TAP as one frame: virtio-net header, the first segment's rewritten
     /// headers, then every payload straight from the receive buffer.
     fn flush(self, shard: Shard, rl: &mut RateLimit, now: Instant) {
-        let mut hdr = [0u8; 160];
-        let hlen = self.run.first.layout.hdr_len;
-        let vh = self.run.header(self.first, &mut hdr);
+        let mut hdr = [0u8; MAX_HEADER_LEN];
+        let (vh, hlen) = self.run.header(&mut hdr);
         let vb = vh.to_bytes();
         let mut parts = [IoSlice::new(&[]); MAX_RUN_SEGMENTS + 2];
         parts[0] = IoSlice::new(&vb);
         parts[1] = IoSlice::new(&hdr[..hlen]);
-        for k in 0..self.n {
-            parts[2 + k] = IoSlice::new(self.payloads[k]);
+        let payloads = self.run.payloads();
+        for (part, p) in parts[2..].iter_mut().zip(payloads) {
+            *part = IoSlice::new(p);
         }
-        match self.tap.write_vectored(&parts[..2 + self.n]) {
-            Ok(_) => self.net.stats.tap_tx(shard, hlen + self.run.payload_len),
+        match self.tap.write_vectored(&parts[..2 + payloads.len()]) {
+            Ok(_) => self.net.stats.tap_tx(shard, self.run.frame_len()),
             Err(e) => {
                 self.net.stats.count_drop(shard, DropReason::TapWriteFailed);
                 if let Some(muted) = rl.allow(now) {
