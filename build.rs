@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The eBPF programs in src/bpf/, each `NAME.bpf.c`.
+const PROGRAMS: &[&str] = &["fastpath"];
+
 fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_string());
-    for name in ["fastpath"] {
+    for name in PROGRAMS {
         let src = format!("src/bpf/{name}.bpf.c");
         println!("cargo:rerun-if-changed={src}");
         let obj = out.join(format!("{name}.bpf.o"));

@@ -63,13 +63,13 @@ fn mac(i: u32) -> MacAddr {
 fn parse(c: &mut Criterion) {
     let f = tcp_frame(1398, 1);
     let mut g = c.benchmark_group("parse");
-    g.bench_function("ethernet_l3", |b| b.iter(|| EthernetFrame::new_checked(black_box(&f[..])).unwrap().l3()));
+    g.bench_function("ethernet_l3", |b| b.iter(|| EthernetFrame::new_checked(black_box(&f[..])).expect("a built frame parses").l3()));
     g.bench_function("flow_hash", |b| b.iter(|| EthernetFrame::new_unchecked(black_box(&f[..])).flow_hash()));
     g.bench_function("tcp_segment", |b| b.iter(|| TcpSeg::parse(black_box(&f[..]))));
     let mut dg = vec![0u8; 8];
     vxlan::emit(&mut dg, Vni::new_unchecked(42));
     dg.extend_from_slice(&f);
-    g.bench_function("vxlan_header", |b| b.iter(|| VxlanHeader::new_checked(black_box(&dg[..])).unwrap().vni()));
+    g.bench_function("vxlan_header", |b| b.iter(|| VxlanHeader::new_checked(black_box(&dg[..])).expect("a built header parses").vni()));
     g.finish();
 }
 
@@ -95,7 +95,7 @@ fn encap_decap(c: &mut Criterion) {
     let mut hdrs = vec![0u8; 66 * 64];
     g.bench_function("tso_split_64k", |b| {
         b.iter(|| {
-            let plan = TsoPlan::new(black_box(&sf[..]), &h).unwrap();
+            let plan = TsoPlan::new(black_box(&sf[..]), &h).expect("a built super-frame plans");
             for i in 0..plan.segments {
                 plan.write_header(&sf, i, &mut hdrs[i * 66..]);
             }
@@ -104,10 +104,10 @@ fn encap_decap(c: &mut Criterion) {
     let segs: Vec<Vec<u8>> = (0..45).map(|i| tcp_frame(1398, 1 + i * 1398)).collect();
     g.bench_function("coalesce_45_segments", |b| {
         b.iter(|| {
-            let first = TcpSeg::parse(&segs[0]).unwrap();
+            let first = TcpSeg::parse(&segs[0]).expect("a built segment parses");
             let mut run = Run::start(first);
             for s in &segs[1..] {
-                let seg = TcpSeg::parse(s).unwrap();
+                let seg = TcpSeg::parse(s).expect("a built segment parses");
                 let ok = seg.checksums_ok(s) && run.try_push(&segs[0], &seg, s);
                 black_box(ok);
             }

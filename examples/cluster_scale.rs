@@ -5,6 +5,7 @@
 //! `netns-tests/98-cluster-scale.sh`, which starts etcd and a real daemon observing.
 //!
 //! Usage: cluster_scale ENDPOINT [AGENTS] [CHANGES] [PREFIX]
+#![allow(clippy::disallowed_methods, clippy::print_stdout, reason = "a measuring program: it times with the wall clock and prints its results")]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -79,16 +80,14 @@ async fn main() {
                     BackendEvent::Listed { kvs, .. } => m.relist(kvs.iter().map(|(k, v)| (k.as_str(), v.as_slice())), clock()),
                     BackendEvent::Put { key, value, .. } => m.put(&key, &value, clock()),
                     BackendEvent::Delete { key, .. } => m.delete(&key, clock()),
-                    _ => Vec::new(),
+                    BackendEvent::Connected { .. } | BackendEvent::Disconnected { .. } | BackendEvent::Registered(_) => Vec::new(),
                 };
                 for ch in c {
-                    if let Change::Added { node, .. } = ch {
-                        if let Some(k) = node.strip_prefix('x').and_then(|k| k.parse::<usize>().ok()) {
-                            if let Some(Some(at)) = written.lock().await.get(k).copied() {
+                    if let Change::Added { node, .. } = ch
+                        && let Some(k) = node.strip_prefix('x').and_then(|k| k.parse::<usize>().ok())
+                            && let Some(Some(at)) = written.lock().await.get(k).copied() {
                                 seen.lock().await[k].push(at.elapsed().as_secs_f64() * 1000.0);
                             }
-                        }
-                    }
                 }
                 if !done && m.peers("blue").len() >= n - 1 {
                     done = true;

@@ -152,6 +152,7 @@ fn main() -> ExitCode {
         Cmd::Stats { client } => ask(&client, Request::Stats),
         Cmd::Cluster { client } => ask(&client, Request::Cluster),
         Cmd::Check { config } => match overlayd::config::load(&config) {
+            #[allow(clippy::print_stdout, reason = "the verdict of `overlayd check` is its output")]
             Ok(c) => {
                 println!("{}: ok ({} network{})", config.display(), c.networks.len(), if c.networks.len() == 1 { "" } else { "s" });
                 ExitCode::SUCCESS

@@ -1,6 +1,7 @@
 //! QEMU socket ports end to end, without privileges: a real daemon with a network whose only
 //! ports are VM connections on a UNIX socket, and clients speaking QEMU's stream framing
 //! (4-byte big-endian length, then the frame) the way `-netdev stream` does.
+#![allow(clippy::disallowed_methods, reason = "the test waits for the daemon with wall-clock deadlines")]
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -39,10 +39,10 @@ impl Drop for AdminSocket {
 /// (`[admin] group`): make the parent directory if missing (mode 0755), replace a stale socket
 /// left by a daemon that died, refuse to take over a live one or anything that is not a socket.
 pub fn bind(path: &Path, group: Option<u32>) -> io::Result<AdminSocket> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {

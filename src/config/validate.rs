@@ -108,10 +108,10 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
             }
         }
         for (k, v) in [("vm_socket", &net.vm_socket), ("vm_dgram_socket", &net.vm_dgram_socket)] {
-            if let Some(v) = v {
-                if !sockets.insert(v.path.clone()) {
-                    return err(format!("{at}.{k}"), format!("{} is used by another network", v.path.display()));
-                }
+            if let Some(v) = v
+                && !sockets.insert(v.path.clone())
+            {
+                return err(format!("{at}.{k}"), format!("{} is used by another network", v.path.display()));
             }
         }
         // what tells this network's packets apart on the wire
@@ -137,10 +137,10 @@ pub fn validate(raw: Raw) -> Result<Config, ConfigError> {
     };
     let run_as = run_as(raw.node.user, raw.node.group)?;
     let cluster = raw.cluster.map(cluster).transpose()?;
-    if cluster.is_none() {
-        if let Some(i) = networks.iter().position(|n| n.cluster) {
-            return err(format!("networks[{i}].cluster"), "needs a [cluster] section (the etcd endpoints to register in)");
-        }
+    if cluster.is_none()
+        && let Some(i) = networks.iter().position(|n| n.cluster)
+    {
+        return err(format!("networks[{i}].cluster"), "needs a [cluster] section (the etcd endpoints to register in)");
     }
     Ok(Config { node: NodeConfig { underlay, underlay_mtu, offload, datapath, run_as }, metrics_listen, admin_socket, admin_group, networks, cluster })
 }

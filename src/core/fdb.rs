@@ -421,15 +421,15 @@ impl Fdb {
     /// outnumber the live entries.
     fn compact_if_bloated(&self, book: &mut Book, port: Port) {
         let g = self.map.guard();
-        if let Some(pb) = book.ports.get_mut(&port) {
-            if pb.order.len() > 2 * pb.count + 64 {
-                let code = port.to_u32();
-                pb.order.retain(|(mac, seq)| {
-                    self.map
-                        .get(mac, &g)
-                        .is_some_and(|e| e.seq.load(Relaxed) == *seq && e.port.load(Relaxed) == code)
-                });
-            }
+        if let Some(pb) = book.ports.get_mut(&port)
+            && pb.order.len() > 2 * pb.count + 64
+        {
+            let code = port.to_u32();
+            pb.order.retain(|(mac, seq)| {
+                self.map
+                    .get(mac, &g)
+                    .is_some_and(|e| e.seq.load(Relaxed) == *seq && e.port.load(Relaxed) == code)
+            });
         }
     }
 
@@ -509,7 +509,7 @@ impl Fdb {
         }
         match self.learn_slow(mac, port, now) {
             Learned::Pinned { .. } => false,
-            _ => {
+            Learned::Known | Learned::New { .. } | Learned::Moved { .. } => {
                 let g = self.map.guard();
                 match self.map.get(&mac, &g).filter(|e| e.port.load(Relaxed) == code) {
                     Some(e) => {

@@ -60,7 +60,7 @@ pub fn check_ethernet(data: &[u8]) {
     let l3 = f.l3();
     if let Some((off, _)) = l3 {
         assert!(off >= ethernet::HEADER_LEN && off <= data.len(), "l3 offset {off} outside the frame of {}", data.len());
-        assert!((off - ethernet::HEADER_LEN) % 4 == 0 && off <= ethernet::HEADER_LEN + 8, "at most two 4-byte tags are skipped");
+        assert!((off - ethernet::HEADER_LEN).is_multiple_of(4) && off <= ethernet::HEADER_LEN + 8, "at most two 4-byte tags are skipped");
     }
     if let Some(vid) = f.vlan_id() {
         assert!(vid < 4096, "VLAN id is 12 bits");
@@ -88,10 +88,10 @@ pub fn check_ethernet(data: &[u8]) {
         assert!(!m.is_broadcast() || m.is_multicast(), "broadcast is multicast");
     }
     // and MAC parsing of arbitrary text never panics
-    if let Ok(s) = std::str::from_utf8(data) {
-        if let Ok(m) = s.parse::<MacAddr>() {
-            assert_eq!(m.to_string().parse::<MacAddr>().ok(), Some(m));
-        }
+    if let Ok(s) = std::str::from_utf8(data)
+        && let Ok(m) = s.parse::<MacAddr>()
+    {
+        assert_eq!(m.to_string().parse::<MacAddr>().ok(), Some(m));
     }
 }
 
@@ -135,7 +135,7 @@ pub fn check_gre(data: &[u8]) {
             let f = flags.expect("accepted header has flags");
             assert!(f & 7 == 0 && f & 0x4000 == 0, "accepted version {} / routing bit", f & 7);
             let hl = h.header_len();
-            assert!(hl <= data.len() && hl >= 4 && hl <= 16);
+            assert!(hl <= data.len() && (4..=16).contains(&hl));
             assert_eq!(h.has_key(), h.key().is_some());
             assert_eq!(h.has_checksum(), h.checksum().is_some());
             if let Some(k) = h.key() {
@@ -507,6 +507,7 @@ impl Node {
         let c = match self.fabric.classify_vxlan(udp_port, src, datagram) {
             Err(r) => {
                 let hdr = VxlanHeader::new_checked(datagram);
+                #[allow(clippy::wildcard_enum_match_arm, reason = "every other reason is a refusal the oracle does not expect")]
                 match r.reason {
                     DropReason::Malformed => assert!(datagram.len() < vxlan::HEADER_LEN),
                     DropReason::BadFlags => assert!(hdr.is_err()),
@@ -550,6 +551,7 @@ impl Node {
         let c = match self.fabric.classify_gre(src, packet) {
             Err(r) => {
                 let hdr = GreHeader::new_checked(packet);
+                #[allow(clippy::wildcard_enum_match_arm, reason = "every other reason is a refusal the oracle does not expect")]
                 match r.reason {
                     DropReason::Malformed => assert_eq!(hdr.err(), Some(GreError::Truncated)),
                     DropReason::GreVersion => assert_eq!(hdr.err(), Some(GreError::Version)),
@@ -680,18 +682,18 @@ impl Node {
                 assert_eq!(outputs.len() - locals, net.peers.len(), "a local flood reaches every peer");
             }
         }
-        if let Action::Flood = action {
-            if let Some(limit) = net.spec.bum_pps_limit {
-                let max_now = self.max_now.max(self.now);
-                let (first, n) = {
-                    let e = self.floods.entry((idx, ingress)).or_insert((self.now, 0));
-                    e.1 += 1;
-                    *e
-                };
-                // a burst of one second's worth, then the rate
-                let allowed = u64::from(limit) + u64::from(limit) * max_now.saturating_sub(first) / 1000 + 1;
-                assert!(n <= allowed, "{}: {n} floods from {ingress:?} since {first} ms, limit {limit}/s", net.name());
-            }
+        if let Action::Flood = action
+            && let Some(limit) = net.spec.bum_pps_limit
+        {
+            let max_now = self.max_now.max(self.now);
+            let (first, n) = {
+                let e = self.floods.entry((idx, ingress)).or_insert((self.now, 0));
+                e.1 += 1;
+                *e
+            };
+            // a burst of one second's worth, then the rate
+            let allowed = u64::from(limit) + u64::from(limit) * max_now.saturating_sub(first) / 1000 + 1;
+            assert!(n <= allowed, "{}: {n} floods from {ingress:?} since {first} ms, limit {limit}/s", net.name());
         }
         if let Action::Drop(DropReason::MacPinned) = action {
             let src = EthernetFrame::new_checked(frame).expect("pinned frame has a header").src();
@@ -713,13 +715,11 @@ impl Node {
                 net.fdb.config().max_entries,
                 net.fdb.entries(now)
             );
-            if eth.dst().is_unicast() {
-                if let Some(known) = net.fdb.lookup(eth.dst(), now) {
-                    if known != ingress && !(ingress.is_peer() && known.is_peer()) {
+            if eth.dst().is_unicast()
+                && let Some(known) = net.fdb.lookup(eth.dst(), now)
+                    && known != ingress && !(ingress.is_peer() && known.is_peer()) {
                         assert_eq!(outputs, vec![known], "known unicast goes to exactly its port");
                     }
-                }
-            }
         }
         if let Action::Drop(DropReason::Malformed) = action {
             assert!(frame.len() < ethernet::HEADER_LEN);
@@ -890,7 +890,7 @@ impl Reloads {
         let out = match action {
             Action::Local(p) => Some(Port::Local(p)),
             Action::Peer(p) => Some(Port::Peer(p)),
-            _ => None,
+            Action::Flood | Action::Drop(_) | Action::Consumed => None,
         };
         if let Some(o) = out {
             assert_ne!(o, ingress, "sent back to its ingress");
@@ -940,8 +940,8 @@ impl Reloads {
 /// flushes and reloads that change its peers, table size and move damping, each handed over
 /// to the next generation while the old one still takes frames for a while
 /// ([`crate::core::handover`]). After every step: the table within its cap, every entry on a
-/// port of the current generation where its MAC really came from, learned = evicted + expired
-/// + flushed + entries across generations, counters that never go back, and per-peer and
+/// port of the current generation where its MAC really came from, learned = evicted +
+/// expired + flushed + entries across generations, counters that never go back, and per-peer and
 /// local counts equal to what was fed once the handover is finished.
 pub fn check_reload(data: &[u8]) {
     let mut inp = Input(data);

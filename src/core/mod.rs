@@ -17,10 +17,8 @@ pub mod advert;
 pub mod checksum;
 pub mod fabric;
 pub mod fdb;
-pub mod handover;
 #[doc(hidden)]
 pub mod invariants;
-pub mod liveness;
 pub mod membership;
 pub mod neigh;
 pub mod network;
@@ -37,6 +35,8 @@ pub mod wire;
 pub use fabric::Fabric;
 pub use fdb::{Fdb, FdbConfig};
 pub use network::{Action, Network, NetworkSpec, Peer};
+// a network's children, by their short paths (`core::liveness::PeerState`)
+pub use network::{handover, liveness};
 pub use stats::DropReason;
 pub use time::Instant;
 

@@ -578,6 +578,63 @@ impl Run {
     }
 }
 
+/// Room for the headers of a run's frame ([`TcpLayout::parse`] takes at most Ethernet with
+/// two VLAN tags, 22 bytes, IPv4 with the longest options, 60, and TCP with the longest, 60:
+/// 142 bytes).
+pub const MAX_HEADER_LEN: usize = 160;
+
+/// The receive side's GRO driver: segments from one receive batch chained into one frame for
+/// a TAP, the payloads borrowed from the receive buffers (nothing is copied until the frame
+/// is written). Start it with a [`TcpSeg::mergeable`] segment, [`Coalescer::push`] the
+/// segments that follow while it takes them, then write [`Coalescer::header`] and
+/// [`Coalescer::payloads`] in that order, behind the virtio-net header it returns.
+#[derive(Debug, Clone)]
+pub struct Coalescer<'a> {
+    run: Run,
+    first: &'a [u8],
+    payloads: [&'a [u8]; MAX_RUN_SEGMENTS],
+    n: usize,
+}
+
+impl<'a> Coalescer<'a> {
+    /// A run of one segment, `seg` parsed from `frame`.
+    pub fn start(seg: TcpSeg, frame: &'a [u8]) -> Self {
+        let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
+        payloads[0] = seg.payload(frame);
+        Coalescer { run: Run::start(seg), first: frame, payloads, n: 1 }
+    }
+
+    /// Take `seg` (from `frame`) if it continues the run ([`Run::try_push`]); false leaves
+    /// the run as it was, for the caller to write it and start the next one with `seg`.
+    pub fn push(&mut self, seg: &TcpSeg, frame: &'a [u8]) -> bool {
+        if self.n >= MAX_RUN_SEGMENTS || !self.run.try_push(self.first, seg, frame) {
+            return false;
+        }
+        self.payloads[self.n] = seg.payload(frame);
+        self.n += 1;
+        true
+    }
+
+    /// Write the frame's headers into `out` and return their length with the virtio-net
+    /// header that goes in front ([`Run::header`]).
+    ///
+    /// # Panics
+    /// If `out` is shorter than the first segment's headers ([`MAX_HEADER_LEN`] always fits).
+    pub fn header(&self, out: &mut [u8]) -> (VnetHdr, usize) {
+        (self.run.header(self.first, out), self.run.first.layout.hdr_len)
+    }
+
+    /// The segments' payloads, in order, to follow the headers.
+    pub fn payloads(&self) -> &[&'a [u8]] {
+        &self.payloads[..self.n]
+    }
+
+    /// Length of the coalesced frame (headers and payloads, no virtio-net header).
+    pub fn frame_len(&self) -> usize {
+        self.run.first.layout.hdr_len + self.run.payload_len
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,37 +804,33 @@ mod tests {
         assert_eq!(finish_partial_checksum(&mut f[..short], &h), Err(OffloadError::Malformed));
     }
 
-    /// Coalesce frames the way the daemon does: one run at a time, flushed when a segment
-    /// does not fit. Returns (virtio header, complete frame) per flushed run, the checksum
-    /// finished as the kernel would.
+    /// Coalesce frames with the daemon's driver, [`Coalescer`]: one run at a time, written
+    /// (headers, then the payloads, as the TAP write does) when a segment does not fit.
+    /// Returns (virtio header, complete frame) per run, the checksum finished as the kernel
+    /// would.
     fn coalesce(frames: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
-        let mut out = Vec::new();
-        let mut cur: Option<(Run, usize, Vec<usize>)> = None;
-        let flush = |c: &mut Option<(Run, usize, Vec<usize>)>, out: &mut Vec<(VnetHdr, Vec<u8>)>| {
-            if let Some((run, first, members)) = c.take() {
-                let mut f = vec![0u8; run.first.layout.hdr_len];
-                let h = run.header(&frames[first], &mut f);
-                for m in members {
-                    let s = TcpSeg::parse(&frames[m]).unwrap();
-                    f.extend_from_slice(s.payload(&frames[m]));
-                }
-                finish_partial_checksum(&mut f, &h).unwrap();
-                out.push((h, f));
+        let write = |c: Coalescer<'_>| {
+            let mut hdr = [0u8; MAX_HEADER_LEN];
+            let (h, hlen) = c.header(&mut hdr);
+            let mut f = hdr[..hlen].to_vec();
+            for p in c.payloads() {
+                f.extend_from_slice(p);
             }
+            assert_eq!(f.len(), c.frame_len());
+            finish_partial_checksum(&mut f, &h).unwrap();
+            (h, f)
         };
-        for (i, fr) in frames.iter().enumerate() {
+        let mut out = Vec::new();
+        let mut cur: Option<Coalescer<'_>> = None;
+        for fr in frames {
             let seg = TcpSeg::parse(fr).unwrap();
             assert!(seg.checksums_ok(fr));
-            if let Some((run, first, members)) = cur.as_mut() {
-                if run.try_push(&frames[*first], &seg, fr) {
-                    members.push(i);
-                    continue;
-                }
+            if cur.as_mut().is_some_and(|c| c.push(&seg, fr)) {
+                continue;
             }
-            flush(&mut cur, &mut out);
-            cur = Some((Run::start(seg), i, vec![i]));
+            out.extend(cur.replace(Coalescer::start(seg, fr)).map(write));
         }
-        flush(&mut cur, &mut out);
+        out.extend(cur.map(write));
         out
     }
 

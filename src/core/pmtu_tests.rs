@@ -241,7 +241,7 @@ fn mss_at_an_odd_offset_is_clamped_with_the_checksum_right() {
     for v6 in [false, true] {
         let mut f = syn_with(v6, &[Noop, MaximumSegmentSize(0x05b4), WindowScale(7), Noop, Noop, Noop]);
         assert!(clamp_mss(&mut f, 1450, false));
-        assert_eq!(mss_and_checksum_ok(&f).1, true, "v6={v6}");
+        assert!(mss_and_checksum_ok(&f).1, "v6={v6}");
     }
 }
 

@@ -307,10 +307,10 @@ impl Cluster {
             let Some(e) = f.networks.iter().find(|e| e.net.name() == network) else { continue };
             let Some(p) = peer_of(&self.membership, &e.net, node) else {
                 // its member is not a peer (yet): a binding waits while it is still the winner
-                if let RemoteChange::Bind { seq, .. } = &ch {
-                    if self.advert.bindings(network).iter().any(|b| b.0 == mac && b.1 == node && b.2 == *seq) && self.membership.members(network).any(|(n, _)| n == node) {
-                        self.pending.push(ch.clone());
-                    }
+                if let RemoteChange::Bind { seq, .. } = &ch
+                    && self.advert.bindings(network).iter().any(|b| b.0 == mac && b.1 == node && b.2 == *seq) && self.membership.members(network).any(|(n, _)| n == node)
+                {
+                    self.pending.push(ch.clone());
                 }
                 continue;
             };
@@ -462,10 +462,10 @@ impl Cluster {
     /// Leave: the backend marks the records leaving and revokes the lease (waits at most 3 s).
     pub async fn leave(&mut self) {
         let _ = self.leave.send(true);
-        if let Some(t) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(3), t).await.is_err() {
-                tracing::warn!("cluster: etcd did not confirm the leave in time; the records expire with the lease");
-            }
+        if let Some(t) = self.task.take()
+            && tokio::time::timeout(Duration::from_secs(3), t).await.is_err()
+        {
+            tracing::warn!("cluster: etcd did not confirm the leave in time; the records expire with the lease");
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::core::fabric::Fabric;
-use crate::core::offload::{MAX_RUN_SEGMENTS, PartialCsum, Run, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
+use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
 use crate::core::neigh;
 use crate::core::pmtu;
 use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
@@ -330,11 +330,11 @@ impl PortThread {
                 let action = net.from_local(port, frame, now);
                 let answered = match action {
                     Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, &mut answer, now).unwrap_or(0),
-                    _ => 0,
+                    Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
                 };
                 let hash = match action {
                     Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                    _ => 0,
+                    Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
                 };
                 match action {
                     Action::Drop(DropReason::MtuExceeded) => signals.too_big(&mut fwd, &net, &ports, port, frame, shard, now),
@@ -462,49 +462,40 @@ const GRO_BATCH: usize = 16;
 /// Receive slot with GRO: a whole coalesced message.
 const GRO_SLOT: usize = 65_536;
 
-/// A run of TCP segments (inside the current receive batch) on its way to one TAP.
+/// A run of TCP segments (inside the current receive batch) on its way to one TAP; the
+/// coalescing itself is [`Coalescer`]'s.
 struct Pending<'a> {
     net: &'a Network,
     port: LocalPort,
     tap: Arc<Tap>,
-    run: Run,
-    first: &'a [u8],
-    payloads: [&'a [u8]; MAX_RUN_SEGMENTS],
-    n: usize,
+    run: Coalescer<'a>,
 }
 
 impl<'a> Pending<'a> {
     fn new(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: TcpSeg, frame: &'a [u8]) -> Self {
-        let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
-        payloads[0] = seg.payload(frame);
-        Pending { net, port, tap, run: Run::start(seg), first: frame, payloads, n: 1 }
+        Pending { net, port, tap, run: Coalescer::start(seg, frame) }
     }
 
     /// Add a segment if it continues this run to the same port.
     fn push(&mut self, net: &Network, port: LocalPort, seg: &TcpSeg, frame: &'a [u8]) -> bool {
-        if !std::ptr::eq(self.net, net) || self.port != port || self.n >= MAX_RUN_SEGMENTS || !self.run.try_push(self.first, seg, frame) {
-            return false;
-        }
-        self.payloads[self.n] = seg.payload(frame);
-        self.n += 1;
-        true
+        std::ptr::eq(self.net, net) && self.port == port && self.run.push(seg, frame)
     }
 
     /// Write the run to its TAP as one frame: virtio-net header, the first segment's rewritten
     /// headers, then every payload straight from the receive buffer.
     fn flush(self, shard: Shard, rl: &mut RateLimit, now: Instant) {
-        let mut hdr = [0u8; 160];
-        let hlen = self.run.first.layout.hdr_len;
-        let vh = self.run.header(self.first, &mut hdr);
+        let mut hdr = [0u8; MAX_HEADER_LEN];
+        let (vh, hlen) = self.run.header(&mut hdr);
         let vb = vh.to_bytes();
         let mut parts = [IoSlice::new(&[]); MAX_RUN_SEGMENTS + 2];
         parts[0] = IoSlice::new(&vb);
         parts[1] = IoSlice::new(&hdr[..hlen]);
-        for k in 0..self.n {
-            parts[2 + k] = IoSlice::new(self.payloads[k]);
+        let payloads = self.run.payloads();
+        for (part, p) in parts[2..].iter_mut().zip(payloads) {
+            *part = IoSlice::new(p);
         }
-        match self.tap.write_vectored(&parts[..2 + self.n]) {
-            Ok(_) => self.net.stats.tap_tx(shard, hlen + self.run.payload_len),
+        match self.tap.write_vectored(&parts[..2 + payloads.len()]) {
+            Ok(_) => self.net.stats.tap_tx(shard, self.run.frame_len()),
             Err(e) => {
                 self.net.stats.count_drop(shard, DropReason::TapWriteFailed);
                 if let Some(muted) = rl.allow(now) {
@@ -583,27 +574,27 @@ impl UnderlayThread {
                         };
                         let net = &c.entry.net;
                         // larger than any frame of the network: a kernel peer's whole TSO burst?
-                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN {
-                            if let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu)) {
-                                flush(&mut pending, shard, &mut rl_write, now);
-                                // decide on the first segment's worth, as for a TAP's super-frame
-                                let first = &c.inner[..plan.header_len() + plan.mss];
-                                let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
-                                let ports = Forwarder::ports(&c.entry.io);
-                                match action {
-                                    Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
-                                    Action::Flood => {
-                                        net.stats.flooded(shard);
-                                        for (p, _) in ports.others(None) {
-                                            fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
-                                        }
+                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
+                            && let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu))
+                        {
+                            flush(&mut pending, shard, &mut rl_write, now);
+                            // decide on the first segment's worth, as for a TAP's super-frame
+                            let first = &c.inner[..plan.header_len() + plan.mss];
+                            let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
+                            let ports = Forwarder::ports(&c.entry.io);
+                            match action {
+                                Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
+                                Action::Flood => {
+                                    net.stats.flooded(shard);
+                                    for (p, _) in ports.others(None) {
+                                        fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
                                     }
-                                    _ => continue,
                                 }
-                                net.stats.partial_checksum(shard);
-                                peer_sends_offloads(net, c.peer, from, Offloads::Burst);
-                                continue;
+                                Action::Peer(_) | Action::Drop(_) | Action::Consumed => continue,
                             }
+                            net.stats.partial_checksum(shard);
+                            peer_sends_offloads(net, c.peer, from, Offloads::Burst);
+                            continue;
                         }
                         let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
                         if !matches!(action, Action::Local(_) | Action::Flood) {
@@ -621,17 +612,17 @@ impl UnderlayThread {
                         match action {
                             Action::Local(p) => {
                                 let ports = Forwarder::ports(&c.entry.io);
-                                if gro {
-                                    if let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr())) {
-                                        // a run's frame goes to the TAP with a partial checksum anyway
-                                        if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
-                                            if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
-                                                continue;
-                                            }
-                                            flush(&mut pending, shard, &mut rl_write, now);
-                                            pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                if gro
+                                    && let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr()))
+                                {
+                                    // a run's frame goes to the TAP with a partial checksum anyway
+                                    if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
+                                        if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
                                             continue;
                                         }
+                                        flush(&mut pending, shard, &mut rl_write, now);
+                                        pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                        continue;
                                     }
                                 }
                                 flush(&mut pending, shard, &mut rl_write, now);
@@ -642,7 +633,7 @@ impl UnderlayThread {
                                 net.stats.flooded(shard);
                                 fwd.flood(net, &Forwarder::ports(&c.entry.io), None, complete(c.inner, partial, &mut scratch), shard, now);
                             }
-                            _ => {}
+                            Action::Peer(_) | Action::Drop(_) | Action::Consumed => {}
                         }
                     }
                 }

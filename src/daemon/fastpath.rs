@@ -148,6 +148,7 @@ pub enum Unavailable {
     Attach { prog: &'static str, dev: String, error: String },
 }
 
+#[allow(clippy::wildcard_enum_match_arm, reason = "aya's errors other than the verifier's are reported as they stand")]
 fn program_error(prog: &'static str, e: ProgramError) -> Unavailable {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
@@ -296,7 +297,7 @@ impl FastPath {
             nets: BTreeMap::new(),
             links: HashMap::new(),
             slow_nets: Default::default(),
-            last_refresh: std::time::Instant::now(),
+            last_refresh: clock::monotonic(),
         };
         st.sync(&fabric, true)?;
         let state = Arc::new(Mutex::new(st));
@@ -308,7 +309,7 @@ impl FastPath {
         let thread = std::thread::Builder::new()
             .name("fastpath-sync".into())
             .spawn(move || {
-                let _ = super::privs::drop_to_minimum();
+                super::privs::drop_in_thread();
                 let _ = dropped.send(());
                 while !stop2.load(Ordering::Relaxed) {
                     std::thread::sleep(SYNC_EVERY);
@@ -362,8 +363,8 @@ impl FastPath {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        if let Ok(st) = Arc::try_unwrap(self.state).map(|m| m.into_inner()) {
-            let st = st.unwrap_or_else(|p| p.into_inner());
+        if let Ok(m) = Arc::try_unwrap(self.state) {
+            let st = m.into_inner().unwrap_or_else(|p| p.into_inner());
             let n = st.links.len();
             drop(st); // the links' fds close: the kernel detaches the programs
             tracing::info!(taps = n, "fast path: programs detached");
@@ -382,7 +383,7 @@ impl State {
         let now = clock::now();
         let refresh = first || self.last_refresh.elapsed() >= REFRESH_EVERY;
         if refresh {
-            self.last_refresh = std::time::Instant::now();
+            self.last_refresh = clock::monotonic();
         }
         let mut live_taps: Vec<u32> = Vec::new();
         let mut live_nets: Vec<String> = Vec::new();
@@ -512,10 +513,10 @@ impl State {
         // TAPs gone: detach (a deleted device took its link along already)
         let stale: Vec<u32> = self.links.keys().filter(|ix| !live_taps.contains(ix)).copied().collect();
         for ix in stale {
-            if let Some(link) = self.links.remove(&ix) {
-                if let Some(p) = self.ebpf.program_mut("tap_egress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok()) {
-                    let _ = p.detach(link);
-                }
+            if let Some(link) = self.links.remove(&ix)
+                && let Some(p) = self.ebpf.program_mut("tap_egress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok())
+            {
+                let _ = p.detach(link);
             }
             let _ = self.taps.remove(&ix);
         }

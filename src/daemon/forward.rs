@@ -76,10 +76,10 @@ impl Forwarder {
                 Err(SendError::Busy) => net.stats.count_drop(shard, DropReason::PortBusy),
                 Err(SendError::Failed(e)) => {
                     net.stats.count_drop(shard, DropReason::PortWriteFailed);
-                    if !vm.is_gone() {
-                        if let Some(muted) = self.rl_vm.allow(now) {
-                            tracing::warn!(network = net.name(), vm = %vm.path.display(), error = %e, muted, "send to vm failed");
-                        }
+                    if !vm.is_gone()
+                        && let Some(muted) = self.rl_vm.allow(now)
+                    {
+                        tracing::warn!(network = net.name(), vm = %vm.path.display(), error = %e, muted, "send to vm failed");
                     }
                 }
             },
@@ -88,10 +88,10 @@ impl Forwarder {
                 Err(e) => {
                     let busy = e.kind() == std::io::ErrorKind::WouldBlock;
                     net.stats.count_drop(shard, if busy { DropReason::PortBusy } else { DropReason::TapWriteFailed });
-                    if !busy {
-                        if let Some(muted) = self.rl_tap.allow(now) {
-                            tracing::warn!(network = net.name(), interface = dev.name(), error = %e, muted, "write to interface failed");
-                        }
+                    if !busy
+                        && let Some(muted) = self.rl_tap.allow(now)
+                    {
+                        tracing::warn!(network = net.name(), interface = dev.name(), error = %e, muted, "write to interface failed");
                     }
                 }
             },

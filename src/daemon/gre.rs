@@ -175,7 +175,7 @@ impl GreUnderlayThread {
                             net.stats.flooded(shard);
                             fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
                         }
-                        _ => {}
+                        Action::Peer(_) | Action::Drop(_) | Action::Consumed => {}
                     }
                 }
                 if n < BATCH {

@@ -49,26 +49,37 @@ use gre::{GreParams, GreUnderlayThread};
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("underlay: {0}")]
-    Underlay(String),
+    #[error("node.underlay: cannot list the interfaces of this network namespace: {0}")]
+    Interfaces(std::io::Error),
+    #[error("node.underlay {0} is not an address of any interface in this network namespace")]
+    UnderlayNotLocal(std::net::IpAddr),
     #[error("{0}")]
     Tap(std::io::Error),
     #[error("{0}")]
     Socket(std::io::Error),
     #[error("spawn thread: {0}")]
     Thread(std::io::Error),
+    #[error("{signal} handler: {error}")]
+    Signal { signal: &'static str, error: std::io::Error },
     #[error("metrics.listen {addr}: {error}")]
     Metrics { addr: SocketAddr, error: std::io::Error },
     #[error("metrics: {0}")]
     MetricsRegistry(prometheus::Error),
     #[error("admin.socket {path}: {error}")]
     Admin { path: String, error: std::io::Error },
-    #[error("node.user: {0}")]
-    User(String),
+    #[error("node.user: cannot run as user {user:?} (uid {uid}): {error}")]
+    User { user: String, uid: u32, error: privs::SwitchUserError },
     #[error("node.datapath = \"ebpf\": the eBPF fast path cannot be used: {0}")]
-    Datapath(String),
+    Datapath(fastpath::Unavailable),
     #[error("{0}")]
-    Cluster(String),
+    Cluster(crate::io::etcd::TlsError),
+}
+
+/// Why [`Daemon::apply`] changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("cannot listen on the underlay: {0}")]
+    Listen(StartupError),
 }
 
 /// Mean time between periodic re-lists of the cluster (`OVERLAYD_CLUSTER_RESYNC_SECS` for
@@ -182,13 +193,8 @@ fn underlay_mtu(cfg: &Config) -> Result<u16, StartupError> {
         return Ok(m);
     }
     let ifname = sys::interface_of(cfg.node.underlay)
-        .map_err(|e| StartupError::Underlay(format!("cannot list interfaces: {e}")))?
-        .ok_or_else(|| {
-            StartupError::Underlay(format!(
-                "node.underlay {} is not an address of any interface in this network namespace",
-                cfg.node.underlay
-            ))
-        })?;
+        .map_err(StartupError::Interfaces)?
+        .ok_or(StartupError::UnderlayNotLocal(cfg.node.underlay))?;
     match sys::interface_mtu(&ifname) {
         Ok(m) => Ok(m),
         Err(e) => {
@@ -237,7 +243,7 @@ fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<(
     let handle = std::thread::Builder::new()
         .name(name)
         .spawn(move || {
-            let _ = privs::drop_to_minimum();
+            privs::drop_in_thread();
             let _ = dropped.send(());
             f()
         })
@@ -305,7 +311,7 @@ impl Daemon {
                 self.fast = Some(Arc::new(f));
                 Ok(())
             }
-            Err(e) if datapath == Datapath::Ebpf => Err(StartupError::Datapath(e.to_string())),
+            Err(e) if datapath == Datapath::Ebpf => Err(StartupError::Datapath(e)),
             Err(e) => {
                 tracing::warn!(reason = %e, "data path: userspace (node.datapath = \"auto\" and the eBPF fast path cannot be used)");
                 self.datapath_note = e.to_string();
@@ -506,12 +512,12 @@ impl Daemon {
     /// stay are kept), a network with any other change restarts. Networks that did not change
     /// are not touched. Underlay sockets are opened first: if that fails nothing changes.
     /// `cause` names what asks for it in the log ("reload" for SIGHUP, "cluster" for membership).
-    pub fn apply(&mut self, new: &Config, cause: &'static str) -> Result<reload::Applied, String> {
+    pub fn apply(&mut self, new: &Config, cause: &'static str) -> Result<reload::Applied, ApplyError> {
         let plan = reload::Plan::new(&self.nets.iter().map(|r| r.cfg.clone()).collect::<Vec<_>>(), &new.networks);
         if plan.is_empty() {
             return Ok(reload::Applied::default());
         }
-        self.listen(&new.networks).map_err(|e| format!("cannot listen on the underlay: {e}"))?;
+        self.listen(&new.networks).map_err(ApplyError::Listen)?;
         let mut applied = reload::Applied::default();
 
         // 1. stop what goes away or restarts, and let go of its devices (a restarted
@@ -748,7 +754,7 @@ fn reload(path: Option<&std::path::Path>, daemon: &mut Daemon, running: &mut Con
             "reload refused: these settings apply at start only (restart the daemon to change them); the running configuration stays in force");
         return;
     }
-    let started = std::time::Instant::now();
+    let started = clock::monotonic();
     let effective = cluster.map_or_else(|| new.clone(), |c| c.effective(&new));
     match daemon.apply(&effective, "reload") {
         Err(e) => tracing::error!(config = %path.display(), "reload refused: {e}; the running configuration stays in force"),
@@ -777,10 +783,10 @@ pub async fn run_with_reload(
 ) -> Result<(), StartupError> {
     // a SIGHUP must never hit the default action (terminate)
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| StartupError::Thread(std::io::Error::new(e.kind(), format!("SIGHUP handler: {e}"))))?;
+        .map_err(|error| StartupError::Signal { signal: "SIGHUP", error })?;
     // before "ready": a SIGUSR1 from then on must not hit the default action (terminate)
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-        .map_err(|e| StartupError::Thread(std::io::Error::new(e.kind(), format!("SIGUSR1 handler: {e}"))))?;
+        .map_err(|error| StartupError::Signal { signal: "SIGUSR1", error })?;
     let listen = cfg.metrics_listen;
     let metrics_listener =
         crate::metrics::http::bind(listen).await.map_err(|error| StartupError::Metrics { addr: listen, error })?;
@@ -913,4 +919,19 @@ pub async fn run_with_reload(
     let _cancelled = admin_task.await;
     daemon.stop();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An underlay address that no interface holds is refused at start-up, naming the key.
+    #[test]
+    fn start_up_names_node_underlay_when_no_interface_holds_it() {
+        let text = "[node]\nunderlay = \"198.18.0.1\"\n\n[[networks]]\nname = \"blue\"\nencap = \"vxlan\"\nvni = 42\ntap = \"ovl-blue\"\npeers = [\"198.18.0.2\"]\n";
+        let cfg = crate::config::from_str_with_env(text, Vec::<(String, String)>::new()).expect("a valid configuration");
+        let e = underlay_mtu(&cfg).expect_err("198.18.0.1 is no address of this namespace");
+        assert!(matches!(e, StartupError::UnderlayNotLocal(a) if a == cfg.node.underlay), "{e:?}");
+        assert_eq!(e.to_string(), "node.underlay 198.18.0.1 is not an address of any interface in this network namespace");
+    }
 }

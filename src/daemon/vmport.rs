@@ -373,11 +373,11 @@ impl Switcher {
             let action = net.from_local(self.port, frame, now);
             let answered = match action {
                 Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
-                _ => 0,
+                Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
             };
             let hash = match action {
                 Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                _ => 0,
+                Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
             };
             match action {
                 Action::Drop(DropReason::MtuExceeded) => signals.too_big(fwd, net, &ports, self.port, frame, shard, now),

@@ -32,10 +32,21 @@ pub struct TlsMaterial {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// A TLS file of `[cluster]` that cannot be read; `key` names the setting (`ca_file`, ...).
+#[derive(Debug, thiserror::Error)]
+#[error("cluster.{key} {}: {error}", path.display())]
+pub struct TlsError {
+    pub key: &'static str,
+    pub path: std::path::PathBuf,
+    pub error: std::io::Error,
+}
+
 impl TlsMaterial {
-    pub fn read(cfg: &ClusterConfig) -> Result<Option<TlsMaterial>, String> {
+    pub fn read(cfg: &ClusterConfig) -> Result<Option<TlsMaterial>, TlsError> {
         let Some(tls) = &cfg.tls else { return Ok(None) };
-        let read = |key: &str, p: &std::path::Path| std::fs::read(p).map_err(|e| format!("cluster.{key} {}: {e}", p.display()));
+        let read = |key: &'static str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|error| TlsError { key, path: p.to_path_buf(), error })
+        };
         let ca = tls.ca_file.as_deref().map(|p| read("ca_file", p)).transpose()?;
         let identity = match &tls.identity {
             Some((c, k)) => Some((read("cert_file", c)?, read("key_file", k)?)),
@@ -58,11 +69,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
-/// `d` ± 20 %, from a cheap per-call random source.
+/// `d` ± 20 %, from a cheap per-call random source (every `RandomState` has keys of its own).
 fn jitter(d: Duration) -> Duration {
     let r = std::collections::hash_map::RandomState::new();
     use std::hash::BuildHasher;
-    let x = r.hash_one(std::time::SystemTime::now()) % 4001; // 0..=4000
+    let x = r.hash_one(()) % 4001; // 0..=4000
     d.mul_f64(0.8 + x as f64 / 10_000.0)
 }
 
@@ -115,7 +126,7 @@ impl Backend for EtcdBackend {
                 }
                 return;
             }
-            let started = std::time::Instant::now();
+            let started = super::clock::monotonic();
             match s.run(reason, &mut leave).await {
                 End::Left => return,
                 End::Failed(error) => {
@@ -197,7 +208,7 @@ impl Session<'_> {
             }
             let holder = r.op_responses().into_iter().find_map(|o| match o {
                 TxnOpResponse::Get(g) => g.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                _ => None,
+                TxnOpResponse::Put(_) | TxnOpResponse::Delete(_) | TxnOpResponse::Txn(_) => None,
             });
             if let Some(h) = holder.filter(|h| h != &me) {
                 tracing::error!(node = cfg.node_name, held_by = h, underlay = me,

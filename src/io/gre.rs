@@ -219,7 +219,7 @@ mod tests {
 
     /// A key unlikely to be used by anyone else sending GRE on this host's loopback right now.
     fn marker() -> u32 {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let t = (crate::io::clock::unix_now().fract() * 1e9) as u32;
         std::process::id().rotate_left(16) ^ t
     }
 

@@ -181,10 +181,10 @@ impl DgramPeer {
 
     pub fn send_frame(&self, frame: &[u8]) -> Result<(), SendError> {
         let r = self.sock.send_to(frame, &self.path);
-        if let Err(SendError::Failed(e)) = &r {
-            if matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT | libc::ENOTSOCK)) {
-                self.gone.store(true, Ordering::Relaxed);
-            }
+        if let Err(SendError::Failed(e)) = &r
+            && matches!(e.raw_os_error(), Some(libc::ECONNREFUSED | libc::ENOENT | libc::ENOTSOCK))
+        {
+            self.gone.store(true, Ordering::Relaxed);
         }
         r
     }
@@ -275,7 +275,7 @@ impl VmConn {
     /// [`PARTIAL_WRITE_GRACE`].
     fn finish(&self, hdr: &[u8], frame: &[u8], mut done: usize) -> io::Result<()> {
         let total = hdr.len() + frame.len();
-        let deadline = std::time::Instant::now() + PARTIAL_WRITE_GRACE;
+        let deadline = super::clock::monotonic() + PARTIAL_WRITE_GRACE;
         while done < total {
             let r = if done < hdr.len() {
                 (&self.stream).write_vectored(&[IoSlice::new(&hdr[done..]), IoSlice::new(frame)])
@@ -286,7 +286,7 @@ impl VmConn {
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    let left = deadline.saturating_duration_since(super::clock::monotonic());
                     if left.is_zero() {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, "vm did not read a half-written frame in time"));
                     }

@@ -187,10 +187,10 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
                         h.add(word(&ip[12..20]));
                         let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
                         let mut last = u64::from(proto) << 32;
-                        if frag == 0 && matches!(proto, 6 | 17 | 132) {
-                            if let Some(p) = b.get(off + ihl..off + ihl + 4) {
-                                last |= u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
-                            }
+                        if frag == 0 && matches!(proto, 6 | 17 | 132)
+                            && let Some(p) = b.get(off + ihl..off + ihl + 4)
+                        {
+                            last |= u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
                         }
                         h.add(last);
                     }
@@ -202,10 +202,10 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
                             h.add(word(w));
                         }
                         let mut last = u64::from(next) << 32;
-                        if matches!(next, 6 | 17 | 132) {
-                            if let Some(p) = b.get(off + 40..off + 44) {
-                                last |= u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
-                            }
+                        if matches!(next, 6 | 17 | 132)
+                            && let Some(p) = b.get(off + 40..off + 44)
+                        {
+                            last |= u64::from(u32::from_be_bytes([p[0], p[1], p[2], p[3]]));
                         }
                         h.add(last);
                     }

@@ -18,10 +18,10 @@
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::network::Network;
-use super::time::Instant;
-use super::wire::ethernet::{EthernetFrame, HEADER_LEN, MacAddr};
-use super::{PeerIdx, Port};
+use super::Network;
+use crate::core::time::Instant;
+use crate::core::wire::ethernet::{EthernetFrame, HEADER_LEN, MacAddr};
+use crate::core::{PeerIdx, Port};
 
 /// Destination of keepalives: IEEE 802.1D reserved link-local address, never forwarded by a
 /// bridge.
@@ -53,7 +53,7 @@ pub fn keepalive_frame(node: u32) -> [u8; KEEPALIVE_LEN] {
 
 /// Whether `frame` is an overlayd keepalive (any version).
 pub fn is_keepalive(frame: &[u8]) -> bool {
-    frame.len() >= HEADER_LEN + MAGIC.len() + 1 && {
+    frame.len() > HEADER_LEN + MAGIC.len() && {
         let e = EthernetFrame::new_unchecked(frame);
         e.dst() == KEEPALIVE_DST && e.ethertype() == KEEPALIVE_ETHERTYPE && &frame[HEADER_LEN..HEADER_LEN + MAGIC.len()] == MAGIC
     }

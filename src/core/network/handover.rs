@@ -20,11 +20,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::neigh::Source;
-use super::network::{Network, NetworkSpec};
-use super::stats::NetSnapshot;
-use super::time::Instant;
-use super::{PeerIdx, Port};
+use super::{Network, NetworkSpec};
+use crate::core::neigh::Source;
+use crate::core::stats::NetSnapshot;
+use crate::core::time::Instant;
+use crate::core::{PeerIdx, Port};
 
 /// What [`Network::successor`] copied, for [`Handover::finish`] to add the rest.
 #[derive(Debug)]
