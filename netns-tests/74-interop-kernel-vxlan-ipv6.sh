@@ -14,10 +14,19 @@
 #   - ping both ways, including DF pings that fill the MTU;
 #   - a 10 MB TCP transfer (random data) arrives byte-identical (sha256) in each direction,
 #     with the underlay's default offloads;
+#   - with the eBPF fast path (OVERLAYD_DATAPATH unset, auto or ebpf), the kernel's transfer to
+#     overlayd is decapsulated by it (overlayd_fastpath_frames_total{direction="tunnel_rx"} rises
+#     by at least 90% of the tunnel packets received), and the TCP acknowledgements and pings
+#     overlayd's side sends are encapsulated by it (tap_rx: at least 90% of the TAP's frames);
+#     the super-frames of overlayd's own transfer go through the userspace path, whose UDP GSO
+#     puts a checksum on every datagram (the kernel's vxlan checks it; the fast path cannot ask
+#     the kernel for per-segment outer checksums); with OVERLAYD_DATAPATH=userspace the fast
+#     path carries nothing;
 #   - then, with tx checksum offload off on overlayd's end only (so that a capture holds
 #     finished checksums; this is what a real NIC puts on the wire): every VXLAN/IPv6 packet
 #     overlayd sent has a real UDP checksum that verifies (RFC 6935/6936: no zero checksum over
-#     IPv6; tshark checks it), flags 0x08, VNI 42, port 4789, hop limit 64.
+#     IPv6; tshark checks it), flags 0x08, VNI 42, port 4789, hop limit 64; with the fast path
+#     these are the programs' (its counters rise by the pings sent).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
@@ -58,17 +67,41 @@ log "10 MB TCP transfer (random data) each way, byte for byte"
 make_random_file "$WORK/payload" 10
 tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/payload" "overlayd->kernel (IPv6 underlay)"
 info "rate overlayd -> kernel: $TRANSFER_MBIT Mbit/s (not asserted)"
+sleep 0.3 # the MACs are mirrored into the fast path's maps (every 50 ms)
+before=$(scrape "$H1" http://127.0.0.1:9477/metrics)
 tcp_transfer "$H2" "$H1" "$O1" 5002 "$WORK/payload" "kernel->overlayd (IPv6 underlay)"
 info "rate kernel -> overlayd: $TRANSFER_MBIT Mbit/s (not asserted)"
+after=$(scrape "$H1" http://127.0.0.1:9477/metrics)
+d() { echo $(($(metric "$2" "$3") - $(metric "$1" "$3"))); } # d BEFORE AFTER SERIES
+tun_rx=$(d "$before" "$after" "overlayd_tunnel_packets_total{direction=\"rx\",network=\"blue\",peer=\"$V2\"}")
+fast_rx=$(d "$before" "$after" 'overlayd_fastpath_frames_total{direction="tunnel_rx",network="blue"}')
+tap_rx=$(d "$before" "$after" 'overlayd_tap_frames_total{direction="rx",network="blue"}')
+fast_tx=$(d "$before" "$after" 'overlayd_fastpath_frames_total{direction="tap_rx",network="blue"}')
+info "kernel->overlayd: tunnel rx packets +$tun_rx, of which the fast path +$fast_rx; TAP rx frames +$tap_rx, of which the fast path +$fast_tx"
+assert_ge "tunnel rx packets during the kernel's transfer (the userspace path counts GRO batches)" 100 "$tun_rx"
+if [[ ${OVERLAYD_DATAPATH:-auto} == userspace ]]; then
+  assert_eq "overlayd_datapath_info{datapath=\"userspace\"}" 1 "$(metric "$after" 'overlayd_datapath_info{datapath="userspace",network="blue"}')"
+  assert_eq "fast-path frames (userspace data path)" 0 "$((fast_rx + fast_tx))"
+else
+  assert_eq "overlayd_datapath_info{datapath=\"ebpf\"}" 1 "$(metric "$after" 'overlayd_datapath_info{datapath="ebpf",network="blue"}')"
+  assert_ge "fast-path tunnel rx packets, x10 (>= 9 x tunnel rx packets)" $((9 * tun_rx)) $((10 * fast_rx))
+  assert_ge "fast-path TAP rx frames, x10 (>= 9 x TAP rx frames)" $((9 * tap_rx)) $((10 * fast_tx))
+fi
 
 log "tx checksum offload off on ${PREFIX}u1 only: a capture there holds the checksums a NIC would send"
 checksum_offload_off "$H1" "${PREFIX}u1"
 capture_start wire "$H1" "${PREFIX}u1" ip6 and udp port 4789
+before=$(scrape "$H1" http://127.0.0.1:9477/metrics)
 ping_ok "$H1" "$O2" 5
 ping_ok "$H2" "$O1" 5
 ping_ok "$H1" "$O2" 3 -M "do" -s $((mtu - 28))
 ping_ok "$H2" "$O1" 3 -M "do" -s $((mtu - 28))
 capture_stop wire
+after=$(scrape "$H1" http://127.0.0.1:9477/metrics)
+fast_tx=$(d "$before" "$after" 'overlayd_fastpath_frames_total{direction="tap_rx",network="blue"}')
+if [[ ${OVERLAYD_DATAPATH:-auto} != userspace ]]; then
+  assert_ge "fast-path TAP rx frames during the capture (16 pings and replies from h1's side)" 16 "$fast_tx"
+fi
 
 log "the VXLAN/IPv6 packets overlayd sent, as tshark dissects them"
 sent=$(tshark -r "$WORK/wire.pcap" -Y "ipv6.src == $V1 && vxlan" -T fields -e frame.number 2>/dev/null | wc -l)

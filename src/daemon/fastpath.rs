@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -46,9 +46,8 @@ const STRIDE: u32 = 256;
 pub const MAX_PEERS: usize = 63;
 const KIND_LOCAL: u8 = 1;
 const KIND_PEER: u8 = 2;
-/// UDP source ports of encapsulated frames: the kernel vxlan device's default range.
-const SPORT_MIN: u16 = 32768;
-const SPORT_SPAN: u16 = 61000 - 32768;
+/// Most UDP source ports the programs choose from (`SOURCE_PORTS` in the C source).
+pub const SOURCE_PORTS: usize = 16;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -65,10 +64,13 @@ pub struct FdbVal {
     pub pad: u8,
     pub idx: u16,
     pub ifindex: u32,
-    pub daddr: u32,
+    /// The peer's underlay address (see [`addr16`]).
+    pub daddr: [u8; 16],
     pub dport: u16,
-    /// `PEER_TAKES_OFFLOADS` for a peer that takes GSO super-packets and partial checksums.
+    /// `PEER_TAKES_OFFLOADS` for a peer that takes GSO super-packets and partial checksums,
+    /// `PEER_ZERO_CSUM6` for one that takes a zero UDP checksum over IPv6.
     pub flags: u16,
+    pub pad2: u32,
     pub seen_ns: u64,
 }
 
@@ -79,17 +81,21 @@ pub struct TapCfg {
     pub lport: u16,
     pub mtu: u16,
     pub vni: u32,
-    pub saddr: u32,
     pub underlay_ifindex: u32,
-    pub sport_min: u16,
-    pub sport_span: u16,
+    pub saddr: [u8; 16],
+    /// 4 or 6: the underlay's family.
+    pub family: u16,
+    pub nports: u16,
+    /// The userspace path's UDP source ports, in its order: a flow takes
+    /// `sports[flow_hash % nports]` on both paths.
+    pub sports: [u16; SOURCE_PORTS],
 }
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct PeerKey {
     pub vni: u32,
-    pub saddr: u32,
+    pub saddr: [u8; 16],
 }
 
 #[repr(C)]
@@ -98,7 +104,7 @@ pub struct PeerVal {
     pub net: u32,
     pub idx: u16,
     pub dport: u16,
-    pub daddr: u32,
+    pub daddr: [u8; 16],
     pub mtu: u16,
     pub pad: u16,
 }
@@ -110,25 +116,39 @@ unsafe impl aya::Pod for TapCfg {}
 unsafe impl aya::Pod for PeerKey {}
 unsafe impl aya::Pod for PeerVal {}
 
-fn be32(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
+/// An underlay address as the programs keep it: IPv4 in the first 4 bytes (the rest zero), or
+/// IPv6; network order.
+fn addr16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            b
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
 }
 
 /// `FdbVal::flags`: the peer takes GSO super-packets and inner checksums left partial.
 const PEER_TAKES_OFFLOADS: u16 = 1;
+/// `FdbVal::flags`: the peer takes VXLAN over IPv6 with a zero UDP checksum (an overlayd that
+/// says so in its keepalives); needed for super-frames over IPv6, see the C source.
+const PEER_ZERO_CSUM6: u16 = 2;
 
 /// The mirror value of an FDB row, if the fast path can forward to that port.
 fn fdb_val(net: &Network, port: Port, taps: &HashMap<LocalPort, u32>) -> Option<FdbVal> {
     match port {
         Port::Local(l) => taps.get(&l).map(|&ifindex| FdbVal { kind: KIND_LOCAL, idx: l.0, ifindex, ..Default::default() }),
-        Port::Peer(p) if usize::from(p.0) < MAX_PEERS => match net.peers.get(usize::from(p.0))?.addr {
-            std::net::SocketAddr::V4(a) => {
-                // the same judgement as the userspace path's UDP GSO (Liveness::takes_gso)
-                let flags = if net.peers[usize::from(p.0)].liveness.takes_gso() { PEER_TAKES_OFFLOADS } else { 0 };
-                Some(FdbVal { kind: KIND_PEER, idx: p.0, daddr: be32(*a.ip()), dport: a.port().to_be(), flags, ..Default::default() })
+        Port::Peer(p) if usize::from(p.0) < MAX_PEERS => {
+            let peer = net.peers.get(usize::from(p.0))?;
+            let a = peer.addr;
+            // the same judgement as the userspace path's UDP GSO (Liveness::takes_gso)
+            let mut flags = if peer.liveness.takes_gso() { PEER_TAKES_OFFLOADS } else { 0 };
+            if peer.liveness.takes_zero_csum6() {
+                flags |= PEER_ZERO_CSUM6;
             }
-            std::net::SocketAddr::V6(_) => None,
-        },
+            Some(FdbVal { kind: KIND_PEER, idx: p.0, daddr: addr16(a.ip()), dport: a.port().to_be(), flags, ..Default::default() })
+        }
         Port::Peer(_) => None,
     }
 }
@@ -136,8 +156,6 @@ fn fdb_val(net: &Network, port: Port, taps: &HashMap<LocalPort, u32>) -> Option<
 /// Why the fast path cannot be used here.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
-    #[error("the fast path carries VXLAN over an IPv4 underlay only (node.underlay is {0})")]
-    Ipv6Underlay(IpAddr),
     #[error("no interface holds the underlay address {0}")]
     NoUnderlayDevice(IpAddr),
     #[error("loading the BPF object failed: {0}")]
@@ -234,7 +252,10 @@ struct State {
     peers: BpfHashMap<MapData, PeerKey, PeerVal>,
     stats: PerCpuArray<MapData, u64>,
     underlay_ifindex: u32,
-    saddr: Ipv4Addr,
+    saddr: IpAddr,
+    /// The userspace path's UDP source ports (`TxSockets::ports`), at most [`SOURCE_PORTS`].
+    sports: [u16; SOURCE_PORTS],
+    nports: u16,
     nets: BTreeMap<String, NetState>,
     /// TAP ifindex -> the TCX link of its program.
     links: HashMap<u32, aya::programs::tc::SchedClassifierLinkId>,
@@ -260,9 +281,14 @@ pub struct NetFast {
 
 impl FastPath {
     /// Load the programs, attach the underlay one, and mirror `fabric` once (attaching the TAP
-    /// program to every TAP of a VXLAN network). The error says why it cannot be used.
-    pub fn start(underlay: IpAddr, fabric: SharedFabric) -> Result<FastPath, Unavailable> {
-        let IpAddr::V4(saddr) = underlay else { return Err(Unavailable::Ipv6Underlay(underlay)) };
+    /// program to every TAP of a VXLAN network). `source_ports` are the userspace path's UDP
+    /// source ports, in its order: the programs send each flow from the same one. The error
+    /// says why it cannot be used.
+    pub fn start(underlay: IpAddr, source_ports: &[u16], fabric: SharedFabric) -> Result<FastPath, Unavailable> {
+        let saddr = underlay;
+        let mut sports = [0u16; SOURCE_PORTS];
+        let nports = source_ports.len().min(SOURCE_PORTS);
+        sports[..nports].copy_from_slice(&source_ports[..nports]);
         let (underlay_ifindex, underlay_dev) = device_of(underlay).ok_or(Unavailable::NoUnderlayDevice(underlay))?;
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| Unavailable::Load(e.to_string()))?;
         for prog in ["tap_egress", "underlay_ingress"] {
@@ -294,6 +320,8 @@ impl FastPath {
             stats,
             underlay_ifindex,
             saddr,
+            sports,
+            nports: nports as u16,
             nets: BTreeMap::new(),
             links: HashMap::new(),
             slow_nets: Default::default(),
@@ -423,10 +451,11 @@ impl State {
                     lport: lport.0,
                     mtu: net.spec.mtu,
                     vni,
-                    saddr: be32(self.saddr),
                     underlay_ifindex: self.underlay_ifindex,
-                    sport_min: SPORT_MIN,
-                    sport_span: SPORT_SPAN,
+                    saddr: addr16(self.saddr),
+                    family: if self.saddr.is_ipv4() { 4 } else { 6 },
+                    nports: self.nports,
+                    sports: self.sports,
                 };
                 if self.taps.get(&ix, 0).ok() != Some(cfg) {
                     let _ = self.taps.insert(ix, cfg, 0);
@@ -447,9 +476,12 @@ impl State {
             // its peers
             let mut peer_keys = Vec::new();
             for (i, p) in net.peers.iter().enumerate().take(MAX_PEERS) {
-                let std::net::SocketAddr::V4(a) = p.addr else { continue };
-                let k = PeerKey { vni, saddr: be32(*a.ip()) };
-                let v = PeerVal { net: id, idx: i as u16, dport: a.port().to_be(), daddr: be32(self.saddr), mtu: net.spec.mtu, pad: 0 };
+                let a: SocketAddr = p.addr;
+                if a.is_ipv4() != self.saddr.is_ipv4() {
+                    continue;
+                }
+                let k = PeerKey { vni, saddr: addr16(a.ip()) };
+                let v = PeerVal { net: id, idx: i as u16, dport: a.port().to_be(), daddr: addr16(self.saddr), mtu: net.spec.mtu, pad: 0 };
                 if self.peers.get(&k, 0).ok() != Some(v) {
                     let _ = self.peers.insert(k, v, 0);
                 }
@@ -590,18 +622,36 @@ mod tests {
     /// `struct __sk_buff`: 192 bytes, `ifindex` at 40.
     const SKB_LEN: usize = 192;
     const LO: u32 = 1; // the test TAP: test runs need a real device, loopback is one
-    const UNDERLAY: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-    const PEERS: [Ipv4Addr; 2] = [Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 3)];
     const TAP1_IFINDEX: u32 = 77;
+    /// The userspace path's source ports, as `TxSockets::ports` gives them.
+    const SPORTS: [u16; SOURCE_PORTS] =
+        [40001, 40017, 40100, 41000, 42000, 43210, 44444, 45000, 46000, 47000, 48000, 49000, 50000, 51000, 52000, 53000];
+
+    /// The underlay: ours, then the peers' addresses.
+    fn underlay(v6: bool) -> (IpAddr, [IpAddr; 2]) {
+        if v6 {
+            let a = |n: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n));
+            (a(1), [a(2), a(3)])
+        } else {
+            let a = |n: u8| IpAddr::V4(Ipv4Addr::new(192, 0, 2, n));
+            (a(1), [a(2), a(3)])
+        }
+    }
 
     struct Progs {
         ebpf: Ebpf,
+        v6: bool,
         fdb: BpfHashMap<MapData, FdbKey, FdbVal>,
         _taps: BpfHashMap<MapData, u32, TapCfg>,
         _peers: BpfHashMap<MapData, PeerKey, PeerVal>,
     }
 
     fn load() -> Progs {
+        load_family(false)
+    }
+
+    fn load_family(v6: bool) -> Progs {
+        let (us, peers_at) = underlay(v6);
         let mut ebpf = Ebpf::load(OBJECT).expect("the BPF object parses");
         for prog in ["tap_egress", "underlay_ingress"] {
             let p: &mut SchedClassifier = ebpf.program_mut(prog).unwrap().try_into().unwrap();
@@ -612,22 +662,38 @@ mod tests {
         let fdb = BpfHashMap::try_from(ebpf.take_map("FDB").unwrap()).unwrap();
         let mut taps = BpfHashMap::try_from(ebpf.take_map("TAPS").unwrap()).unwrap();
         let mut peers = BpfHashMap::try_from(ebpf.take_map("PEERS").unwrap()).unwrap();
-        let cfg = TapCfg { net: 0, lport: 0, mtu: 1450, vni: 42, saddr: be32(UNDERLAY), underlay_ifindex: 99, sport_min: SPORT_MIN, sport_span: SPORT_SPAN };
+        let cfg = TapCfg {
+            net: 0,
+            lport: 0,
+            mtu: 1450,
+            vni: 42,
+            underlay_ifindex: 99,
+            saddr: addr16(us),
+            family: if v6 { 6 } else { 4 },
+            nports: SOURCE_PORTS as u16,
+            sports: SPORTS,
+        };
         taps.insert(LO, cfg, 0).unwrap();
-        for (i, p) in PEERS.iter().enumerate() {
-            let v = PeerVal { net: 0, idx: i as u16, dport: 4789u16.to_be(), daddr: be32(UNDERLAY), mtu: 1450, pad: 0 };
-            peers.insert(PeerKey { vni: 42, saddr: be32(*p) }, v, 0).unwrap();
+        for (i, p) in peers_at.iter().enumerate() {
+            let v = PeerVal { net: 0, idx: i as u16, dport: 4789u16.to_be(), daddr: addr16(us), mtu: 1450, pad: 0 };
+            peers.insert(PeerKey { vni: 42, saddr: addr16(*p) }, v, 0).unwrap();
         }
-        Progs { ebpf, fdb, _taps: taps, _peers: peers }
+        Progs { ebpf, v6, fdb, _taps: taps, _peers: peers }
     }
 
-    /// Two TAPs and two peers that run overlayd (they take offloads).
-    fn network() -> Network {
-        let net = Network::new(spec(2, PEERS.iter().map(|p| SocketAddr::from((*p, 4789))).collect()));
+    /// Two TAPs and two peers that run this overlayd (they take offloads, and zero UDP
+    /// checksums over IPv6).
+    fn network_of(v6: bool) -> Network {
+        let net = Network::new(spec(2, underlay(v6).1.iter().map(|p| SocketAddr::new(*p, 4789)).collect()));
         for p in &net.peers {
             p.liveness.keepalive_seen();
+            p.liveness.keepalive_version_seen(2);
         }
         net
+    }
+
+    fn network() -> Network {
+        network_of(false)
     }
 
     /// Mirror `net`'s table into the map as the sync thread does (local port 0 is the test
@@ -671,7 +737,34 @@ mod tests {
         test_run(p, prog, data).unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {prog} on {} bytes: {e}", data.len()))
     }
 
-    fn vxlan(peer: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+    /// `inner` in VXLAN (VNI 42, port 4789) from `peer` to our underlay address, over its family.
+    fn vxlan(peer: IpAddr, inner: &[u8]) -> Vec<u8> {
+        let (us, _) = underlay(peer.is_ipv6());
+        let (IpAddr::V6(peer), IpAddr::V6(us)) = (peer, us) else {
+            let (IpAddr::V4(peer), IpAddr::V4(us)) = (peer, us) else { unreachable!() };
+            return vxlan4(peer, us, inner);
+        };
+        let mut o = vec![0u8; 70];
+        o[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let udp_len = (8 + 8 + inner.len()) as u16;
+        o[14] = 0x60;
+        o[18..20].copy_from_slice(&udp_len.to_be_bytes());
+        o[20] = 17;
+        o[21] = 64;
+        o[22..38].copy_from_slice(&peer.octets());
+        o[38..54].copy_from_slice(&us.octets());
+        o[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        o[56..58].copy_from_slice(&4789u16.to_be_bytes());
+        o[58..60].copy_from_slice(&udp_len.to_be_bytes());
+        // UDP checksum 0: test runs hand over an skb whose checksum nobody verified, which the
+        // program leaves to the socket (as over IPv4); a zero one it takes (RFC 6935)
+        o[62] = 0x08;
+        o[66..69].copy_from_slice(&[0, 0, 42]);
+        o.extend_from_slice(inner);
+        o
+    }
+
+    fn vxlan4(peer: Ipv4Addr, us: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
         let mut o = vec![0u8; 50];
         o[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
         let ip_len = (20 + 8 + 8 + inner.len()) as u16;
@@ -680,7 +773,7 @@ mod tests {
         o[22] = 64;
         o[23] = 17;
         o[26..30].copy_from_slice(&peer.octets());
-        o[30..34].copy_from_slice(&UNDERLAY.octets());
+        o[30..34].copy_from_slice(&us.octets());
         o[34..36].copy_from_slice(&40000u16.to_be_bytes());
         o[36..38].copy_from_slice(&4789u16.to_be_bytes());
         o[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
@@ -704,12 +797,71 @@ mod tests {
         fast_local: usize,
         passed: usize,
         not_runnable: usize,
+        fast_v6: usize,
+    }
+
+    /// Whether the inner frame's checksums are right (IPv4 header, TCP/UDP/ICMP/ICMPv6),
+    /// for a frame the outer UDP checksum over IPv6 is derived from.
+    fn inner_checksums_ok(f: &[u8]) -> bool {
+        use crate::core::checksum::{pseudo_v4, pseudo_v6, verify};
+        match u16::from_be_bytes([f[12], f[13]]) {
+            0x0800 if f.len() >= 34 => {
+                // a whole, unfragmented packet without options, no padding after it
+                let whole = f[14] == 0x45 && u16::from_be_bytes([f[16], f[17]]) as usize == f.len() - 14;
+                if !whole || u16::from_be_bytes([f[20], f[21]]) & 0x3fff != 0 || (f[23] == 17 && f.len() >= 42 && f[40..42] == [0, 0]) {
+                    return false;
+                }
+                let ip = &f[14..34];
+                let src: [u8; 4] = ip[12..16].try_into().unwrap();
+                let dst: [u8; 4] = ip[16..20].try_into().unwrap();
+                let l4 = &f[34..];
+                verify(ip, 0) && match ip[9] {
+                    1 => verify(l4, 0),
+                    p @ (6 | 17) => verify(l4, pseudo_v4(&src, &dst, p, l4.len() as u32)),
+                    _ => false,
+                }
+            }
+            0x86dd if f.len() >= 54 && u16::from_be_bytes([f[18], f[19]]) as usize == f.len() - 54 => {
+                let src: [u8; 16] = f[22..38].try_into().unwrap();
+                let dst: [u8; 16] = f[38..54].try_into().unwrap();
+                let l4 = &f[54..];
+                matches!(f[20], 6 | 17 | 58) && verify(l4, pseudo_v6(&src, &dst, f[20], l4.len() as u32))
+            }
+            _ => false,
+        }
+    }
+
+    /// An outer IPv6 header and UDP checksum as the userspace path's socket would send them:
+    /// version 6, traffic class 0, a flow label, hop limit 64, next header UDP, and a UDP
+    /// checksum that verifies whenever the inner frame's do (the test frames are not GSO; a
+    /// zero one only where the frame's own checksums cannot vouch for it).
+    fn check_ipv6_outer(out: &[u8], f: &[u8]) {
+        use crate::core::checksum::{pseudo_v6, verify};
+        assert_eq!(out[14] >> 4, 6);
+        assert_eq!(u16::from_be_bytes([out[14], out[15]]) & 0x0ff0, 0, "traffic class 0");
+        assert_ne!(u32::from_be_bytes([0, out[15], out[16], out[17]]) & 0xfffff, 0, "a flow label");
+        assert_eq!((out[20], out[21]), (17, 64), "next header UDP, hop limit 64");
+        let udp = &out[54..];
+        assert_eq!(u16::from_be_bytes([out[18], out[19]]) as usize, udp.len(), "payload length");
+        assert_eq!(u16::from_be_bytes([udp[4], udp[5]]) as usize, udp.len(), "UDP length");
+        let check = u16::from_be_bytes([udp[6], udp[7]]);
+        let src: [u8; 16] = out[22..38].try_into().unwrap();
+        let dst: [u8; 16] = out[38..54].try_into().unwrap();
+        if inner_checksums_ok(f) {
+            assert_ne!(check, 0, "a real UDP checksum for {f:02x?}");
+            assert!(verify(udp, pseudo_v6(&src, &dst, 17, udp.len() as u32)), "the outer UDP checksum of {f:02x?} verifies");
+        } else if check != 0 {
+            // derived from headers whose checksums are wrong: wrong the same way, never a
+            // checksum for a frame the program could not sum
+            assert!(matches!(f[12..14], [0x08, 0x00] | [0x86, 0xdd]));
+        }
     }
 
     /// One frame, sent by the host into TAP 0, with its destination placed by `dst_at`.
     fn egress_case(p: &mut Progs, f: &[u8], dst_at: Port, t: &mut Tally) {
         let now = Instant::from_secs(10);
-        let net = network();
+        let net = network_of(p.v6);
+        let peers_at = underlay(p.v6).1;
         let (src, dst) = (mac(&f[6..12]), mac(&f[0..6]));
         if usable_src(src) {
             net.fdb.learn(src, Port::Local(LocalPort(0)), now);
@@ -731,14 +883,28 @@ mod tests {
                 assert_eq!(out, f, "a frame passed on to userspace must be untouched");
                 t.passed += 1;
             }
-            TC_ACT_REDIRECT if out.len() == f.len() + 50 => {
-                let daddr = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-                let peer = PEERS.iter().position(|p| *p == daddr).expect("encapsulated towards a peer");
+            TC_ACT_REDIRECT if out.len() == f.len() + if p.v6 { 70 } else { 50 } => {
+                let (daddr, udp) = if p.v6 {
+                    assert_eq!(&out[12..14], &[0x86, 0xdd], "outer IPv6");
+                    let o: [u8; 16] = out[38..54].try_into().unwrap();
+                    (IpAddr::from(o), 54)
+                } else {
+                    assert_eq!(&out[12..14], &[0x08, 0x00], "outer IPv4");
+                    assert_eq!(out[20] & 0x40, 0x40, "DF set");
+                    (IpAddr::from([out[30], out[31], out[32], out[33]]), 34)
+                };
+                let peer = peers_at.iter().position(|p| *p == daddr).expect("encapsulated towards a peer");
                 assert_eq!(core, Action::Peer(PeerIdx(peer as u16)), "fast path sent {:02x?}.. to peer {peer}; the core says {core:?}", &f[..f.len().min(64)]);
-                assert_eq!(&out[50..], f, "the inner frame is the frame");
-                assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0, 0, 42, 0], "VXLAN header: I flag, VNI 42");
-                assert_eq!(u16::from_be_bytes([out[36], out[37]]), 4789);
-                assert_eq!(out[20] & 0x40, 0x40, "DF set");
+                assert_eq!(&out[udp + 16..], f, "the inner frame is the frame");
+                assert_eq!(&out[udp + 8..udp + 16], &[0x08, 0, 0, 0, 0, 0, 42, 0], "VXLAN header: I flag, VNI 42");
+                assert_eq!(u16::from_be_bytes([out[udp + 2], out[udp + 3]]), 4789);
+                // the userspace path's source port for this flow
+                let hash = crate::core::wire::ethernet::EthernetFrame::new_unchecked(f).flow_hash() as usize;
+                assert_eq!(u16::from_be_bytes([out[udp], out[udp + 1]]), SPORTS[hash % SOURCE_PORTS], "source port of {f:02x?}");
+                if p.v6 {
+                    check_ipv6_outer(&out, f);
+                    t.fast_v6 += 1;
+                }
                 t.fast_peer += 1;
             }
             TC_ACT_REDIRECT => {
@@ -756,7 +922,7 @@ mod tests {
     /// The same frame arriving from peer `from` in VXLAN, its destination placed by `dst_at`.
     fn ingress_case(p: &mut Progs, f: &[u8], from: usize, dst_at: Port, t: &mut Tally) {
         let now = Instant::from_secs(10);
-        let net = network();
+        let net = network_of(p.v6);
         let (src, dst) = (mac(&f[6..12]), mac(&f[0..6]));
         if usable_src(src) {
             net.fdb.learn(src, Port::Peer(PeerIdx(from as u16)), now);
@@ -765,7 +931,7 @@ mod tests {
             net.fdb.learn(dst, dst_at, now);
         }
         let keys = mirror(p, &net, now);
-        let pkt = vxlan(PEERS[from], f);
+        let pkt = vxlan(underlay(p.v6).1[from], f);
         let (rc, out) = run(p, "underlay_ingress", &pkt); // whole outer headers: always runnable
         let core = net.from_peer(PeerIdx(from as u16), f, now);
         match rc {
@@ -826,6 +992,85 @@ mod tests {
         let mut vlan = frame(b, a, 64);
         vlan[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
         v.push(vlan);
+        v.extend(valid_frames(a, b));
+        v
+    }
+
+    /// Frames from A to B whose checksums are all right, as a host's stack sends them: ICMP
+    /// echo, TCP and UDP over IPv4 and IPv6, ICMPv6 echo, of a few sizes.
+    fn valid_frames(a: MacAddr, b: MacAddr) -> Vec<Vec<u8>> {
+        use crate::core::checksum::{finish, pseudo_v4, pseudo_v6, sum};
+        let mut v = Vec::new();
+        let (s4, d4) = ([198, 51, 100, 1], [198, 51, 100, 2]);
+        let s6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11];
+        let d6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x22];
+        for (proto, l4_len) in [(1u8, 64usize), (6, 20), (6, 1000), (6, 1410), (17, 9), (17, 513)] {
+            let mut f = frame(b, a, 14 + 20 + l4_len);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&((20 + l4_len) as u16).to_be_bytes());
+            f[20] = 0x40;
+            f[22] = 64;
+            f[23] = proto;
+            f[26..30].copy_from_slice(&s4);
+            f[30..34].copy_from_slice(&d4);
+            for (i, x) in f[34..].iter_mut().enumerate() {
+                *x = (i * 7 + l4_len) as u8;
+            }
+            let c = match proto {
+                1 => {
+                    f[34] = 8; // echo request
+                    f[36..38].fill(0);
+                    36
+                }
+                6 => {
+                    f[34 + 12] = 0x50;
+                    f[34 + 16..34 + 18].fill(0);
+                    34 + 16
+                }
+                _ => {
+                    f[34 + 4..34 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                    f[34 + 6..34 + 8].fill(0);
+                    34 + 6
+                }
+            };
+            let ps = if proto == 1 { 0 } else { pseudo_v4(&s4, &d4, proto, l4_len as u32) };
+            let ck = finish(sum(&f[34..], ps));
+            f[c..c + 2].copy_from_slice(&ck.to_be_bytes());
+            let ip = finish(sum(&f[14..34], 0));
+            f[24..26].copy_from_slice(&ip.to_be_bytes());
+            v.push(f);
+        }
+        for (proto, l4_len) in [(58u8, 64usize), (6, 20), (6, 1390), (17, 100)] {
+            let mut f = frame(b, a, 14 + 40 + l4_len);
+            f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+            f[14] = 0x60;
+            f[18..20].copy_from_slice(&(l4_len as u16).to_be_bytes());
+            f[20] = proto;
+            f[21] = 64;
+            f[22..38].copy_from_slice(&s6);
+            f[38..54].copy_from_slice(&d6);
+            for (i, x) in f[54..].iter_mut().enumerate() {
+                *x = (i * 13 + l4_len) as u8;
+            }
+            let c = match proto {
+                58 => {
+                    f[54] = 128; // echo request
+                    54 + 2
+                }
+                6 => {
+                    f[54 + 12] = 0x50;
+                    54 + 16
+                }
+                _ => {
+                    f[54 + 4..54 + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+                    54 + 6
+                }
+            };
+            f[c..c + 2].fill(0);
+            let ck = finish(sum(&f[54..], pseudo_v6(&s6, &d6, proto, l4_len as u32)));
+            f[c..c + 2].copy_from_slice(&ck.to_be_bytes());
+            v.push(f);
+        }
         v
     }
 
@@ -857,16 +1102,60 @@ mod tests {
                 frames.push(m);
             }
         }
-        let mut t = Tally::default();
-        for (i, f) in frames.iter().enumerate() {
-            let dst_at = [Port::Peer(PeerIdx(0)), Port::Peer(PeerIdx(1)), Port::Local(LocalPort(1)), Port::Local(LocalPort(0))][i % 4];
-            egress_case(&mut p, f, dst_at, &mut t);
-            let local = [Port::Local(LocalPort(0)), Port::Local(LocalPort(1)), Port::Peer(PeerIdx(1))][i % 3];
-            ingress_case(&mut p, f, i % 2, local, &mut t);
+        for v6 in [false, true] {
+            if v6 {
+                p = load_family(true);
+            }
+            let mut t = Tally::default();
+            for (i, f) in frames.iter().enumerate() {
+                let dst_at = [Port::Peer(PeerIdx(0)), Port::Peer(PeerIdx(1)), Port::Local(LocalPort(1)), Port::Local(LocalPort(0))][i % 4];
+                egress_case(&mut p, f, dst_at, &mut t);
+                let local = [Port::Local(LocalPort(0)), Port::Local(LocalPort(1)), Port::Peer(PeerIdx(1))][i % 3];
+                ingress_case(&mut p, f, i % 2, local, &mut t);
+            }
+            eprintln!("{} frames, IPv{} underlay: {t:?}", frames.len(), if v6 { 6 } else { 4 });
+            // not vacuous: the known unicast among them took the fast path, both ways
+            assert!(t.fast_peer >= 50 && t.fast_local >= 100, "{t:?}");
+            assert!(!v6 || t.fast_v6 == t.fast_peer, "{t:?}");
         }
-        eprintln!("{} frames: {t:?}", frames.len());
-        // not vacuous: the known unicast among them took the fast path, both ways
-        assert!(t.fast_peer >= 50 && t.fast_local >= 100, "{t:?}");
+    }
+
+    /// Over IPv6, every frame the host sends whose checksums are right goes to a peer with a
+    /// real outer UDP checksum; to a peer that takes no zero checksum (the kernel's vxlan
+    /// device), a frame the program cannot sum stays with the userspace path.
+    #[test]
+    fn over_ipv6_the_outer_udp_checksum_is_real() {
+        let mut p = load_family(true);
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let now = Instant::from_secs(10);
+        // a kernel peer whose stack sends offloads: GSO yes, zero checksums no
+        let net = Network::new(spec(2, underlay(true).1.iter().map(|p| SocketAddr::new(*p, 4789)).collect()));
+        net.peers[0].liveness.offloads_seen();
+        net.fdb.learn(a, Port::Local(LocalPort(0)), now);
+        net.fdb.learn(b, Port::Peer(PeerIdx(0)), now);
+        let keys = mirror(&mut p, &net, now);
+        let frames = valid_frames(a, b);
+        for f in &frames {
+            let (rc, out) = run(&p, "tap_egress", f);
+            assert_eq!((rc, out.len()), (TC_ACT_REDIRECT, f.len() + 70), "{f:02x?}");
+            check_ipv6_outer(&out, f);
+            assert_ne!(u16::from_be_bytes([out[60], out[61]]), 0);
+        }
+        // IPv4 with options: the program cannot sum it, and this peer takes no zero checksum
+        let mut f = frames[0].clone();
+        f.splice(34..34, [1, 1, 1, 0]);
+        f[14] = 0x46;
+        let (rc, out) = run(&p, "tap_egress", &f);
+        assert_eq!((rc, out), (TC_ACT_OK, f.clone()), "left to the userspace path");
+        // an overlayd peer of this version takes it with a zero checksum
+        net.peers[0].liveness.keepalive_version_seen(2);
+        let more = mirror(&mut p, &net, now);
+        let (rc, out) = run(&p, "tap_egress", &f);
+        assert_eq!((rc, out.len()), (TC_ACT_REDIRECT, f.len() + 70));
+        assert_eq!(u16::from_be_bytes([out[60], out[61]]), 0);
+        for k in keys.into_iter().chain(more) {
+            let _ = p.fdb.remove(&k);
+        }
     }
 
     #[test]
@@ -875,7 +1164,7 @@ mod tests {
         let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
         let now = Instant::from_secs(10);
         // an Open vSwitch or kernel peer never heard from: no keepalive, no offloads seen
-        let net = Network::new(spec(2, PEERS.iter().map(|p| SocketAddr::from((*p, 4789))).collect()));
+        let net = Network::new(spec(2, underlay(false).1.iter().map(|p| SocketAddr::new(*p, 4789)).collect()));
         net.fdb.learn(a, Port::Local(LocalPort(0)), now);
         net.fdb.learn(b, Port::Peer(PeerIdx(0)), now);
         let keys = mirror(&mut p, &net, now);

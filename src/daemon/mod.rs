@@ -304,7 +304,7 @@ impl Daemon {
             tracing::info!("data path: userspace (node.datapath = \"userspace\")");
             return Ok(());
         }
-        match fastpath::FastPath::start(self.node.underlay, self.fabric.clone()) {
+        match fastpath::FastPath::start(self.node.underlay, &self.tx.ports(), self.fabric.clone()) {
             Ok(f) => {
                 tracing::info!(datapath = datapath.as_str(), underlay_device = f.underlay_dev,
                     "data path: eBPF fast path at TC for known unicast of VXLAN networks; GRE networks, VM socket ports, BUM and unknown unicast stay on the userspace path");

@@ -31,6 +31,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
+const UDP_NO_CHECK6_RX: libc::c_int = 102;
 /// Most datagrams one GSO send may carry (`UDP_MAX_SEGMENTS`).
 pub const GSO_MAX_SEGMENTS: usize = 64;
 /// Most UDP payload one GSO send may carry (IPv4 total length 65535 - 20 - 8).
@@ -78,6 +79,18 @@ impl RxSocket {
     pub fn bind(local: SocketAddr) -> io::Result<RxSocket> {
         let sock = new_socket(local)?;
         set_buf(&sock, RCVBUF, true);
+        if local.is_ipv6() {
+            // VXLAN over IPv6 with a zero UDP checksum (RFC 6935/6936): what overlayd's eBPF fast
+            // path sends a super-frame with (its keepalives say this socket takes it)
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a pointer to a live c_int and its size.
+            let r = unsafe {
+                libc::setsockopt(sock.as_raw_fd(), SOL_UDP, UDP_NO_CHECK6_RX, (&one as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as u32)
+            };
+            if r != 0 {
+                return Err(io::Error::new(io::ErrorKind::Other, format!("udp {local}: UDP_NO_CHECK6_RX: {}", io::Error::last_os_error())));
+            }
+        }
         sock.bind(&local.into()).map_err(|e| {
             let hint = match e.raw_os_error() {
                 Some(libc::EADDRINUSE) => " (another process, e.g. a kernel vxlan device, uses this port)",

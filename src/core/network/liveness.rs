@@ -29,8 +29,9 @@ pub const KEEPALIVE_DST: MacAddr = MacAddr([0x01, 0x80, 0xc2, 0x00, 0x00, 0x0f])
 /// IEEE 802 local experimental ethertype 2.
 pub const KEEPALIVE_ETHERTYPE: u16 = 0x88b6;
 const MAGIC: &[u8; 8] = b"overlayd";
-/// Keepalive protocol version, after the magic.
-const VERSION: u8 = 1;
+/// Keepalive protocol version, after the magic. Version 2 says the sender takes VXLAN over
+/// IPv6 with a zero UDP checksum (RFC 6935/6936): the eBPF fast path sends super-frames so.
+const VERSION: u8 = 2;
 /// A keepalive is a minimum-size Ethernet frame (without FCS).
 pub const KEEPALIVE_LEN: usize = 60;
 /// How often keepalives are sent.
@@ -59,6 +60,11 @@ pub fn is_keepalive(frame: &[u8]) -> bool {
     }
 }
 
+/// The keepalive version in `frame` (one that [`is_keepalive`] accepts).
+pub fn keepalive_version(frame: &[u8]) -> u8 {
+    frame.get(HEADER_LEN + MAGIC.len()).copied().unwrap_or(0)
+}
+
 /// What the control path knows about a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -83,6 +89,9 @@ pub struct Liveness {
     sends_offloads: AtomicU8,
     /// Frames in a row whose inner checksum looked partial (see [`Liveness::partial_seen`]).
     partial_run: AtomicU8,
+    /// Set once a keepalive of version 2 or later arrived: the peer takes VXLAN over IPv6 with
+    /// a zero UDP checksum.
+    zero_csum6: AtomicU8,
 }
 
 /// Partial-looking checksums in a row that make a peer known to send offloads. One alone is no
@@ -147,7 +156,22 @@ impl Liveness {
         self.speaks_keepalive() && self.reported.swap(1, Relaxed) == 0
     }
 
+    /// Whether the peer takes VXLAN over IPv6 with a zero UDP checksum (it said so in its
+    /// keepalives; see [`VERSION`]).
+    #[inline]
+    pub fn takes_zero_csum6(&self) -> bool {
+        self.zero_csum6.load(Relaxed) != 0
+    }
+
+    /// A keepalive of `version` arrived from the peer.
+    pub(crate) fn keepalive_version_seen(&self, version: u8) {
+        if version >= 2 && self.zero_csum6.load(Relaxed) == 0 {
+            self.zero_csum6.store(1, Relaxed);
+        }
+    }
+
     pub(crate) fn copy_from(&self, other: &Liveness) {
+        self.zero_csum6.store(other.zero_csum6.load(Relaxed), Relaxed);
         self.state.store(other.state.load(Relaxed), Relaxed);
         self.speaks_keepalive.store(other.speaks_keepalive.load(Relaxed), Relaxed);
         self.reported.store(other.reported.load(Relaxed), Relaxed);

@@ -182,6 +182,7 @@ impl Network {
             }
             if is_keepalive(frame) {
                 p.liveness.keepalive_seen();
+                p.liveness.keepalive_version_seen(super::liveness::keepalive_version(frame));
                 return Action::Consumed;
             }
         }
