@@ -252,7 +252,8 @@ fn malformed_dhcp_never_binds_and_never_panics() {
         }
     }
     // named cases
-    let cases: [(&str, fn(&mut Vec<u8>)); 6] = [
+    type Spoil = fn(&mut Vec<u8>);
+    let cases: [(&str, Spoil); 6] = [
         ("bad cookie", |f| f[14 + 20 + 8 + 236] = 0),
         ("hlen 8", |f| f[14 + 20 + 8 + 2] = 8),
         ("option running past the end", |f| {
