@@ -14,7 +14,8 @@
 #         busybox-static and linux-image-amd64 (the guest's kernel)
 #   labs  every namespace lab (.ci/run): demo, plus iperf3 tshark python3-scapy ethtool
 #         netcat-openbsd arping jq prometheus curl cpio xz-utils openvswitch-switch systemd
-#         etcd-server etcd-client openssl (the cluster labs), bpftool (the fast-path lab)
+#         etcd-server etcd-client openssl (the cluster labs), bpftool (the fast-path lab),
+#         busybox-static (udhcpd and udhcpc: the DHCP snooping lab)
 #
 # Installing needs root and apt (Debian or a derivative). While it installs, no packaged
 # service may start (a policy-rc.d that forbids it): prometheus and Open vSwitch would
@@ -26,7 +27,7 @@ declare -A SETS=(
   [build]="clang libbpf-dev protobuf-compiler libprotobuf-dev"
   [demo]="@build iproute2 iputils-ping tcpdump socat"
   [vm]="@demo qemu-system-x86 busybox-static linux-image-amd64"
-  [labs]="@demo iperf3 tshark python3-scapy ethtool netcat-openbsd arping jq prometheus curl cpio xz-utils openvswitch-switch systemd etcd-server etcd-client openssl bpftool"
+  [labs]="@demo iperf3 tshark python3-scapy ethtool netcat-openbsd arping jq prometheus curl cpio xz-utils openvswitch-switch systemd etcd-server etcd-client openssl bpftool busybox-static"
 )
 
 deps_expand() {   # deps_expand NAME... - package names, sets expanded

@@ -118,7 +118,11 @@ fn fdb_table(tables: &[FdbTable]) -> String {
         let mut rows = vec![["NETWORK", "IP", "MAC", "SOURCE", "AGE"].map(String::from).to_vec()];
         for t in tables {
             for b in &t.neighbours {
-                rows.push(vec![t.network.clone(), b.ip.clone(), b.mac.clone(), format!("{} peer {}", b.source, b.peer), secs(b.age_secs)]);
+                let mut source = if b.peer == "-" { b.source.clone() } else { format!("{} peer {}", b.source, b.peer) };
+                if let Some(l) = b.lease_secs {
+                    source.push_str(&format!(" (dhcp, lease {} left)", secs(l)));
+                }
+                rows.push(vec![t.network.clone(), b.ip.clone(), b.mac.clone(), source, secs(b.age_secs)]);
             }
         }
         out.push('\n');
@@ -250,12 +254,16 @@ mod tests {
             network: "blue".into(),
             ageing_secs: 300,
             entries: vec![],
-            neighbours: vec![NeighEntry { ip: "198.51.100.2".into(), mac: "02:00:00:00:00:0b".into(), source: "snooped".into(), peer: "192.0.2.2".into(), age_secs: 3.0 }],
+            neighbours: vec![
+                NeighEntry { ip: "198.51.100.2".into(), mac: "02:00:00:00:00:0b".into(), source: "snooped".into(), peer: "192.0.2.2".into(), age_secs: 3.0, lease_secs: None },
+                NeighEntry { ip: "198.51.100.9".into(), mac: "02:00:00:00:00:0c".into(), source: "local".into(), peer: "-".into(), age_secs: 1.0, lease_secs: Some(59.0) },
+            ],
         }];
         let s = fdb_table(&t);
         let lines: Vec<&str> = s.lines().collect();
-        assert_eq!(lines[3], "NETWORK  IP            MAC                SOURCE                  AGE");
-        assert_eq!(lines[4], "blue     198.51.100.2  02:00:00:00:00:0b  snooped peer 192.0.2.2  3.0s");
+        assert_eq!(lines[3], "NETWORK  IP            MAC                SOURCE                          AGE");
+        assert_eq!(lines[4], "blue     198.51.100.2  02:00:00:00:00:0b  snooped peer 192.0.2.2          3.0s");
+        assert_eq!(lines[5], "blue     198.51.100.9  02:00:00:00:00:0c  local (dhcp, lease 59.0s left)  1.0s");
     }
 
     #[test]

@@ -103,12 +103,17 @@ pub struct FdbTable {
 pub struct NeighEntry {
     pub ip: String,
     pub mac: String,
-    /// "snooped" (from ARP/ND that came through the tunnel).
+    /// "snooped" (from ARP/ND or DHCP of a host behind `peer`), "cluster" (advertised by the
+    /// member behind `peer`) or "local" (a host on a local port, what `advertise = "macs+ips"`
+    /// publishes).
     pub source: String,
-    /// The peer it was learned from (underlay address).
+    /// The peer it was learned from (underlay address), "-" for a local one.
     pub peer: String,
     /// Seconds since the binding was last seen.
     pub age_secs: f64,
+    /// Learned from a DHCP lease: the seconds left of it (the binding ends with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +182,7 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                             .neigh
                             .rows(now)
                             .into_iter()
+                            .chain(e.net.local_neigh.rows(now))
                             .map(|r| {
                                 use crate::core::neigh::Source;
                                 let (source, p) = match r.source {
@@ -185,7 +191,8 @@ pub fn handle<P: PortNames>(req: &Request, fabric: &Fabric<P>, sample: impl FnOn
                                     Source::Local => ("local", None),
                                 };
                                 let peer = p.map_or_else(|| "-".to_string(), |p| e.net.peers.get(usize::from(p.0)).map_or_else(|| format!("peer#{}", p.0), |p| p.addr.ip().to_string()));
-                                NeighEntry { ip: r.ip.to_string(), mac: r.mac.to_string(), source: source.into(), peer, age_secs: r.age.as_secs_f64() }
+                                let lease_secs = r.lease_left.map(|d| d.as_secs_f64());
+                                NeighEntry { ip: r.ip.to_string(), mac: r.mac.to_string(), source: source.into(), peer, age_secs: r.age.as_secs_f64(), lease_secs }
                             })
                             .collect();
                         FdbTable { network: e.net.name().to_string(), ageing_secs: e.net.fdb.config().ageing.as_secs(), entries, neighbours }

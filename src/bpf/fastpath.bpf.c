@@ -10,9 +10,9 @@
 // - underlay_ingress, on the TC ingress of the underlay device: VXLAN from a configured peer of
 //   a network, for a MAC behind a TAP, is decapsulated and redirected into that TAP.
 // Anything else (broadcast, multicast, unknown destinations, sources not yet learned at that
-// ingress, frames over the MTU, ARP and other non-IP frames, keepalives, IP options,
-// fragments, anything unexpected) returns TC_ACT_OK untouched: the userspace
-// path handles it, learns from it and counts it exactly as without this program.
+// ingress, frames over the MTU, ARP and other non-IP frames, neighbour discovery, DHCP,
+// keepalives, IP options, fragments, anything unexpected) returns TC_ACT_OK untouched: the
+// userspace path handles it, learns from it and counts it exactly as without this program.
 //
 // The MAC table stays the daemon's: `fdb` is a mirror it writes. The programs only refresh an
 // entry's `seen_ns` when they forward a frame from it, which the daemon folds back into its
@@ -209,6 +209,23 @@ static __always_inline int is_nd(struct __sk_buff *skb, __u32 off, __u16 proto) 
 	return type >= 133 && type <= 137;
 }
 
+// Is the IP packet at `off` DHCP (IPv4/UDP to port 67 or 68)? The userspace path snoops
+// DHCP acknowledgements, releases and refusals for the neighbour tables (a lease's address
+// bound to its client's MAC); an exchange is a few packets per lease, never bulk.
+static __always_inline int is_dhcp(struct __sk_buff *skb, __u32 off, __u16 proto) {
+	if (proto != bpf_htons(ETH_P_IP))
+		return 0;
+	__u8 vihl, l4;
+	if (bpf_skb_load_bytes(skb, off, &vihl, 1) || bpf_skb_load_bytes(skb, off + 9, &l4, 1))
+		return 1; // cut short: let the userspace path judge it
+	if (l4 != IPPROTO_UDP)
+		return 0;
+	__be16 dport;
+	if (bpf_skb_load_bytes(skb, off + (vihl & 0x0f) * 4 + 2, &dport, sizeof(dport)))
+		return 1;
+	return dport == bpf_htons(67) || dport == bpf_htons(68);
+}
+
 // Does the frame (Ethernet header at `off`) fit the network's MTU, as the userspace path
 // judges it: L3 length, or for a GSO super-frame its segments' L3 length?
 // (`len`, `gso_size`, `gso_segs`: the skb's, read once at the start of a program: clang must
@@ -398,7 +415,7 @@ int tap_egress(struct __sk_buff *skb) {
 		return TC_ACT_OK;
 	if (!fits_mtu(skb, len0, gso_size, 0, eth.h_proto, t->mtu))
 		return TC_ACT_OK;
-	if (is_nd(skb, ETH_HLEN, eth.h_proto))
+	if (is_nd(skb, ETH_HLEN, eth.h_proto) || is_dhcp(skb, ETH_HLEN, eth.h_proto))
 		return TC_ACT_OK;
 	struct fdb_key k = {.net = t->net};
 	__builtin_memcpy(k.mac, eth.h_source, 6);
@@ -593,7 +610,7 @@ int underlay_ingress(struct __sk_buff *skb) {
 		return TC_ACT_OK;
 	if (!fits_mtu(skb, len0, gso_size, outer - ETH_HLEN, eth.h_proto, p->mtu))
 		return TC_ACT_OK;
-	if (is_nd(skb, outer, eth.h_proto))
+	if (is_nd(skb, outer, eth.h_proto) || is_dhcp(skb, outer, eth.h_proto))
 		return TC_ACT_OK;
 	struct fdb_key k = {.net = p->net};
 	__builtin_memcpy(k.mac, eth.h_source, 6);

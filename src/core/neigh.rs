@@ -23,6 +23,10 @@
 //!   the answer that comes back through the tunnel rebinds it. A binding is therefore never
 //!   used for a MAC on the asking port's own side.
 //!
+//! - DHCP (see [`dhcp`]): a DHCPACK crossing a local port binds the address it grants to the
+//!   client's MAC until the lease ends: `Local` when the client is on a local port,
+//!   `Snooped(peer)` when it is behind `peer`; a release, decline or NAK removes it.
+//!
 //! Only untagged frames are snooped and answered: an 802.1Q-tagged request floods as before.
 //!
 //! Cost: only ARP and ICMPv6 neighbour discovery frames are looked at (two byte compares on
@@ -108,6 +112,9 @@ struct Binding {
     router: bool,
     seen_ms: u64,
     seq: u64,
+    /// From a DHCP lease: the binding ends then (ms, see [`Instant`]), whatever the ageing
+    /// time says; 0 = not from a lease (it ages like the FDB).
+    lease_end_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -125,6 +132,9 @@ pub struct NeighRow {
     pub mac: MacAddr,
     pub source: Source,
     pub age: Duration,
+    /// What is left of the DHCP lease it was learned from (`None`: learned from ARP/ND or the
+    /// cluster; it ages).
+    pub lease_left: Option<Duration>,
 }
 
 /// Suppression outcomes since start, by family: (hits, misses).
@@ -170,6 +180,9 @@ pub struct NeighTable {
     ageing_ms: u64,
     inner: Mutex<Inner>,
     pub counters: NeighCounters,
+    /// DHCP messages snooped ([`dhcp`]), counted on the network's `neigh` table whichever
+    /// table took the binding.
+    pub dhcp: dhcp::DhcpCounters,
 }
 
 impl NeighTable {
@@ -187,6 +200,7 @@ impl NeighTable {
                 next_seq: 0,
             }),
             counters: NeighCounters::default(),
+            dhcp: Default::default(),
         }
     }
 
@@ -199,30 +213,48 @@ impl NeighTable {
     }
 
     fn fresh(&self, b: &Binding, now: Instant) -> bool {
-        now.as_millis().saturating_sub(b.seen_ms) <= self.ageing_ms
+        fresh(self.ageing_ms, b, now)
     }
 
     /// Bind `ip` to `mac` (learned from `source`); `router`: `Some` when the frame said whether
     /// the owner is a router (a neighbour advertisement), `None` to keep what is known.
+    /// A binding from a DHCP lease keeps its end: seeing the address in ARP/ND does not make
+    /// it outlive the lease.
     pub fn learn(&self, ip: IpAddr, mac: MacAddr, source: Source, router: Option<bool>, now: Instant) {
+        self.bind(ip, mac, source, router, None, now);
+    }
+
+    /// Bind `ip` to `mac` for a DHCP lease of `lease` granted at `now`: the binding ends with
+    /// the lease (a renewal moves the end), not with the ageing time.
+    pub fn learn_lease(&self, ip: IpAddr, mac: MacAddr, source: Source, lease: Duration, now: Instant) {
+        let end = now.as_millis().saturating_add(lease.as_millis().min(u128::from(u64::MAX)) as u64).max(1);
+        self.bind(ip, mac, source, None, Some(end), now);
+    }
+
+    fn bind(&self, ip: IpAddr, mac: MacAddr, source: Source, router: Option<bool>, lease_end: Option<u64>, now: Instant) {
         if !self.enabled || self.cap == 0 {
             return;
         }
         let ms = now.as_millis();
+        let ageing = self.ageing_ms;
         let mut g = self.lock();
         let inner = &mut *g;
         if let Some(b) = inner.map.get_mut(&ip) {
-            if b.mac == mac && b.source == source {
+            if b.mac == mac && b.source == source && fresh(ageing, b, now) {
                 b.seen_ms = ms;
                 if let Some(r) = router {
                     b.router = r;
                 }
+                if let Some(e) = lease_end {
+                    b.lease_end_ms = e;
+                }
                 return;
             }
-            // rebound (another MAC or another peer): a new binding in learning order
+            // rebound (another MAC or another peer, or it had ended): a new binding in
+            // learning order
             let seq = inner.next_seq;
             inner.next_seq += 1;
-            *b = Binding { mac, source, router: router.unwrap_or(false), seen_ms: ms, seq };
+            *b = Binding { mac, source, router: router.unwrap_or(false), seen_ms: ms, seq, lease_end_ms: lease_end.unwrap_or(0) };
             inner.order.push_back((ip, seq));
             Self::compact(inner);
             return;
@@ -235,7 +267,7 @@ impl NeighTable {
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.map.insert(ip, Binding { mac, source, router: router.unwrap_or(false), seen_ms: ms, seq });
+        inner.map.insert(ip, Binding { mac, source, router: router.unwrap_or(false), seen_ms: ms, seq, lease_end_ms: lease_end.unwrap_or(0) });
         inner.order.push_back((ip, seq));
         Self::compact(inner);
     }
@@ -255,12 +287,13 @@ impl NeighTable {
         self.fresh(b, now).then_some((b.mac, b.source, b.router))
     }
 
-    /// Remove the bindings `keep` refuses or that aged out; returns how many went.
+    /// Remove the bindings `keep` refuses or that aged out (or whose lease ended); returns how
+    /// many went.
     pub fn sweep(&self, now: Instant, keep: impl Fn(MacAddr, Source) -> bool) -> usize {
         let mut g = self.lock();
         let before = g.map.len();
         let ageing = self.ageing_ms;
-        g.map.retain(|_, b| now.as_millis().saturating_sub(b.seen_ms) <= ageing && keep(b.mac, b.source));
+        g.map.retain(|_, b| fresh(ageing, b, now) && keep(b.mac, b.source));
         let gone = before - g.map.len();
         if gone > 0 {
             Self::compact(&mut g);
@@ -273,6 +306,26 @@ impl NeighTable {
         let mut g = self.lock();
         let before = g.map.len();
         g.map.retain(|_, b| b.source != source);
+        before - g.map.len()
+    }
+
+    /// Forget the binding of `ip` if it is to `mac` (its owner released or declined it);
+    /// returns whether it went.
+    pub fn release(&self, ip: IpAddr, mac: MacAddr) -> bool {
+        let mut g = self.lock();
+        if g.map.get(&ip).is_some_and(|b| b.mac == mac) {
+            g.map.remove(&ip);
+            return true;
+        }
+        false
+    }
+
+    /// Forget every binding of `mac` learned from a DHCP lease (its server refused the lease,
+    /// a DHCPNAK); returns how many went.
+    pub fn forget_leases(&self, mac: MacAddr) -> usize {
+        let mut g = self.lock();
+        let before = g.map.len();
+        g.map.retain(|_, b| !(b.mac == mac && b.lease_end_ms != 0));
         before - g.map.len()
     }
 
@@ -301,7 +354,13 @@ impl NeighTable {
             .map
             .iter()
             .filter(|(_, b)| self.fresh(b, now))
-            .map(|(ip, b)| NeighRow { ip: *ip, mac: b.mac, source: b.source, age: now.saturating_since(Instant::from_millis(b.seen_ms)) })
+            .map(|(ip, b)| NeighRow {
+                ip: *ip,
+                mac: b.mac,
+                source: b.source,
+                age: now.saturating_since(Instant::from_millis(b.seen_ms)),
+                lease_left: (b.lease_end_ms != 0).then(|| Instant::from_millis(b.lease_end_ms).saturating_since(now)),
+            })
             .collect();
         rows.sort_by_key(|r| r.ip);
         rows
@@ -311,6 +370,7 @@ impl NeighTable {
     /// the source `map_source` gives it (`None`: its peer was removed, the binding goes).
     pub fn take_over(&self, old: &NeighTable, map_source: impl Fn(Source) -> Option<Source>) {
         self.counters.add_since(&old.counters.snapshot(), &[0; 4]);
+        self.dhcp.add_since(&old.dhcp.snapshot(), &[0; dhcp::SLOTS]);
         if !self.enabled {
             return;
         }
@@ -318,7 +378,8 @@ impl NeighTable {
         rows.sort_by_key(|(_, b)| b.seq);
         for (ip, b) in rows {
             if let Some(s) = map_source(b.source) {
-                self.learn(ip, b.mac, s, Some(b.router), Instant::from_millis(b.seen_ms));
+                let lease_end = (b.lease_end_ms != 0).then_some(b.lease_end_ms);
+                self.bind(ip, b.mac, s, Some(b.router), lease_end, Instant::from_millis(b.seen_ms));
             }
         }
     }
@@ -393,6 +454,15 @@ impl NeighTable {
             _ => Answer::NotEligible,
         }
     }
+}
+
+/// Whether `b` may still be used at `now`: within its lease if it came from one, else seen
+/// within the ageing time.
+fn fresh(ageing_ms: u64, b: &Binding, now: Instant) -> bool {
+    if b.lease_end_ms != 0 {
+        return now.as_millis() < b.lease_end_ms;
+    }
+    now.as_millis().saturating_sub(b.seen_ms) <= ageing_ms
 }
 
 fn mac_at(frame: &[u8], at: usize) -> MacAddr {
@@ -542,6 +612,8 @@ fn emit_na(out: &mut [u8; REPLY_MAX], ns: &Nd, asker: MacAddr, owner: MacAddr, r
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     REPLY_MAX
 }
+
+pub mod dhcp;
 
 #[cfg(test)]
 mod tests;

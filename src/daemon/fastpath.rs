@@ -1183,6 +1183,42 @@ mod tests {
     }
 
     #[test]
+    fn dhcp_is_left_to_userspace_both_ways() {
+        let mut p = load();
+        let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));
+        let now = Instant::from_secs(10);
+        let net = network();
+        // b behind peer 0, a on the test TAP: known unicast both ways
+        net.fdb.learn(a, Port::Local(LocalPort(0)), now);
+        net.fdb.learn(b, Port::Peer(PeerIdx(0)), now);
+        let keys = mirror(&mut p, &net, now);
+        // IPv4/UDP: a from 68 to 67 (client to server); b from 67 to 68 (server to client)
+        let udp = |dst, src, sport: u16, dport: u16| {
+            let mut f = frame(dst, src, 300);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&286u16.to_be_bytes());
+            f[23] = 17;
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[36..38].copy_from_slice(&dport.to_be_bytes());
+            f[38..40].copy_from_slice(&266u16.to_be_bytes());
+            f
+        };
+        let to_server = udp(b, a, 68, 67);
+        assert_eq!(run(&p, "tap_egress", &to_server), (TC_ACT_OK, to_server.clone()), "a request or release goes through userspace");
+        let to_client = udp(a, b, 67, 68);
+        let pkt = vxlan(PEERS[0], &to_client);
+        assert_eq!(run(&p, "underlay_ingress", &pkt), (TC_ACT_OK, pkt.clone()), "an acknowledgement goes through userspace");
+        // the same flows on another UDP port are carried in the kernel
+        let dns = udp(b, a, 68, 53);
+        assert_eq!(run(&p, "tap_egress", &dns).0, TC_ACT_REDIRECT);
+        let pkt = vxlan(PEERS[0], &udp(a, b, 53, 1068));
+        assert_eq!(run(&p, "underlay_ingress", &pkt).0, TC_ACT_REDIRECT);
+        for k in keys {
+            let _ = p.fdb.remove(&k);
+        }
+    }
+
+    #[test]
     fn a_source_not_yet_learned_at_the_ingress_is_left_to_userspace() {
         let mut p = load();
         let (a, b) = (MacAddr([2, 0, 0, 0, 0, 0xa]), MacAddr([2, 0, 0, 0, 0, 0xb]));

@@ -15,7 +15,9 @@
 //!   label set follows the enum;
 //! - `direction`: `rx` (into overlayd) or `tx` (out of overlayd);
 //! - `event`: `learned`, `moved`, `expired`, `evicted`, `flushed`, `pinned`, `cluster_moved`;
-//! - `family`: `ipv4` (ARP) or `ipv6` (neighbour discovery); `result`: `hit` or `miss`.
+//! - `family`: `ipv4` (ARP) or `ipv6` (neighbour discovery); `result`: `hit` or `miss`;
+//! - `message`: `ack`, `nak`, `release`, `decline`, `malformed` (DHCP); `result`: `applied` or
+//!   `ignored`.
 //!
 //! A MAC address is never a label: `overlayd fdb` on the admin socket shows the table.
 //!
@@ -61,6 +63,7 @@ struct Families {
     mss_clamped: IntCounterVec,
     neigh_suppressed: IntCounterVec,
     neigh_bindings: IntGaugeVec,
+    neigh_dhcp: IntCounterVec,
     cluster_connected: IntGaugeVec,
     cluster_members: IntGaugeVec,
     cluster_events: IntCounterVec,
@@ -156,8 +159,13 @@ impl Families {
             )?,
             neigh_bindings: gauge(
                 "overlayd_neigh_bindings",
-                "IP to MAC bindings the network holds for ARP/ND suppression (snooped from ARP/ND that came through the tunnel).",
+                "IP to MAC bindings the network holds for ARP/ND suppression (snooped from ARP/ND or DHCP of hosts behind peers, or from the cluster).",
                 &["network"],
+            )?,
+            neigh_dhcp: counter(
+                "overlayd_neigh_dhcp_total",
+                "DHCP messages snooped on the network's ports: an ack that bound its address to the client's MAC (applied) or named a MAC not where a binding could go (ignored); a nak, release or decline that removed a binding (applied) or found none (ignored); malformed DHCP (ignored).",
+                &["network", "message", "result"],
             )?,
             datapath_info: gauge(
                 "overlayd_datapath_info",
@@ -204,7 +212,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 17] {
+    fn counters(&self) -> [&IntCounterVec; 18] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -219,6 +227,7 @@ impl Families {
             &self.pmtu_limited,
             &self.mss_clamped,
             &self.neigh_suppressed,
+            &self.neigh_dhcp,
             &self.cluster_events,
             &self.cluster_resyncs,
             &self.fast_frames,
@@ -309,6 +318,9 @@ impl Families {
                 self.neigh_suppressed.with_label_values(&[net, family, result]).inc_by(v);
             }
             self.neigh_bindings.with_label_values(&[net]).set(n.neigh_bindings.min(i64::MAX as u64) as i64);
+            for ((message, result), v) in crate::core::neigh::dhcp::LABELS.iter().zip(n.neigh_dhcp) {
+                self.neigh_dhcp.with_label_values(&[net, message, result]).inc_by(v);
+            }
             for p in &n.peers {
                 let peer = p.peer.as_str();
                 self.tunnel_packets.with_label_values(&[net, peer, "rx"]).inc_by(p.rx_packets);

@@ -64,6 +64,9 @@ pub struct NetSample {
     /// binding (miss), by family.
     #[serde(default)]
     pub neigh_suppressed: NeighSuppressedCounts,
+    /// DHCP messages snooped, in `core::neigh::dhcp::LABELS` order (message, result).
+    #[serde(default)]
+    pub neigh_dhcp: [u64; crate::core::neigh::dhcp::SLOTS],
     /// Who forwards its known unicast: "ebpf" or "userspace".
     #[serde(default)]
     pub datapath: String,
@@ -262,6 +265,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                     let [ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss] = net.neigh.counters.snapshot();
                     NeighSuppressedCounts { ipv4_hit, ipv4_miss, ipv6_hit, ipv6_miss }
                 },
+                neigh_dhcp: net.neigh.dhcp.snapshot(),
                 datapath: "userspace".into(),
                 fast_frames: [0, 0],
             }

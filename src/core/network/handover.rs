@@ -35,6 +35,8 @@ pub struct Handover {
     vm: [u64; 4],
     /// ARP/ND suppression counts taken over.
     neigh: [u64; 4],
+    /// DHCP snooping counts taken over.
+    dhcp: [u64; super::neigh::dhcp::SLOTS],
 }
 
 fn vm_counts(n: &Network) -> [u64; 4] {
@@ -86,11 +88,12 @@ impl Network {
         });
         new.local_neigh.take_over(&self.local_neigh, Some);
         let neigh = self.neigh.counters.snapshot();
+        let dhcp = self.neigh.dhcp.snapshot();
         let stats = self.stats.snapshot();
         new.stats.absorb(&stats, &peer_map);
         let vm = vm_counts(self);
         add_since(&vm_counters(&new), &vm, &[0; 4]);
-        (new, Handover { peer_map, stats, vm, neigh })
+        (new, Handover { peer_map, stats, vm, neigh, dhcp })
     }
 }
 
@@ -102,6 +105,7 @@ impl Handover {
         new.stats.absorb(&old.stats.snapshot().since(&self.stats), &self.peer_map);
         add_since(&vm_counters(new), &vm_counts(old), &self.vm);
         new.neigh.counters.add_since(&old.neigh.counters.snapshot(), &self.neigh);
+        new.neigh.dhcp.add_since(&old.neigh.dhcp.snapshot(), &self.dhcp);
         for (o, to) in old.peers.iter().zip(&self.peer_map) {
             if let Some(q) = to.and_then(|i| new.peers.get(i)) {
                 q.last_seen.fetch_max(o.last_seen.load(Relaxed), Relaxed);

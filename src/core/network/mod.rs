@@ -149,8 +149,13 @@ impl Network {
     /// Decide where a frame read from local port `ingress` goes, learning its source.
     pub fn from_local(&self, ingress: LocalPort, frame: &[u8], now: Instant) -> Action {
         let action = self.decide(Port::Local(ingress), frame, now);
-        if self.spec.snoop_local && matches!(action, Action::Flood | Action::Peer(_) | Action::Local(_)) {
-            self.local_neigh.snoop(frame, Source::Local, now);
+        if matches!(action, Action::Flood | Action::Peer(_) | Action::Local(_)) {
+            if self.spec.snoop_local {
+                self.local_neigh.snoop(frame, Source::Local, now);
+            }
+            if self.snoops_dhcp() {
+                self.snoop_dhcp(frame, now);
+            }
         }
         action
     }
@@ -189,6 +194,9 @@ impl Network {
         let action = self.decide(Port::Peer(peer), frame, now);
         if matches!(action, Action::Local(_) | Action::Flood) {
             self.neigh.snoop(frame, Source::Snooped(peer), now);
+            if self.snoops_dhcp() {
+                self.snoop_dhcp(frame, now);
+            }
         }
         action
     }
