@@ -546,7 +546,11 @@ int underlay_ingress(struct __sk_buff *skb) {
 	__u32 len0 = skb->len, gso_size = skb->gso_size, gso_segs = skb->gso_segs;
 	if (skb->vlan_present)
 		return TC_ACT_OK;
-	union addr from = {}, to = {};
+	// every byte zero: `= {}` initialises only a union's first member (v4), and the
+	// comparisons below read all four words
+	union addr from, to;
+	__builtin_memset(&from, 0, sizeof(from));
+	__builtin_memset(&to, 0, sizeof(to));
 	__u32 l3;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;

@@ -1206,12 +1206,12 @@ mod tests {
         let to_server = udp(b, a, 68, 67);
         assert_eq!(run(&p, "tap_egress", &to_server), (TC_ACT_OK, to_server.clone()), "a request or release goes through userspace");
         let to_client = udp(a, b, 67, 68);
-        let pkt = vxlan(PEERS[0], &to_client);
+        let pkt = vxlan(underlay(p.v6).1[0], &to_client);
         assert_eq!(run(&p, "underlay_ingress", &pkt), (TC_ACT_OK, pkt.clone()), "an acknowledgement goes through userspace");
         // the same flows on another UDP port are carried in the kernel
         let dns = udp(b, a, 68, 53);
         assert_eq!(run(&p, "tap_egress", &dns).0, TC_ACT_REDIRECT);
-        let pkt = vxlan(PEERS[0], &udp(a, b, 53, 1068));
+        let pkt = vxlan(underlay(p.v6).1[0], &udp(a, b, 53, 1068));
         assert_eq!(run(&p, "underlay_ingress", &pkt).0, TC_ACT_REDIRECT);
         for k in keys {
             let _ = p.fdb.remove(&k);

@@ -36,7 +36,7 @@ pub struct Handover {
     /// ARP/ND suppression counts taken over.
     neigh: [u64; 4],
     /// DHCP snooping counts taken over.
-    dhcp: [u64; super::neigh::dhcp::SLOTS],
+    dhcp: [u64; crate::core::neigh::dhcp::SLOTS],
 }
 
 fn vm_counts(n: &Network) -> [u64; 4] {
