@@ -375,8 +375,9 @@ impl Switcher {
                 Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
                 _ => 0,
             };
+            // the flow hash picks a VXLAN source port; GRE has none to pick
             let hash = match action {
-                Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
+                Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
                 _ => 0,
             };
             match action {
