@@ -1,20 +1,23 @@
 //! The data path: blocking threads that move frames between local ports and the underlay.
 //!
 //! - One *port thread* per local port (TAP): wait for readiness, drain up to [`BATCH`] frames,
-//!   decide each frame with [`Network::from_local`], write the VXLAN header into the headroom
-//!   in front of the frame (no copy of the frame), queue it for its peer(s), and send the whole
-//!   batch with one `sendmmsg` per source-port socket.
-//! - One *underlay thread* per receive socket: `recvmmsg` a batch, classify each datagram to a
-//!   network and peer, decide with [`Network::from_peer`], and write the inner frame straight
-//!   from the receive buffer to the TAP.
+//!   decide each frame with [`Network::from_local`], write the VXLAN (or GRE) header into the
+//!   headroom in front of the frame (no copy of the frame), queue it for its peer(s), and send
+//!   the whole batch with one `sendmmsg` per source-port socket (or on the raw GRE socket).
+//! - One *underlay thread* per receive socket (a VXLAN port's, or the raw GRE socket: the
+//!   same loop, see [`Underlay`]): `recvmmsg` a batch, classify each datagram to a network and
+//!   peer, decide with [`Network::from_peer`], and write the inner frame straight from the
+//!   receive buffer to the TAP.
 //!
 //! With offloads (`[node] offload = true`, the default) both threads move 64 KiB units:
 //! - the port thread reads TCP super-frames (TAP with a virtio-net header and TSO), cuts each
 //!   into segments with [`TsoPlan`] (headers in a per-thread arena, payload left in the read
-//!   buffer) and sends all segments for a peer with one UDP GSO `sendmsg`;
-//! - the underlay thread receives with `UDP_GRO` (many datagrams per message), and chains
-//!   consecutive TCP segments of a flow into a [`Run`] that is written to the TAP as one
-//!   super-frame with `writev`, its payload straight from the receive buffer.
+//!   buffer) and sends all segments for a peer with one UDP GSO `sendmsg` (GRE: one `sendmmsg`
+//!   of ordinary GRE packets, raw sockets having no GSO);
+//! - the underlay thread receives with `UDP_GRO` (many datagrams per message; GRE: 64 packets
+//!   per `recvmmsg`), and chains consecutive TCP segments of a flow into a [`Run`] that is
+//!   written to the TAP as one super-frame with `writev`, its payload straight from the
+//!   receive buffer.
 //!
 //! Nothing here allocates per frame, takes a lock, or logs per frame: errors are counted and
 //! logged at most once a second per thread with the number suppressed.
@@ -594,8 +597,8 @@ impl UnderlayThread {
         let UnderlayThread { rx, fabric, global, stop, slot, offload } = self;
         // VXLAN: the UDP port, GRO, and the kernel's ways with offloads (partial checksums,
         // whole TSO bursts). GRE over a raw socket has none of these; its packets are single
-        // segments whose inner checksums are complete (checked before coalescing: GRE has no
-        // outer checksum to cover them unless the key option asks for one).
+        // segments whose inner checksums are complete, and are checked before coalescing (no
+        // outer checksum covers them unless the network sends GRE checksums).
         let (port, vxlan, gro, v6) = match &rx {
             Underlay::Vxlan(s) => (s.local.port(), true, offload && s.enable_gro(), false),
             Underlay::Gre(s) => (0, false, false, s.is_ipv6()),
@@ -607,10 +610,12 @@ impl UnderlayThread {
         // Without GRO, VXLAN slots still hold a whole 64 KiB message: a kernel peer on a link
         // that keeps offloads sends its TSO bursts as one tunnel GSO packet, which the kernel
         // queues to us whole (see `tunnel_super_frame`).
-        let mut batch = match () {
-            _ if gro => RecvBatch::with_gro(GRO_SLOT, GRO_BATCH),
-            _ if vxlan => RecvBatch::new(slot.max(GRO_SLOT)),
-            _ => RecvBatch::new(slot),
+        let mut batch = if gro {
+            RecvBatch::with_gro(GRO_SLOT, GRO_BATCH)
+        } else if vxlan {
+            RecvBatch::new(slot.max(GRO_SLOT))
+        } else {
+            RecvBatch::new(slot)
         };
         let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();

@@ -14,6 +14,7 @@ use crate::core::stats::Shard;
 use crate::core::wire::gre::GreRepr;
 use crate::core::{Dscp, DropReason, Instant, Network};
 use crate::io::gre::{GreSendQueue, GreSocket, GreTxItem};
+
 /// How one GRE network sends: fixed per network, shared by its port threads.
 #[derive(Debug, Clone)]
 pub struct GreParams {
