@@ -238,6 +238,31 @@ impl GreSendQueue {
     }
 }
 
+/// For tests: the GRE packets with key `key` that reach `sock` (IPv4) within about a second,
+/// until `want` came, each whole (outer IPv4 header included), in order of arrival.
+#[cfg(test)]
+pub(crate) fn recv_keyed_v4(sock: &GreSocket, key: u32, want: usize) -> Vec<Vec<u8>> {
+    use crate::core::wire::gre::GreHeader;
+    use crate::core::wire::ip::Ipv4Packet;
+    let mut rb = crate::io::udp::RecvBatch::new(2048);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let n = rb.recv(sock.fd()).unwrap_or(0);
+        for i in 0..n {
+            let Some((_, data, _)) = rb.get(i) else { continue };
+            let Ok(ip) = Ipv4Packet::new_checked(data) else { continue };
+            if GreHeader::new_checked(ip.payload()).ok().and_then(|g| g.key()) == Some(key) {
+                got.push(data.to_vec());
+            }
+        }
+        if got.len() >= want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    got
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,24 +328,13 @@ mod tests {
         let (sent, err) = sock.send_each(lo, 7, 10 << 2, &mut iovs, 2, &mut hdrs);
         assert!(err.is_none(), "{err:?}");
         assert_eq!(sent, 3);
-        let mut rb = RecvBatch::new(2048);
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        for _ in 0..100 {
-            let n = rb.recv(sock.fd()).unwrap();
-            for i in 0..n {
-                let (_, data, _) = rb.get(i).unwrap();
-                let Ok(ip) = Ipv4Packet::new_checked(data) else { continue };
-                let Ok(g) = GreHeader::new_checked(ip.payload()) else { continue };
-                if g.key() == Some(key) {
-                    assert_eq!((data[8], data[1]), (7, 10 << 2), "TTL, TOS");
-                    assert!(g.checksum_ok(), "checksum over the gathered pieces");
-                    got.push(ip.payload().to_vec());
-                }
-            }
-            if got.len() == 3 {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        let mut got = Vec::new();
+        for data in recv_keyed_v4(&sock, key, 3) {
+            let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
+            let g = GreHeader::new_checked(ip.payload()).unwrap();
+            assert_eq!((data[8], data[1]), (7, 10 << 2), "TTL, TOS");
+            assert!(g.checksum_ok(), "checksum over the gathered pieces");
+            got.push(ip.payload().to_vec());
         }
         let want: Vec<Vec<u8>> = heads.iter().zip(&payloads).map(|(h, p)| [&h[..], &p[..]].concat()).collect();
         assert_eq!(got, want, "the three packets, in order, each header then payload");
