@@ -10,14 +10,19 @@
 #   A. GRE over IPv4, key 42 (blue), plus a keyless GRE network (red, tap <P>tk, 203.0.113.x)
 #      in the same daemons;
 #   B. GRE over IPv6, key 42 with GRE checksums;
+#   D. GRE over IPv4 with [node] offload = false;
 #   C. VXLAN over IPv4 (rate reference only).
 # Proves:
 #   - the TAP MTU is the underlay MTU minus the real overhead: 1500-42 (GRE/IPv4 with key),
 #     1500-38 (keyless), 1500-66 (GRE/IPv6 with key and checksum);
 #   - ping both ways; DF pings that fill the TAP MTU and 1400-byte DF pings pass; one byte
 #     more is refused locally; the underlay fragments nothing;
-#   - a 20 MB TCP transfer (random data) arrives byte-identical each way, for GRE/IPv4 and
-#     GRE/IPv6;
+#   - the GRE TAPs offer TSO (offloads on by default): TCP super-frames are cut into GRE
+#     packets, and received segments are coalesced; with [node] offload = false (phase D)
+#     they do not, and traffic still flows;
+#   - a 20 MB TCP transfer (random data) arrives byte-identical each way, for GRE/IPv4,
+#     GRE/IPv6 with GRE checksums (verified by the receiving daemon, which counts no
+#     gre_checksum drop) and GRE/IPv4 without offloads;
 #   - on the wire, dissected by tshark (an independent GRE parser): IP protocol 47, GRE
 #     version 0, protocol 0x6558, key 42 (none on the keyless network), checksum flag and a
 #     checksum tshark verifies as good in phase B, outer TTL / hop limit 64, DF set (IPv4),
@@ -28,6 +33,7 @@
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
 command -v tshark >/dev/null || die "tshark not installed (see .ci/run)"
+command -v ethtool >/dev/null || die "ethtool not installed"
 
 H1=$PREFIX-h1 H2=$PREFIX-h2
 U1=192.0.2.1 U2=192.0.2.2 V1=2001:db8::1 V2=2001:db8::2
@@ -39,9 +45,6 @@ add_ns "$H1" "$H2"
 add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
 ip -n "$H1" addr add "$V1/64" dev "${PREFIX}u1" nodad
 ip -n "$H2" addr add "$V2/64" dev "${PREFIX}u2" nodad
-# finished checksums on the underlay: clean captures for tshark
-checksum_offload_off "$H1" "${PREFIX}u1"
-checksum_offload_off "$H2" "${PREFIX}u2"
 ping_ok "$H1" "$U2" 2
 ping_ok "$H1" "$V2" 2
 make_random_file "$WORK/payload" 20
@@ -67,6 +70,9 @@ overlay_checks() {
   assert_fails "$what: DF ping of MTU+1 bytes is refused in h1" ns_exec "$H1" ping -n -c 1 -W 1 -M "do" -s $((mtu - 27)) "$O2"
   assert_eq "$what: underlay fragments created by the DF pings" 0 $(($(snmp_counter "$H1" Ip FragCreates) - f1 + $(snmp_counter "$H2" Ip FragCreates) - f2))
 }
+
+# tso_state NS DEV - the TSO line of ethtool -k
+tso_state() { ns_exec "$1" ethtool -k "$2" | grep '^tcp-segmentation-offload:' | sed 's/ \[fixed\]//'; }
 
 # no_gre_drops NAME... - the daemons counted no GRE-specific drop
 no_gre_drops() {
@@ -94,6 +100,7 @@ wait_ready a1
 wait_ready a2
 mtu=$(link_mtu "$H1" "$TAP")
 assert_eq "GRE/IPv4 with key: TAP MTU (1500 - 42)" 1458 "$mtu"
+assert_eq "GRE TAP offers TSO (offloads on by default)" "tcp-segmentation-offload: on" "$(tso_state "$H1" "$TAP")"
 assert_eq "GRE/IPv4 keyless: TAP MTU (1500 - 38)" 1462 "$(link_mtu "$H1" "$TK")"
 capture_start gre4 "$H1" "${PREFIX}u1" ip proto 47
 overlay_checks "GRE/IPv4" "$mtu"
@@ -157,6 +164,26 @@ no_gre_drops b1 b2
 stop_daemon b1
 stop_daemon b2
 
+# --------------------------------------------------------------------------- D: no offloads
+log "D: GRE over IPv4 with [node] offload = false: plain TAPs, one frame per packet"
+for i in 1 2; do
+  write_config "$WORK/d$i.toml" "192.0.2.$i"
+  sed -i 's/^underlay = .*/&\noffload = false/' "$WORK/d$i.toml"
+  add_network "$WORK/d$i.toml" blue 42 "$TAP" "198.51.100.$i/24" "192.0.2.$((3 - i))" encap='"gre"'
+  start_daemon "$([[ $i == 1 ]] && echo "$H1" || echo "$H2")" "d$i" "$WORK/d$i.toml"
+done
+wait_ready d1
+wait_ready d2
+assert_eq "GRE TAP with offload = false offers no TSO" "tcp-segmentation-offload: off" "$(tso_state "$H1" "$TAP")"
+ip -n "$H1" neigh flush dev "$TAP"
+wait_ping "$H1" "$O2"
+tcp_transfer "$H1" "$H2" "$O2" 5006 "$WORK/payload" "GRE/IPv4 without offloads h1->h2"
+rate_plain=$TRANSFER_MBIT
+tcp_transfer "$H2" "$H1" "$O1" 5007 "$WORK/payload" "GRE/IPv4 without offloads h2->h1"
+no_gre_drops d1 d2
+stop_daemon d1
+stop_daemon d2
+
 # --------------------------------------------------------------------------- C: VXLAN reference
 log "C: VXLAN over IPv4 on the same hosts (rate reference)"
 write_config "$WORK/c1.toml" "$U1"
@@ -173,5 +200,5 @@ rate_vxlan=$TRANSFER_MBIT
 stop_daemon c1
 stop_daemon c2
 
-info "rate h1->h2, 20 MB, socat (not asserted): GRE/IPv4 $rate_gre4 Mbit/s, GRE/IPv6+csum $rate_gre6 Mbit/s, VXLAN/IPv4 $rate_vxlan Mbit/s"
+info "rate h1->h2, 20 MB, socat (not asserted): GRE/IPv4 $rate_gre4 Mbit/s, GRE/IPv6+csum $rate_gre6 Mbit/s, GRE/IPv4 without offloads $rate_plain Mbit/s, VXLAN/IPv4 $rate_vxlan Mbit/s"
 log "PASS: two hosts over GRE (IPv4 and IPv6)"

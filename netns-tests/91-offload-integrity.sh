@@ -14,6 +14,10 @@
 #     unit tests of src/core/offload.rs: this kernel has no 8021q module for a VLAN device);
 #   - UDP datagrams of mixed sizes (1 to 4000 bytes: some are IP-fragmented inside the
 #     overlay) each arrive with exactly the bytes that were sent;
+#   - GRE (key, GRE checksums) with offloads: the TAPs offer TSO, super-frames cross (the
+#     average frame each daemon reads from and writes to its TAP is larger than the MTU
+#     allows an ordinary frame), and 50 MB each way arrive byte-identical with no GRE checksum
+#     or other drop counted;
 #   - a peer with every offload off (kernel vxlan on a veth with TSO/GSO/GRO/tx checksum off)
 #     still exchanges 20 MB each way with an offloading overlayd, byte-identical.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -132,8 +136,56 @@ info "UDP mixed sizes: $intact of 3000 intact, $missing lost, $counted drops cou
 ((missing <= counted)) || die "UDP: $missing datagrams lost but only $counted drops counted anywhere"
 ok "UDP mixed sizes: $intact of 3000 intact, none corrupt, every loss counted"
 
-log "a peer with every offload off: kernel vxlan in h2 instead of overlayd"
+log "GRE (key 42, GRE checksums) with offloads: TSO super-frames cut into GRE packets, segments coalesced"
+stop_daemon d1
 stop_daemon d2
+for i in 1 2; do
+  j=$((3 - i))
+  write_config "$WORK/g$i.toml" "192.0.2.$i"
+  add_network "$WORK/g$i.toml" blue 42 "$TAP" "198.51.100.$i/24" "192.0.2.$j" encap='"gre"' gre_checksum=true
+  start_daemon "$PREFIX-h$i" "g$i" "$WORK/g$i.toml"
+done
+wait_ready g1
+wait_ready g2
+for i in 1 2; do
+  ns_exec "$PREFIX-h$i" ethtool -k "$TAP" | grep -q '^tcp-segmentation-offload: on' ||
+    die "GRE TAP $TAP in $PREFIX-h$i does not offer TSO: $(ns_exec "$PREFIX-h$i" ethtool -k "$TAP" | grep segmentation)"
+done
+ok "both GRE TAPs offer TSO to the host stack"
+ip -n "$H1" neigh flush dev "$TAP"
+ip -n "$H2" neigh flush dev "$TAP"
+wait_ping "$H1" 198.51.100.2
+# tap_stats NS DIR - "packets bytes" the TAP counted in DIR (tx: frames the daemon read, i.e.
+# the host sent; rx: frames the daemon wrote)
+tap_stats() { ip -n "$1" -j -s link show dev "$TAP" | jq -r ".[0].stats64.$2 | \"\(.packets) \(.bytes)\""; }
+read -r rp0 rb0 < <(tap_stats "$H1" tx)
+read -r wp0 wb0 < <(tap_stats "$H2" rx)
+head -c 50000000 "$WORK/mid" >"$WORK/gre"
+tcp_transfer "$H1" "$H2" 198.51.100.2 5007 "$WORK/gre" "GRE TCP 50 MB h1->h2"
+info "rate: $TRANSFER_MBIT Mbit/s (not asserted)"
+read -r rp1 rb1 < <(tap_stats "$H1" tx)
+read -r wp1 wb1 < <(tap_stats "$H2" rx)
+# an ordinary frame is at most the TAP MTU (1458) plus 14; a super-frame is up to 64 KB
+read_avg=$(((rb1 - rb0) / (rp1 - rp0))) write_avg=$(((wb1 - wb0) / (wp1 - wp0)))
+info "GRE h1->h2: h1's daemon read $((rp1 - rp0)) frames from its TAP, $read_avg bytes on average; h2's daemon wrote $((wp1 - wp0)), $write_avg bytes on average"
+assert_ge "GRE: average frame h1's daemon read from its TAP (bytes; > 1472: TSO super-frames)" 1473 "$read_avg"
+assert_ge "GRE: average frame h2's daemon wrote to its TAP (bytes; > 1472: coalesced segments)" 1473 "$write_avg"
+tcp_transfer "$H2" "$H1" 198.51.100.1 5008 "$WORK/gre" "GRE TCP 50 MB h2->h1"
+info "rate: $TRANSFER_MBIT Mbit/s (not asserted)"
+for g in g1 g2; do
+  drop_totals "$g"
+  for reason in gre_checksum malformed bad_offload send_failed; do
+    assert_eq "GRE: $g counted no $reason drops" 0 "$(drop_count "$g" blue "$reason")"
+  done
+done
+stop_daemon g1
+stop_daemon g2
+rm -f "$WORK/gre"
+# the kernel vxlan device below needs the VXLAN daemon in h1 again
+start_daemon "$H1" d1 "$WORK/h1.toml"
+wait_ready d1
+
+log "a peer with every offload off: kernel vxlan in h2 instead of overlayd"
 ns_exec "$H2" ethtool -K "${PREFIX}u2" tso off gso off gro off tx off >/dev/null ||
   die "cannot turn offloads off on ${PREFIX}u2"
 add_native_vxlan "$H2" "${PREFIX}vx" 42 "$U2" "$U1" "${PREFIX}u2" 4789

@@ -40,7 +40,9 @@
 #   PING_COUNT [100]  PING_INTERVAL [0.01]  PREFIX [ob]  OUTDIR [/tmp/overlayd-bench.<time>]
 #   OVERLAYD_BIN [target/release/overlayd, built if unset]  PROFILE [0] (1 = build with frame
 #   pointers, one extra tcp1 run per system under perf: netns-tests/profile.sh)  INTERLEAVE [1]
-#   KEEP_LAB [0]
+#   KEEP_LAB [0]  BASE_BIN [unset] (the binary of overlayd-base / overlayd-gre-base: compare
+#   two builds in one interleaved run, e.g. BASE_BIN=/tmp/main/overlayd SYSTEMS="kernel-vxlan
+#   overlayd-gre-base overlayd-gre")
 #
 # The machine may be shared: compare systems within one run only, and look at
 # foreign_core_pct (other processes' CPU during tcp1) before trusting a difference.
@@ -82,10 +84,12 @@ declare -A SYSTEM_INFO=(
   [overlayd-ebpf]="overlayd VXLAN VNI 42, eBPF fast path at TC (datapath = \"ebpf\")"
   [overlayd-nooffload]="overlayd VXLAN VNI 42 with [node] offload = false"
   [overlayd-gre]="overlayd GRE key 42 (raw IP protocol 47 sockets)"
+  [overlayd-base]="overlayd VXLAN as 'overlayd', run from \$BASE_BIN (another build: before/after in one run)"
+  [overlayd-gre-base]="overlayd GRE as 'overlayd-gre', run from \$BASE_BIN (another build: before/after in one run)"
   [overlayd-kernel]="overlayd VXLAN in h1 (the client), kernel vxlan in h2: a mixed segment"
   [kernel-overlayd]="kernel vxlan in h1 (the client), overlayd VXLAN in h2: a mixed segment"
 )
-ALL_SYSTEMS=(raw kernel-vxlan overlayd overlayd-ebpf overlayd-nooffload overlayd-gre overlayd-kernel kernel-overlayd)
+ALL_SYSTEMS=(raw kernel-vxlan overlayd overlayd-ebpf overlayd-nooffload overlayd-gre overlayd-kernel kernel-overlayd overlayd-base overlayd-gre-base)
 
 # ----------------------------------------------------------------------------- logging
 log()  { printf '# %s\n' "$*" >&2; }
@@ -249,6 +253,11 @@ setup_overlayd() { overlayd_setup vxlan true userspace; }
 setup_overlayd_ebpf() { overlayd_setup vxlan true ebpf; }
 setup_overlayd_nooffload() { overlayd_setup vxlan false userspace; }
 setup_overlayd_gre() { overlayd_setup gre true userspace; }
+# the same with the binary $BASE_BIN, e.g. a build of the main branch, to compare two builds
+# interleaved in one run
+base_bin() { [[ -x ${BASE_BIN:-} ]] || die "this system needs BASE_BIN, an overlayd binary (got '${BASE_BIN:-}')"; }
+setup_overlayd_base() { base_bin; OVERLAYD_BIN=$BASE_BIN overlayd_setup vxlan true userspace; }
+setup_overlayd_gre_base() { base_bin; OVERLAYD_BIN=$BASE_BIN overlayd_setup gre true userspace; }
 
 # a mixed segment: overlayd in one host, the kernel's vxlan device in the other (the veth keeps
 # its default offloads, as everywhere here)

@@ -1,26 +1,31 @@
 //! The data path: blocking threads that move frames between local ports and the underlay.
 //!
 //! - One *port thread* per local port (TAP): wait for readiness, drain up to [`BATCH`] frames,
-//!   decide each frame with [`Network::from_local`], write the VXLAN header into the headroom
-//!   in front of the frame (no copy of the frame), queue it for its peer(s), and send the whole
-//!   batch with one `sendmmsg` per source-port socket.
-//! - One *underlay thread* per receive socket: `recvmmsg` a batch, classify each datagram to a
-//!   network and peer, decide with [`Network::from_peer`], and write the inner frame straight
-//!   from the receive buffer to the TAP.
+//!   decide each frame with [`Network::from_local`], write the VXLAN (or GRE) header into the
+//!   headroom in front of the frame (no copy of the frame), queue it for its peer(s), and send
+//!   the whole batch with one `sendmmsg` per source-port socket (or on the raw GRE socket).
+//! - One *underlay thread* per receive socket (a VXLAN port's, or the raw GRE socket: the
+//!   same loop, see [`Underlay`]): `recvmmsg` a batch, classify each datagram to a network and
+//!   peer, decide with [`Network::from_peer`], and write the inner frame straight from the
+//!   receive buffer to the TAP.
 //!
 //! With offloads (`[node] offload = true`, the default) both threads move 64 KiB units:
 //! - the port thread reads TCP super-frames (TAP with a virtio-net header and TSO), cuts each
 //!   into segments with [`TsoPlan`] (headers in a per-thread arena, payload left in the read
-//!   buffer) and sends all segments for a peer with one UDP GSO `sendmsg`;
-//! - the underlay thread receives with `UDP_GRO` (many datagrams per message), and chains
-//!   consecutive TCP segments of a flow into a [`Run`] that is written to the TAP as one
-//!   super-frame with `writev`, its payload straight from the receive buffer.
+//!   buffer) and sends all segments for a peer with one UDP GSO `sendmsg` (GRE: one `sendmmsg`
+//!   of ordinary GRE packets, raw sockets having no GSO);
+//! - the underlay thread receives with `UDP_GRO` (many datagrams per message; GRE: 64 packets
+//!   per `recvmmsg`), and chains consecutive TCP segments of a flow into a [`Run`] that is
+//!   written to the TAP as one super-frame with `writev`, its payload straight from the
+//!   receive buffer.
 //!
 //! Nothing here allocates per frame, takes a lock, or logs per frame: errors are counted and
 //! logged at most once a second per thread with the number suppressed.
 
+use std::fmt;
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -31,10 +36,12 @@ use crate::core::neigh;
 use crate::core::pmtu;
 use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
 use crate::core::wire::ethernet::{self, EthernetFrame};
+use crate::core::wire::ip::Ipv4Packet;
 use crate::core::wire::vxlan;
 use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port, Vni};
 use super::gre::{GreParams, GreTx};
 use crate::io::clock;
+use crate::io::gre::GreSocket;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
 use crate::io::udp::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GsoError, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
@@ -104,8 +111,9 @@ pub struct PortThread {
     pub gre: Option<GreParams>,
 }
 
-/// Room for one segment's headers in the header arena: VXLAN (8), Ethernet with two VLAN
-/// tags (22), IPv4 or IPv6 with the longest options (60), TCP with the longest options (60).
+/// Room for one segment's headers in the header arena: the tunnel header (VXLAN 8, GRE up
+/// to 12), Ethernet with two VLAN tags (22), IPv4 or IPv6 with the longest options (60), TCP
+/// with the longest options (60).
 const SEG_HDR_MAX: usize = 160;
 
 /// Per-thread scratch space for sending the segments of TSO super-frames: each segment is
@@ -125,6 +133,29 @@ struct Sent {
     error: Option<io::Error>,
 }
 
+/// Where the segments of a super-frame go.
+enum Tunnel<'a> {
+    /// VXLAN over the UDP send sockets: the flow `hash` picks the source port, `gso` if the
+    /// peer takes UDP GSO.
+    Vxlan { tx: &'a TxSockets, hash: usize, gso: bool, dst: SocketAddr, vni: Vni },
+    /// GRE over the raw socket, with the outer TOS byte `tos`.
+    Gre { gre: &'a GreTx, dst: IpAddr, tos: u8 },
+}
+
+impl Tunnel<'_> {
+    fn header_len(&self) -> usize {
+        match self {
+            Tunnel::Vxlan { .. } => vxlan::HEADER_LEN,
+            Tunnel::Gre { gre, .. } => gre.header_len(),
+        }
+    }
+}
+
+/// Length of the tunnel header a port thread writes: VXLAN's, or its GRE network's.
+fn tunnel_header_len(gre: Option<&GreTx>) -> usize {
+    gre.map_or(vxlan::HEADER_LEN, GreTx::header_len)
+}
+
 impl Segmenter {
     fn new() -> Self {
         Segmenter {
@@ -135,55 +166,56 @@ impl Segmenter {
         }
     }
 
-    /// Cut `frame` (planned by `plan`) into VXLAN datagrams for `dst` and send them with UDP
-    /// GSO, at most 64 segments / 65507 bytes per call, if `gso` (the peer runs overlayd) and
-    /// the kernel allows it; else one datagram per segment, batched with `sendmmsg`.
-    #[allow(clippy::too_many_arguments)]
-    fn send(&mut self, tx: &TxSockets, hash: usize, gso: bool, dst: SocketAddr, vni: Vni, frame: &[u8], plan: &TsoPlan) -> Sent {
-        let seg_hdr = vxlan::HEADER_LEN + plan.header_len();
-        let seg_size = seg_hdr + plan.mss;
-        let per_call = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg_size).max(1);
+    /// Cut `frame` (planned by `plan`) into tunnel packets and send them, up to 64 segments
+    /// a call: VXLAN with UDP GSO (at most 65507 bytes a call) if the peer takes it (it runs
+    /// overlayd) and the kernel allows it, else one datagram per segment batched with
+    /// `sendmmsg`; GRE (raw sockets have no GSO) always the latter.
+    fn send(&mut self, to: &Tunnel<'_>, frame: &[u8], plan: &TsoPlan) -> Sent {
+        let tun = to.header_len();
+        let seg_hdr = tun + plan.header_len();
+        let per_call = match to {
+            Tunnel::Vxlan { .. } => GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / (seg_hdr + plan.mss)).max(1),
+            Tunnel::Gre { .. } => GSO_MAX_SEGMENTS,
+        };
         let mut out = Sent { segments: 0, bytes: 0, error: None };
         let mut i = 0;
         while i < plan.segments {
             let n = per_call.min(plan.segments - i);
-            let mut bytes = 0;
-            for k in 0..n {
-                let h = &mut self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr];
-                vxlan::emit(&mut h[..vxlan::HEADER_LEN], vni);
-                plan.write_header(frame, i + k, &mut h[vxlan::HEADER_LEN..]);
-            }
             self.iovs.clear();
             for k in 0..n {
+                let h = &mut self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr];
                 let payload = &frame[plan.payload_range(i + k)];
-                bytes += seg_hdr + payload.len();
-                self.iovs.push(libc::iovec { iov_base: self.arena[k * SEG_HDR_MAX..].as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
+                plan.write_header(frame, i + k, &mut h[tun..]);
+                match to {
+                    Tunnel::Vxlan { vni, .. } => vxlan::emit(&mut h[..tun], *vni),
+                    // after the inner headers: a GRE checksum covers them
+                    Tunnel::Gre { gre, .. } => gre.emit_segment(h, payload),
+                }
+                self.iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
                 self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
             }
-            let mut fallback = !gso || !tx.gso_enabled();
-            if !fallback {
-                match tx.send_gso(hash, dst, &self.iovs, seg_size as u16) {
-                    Ok(()) => {
-                        out.segments += n;
-                        out.bytes += bytes;
-                    }
-                    Err(GsoError::Unavailable(e)) => {
-                        if !self.warned {
-                            self.warned = true;
-                            tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
+            let (sent, err) = match *to {
+                Tunnel::Vxlan { tx, hash, gso, dst, .. } => {
+                    let gso_result = if gso && tx.gso_enabled() { Some(tx.send_gso(hash, dst, &self.iovs, (seg_hdr + plan.mss) as u16)) } else { None };
+                    match gso_result {
+                        Some(Ok(())) => (n, None),
+                        Some(Err(GsoError::Io(e))) => (0, Some(e)),
+                        Some(Err(GsoError::Unavailable(e))) => {
+                            if !self.warned {
+                                self.warned = true;
+                                tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
+                            }
+                            tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs)
                         }
-                        fallback = true;
+                        None => tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs),
                     }
-                    Err(GsoError::Io(e)) => out.error = Some(e),
                 }
-            }
-            if fallback {
-                let (sent, err) = tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs);
-                out.segments += sent;
-                out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
-                if err.is_some() {
-                    out.error = err;
-                }
+                Tunnel::Gre { gre, dst, tos } => gre.send_each(dst, tos, &mut self.iovs, 2, &mut self.hdrs),
+            };
+            out.segments += sent;
+            out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
+            if err.is_some() {
+                out.error = err;
             }
             i += n;
         }
@@ -204,7 +236,7 @@ impl PortThread {
         let mut q = SendQueue::new(tx.slots());
         let mut seg = Segmenter::new();
         let mut scratch = Vec::new();
-        let (mut rl_read, mut rl_send, mut rl_gso) = (RateLimit::default(), RateLimit::default(), RateLimit::default());
+        let (mut rl_read, mut rl_send, mut rl_gso, mut rl_gre) = (RateLimit::default(), RateLimit::default(), RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let mut signals = PmtuSignals::default();
         let mut answer = [0u8; neigh::REPLY_MAX];
@@ -257,10 +289,11 @@ impl PortThread {
                 net.stats.tap_rx(shard, len);
                 let vh = if vnet { VnetHdr::parse(&bufs[i][rd..HEADROOM]).unwrap_or(VnetHdr::NONE) } else { VnetHdr::NONE };
                 if vh.is_gso() {
-                    // a TCP super-frame: its segments go out with UDP GSO, after what is queued
+                    // a TCP super-frame: its segments go out after what is queued, with UDP
+                    // GSO (VXLAN) or one sendmmsg (GRE)
                     let frame = &bufs[i][HEADROOM..HEADROOM + len];
                     let plan = match TsoPlan::new(frame, &vh) {
-                        Ok(p) if vxlan::HEADER_LEN + p.header_len() <= SEG_HDR_MAX => p,
+                        Ok(p) if tunnel_header_len(gre.as_ref()) + p.header_len() <= SEG_HDR_MAX => p,
                         _ => {
                             net.stats.count_drop(shard, DropReason::BadOffload);
                             continue;
@@ -285,17 +318,28 @@ impl PortThread {
                     if !q.is_empty() {
                         send_queued(&mut q, &bufs);
                     }
-                    let hash = EthernetFrame::new_unchecked(frame).flow_hash() as usize;
+                    if let Some(g) = gre.as_mut() {
+                        g.flush(&net, &bufs, shard, &mut rl_gre, now);
+                    }
+                    let gre = gre.as_ref();
+                    // the flow hash picks a VXLAN source port; GRE has none to pick
+                    let hash = if gre.is_none() { EthernetFrame::new_unchecked(frame).flow_hash() as usize } else { 0 };
+                    let tos = gre.map_or(0, |g| g.tos(frame));
                     let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
                         let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
-                        // GSO only to peers known to take it: others may read the link in userspace
-                        let s = seg.send(&tx, hash, peer.liveness.takes_gso(), peer.addr, net.spec.vni, frame, &plan);
+                        let to = match gre {
+                            Some(gre) => Tunnel::Gre { gre, dst: peer.addr.ip(), tos },
+                            // GSO only to peers known to take it: others may read the link in userspace
+                            None => Tunnel::Vxlan { tx: &tx, hash, gso: peer.liveness.takes_gso(), dst: peer.addr, vni: net.spec.vni },
+                        };
+                        let s = seg.send(&to, frame, &plan);
                         let each = s.bytes / s.segments.max(1);
                         for _ in 0..s.segments {
                             net.stats.peer_tx(shard, usize::from(p.0), each);
                         }
                         if let Some(e) = s.error {
-                            net.stats.count_drop(shard, DropReason::SendFailed);
+                            let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
+                            net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
                             if let Some(muted) = rl_gso.allow(now) {
                                 tracing::warn!(network = net.name(), peer = %peer.addr, error = %e, muted, "send to peer failed");
                             }
@@ -332,9 +376,10 @@ impl PortThread {
                     Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, &mut answer, now).unwrap_or(0),
                     Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
                 };
+                // the flow hash picks a VXLAN source port; GRE has none to pick
                 let hash = match action {
-                    Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                    Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
+                    Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
+                    Action::Peer(_) | Action::Flood | Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
                 };
                 match action {
                     Action::Drop(DropReason::MtuExceeded) => signals.too_big(&mut fwd, &net, &ports, port, frame, shard, now),
@@ -361,7 +406,7 @@ impl PortThread {
                 send_queued(&mut q, &bufs);
             }
             if let Some(g) = gre.as_mut() {
-                g.flush(&net, &bufs, shard, &mut rl_send, now);
+                g.flush(&net, &bufs, shard, &mut rl_gre, now);
             }
         }
         tracing::debug!(network = io.net.load().name(), tap = tap.name(), "port thread stopped");
@@ -445,15 +490,41 @@ fn peer_sends_offloads(net: &Network, peer: PeerIdx, from: SocketAddr, seen: Off
     }
 }
 
+/// What an underlay thread receives on.
+pub enum Underlay {
+    /// The UDP socket of one VXLAN port.
+    Vxlan(RxSocket),
+    /// The daemon's raw GRE socket.
+    Gre(Arc<GreSocket>),
+}
+
+impl Underlay {
+    fn fd(&self) -> RawFd {
+        match self {
+            Underlay::Vxlan(s) => s.fd(),
+            Underlay::Gre(s) => s.fd(),
+        }
+    }
+}
+
+impl fmt::Display for Underlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Underlay::Vxlan(s) => write!(f, "udp {}", s.local),
+            Underlay::Gre(s) => write!(f, "gre {}", s.local),
+        }
+    }
+}
+
 /// Everything an underlay thread needs.
 pub struct UnderlayThread {
-    pub rx: RxSocket,
+    pub rx: Underlay,
     pub fabric: SharedFabric,
     pub global: Arc<GlobalDrops>,
     pub stop: Arc<StopFd>,
     /// Largest datagram accepted (underlay MTU).
     pub slot: usize,
-    /// Receive with `UDP_GRO` and coalesce TCP segments for offloading TAPs.
+    /// Coalesce TCP segments for offloading TAPs (and receive VXLAN with `UDP_GRO`).
     pub offload: bool,
 }
 
@@ -515,15 +586,28 @@ fn flush(p: &mut Option<Pending<'_>>, shard: Shard, rl: &mut RateLimit, now: Ins
 impl UnderlayThread {
     pub fn run(self) {
         let UnderlayThread { rx, fabric, global, stop, slot, offload } = self;
-        let port = rx.local.port();
-        let gro = offload && rx.enable_gro();
-        if offload && !gro {
-            tracing::warn!(socket = %rx.local, "UDP GRO not available; receiving one datagram per message");
+        // VXLAN: the UDP port, GRO, and the kernel's ways with offloads (partial checksums,
+        // whole TSO bursts). GRE over a raw socket has none of these; its packets are single
+        // segments whose inner checksums are complete, and are checked before coalescing (no
+        // outer checksum covers them unless the network sends GRE checksums).
+        let (port, vxlan, gro, v6) = match &rx {
+            Underlay::Vxlan(s) => (s.local.port(), true, offload && s.enable_gro(), false),
+            Underlay::Gre(s) => (0, false, false, s.is_ipv6()),
+        };
+        if offload && vxlan && !gro {
+            tracing::warn!(socket = %rx, "UDP GRO not available; receiving one datagram per message");
         }
-        // Without GRO, slots still hold a whole 64 KiB message: a kernel peer on a link that
-        // keeps offloads sends its TSO bursts as one tunnel GSO packet, which the kernel queues
-        // to us whole (see `tunnel_super_frame`).
-        let mut batch = if gro { RecvBatch::with_gro(GRO_SLOT, GRO_BATCH) } else { RecvBatch::new(slot.max(GRO_SLOT)) };
+        let coalesce = gro || (offload && !vxlan);
+        // Without GRO, VXLAN slots still hold a whole 64 KiB message: a kernel peer on a link
+        // that keeps offloads sends its TSO bursts as one tunnel GSO packet, which the kernel
+        // queues to us whole (see `tunnel_super_frame`).
+        let mut batch = if gro {
+            RecvBatch::with_gro(GRO_SLOT, GRO_BATCH)
+        } else if vxlan {
+            RecvBatch::new(slot.max(GRO_SLOT))
+        } else {
+            RecvBatch::new(slot)
+        };
         let (mut rl_recv, mut rl_write) = (RateLimit::default(), RateLimit::default());
         let mut fwd = Forwarder::default();
         let shard = Shard::per_thread();
@@ -536,7 +620,7 @@ impl UnderlayThread {
                 Ok(Wake::Stop) => break,
                 Ok(Wake::Ready) => {}
                 Err(e) => {
-                    tracing::error!(socket = %rx.local, error = %e, "underlay poll failed; receiver stopped");
+                    tracing::error!(socket = %rx, error = %e, "underlay poll failed; receiver stopped");
                     break;
                 }
             }
@@ -546,7 +630,7 @@ impl UnderlayThread {
                     Ok(n) => n,
                     Err(e) => {
                         if let Some(muted) = rl_recv.allow(now) {
-                            tracing::warn!(socket = %rx.local, error = %e, muted, "underlay receive failed");
+                            tracing::warn!(socket = %rx, error = %e, muted, "underlay receive failed");
                         }
                         0
                     }
@@ -562,10 +646,23 @@ impl UnderlayThread {
                         global.count_drop(DropReason::MtuExceeded);
                         continue;
                     }
+                    // an IPv4 raw socket delivers the IP header too (IPv6 ones do not)
+                    let (src, data) = if vxlan || v6 {
+                        (from.ip(), data)
+                    } else {
+                        match Ipv4Packet::new_checked(data) {
+                            Ok(ip) => (IpAddr::V4(ip.src()), &data[ip.header_len()..ip.total_len()]),
+                            Err(_) => {
+                                global.count_drop(DropReason::Malformed);
+                                continue;
+                            }
+                        }
+                    };
                     // with GRO, one message holds datagrams of `stride` bytes back to back
                     let stride = batch.stride(i).unwrap_or(data.len()).max(1);
                     for datagram in data.chunks(stride) {
-                        let c = match f.classify_vxlan(port, from.ip(), datagram) {
+                        let classified = if vxlan { f.classify_vxlan(port, src, datagram) } else { f.classify_gre(src, datagram) };
+                        let c = match classified {
                             Ok(c) => c,
                             Err(refused) => {
                                 f.count_refused(refused, shard, &global);
@@ -574,7 +671,7 @@ impl UnderlayThread {
                         };
                         let net = &c.entry.net;
                         // larger than any frame of the network: a kernel peer's whole TSO burst?
-                        if c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
+                        if vxlan && c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
                             && let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu))
                         {
                             flush(&mut pending, shard, &mut rl_write, now);
@@ -602,17 +699,17 @@ impl UnderlayThread {
                         }
                         // a kernel peer on a link that keeps checksum offload leaves inner
                         // TCP/UDP checksums partial: take them as such (see PartialCsum)
-                        let partial = PartialCsum::detect(c.inner);
+                        let partial = if vxlan { PartialCsum::detect(c.inner) } else { None };
                         if partial.is_some() {
                             net.stats.partial_checksum(shard);
                             peer_sends_offloads(net, c.peer, from, Offloads::Partial);
-                        } else {
+                        } else if vxlan {
                             peer_sends_offloads(net, c.peer, from, Offloads::Complete);
                         }
                         match action {
                             Action::Local(p) => {
                                 let ports = Forwarder::ports(&c.entry.io);
-                                if gro
+                                if coalesce
                                     && let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr()))
                                 {
                                     // a run's frame goes to the TAP with a partial checksum anyway
@@ -643,6 +740,63 @@ impl UnderlayThread {
                 }
             }
         }
-        tracing::debug!(socket = %rx.local, "underlay thread stopped");
+        tracing::debug!(socket = %rx, "underlay thread stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::Dscp;
+    use crate::core::offload::{flags, gso};
+    use crate::core::wire::gre::{GreHeader, GreRepr};
+    use etherparse::PacketBuilder;
+
+    /// A TCP super-frame as an offloading TAP hands it over, and its virtio-net header.
+    fn super_frame(payload: &[u8], mss: u16) -> (Vec<u8>, VnetHdr) {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64)
+            .tcp(40000, 5201, 1000, 64240)
+            .ack(1)
+            .psh();
+        let mut f = Vec::new();
+        b.write(&mut f, payload).unwrap();
+        let h = VnetHdr { flags: flags::NEEDS_CSUM, gso_type: gso::TCPV4, hdr_len: 54, gso_size: mss, csum_start: 34, csum_offset: 16 };
+        (f, h)
+    }
+
+    /// The GRE side of the segmenter over loopback (needs CAP_NET_RAW, as the tests of
+    /// io::gre): one super-frame becomes one GRE packet per segment, each with a GRE checksum
+    /// over headers and payload and a valid inner TCP segment, carrying the payload in order.
+    #[test]
+    fn a_super_frame_leaves_as_checksummed_gre_segments_in_order() {
+        let lo: IpAddr = [127, 0, 0, 1].into();
+        let sock = Arc::new(GreSocket::open(lo).expect("raw GRE socket on 127.0.0.1 (run the tests as root)"));
+        let key = std::process::id() ^ 0x5e9_0000;
+        let gre = GreTx::new(GreParams { sock: sock.clone(), repr: GreRepr { key: Some(key), checksum: true }, ttl: 64, dscp: Dscp::Inherit });
+        let payload: Vec<u8> = (0..10_001u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let (frame, vh) = super_frame(&payload, 1000);
+        let plan = TsoPlan::new(&frame, &vh).unwrap();
+        assert_eq!(plan.segments, 11);
+        let mut seg = Segmenter::new();
+        let s = seg.send(&Tunnel::Gre { gre: &gre, dst: lo, tos: 0 }, &frame, &plan);
+        assert!(s.error.is_none(), "{:?}", s.error);
+        assert_eq!(s.segments, 11);
+        assert_eq!(s.bytes, 11 * (12 + 54) + payload.len());
+        let mut joined = Vec::new();
+        let mut n_seen = 0;
+        for data in crate::io::gre::recv_keyed_v4(&sock, key, 11) {
+            let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
+            let g = GreHeader::new_checked(ip.payload()).unwrap();
+            assert!(g.checksum_ok(), "GRE checksum of segment {n_seen}");
+            let inner = g.payload();
+            let t = TcpSeg::parse(inner).expect("a TCP segment inside");
+            assert!(t.checksums_ok(inner), "inner checksums of segment {n_seen}");
+            assert_eq!(t.seq, 1000u32.wrapping_add(joined.len() as u32), "sequence number of segment {n_seen}");
+            joined.extend_from_slice(t.payload(inner));
+            n_seen += 1;
+        }
+        assert_eq!(n_seen, 11);
+        assert_eq!(joined, payload);
     }
 }

@@ -1,26 +1,19 @@
-//! The GRE side of the data path.
-//!
-//! - [`GreTx`]: what a port thread of a GRE network uses to send: the header it writes in
-//!   front of each frame (key, checksum), the outer TTL and DSCP, and a send queue flushed
-//!   with one `sendmmsg` per batch on the daemon's raw GRE socket.
-//! - [`GreUnderlayThread`]: receives GRE on the raw socket in batches, strips the outer IPv4
-//!   header (IPv6 raw sockets deliver none), classifies each packet with
-//!   [`Fabric::classify_gre`](crate::core::Fabric::classify_gre) and delivers the inner frame
-//!   to the local ports, like the VXLAN underlay thread.
+//! The GRE side of the data path: [`GreTx`], what a port thread of a GRE network uses to
+//! send: the header it writes in front of each frame (key, checksum), the outer TTL and DSCP,
+//! and a send queue flushed with one `sendmmsg` per batch on the daemon's raw GRE socket. The
+//! segments of a TSO super-frame go out with one `sendmmsg` each (see the data path's
+//! segmenter). Receiving is the underlay thread's, the same loop as VXLAN's
+//! ([`super::datapath::UnderlayThread`]), classifying with
+//! [`Fabric::classify_gre`](crate::core::Fabric::classify_gre).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::datapath::{HEADROOM, RateLimit, SharedFabric};
-use super::forward::Forwarder;
-use crate::core::stats::{GlobalDrops, Shard};
+use super::datapath::{HEADROOM, RateLimit};
+use crate::core::stats::Shard;
 use crate::core::wire::gre::GreRepr;
-use crate::core::wire::ip::Ipv4Packet;
-use crate::core::{Action, Dscp, DropReason, Instant, Network};
-use crate::io::clock;
-use crate::io::gre::{BATCH, GreSendQueue, GreSocket, GreTxItem};
-use crate::io::udp::RecvBatch;
-use crate::io::sys::{self, StopFd, Wake};
+use crate::core::{Dscp, DropReason, Instant, Network};
+use crate::io::gre::{GreSendQueue, GreSocket, GreTxItem};
 
 /// How one GRE network sends: fixed per network, shared by its port threads.
 #[derive(Debug, Clone)]
@@ -57,9 +50,29 @@ impl GreTx {
     #[inline]
     pub fn encap_at(&self, buf: &mut [u8], at: usize, len: usize) -> u8 {
         let h = self.header_len();
-        let tos = self.params.dscp.for_frame(&buf[at..at + len]) << 2;
+        let tos = self.tos(&buf[at..at + len]);
         self.params.repr.emit(&mut buf[at - h..at + len]);
         tos
+    }
+
+    /// The outer TOS byte for `frame`: its own DSCP if the network inherits it, else the
+    /// network's.
+    #[inline]
+    pub fn tos(&self, frame: &[u8]) -> u8 {
+        self.params.dscp.for_frame(frame) << 2
+    }
+
+    /// Write the GRE header at the start of `head` for a segment built apart: `head` goes on
+    /// with the segment's headers, `payload` is the rest (the checksum, if any, covers both).
+    #[inline]
+    pub fn emit_segment(&self, head: &mut [u8], payload: &[u8]) {
+        self.params.repr.emit_gathered(head, payload);
+    }
+
+    /// Send the segments of one super-frame, `per_msg` iovecs each, to `dst` with one
+    /// `sendmmsg` (see [`GreSocket::send_each`]).
+    pub fn send_each(&self, dst: IpAddr, tos: u8, iovs: &mut [libc::iovec], per_msg: usize, hdrs: &mut Vec<libc::mmsghdr>) -> (usize, Option<std::io::Error>) {
+        self.params.sock.send_each(dst, self.params.ttl, tos, iovs, per_msg, hdrs)
     }
 
     /// Queue the frame in buffer `buf` (already encapsulated) for `dst`.
@@ -98,91 +111,5 @@ impl GreTx {
                 }
             }
         });
-    }
-}
-
-/// Everything the GRE underlay thread needs.
-pub struct GreUnderlayThread {
-    pub sock: Arc<GreSocket>,
-    pub fabric: SharedFabric,
-    pub global: Arc<GlobalDrops>,
-    pub stop: Arc<StopFd>,
-    /// Largest packet accepted (underlay MTU plus room).
-    pub slot: usize,
-}
-
-impl GreUnderlayThread {
-    pub fn run(self) {
-        let GreUnderlayThread { sock, fabric, global, stop, slot } = self;
-        let mut batch = RecvBatch::new(slot);
-        let mut rl_recv = RateLimit::default();
-        let mut fwd = Forwarder::default();
-        let shard = Shard::per_thread();
-        let v6 = sock.is_ipv6();
-        loop {
-            match sys::wait_readable(sock.fd(), &stop) {
-                Ok(Wake::Stop) => break,
-                Ok(Wake::Ready) => {}
-                Err(e) => {
-                    tracing::error!(local = %sock.local, error = %e, "GRE poll failed; receiver stopped");
-                    break;
-                }
-            }
-            loop {
-                let now = clock::now();
-                let n = match batch.recv(sock.fd()) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        // (recv already maps WouldBlock to 0)
-                        if let Some(muted) = rl_recv.allow(now) {
-                            tracing::warn!(local = %sock.local, error = %e, muted, "GRE receive failed");
-                        }
-                        0
-                    }
-                };
-                if n == 0 {
-                    break;
-                }
-                let f = fabric.load();
-                for i in 0..n {
-                    let Some((from, data, truncated)) = batch.get(i) else { continue };
-                    if truncated {
-                        global.count_drop(DropReason::MtuExceeded);
-                        continue;
-                    }
-                    let (src, packet) = if v6 {
-                        (from.ip(), data)
-                    } else {
-                        match Ipv4Packet::new_checked(data) {
-                            Ok(ip) => (IpAddr::V4(ip.src()), &data[ip.header_len()..ip.total_len()]),
-                            Err(_) => {
-                                global.count_drop(DropReason::Malformed);
-                                continue;
-                            }
-                        }
-                    };
-                    let c = match f.classify_gre(src, packet) {
-                        Ok(c) => c,
-                        Err(refused) => {
-                            f.count_refused(refused, shard, &global);
-                            continue;
-                        }
-                    };
-                    let net = &c.entry.net;
-                    match net.receive_from_peer(c.peer, c.inner, packet.len(), shard, now) {
-                        Action::Local(p) => fwd.deliver(net, &Forwarder::ports(&c.entry.io), p, c.inner, shard, now),
-                        Action::Flood => {
-                            net.stats.flooded(shard);
-                            fwd.flood(net, &Forwarder::ports(&c.entry.io), None, c.inner, shard, now);
-                        }
-                        Action::Peer(_) | Action::Drop(_) | Action::Consumed => {}
-                    }
-                }
-                if n < BATCH {
-                    break;
-                }
-            }
-        }
-        tracing::debug!(local = %sock.local, "GRE underlay thread stopped");
     }
 }

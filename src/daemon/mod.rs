@@ -40,11 +40,11 @@ use crate::io::tap::Tap;
 use crate::io::udp::{self, RxSocket, TxSockets};
 use crate::io::packet::PacketPort;
 use crate::io::vmsock::{VmDgramSocket, VmListener};
-use datapath::{NetIo, PortThread, SharedFabric, UnderlayThread};
+use datapath::{NetIo, PortThread, SharedFabric, Underlay, UnderlayThread};
 use forward::LocalIo;
 use packetport::PacketThread;
 use vmport::{VmDgramServer, VmPortServer};
-use gre::{GreParams, GreUnderlayThread};
+use gre::GreParams;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -346,7 +346,7 @@ impl Daemon {
             tracing::info!(socket = %rx.local, "listening for VXLAN");
             let (port, stop) = (rx.local.port(), Arc::new(StopFd::new().map_err(StartupError::Thread)?));
             let t = UnderlayThread {
-                rx,
+                rx: Underlay::Vxlan(rx),
                 fabric: self.fabric.clone(),
                 global: self.global.clone(),
                 stop: stop.clone(),
@@ -360,7 +360,14 @@ impl Daemon {
         if let Some(sock) = self.gre_sock.clone().filter(|_| !gre_running) {
             tracing::info!(local = %sock.local, "listening for GRE");
             let stop = Arc::new(StopFd::new().map_err(StartupError::Thread)?);
-            let t = GreUnderlayThread { sock, fabric: self.fabric.clone(), global: self.global.clone(), stop: stop.clone(), slot: self.slot };
+            let t = UnderlayThread {
+                rx: Underlay::Gre(sock),
+                fabric: self.fabric.clone(),
+                global: self.global.clone(),
+                stop: stop.clone(),
+                slot: self.slot,
+                offload: self.node.offload,
+            };
             let thread = spawn("underlay-gre".into(), move || t.run())?;
             self.receivers.push(Receiver { port: None, stop, thread });
         }
@@ -402,9 +409,8 @@ impl Daemon {
         let mut taps = Vec::with_capacity(n.taps.len());
         for (i, name) in n.taps.iter().enumerate() {
             // the address goes on the first TAP only: one subnet, one host interface
-            // offloads pay off where the underlay has GSO/GRO: VXLAN (UDP). Raw GRE sockets
-            // have neither, so a GRE network's TAPs hand over ordinary frames.
-            let offload = self.node.offload && n.encap == Encap::Vxlan;
+            // TSO super-frames from the TAP, coalesced TCP segments to it: VXLAN and GRE alike
+            let offload = self.node.offload;
             let mac = Some(crate::io::tap::stable_mac(underlay, name));
             match Tap::open_with_mac(name, tap_mtu, if i == 0 { n.address } else { None }, mac, offload) {
                 Ok(tap) => {

@@ -375,9 +375,10 @@ impl Switcher {
                 Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
                 Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
             };
+            // the flow hash picks a VXLAN source port; GRE has none to pick
             let hash = match action {
-                Action::Peer(_) | Action::Flood => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
+                Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
+                Action::Peer(_) | Action::Flood | Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
             };
             match action {
                 Action::Drop(DropReason::MtuExceeded) => signals.too_big(fwd, net, &ports, self.port, frame, shard, now),

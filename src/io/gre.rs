@@ -83,6 +83,55 @@ impl GreSocket {
     }
 }
 
+/// Write the outer TTL / hop limit and TOS / traffic class control messages into `ctrl`;
+/// returns the length of control data to send.
+fn ttl_tos_cmsgs(ctrl: &mut [u64; CMSG_SPACE / 8], v6: bool, ttl: u8, tos: u8) -> usize {
+    let (level, ttl_opt, tos_opt) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, libc::IPV6_TCLASS)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_TTL, libc::IP_TOS)
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let one = unsafe { libc::CMSG_SPACE(mem::size_of::<i32>() as u32) } as usize;
+    debug_assert!(2 * one <= CMSG_SPACE);
+    // SAFETY: msghdr is a plain C struct; zero is valid. It only frames `ctrl` for the CMSG
+    // macros below.
+    let mut m: libc::msghdr = unsafe { mem::zeroed() };
+    m.msg_control = ctrl.as_mut_ptr().cast();
+    m.msg_controllen = (2 * one) as _;
+    // SAFETY: msg_control points at CMSG_SPACE bytes (u64-aligned) owned by `ctrl`, and
+    // msg_controllen covers exactly two int cmsgs inside it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&m);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = ttl_opt;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), i32::from(ttl));
+        let c = libc::CMSG_NXTHDR(&m, c);
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = tos_opt;
+        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), i32::from(tos));
+    }
+    2 * one
+}
+
+impl GreSocket {
+    /// Send one GRE packet per `per_msg` consecutive iovecs of `iovs` to `dst`, all with the
+    /// same outer TTL and TOS, with `sendmmsg` (the segments of one super-frame: headers and
+    /// payload apart). Returns how many were sent and the error that stopped the rest, if any.
+    pub fn send_each(&self, dst: IpAddr, ttl: u8, tos: u8, iovs: &mut [libc::iovec], per_msg: usize, hdrs: &mut Vec<libc::mmsghdr>) -> (usize, Option<io::Error>) {
+        if dst.is_ipv6() != self.is_ipv6() {
+            return (0, Some(io::Error::other("peer address family differs from the GRE socket's")));
+        }
+        let mut ctrl = [0u64; CMSG_SPACE / 8];
+        let len = ttl_tos_cmsgs(&mut ctrl, self.is_ipv6(), ttl, tos);
+        // port 0: an IPv6 raw socket refuses a non-zero port other than its protocol
+        let name = SockAddr::from(SocketAddr::new(dst, 0));
+        super::sys::sendmmsg_each(self.fd(), &name, &ctrl[..len / 8], iovs, per_msg, BATCH, hdrs)
+    }
+}
+
 /// One GRE packet queued for sending: a byte range of one of the caller's buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct GreTxItem {
@@ -171,43 +220,47 @@ impl GreSendQueue {
             self.names.push(SockAddr::from(SocketAddr::new(it.dst, 0)));
             self.iovs.push(libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() });
         }
-        let (level, ttl_opt, tos_opt) = if v6 {
-            (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, libc::IPV6_TCLASS)
-        } else {
-            (libc::IPPROTO_IP, libc::IP_TTL, libc::IP_TOS)
-        };
         for (i, it) in chunk.iter().enumerate() {
+            let ctrl = &mut self.cmsgs[i];
+            let ctrl_len = ttl_tos_cmsgs(ctrl, v6, it.ttl, it.tos);
             // SAFETY: mmsghdr is a plain C struct; zero is valid and we fill what matters.
             let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
             h.msg_hdr.msg_name = self.names[i].as_ptr() as *mut libc::c_void;
             h.msg_hdr.msg_namelen = self.names[i].len();
             h.msg_hdr.msg_iov = &mut self.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
-            let ctrl = &mut self.cmsgs[i];
             h.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE is a pure size computation.
-            let one = unsafe { libc::CMSG_SPACE(mem::size_of::<i32>() as u32) } as usize;
-            h.msg_hdr.msg_controllen = 2 * one;
-            debug_assert!(2 * one <= CMSG_SPACE);
-            // SAFETY: msg_control points at CMSG_SPACE zeroable bytes (u64-aligned) owned by
-            // self.cmsgs[i], and msg_controllen covers exactly two int cmsgs inside it.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-                (*c).cmsg_level = level;
-                (*c).cmsg_type = ttl_opt;
-                (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<i32>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), i32::from(it.ttl));
-                let c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
-                (*c).cmsg_level = level;
-                (*c).cmsg_type = tos_opt;
-                (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<i32>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), i32::from(it.tos));
-            }
+            h.msg_hdr.msg_controllen = ctrl_len as _;
             self.hdrs.push(h);
         }
         // SAFETY: hdrs[..] point into names, iovs, cmsgs and the caller's buffers, all alive.
         unsafe { super::sys::sendmmsg_chunk(sock.fd(), &mut self.hdrs, chunk, done) }
     }
+}
+
+/// For tests: the GRE packets with key `key` that reach `sock` (IPv4) within about a second,
+/// until `want` came, each whole (outer IPv4 header included), in order of arrival.
+#[cfg(test)]
+pub(crate) fn recv_keyed_v4(sock: &GreSocket, key: u32, want: usize) -> Vec<Vec<u8>> {
+    use crate::core::wire::gre::GreHeader;
+    use crate::core::wire::ip::Ipv4Packet;
+    let mut rb = crate::io::udp::RecvBatch::new(2048);
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let n = rb.recv(sock.fd()).unwrap_or(0);
+        for i in 0..n {
+            let Some((_, data, _)) = rb.get(i) else { continue };
+            let Ok(ip) = Ipv4Packet::new_checked(data) else { continue };
+            if GreHeader::new_checked(ip.payload()).ok().and_then(|g| g.key()) == Some(key) {
+                got.push(data.to_vec());
+            }
+        }
+        if got.len() >= want {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    got
 }
 
 #[cfg(test)]
@@ -247,6 +300,48 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("no GRE packet came back over ::1");
+    }
+
+    /// The segments of one super-frame: several packets of two pieces each (headers apart
+    /// from payload) in one call, every one with the TTL and TOS asked for.
+    #[test]
+    fn send_each_sends_gathered_packets_with_ttl_and_tos() {
+        let lo: IpAddr = [127, 0, 0, 1].into();
+        let sock = GreSocket::open(lo).expect("raw GRE socket on 127.0.0.1 (run the tests as root)");
+        let key = marker();
+        let repr = GreRepr { key: Some(key), checksum: true };
+        let payloads: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 30 + usize::from(i)]).collect();
+        let mut heads: Vec<Vec<u8>> = (0..3u8).map(|i| {
+            let mut h = vec![0u8; repr.header_len() + 14];
+            h[repr.header_len()..].fill(0xe0 | i);
+            h
+        }).collect();
+        for (h, p) in heads.iter_mut().zip(&payloads) {
+            repr.emit_gathered(h, p);
+        }
+        let mut iovs: Vec<libc::iovec> = Vec::new();
+        for (h, p) in heads.iter().zip(&payloads) {
+            iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: h.len() });
+            iovs.push(libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() });
+        }
+        let mut hdrs = Vec::new();
+        let (sent, err) = sock.send_each(lo, 7, 10 << 2, &mut iovs, 2, &mut hdrs);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(sent, 3);
+        let mut got = Vec::new();
+        for data in recv_keyed_v4(&sock, key, 3) {
+            let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
+            let g = GreHeader::new_checked(ip.payload()).unwrap();
+            assert_eq!((data[8], data[1]), (7, 10 << 2), "TTL, TOS");
+            assert!(g.checksum_ok(), "checksum over the gathered pieces");
+            got.push(ip.payload().to_vec());
+        }
+        let want: Vec<Vec<u8>> = heads.iter().zip(&payloads).map(|(h, p)| [&h[..], &p[..]].concat()).collect();
+        assert_eq!(got, want, "the three packets, in order, each header then payload");
+        // a peer of the other family is refused without sending
+        let (sent, err) = sock.send_each(std::net::Ipv6Addr::LOCALHOST.into(), 7, 0, &mut iovs, 2, &mut hdrs);
+        assert_eq!(sent, 0);
+        assert!(err.is_some());
     }
 
     /// Send GRE to ourselves over loopback and read it back (needs CAP_NET_RAW; the CI and the

@@ -378,32 +378,7 @@ impl TxSockets {
         hdrs: &mut Vec<libc::mmsghdr>,
     ) -> (usize, Option<io::Error>) {
         let s = self.by_slot(slot);
-        let name = SockAddr::from(dst);
-        let total = iovs.len() / per_msg.max(1);
-        let mut sent = 0;
-        while sent < total {
-            hdrs.clear();
-            for k in sent..total.min(sent + BATCH) {
-                // SAFETY: mmsghdr is a plain C struct; zero is valid and we fill what matters.
-                let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-                h.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = name.len();
-                h.msg_hdr.msg_iov = iovs[k * per_msg..].as_mut_ptr();
-                h.msg_hdr.msg_iovlen = per_msg as _;
-                hdrs.push(h);
-            }
-            // SAFETY: hdrs point into name and the caller's iovecs, alive for the call.
-            let r = unsafe { libc::sendmmsg(s.as_raw_fd(), hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
-            if r <= 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return (sent, Some(e));
-            }
-            sent += r as usize;
-        }
-        (sent, None)
+        super::sys::sendmmsg_each(s.as_raw_fd(), &SockAddr::from(dst), &[], iovs, per_msg, BATCH, hdrs)
     }
 
     pub fn len(&self) -> usize {
