@@ -27,8 +27,6 @@ pub mod pmtu;
 pub mod ports;
 pub mod stats;
 pub mod storm;
-#[cfg(test)]
-pub(crate) mod testutil;
 pub mod time;
 pub mod types;
 pub mod wire;
@@ -38,6 +36,8 @@ pub use fdb::{Fdb, FdbConfig};
 pub use network::{Action, Network, NetworkSpec, Peer};
 // a network's children, by their short paths (`core::liveness::PeerState`)
 pub use network::{handover, liveness};
+#[cfg(test)]
+pub(crate) use network::testutil;
 pub use stats::DropReason;
 pub use time::Instant;
 pub use types::{Dscp, Encap, GreOptions, LocalPort, PeerIdx, Port, Vni};
