@@ -18,6 +18,8 @@
 pub mod handover;
 pub mod liveness;
 mod suppress;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -2,8 +2,8 @@
 
 use std::net::SocketAddr;
 
-use super::network::NetworkSpec;
-use super::wire::ethernet::MacAddr;
+use super::NetworkSpec;
+use crate::core::wire::ethernet::MacAddr;
 
 /// Network "blue": VXLAN VNI 42, MTU 1450, default FDB settings, no storm limit.
 pub fn spec(local_ports: u16, peers: Vec<SocketAddr>) -> NetworkSpec {
