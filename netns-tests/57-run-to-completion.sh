@@ -11,6 +11,8 @@
 # threads then both read the TAP, one at a time.
 #
 # Proves (whatever OVERLAYD_DATAPATH says: this lab sets node.datapath = "userspace" itself):
+#   - the data-path threads (port, underlay) of both daemons run with a 0.1 ms scheduler
+#     slice (se.slice in /proc; on Linux 6.12 and later, which has custom slices);
 #   - 200 pings h1 -> h2 are all answered, and h2 sent at least one of the replies from its
 #     underlay thread (the counter moved; it stays 0 without run to completion);
 #   - nothing read twice or lost between the two readers of h2's TAP: during the pings every
@@ -51,6 +53,26 @@ start_daemon "$H2" d2 "$WORK/h2.toml"
 wait_ready d1
 wait_ready d2
 wait_ping "$H1" "$O2"
+
+# the data-path threads ask for the scheduler's shortest slice (0.1 ms), so that a wake-up for
+# a frame preempts a task that has run longer instead of waiting out its slice; the kernel
+# shows it as se.slice (custom slices for fair-class threads: Linux 6.12 and later)
+log "data-path threads run with a 0.1 ms scheduler slice"
+kver=$(uname -r)
+IFS=. read -r kmaj kmin _ <<<"$kver"
+if ((kmaj > 6 || (kmaj == 6 && kmin >= 12))); then
+  for d in d1 d2; do
+    n=0
+    for t in /proc/"${_DAEMON_PID[$d]}"/task/*; do
+      case $(cat "$t/comm") in port-* | underlay*) ;; *) continue ;; esac
+      assert_eq "$d thread $(cat "$t/comm") se.slice" 100000 "$(awk '$1 == "se.slice" { print $3 }' "$t/sched")"
+      n=$((n + 1))
+    done
+    assert_eq "$d data-path threads checked (port, underlay)" 2 "$n"
+  done
+else
+  info "kernel $kver has no custom slices for fair-class threads (6.12+): slice not checked"
+fi
 
 drops() { awk -v p='overlayd_drops_total{network="blue",' 'index($1, p) == 1 { s += $2 } END { print s + 0 }' <<<"$1"; }
 delta() { echo $(($(metric "$3" "$1") - $(metric "$2" "$1"))); }   # delta SERIES BEFORE AFTER
