@@ -597,8 +597,10 @@ impl Touched {
     }
 }
 
-/// Messages per `recvmmsg` with GRO (each up to 64 KiB of datagrams).
-const GRO_BATCH: usize = 16;
+/// Messages per `recvmmsg` with GRO (each up to 64 KiB of datagrams): as many as without GRO,
+/// since small datagrams that GRO did not merge (many flows, or an underlay path without GRO)
+/// arrive one per message.
+const GRO_BATCH: usize = BATCH;
 /// Receive slot with GRO: a whole coalesced message.
 const GRO_SLOT: usize = 65_536;
 
