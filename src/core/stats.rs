@@ -117,6 +117,9 @@ pub struct NetCounters {
     pub flooded_frames: AtomicU64,
     /// Frames from a peer whose inner TCP/UDP checksum was partial and was completed.
     pub partial_checksums: AtomicU64,
+    /// Frames read from a TAP by an underlay thread right after it wrote into that TAP (run to
+    /// completion); also in `tap_rx_frames`.
+    pub tap_rx_inline_frames: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub pmtu: [AtomicU64; PmtuEvent::COUNT],
 }
@@ -183,6 +186,7 @@ pub struct NetSnapshot {
     pub tap_tx_bytes: u64,
     pub flooded_frames: u64,
     pub partial_checksums: u64,
+    pub tap_rx_inline_frames: u64,
     pub drops: [u64; DropReason::COUNT],
     /// By [`PmtuEvent`].
     pub pmtu: [u64; PmtuEvent::COUNT],
@@ -216,6 +220,7 @@ impl NetSnapshot {
             tap_tx_bytes: d(self.tap_tx_bytes, earlier.tap_tx_bytes),
             flooded_frames: d(self.flooded_frames, earlier.flooded_frames),
             partial_checksums: d(self.partial_checksums, earlier.partial_checksums),
+            tap_rx_inline_frames: d(self.tap_rx_inline_frames, earlier.tap_rx_inline_frames),
             drops,
             pmtu,
             peers: self
@@ -293,6 +298,12 @@ impl NetStats {
         add(&self.shard(s).partial_checksums, 1);
     }
 
+    /// `frames` read from a TAP by an underlay thread (run to completion), once per batch.
+    #[inline]
+    pub fn tap_rx_inline(&self, s: Shard, frames: usize) {
+        add(&self.shard(s).tap_rx_inline_frames, frames as u64);
+    }
+
     #[inline]
     pub fn peer_tx(&self, s: Shard, peer: usize, bytes: usize) {
         if let Some(p) = self.peers.get(peer) {
@@ -328,6 +339,7 @@ impl NetStats {
         wadd(&c.tap_tx_bytes, d.tap_tx_bytes);
         wadd(&c.flooded_frames, d.flooded_frames);
         wadd(&c.partial_checksums, d.partial_checksums);
+        wadd(&c.tap_rx_inline_frames, d.tap_rx_inline_frames);
         for (a, n) in c.drops.iter().zip(&d.drops) {
             wadd(a, *n);
         }
@@ -354,6 +366,7 @@ impl NetStats {
             s.tap_tx_bytes += c.tap_tx_bytes.load(Relaxed);
             s.flooded_frames += c.flooded_frames.load(Relaxed);
             s.partial_checksums += c.partial_checksums.load(Relaxed);
+            s.tap_rx_inline_frames += c.tap_rx_inline_frames.load(Relaxed);
             for (d, a) in s.drops.iter_mut().zip(&c.drops) {
                 *d += a.load(Relaxed);
             }

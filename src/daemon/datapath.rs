@@ -66,13 +66,17 @@ pub struct NetIo {
     pub ports: ArcSwap<Ports>,
     /// Serialises changes of `ports` (connects, disconnects); never taken by the data path.
     pub port_changes: Mutex<()>,
+    /// The reading side of each TAP port, for its thread and for run to completion.
+    pub drains: Vec<Arc<PortDrain>>,
 }
 
 impl NetIo {
     /// The configured ports (TAPs, attached interfaces) in config order: slots 0...
     pub fn new(net: Arc<Network>, fixed: Vec<LocalIo>) -> NetIo {
         let taps = fixed.iter().filter_map(|p| if let LocalIo::Tap(t) = p { Some(t.clone()) } else { None }).collect();
-        NetIo { net: ArcSwap::new(net), taps, ports: ArcSwap::from_pointee(Ports::new(fixed)), port_changes: Mutex::new(()) }
+        let ports = Ports::new(fixed);
+        let drains = ports.iter().filter(|(_, p)| matches!(p, LocalIo::Tap(_))).map(|(lp, _)| Arc::new(PortDrain::new(lp))).collect();
+        NetIo { net: ArcSwap::new(net), taps, ports: ArcSwap::from_pointee(ports), port_changes: Mutex::new(()), drains }
     }
 }
 
@@ -223,25 +227,87 @@ impl Segmenter {
     }
 }
 
+/// The reading side of one TAP port: its batch buffers, send queues and rate limits. The
+/// port's own thread runs it when the TAP is readable; an underlay thread that has just
+/// written into the TAP runs it too, at once (see [`PortDrain`]).
+pub struct PortWorker {
+    io: Arc<NetIo>,
+    port: LocalPort,
+    tap: Arc<Tap>,
+    tx: Arc<TxSockets>,
+    gre: Option<GreTx>,
+    vnet: bool,
+    rd: usize,
+    bufs: Vec<Vec<u8>>,
+    lens: [usize; BATCH],
+    q: SendQueue,
+    seg: Segmenter,
+    scratch: Vec<u8>,
+    rl_read: RateLimit,
+    rl_send: RateLimit,
+    rl_gso: RateLimit,
+    rl_gre: RateLimit,
+    fwd: Forwarder,
+    signals: PmtuSignals,
+    answer: [u8; neigh::REPLY_MAX],
+    ingress: Port,
+}
+
+/// A TAP port's [`PortWorker`], shared by the port's thread and the underlay threads.
+///
+/// Run to completion: a frame an underlay thread writes into a TAP is handled by the host's
+/// stack inside that write, and what the host answers (an echo reply, an ARP reply, a TCP
+/// ACK) is often queued on the TAP by the time the write returns. The underlay thread then
+/// reads and sends it itself instead of waking the port's thread for it. One reader at a
+/// time: whoever holds the lock reads a batch and sends all of it before letting go, so the
+/// frames of a flow leave in the order the TAP queued them. The port's thread waits for the
+/// lock; an underlay thread only tries it, and leaves the TAP to the port's thread if it is
+/// taken.
+#[derive(Debug)]
+pub struct PortDrain {
+    pub port: LocalPort,
+    worker: Mutex<Option<PortWorker>>,
+}
+
+// SAFETY: a worker moves between threads only behind its drain's lock, one thread at a time.
+// The raw pointers it holds (iovecs and message headers in its send queues and segmenter) are
+// scratch space, filled and handed to the kernel within one call and never read after it.
+#[allow(unsafe_code)]
+unsafe impl Send for PortWorker {}
+
+impl std::fmt::Debug for PortWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PortWorker").field("port", &self.port).field("tap", &self.tap.name()).finish()
+    }
+}
+
+impl PortDrain {
+    fn new(port: LocalPort) -> Self {
+        PortDrain { port, worker: Mutex::new(None) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PortWorker>> {
+        self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Read and send one batch from the TAP if no one else is at it: what an underlay thread
+    /// does after writing into it. Returns the frames read.
+    pub fn try_drain(&self, shard: Shard) -> usize {
+        match self.worker.try_lock() {
+            Ok(mut w) => w.as_mut().map_or(0, |w| w.drain(shard, true)),
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().as_mut().map_or(0, |w| w.drain(shard, true)),
+            Err(std::sync::TryLockError::WouldBlock) => 0,
+        }
+    }
+}
+
 impl PortThread {
     pub fn run(self) {
         let PortThread { io, port, tx, stop, gre } = self;
-        let mut gre = gre.map(GreTx::new);
         let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
-        // with a virtio-net header, it is read just in front of the frame, inside the headroom
-        let vnet = tap.vnet_hdr();
-        let rd = if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM };
-        let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect();
-        let mut lens = [0usize; BATCH];
-        let mut q = SendQueue::new(tx.slots());
-        let mut seg = Segmenter::new();
-        let mut scratch = Vec::new();
-        let (mut rl_read, mut rl_send, mut rl_gso, mut rl_gre) = (RateLimit::default(), RateLimit::default(), RateLimit::default(), RateLimit::default());
-        let mut fwd = Forwarder::default();
-        let mut signals = PmtuSignals::default();
-        let mut answer = [0u8; neigh::REPLY_MAX];
+        let Some(drain) = io.drains.iter().find(|d| d.port == port).cloned() else { return };
+        *drain.lock() = Some(PortWorker::new(io.clone(), port, tap.clone(), tx, gre));
         let shard = Shard::per_thread();
-        let ingress = Port::Local(port);
         loop {
             match sys::wait_readable(tap.fd(), &stop) {
                 Ok(Wake::Stop) => break,
@@ -251,165 +317,210 @@ impl PortThread {
                     break;
                 }
             }
-            // the network's current generation, for this batch
-            let net = io.net.load();
-            let now = clock::now();
-            let mut n = 0;
-            while n < BATCH {
-                match tap.read(&mut bufs[n][rd..]) {
-                    Ok(len) if len >= HEADROOM - rd => {
-                        lens[n] = len - (HEADROOM - rd);
-                        n += 1;
-                    }
-                    Ok(_) => net.stats.count_drop(shard, DropReason::Malformed),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        if let Some(muted) = rl_read.allow(now) {
-                            tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "read from tap failed");
-                        }
-                        break;
-                    }
-                }
-            }
-            let mut send_queued = |q: &mut SendQueue, bufs: &[Vec<u8>]| {
-                q.flush(&tx, bufs, |it, r| match r {
-                    Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
-                    Err(e) => {
-                        net.stats.count_drop(shard, DropReason::SendFailed);
-                        if let Some(muted) = rl_send.allow(now) {
-                            tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
-                        }
-                    }
-                })
-            };
-            let ports = Forwarder::ports(&io);
-            for i in 0..n {
-                let len = lens[i];
-                net.stats.tap_rx(shard, len);
-                let vh = if vnet { VnetHdr::parse(&bufs[i][rd..HEADROOM]).unwrap_or(VnetHdr::NONE) } else { VnetHdr::NONE };
-                if vh.is_gso() {
-                    // a TCP super-frame: its segments go out after what is queued, with UDP
-                    // GSO (VXLAN) or one sendmmsg (GRE)
-                    let frame = &bufs[i][HEADROOM..HEADROOM + len];
-                    let plan = match TsoPlan::new(frame, &vh) {
-                        Ok(p) if tunnel_header_len(gre.as_ref()) + p.header_len() <= SEG_HDR_MAX => p,
-                        _ => {
-                            net.stats.count_drop(shard, DropReason::BadOffload);
-                            continue;
-                        }
-                    };
-                    // decide on the first segment's worth: the MTU applies per segment, so a
-                    // super-frame is over the MTU only if its segments are
-                    let action = net.from_local(port, &frame[..plan.header_len() + plan.mss.min(plan.payload_len)], now);
-                    if action == Action::Drop(DropReason::MtuExceeded) {
-                        // answer about the first segment as the sender's stack would have sent it
-                        scratch.clear();
-                        scratch.resize(plan.header_len(), 0);
-                        plan.write_header(frame, 0, &mut scratch);
-                        scratch.extend_from_slice(&frame[plan.payload_range(0)]);
-                        signals.too_big(&mut fwd, &net, &ports, port, &scratch, shard, now);
-                        continue;
-                    }
-                    if let Action::Drop(r) = action {
-                        net.stats.count_drop(shard, r);
-                        continue;
-                    }
-                    if !q.is_empty() {
-                        send_queued(&mut q, &bufs);
-                    }
-                    if let Some(g) = gre.as_mut() {
-                        g.flush(&net, &bufs, shard, &mut rl_gre, now);
-                    }
-                    let gre = gre.as_ref();
-                    // the flow hash picks a VXLAN source port; GRE has none to pick
-                    let hash = if gre.is_none() { EthernetFrame::new_unchecked(frame).flow_hash() as usize } else { 0 };
-                    let tos = gre.map_or(0, |g| g.tos(frame));
-                    let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
-                        let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
-                        let to = match gre {
-                            Some(gre) => Tunnel::Gre { gre, dst: peer.addr.ip(), tos },
-                            // GSO only to peers known to take it: others may read the link in userspace
-                            None => Tunnel::Vxlan { tx: &tx, hash, gso: peer.liveness.takes_gso(), dst: peer.addr, vni: net.spec.vni },
-                        };
-                        let s = seg.send(&to, frame, &plan);
-                        let each = s.bytes / s.segments.max(1);
-                        for _ in 0..s.segments {
-                            net.stats.peer_tx(shard, usize::from(p.0), each);
-                        }
-                        if let Some(e) = s.error {
-                            let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
-                            net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
-                            if let Some(muted) = rl_gso.allow(now) {
-                                tracing::warn!(network = net.name(), peer = %peer.addr, error = %e, muted, "send to peer failed");
-                            }
-                        }
-                    };
-                    match action {
-                        Action::Peer(p) => to_peer(p, &mut seg),
-                        Action::Local(p) => fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, &mut scratch, shard, now),
-                        Action::Flood => {
-                            net.stats.flooded(shard);
-                            for (p, _) in ports.others(Some(port)) {
-                                fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, &mut scratch, shard, now);
-                            }
-                            for p in net.flood_peers(ingress) {
-                                to_peer(p, &mut seg);
-                            }
-                        }
-                        Action::Drop(_) | Action::Consumed => {}
-                    }
-                    continue;
-                }
-                // before the checksum is finished: with NEEDS_CSUM the field holds only the
-                // pseudo-header sum, and the option bytes are summed when it is finished
-                if net.spec.mss_clamp && pmtu::clamp_mss(&mut bufs[i][HEADROOM..HEADROOM + len], net.spec.mtu, vh.needs_csum()) {
-                    net.stats.pmtu(shard, PmtuEvent::MssClamped);
-                }
-                if vh.needs_csum() && finish_partial_checksum(&mut bufs[i][HEADROOM..HEADROOM + len], &vh).is_err() {
-                    net.stats.count_drop(shard, DropReason::BadOffload);
-                    continue;
-                }
-                let frame = &bufs[i][HEADROOM..HEADROOM + len];
-                let action = net.from_local(port, frame, now);
-                let answered = match action {
-                    Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, &mut answer, now).unwrap_or(0),
-                    Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
-                };
-                // the flow hash picks a VXLAN source port; GRE has none to pick
-                let hash = match action {
-                    Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                    Action::Peer(_) | Action::Flood | Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
-                };
-                match action {
-                    Action::Drop(DropReason::MtuExceeded) => signals.too_big(&mut fwd, &net, &ports, port, frame, shard, now),
-                    Action::Drop(r) => net.stats.count_drop(shard, r),
-                    Action::Consumed => {}
-                    Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
-                    Action::Peer(p) => {
-                        let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
-                        queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
-                    }
-                    // ARP/ND suppression: answered on the asking port, nothing flooded
-                    Action::Flood if answered > 0 => fwd.deliver(&net, &ports, port, &answer[..answered], shard, now),
-                    Action::Flood => {
-                        net.stats.flooded(shard);
-                        let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
-                        fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
-                        for p in net.flood_peers(ingress) {
-                            queue(&net, &tx, &mut q, gre.as_mut(), i, len, p, hash, tos);
-                        }
-                    }
-                }
-            }
-            if !q.is_empty() {
-                send_queued(&mut q, &bufs);
-            }
-            if let Some(g) = gre.as_mut() {
-                g.flush(&net, &bufs, shard, &mut rl_gre, now);
+            if let Some(w) = drain.lock().as_mut() {
+                w.drain(shard, false);
             }
         }
+        // nobody reads the TAP once its thread has stopped
+        *drain.lock() = None;
         tracing::debug!(network = io.net.load().name(), tap = tap.name(), "port thread stopped");
+    }
+}
+
+impl PortWorker {
+    fn new(io: Arc<NetIo>, port: LocalPort, tap: Arc<Tap>, tx: Arc<TxSockets>, gre: Option<GreParams>) -> Self {
+        // with a virtio-net header, it is read just in front of the frame, inside the headroom
+        let vnet = tap.vnet_hdr();
+        PortWorker {
+            io,
+            port,
+            tap,
+            q: SendQueue::new(tx.slots()),
+            tx,
+            gre: gre.map(GreTx::new),
+            vnet,
+            rd: if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM },
+            bufs: (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect(),
+            lens: [0usize; BATCH],
+            seg: Segmenter::new(),
+            scratch: Vec::new(),
+            rl_read: RateLimit::default(),
+            rl_send: RateLimit::default(),
+            rl_gso: RateLimit::default(),
+            rl_gre: RateLimit::default(),
+            fwd: Forwarder::default(),
+            signals: PmtuSignals::default(),
+            answer: [0u8; neigh::REPLY_MAX],
+            ingress: Port::Local(port),
+        }
+    }
+
+    /// Read up to [`BATCH`] frames from the TAP (until it would block), switch them and send
+    /// what goes to peers. Returns the frames read.
+    fn drain(&mut self, shard: Shard, inline: bool) -> usize {
+        let PortWorker { io, tap, tx, gre, bufs, lens, q, seg, scratch, rl_read, rl_send, rl_gso, rl_gre, fwd, signals, answer, .. } = self;
+        let (port, vnet, rd, ingress) = (self.port, self.vnet, self.rd, self.ingress);
+        // the network's current generation, for this batch
+        let net = io.net.load();
+        let now = clock::now();
+        let mut n = 0;
+        while n < BATCH {
+            match tap.read(&mut bufs[n][rd..]) {
+                Ok(len) if len >= HEADROOM - rd => {
+                    lens[n] = len - (HEADROOM - rd);
+                    n += 1;
+                }
+                Ok(_) => net.stats.count_drop(shard, DropReason::Malformed),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if let Some(muted) = rl_read.allow(now) {
+                        tracing::warn!(network = net.name(), tap = tap.name(), error = %e, muted, "read from tap failed");
+                    }
+                    break;
+                }
+            }
+        }
+        let mut send_queued = |q: &mut SendQueue, bufs: &[Vec<u8>]| {
+            q.flush(tx, bufs, |it, r| match r {
+                Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
+                Err(e) => {
+                    net.stats.count_drop(shard, DropReason::SendFailed);
+                    if let Some(muted) = rl_send.allow(now) {
+                        tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
+                    }
+                }
+            })
+        };
+        let ports = Forwarder::ports(io);
+        for i in 0..n {
+            let len = lens[i];
+            net.stats.tap_rx(shard, len);
+            let vh = if vnet { VnetHdr::parse(&bufs[i][rd..HEADROOM]).unwrap_or(VnetHdr::NONE) } else { VnetHdr::NONE };
+            if vh.is_gso() {
+                    // a TCP super-frame: its segments go out after what is queued, with UDP
+                    // GSO (VXLAN) or one sendmmsg (GRE)
+                let frame = &bufs[i][HEADROOM..HEADROOM + len];
+                let plan = match TsoPlan::new(frame, &vh) {
+                        Ok(p) if tunnel_header_len(gre.as_ref()) + p.header_len() <= SEG_HDR_MAX => p,
+                    _ => {
+                        net.stats.count_drop(shard, DropReason::BadOffload);
+                        continue;
+                    }
+                };
+                // decide on the first segment's worth: the MTU applies per segment, so a
+                // super-frame is over the MTU only if its segments are
+                let action = net.from_local(port, &frame[..plan.header_len() + plan.mss.min(plan.payload_len)], now);
+                if action == Action::Drop(DropReason::MtuExceeded) {
+                    // answer about the first segment as the sender's stack would have sent it
+                    scratch.clear();
+                    scratch.resize(plan.header_len(), 0);
+                    plan.write_header(frame, 0, scratch);
+                    scratch.extend_from_slice(&frame[plan.payload_range(0)]);
+                    signals.too_big(fwd, &net, &ports, port, scratch, shard, now);
+                    continue;
+                }
+                if let Action::Drop(r) = action {
+                    net.stats.count_drop(shard, r);
+                    continue;
+                }
+                if !q.is_empty() {
+                    send_queued(q, bufs);
+                }
+                if let Some(g) = gre.as_mut() {
+                    g.flush(&net, bufs, shard, rl_gre, now);
+                }
+                let gre = gre.as_ref();
+                // the flow hash picks a VXLAN source port; GRE has none to pick
+                let hash = if gre.is_none() { EthernetFrame::new_unchecked(frame).flow_hash() as usize } else { 0 };
+                let tos = gre.map_or(0, |g| g.tos(frame));
+                let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
+                    let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
+                    let to = match gre {
+                        Some(gre) => Tunnel::Gre { gre, dst: peer.addr.ip(), tos },
+                        // GSO only to peers known to take it: others may read the link in userspace
+                        None => Tunnel::Vxlan { tx, hash, gso: peer.liveness.takes_gso(), dst: peer.addr, vni: net.spec.vni },
+                    };
+                    let s = seg.send(&to, frame, &plan);
+                    let each = s.bytes / s.segments.max(1);
+                    for _ in 0..s.segments {
+                        net.stats.peer_tx(shard, usize::from(p.0), each);
+                    }
+                    if let Some(e) = s.error {
+                        let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
+                        net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
+                        if let Some(muted) = rl_gso.allow(now) {
+                            tracing::warn!(network = net.name(), peer = %peer.addr, error = %e, muted, "send to peer failed");
+                        }
+                    }
+                };
+                match action {
+                    Action::Peer(p) => to_peer(p, seg),
+                    Action::Local(p) => fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, scratch, shard, now),
+                    Action::Flood => {
+                        net.stats.flooded(shard);
+                        for (p, _) in ports.others(Some(port)) {
+                            fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, scratch, shard, now);
+                        }
+                        for p in net.flood_peers(ingress) {
+                            to_peer(p, seg);
+                        }
+                    }
+                    Action::Drop(_) | Action::Consumed => {}
+                }
+                continue;
+            }
+            // before the checksum is finished: with NEEDS_CSUM the field holds only the
+            // pseudo-header sum, and the option bytes are summed when it is finished
+            if net.spec.mss_clamp && pmtu::clamp_mss(&mut bufs[i][HEADROOM..HEADROOM + len], net.spec.mtu, vh.needs_csum()) {
+                net.stats.pmtu(shard, PmtuEvent::MssClamped);
+            }
+            if vh.needs_csum() && finish_partial_checksum(&mut bufs[i][HEADROOM..HEADROOM + len], &vh).is_err() {
+                net.stats.count_drop(shard, DropReason::BadOffload);
+                continue;
+            }
+            let frame = &bufs[i][HEADROOM..HEADROOM + len];
+            let action = net.from_local(port, frame, now);
+            let answered = match action {
+                Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
+                    Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
+            };
+                // the flow hash picks a VXLAN source port; GRE has none to pick
+            let hash = match action {
+                    Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
+                    Action::Peer(_) | Action::Flood | Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
+            };
+            match action {
+                Action::Drop(DropReason::MtuExceeded) => signals.too_big(fwd, &net, &ports, port, frame, shard, now),
+                Action::Drop(r) => net.stats.count_drop(shard, r),
+                Action::Consumed => {}
+                Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
+                Action::Peer(p) => {
+                    let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
+                    queue(&net, tx, q, gre.as_mut(), i, len, p, hash, tos);
+                }
+                // ARP/ND suppression: answered on the asking port, nothing flooded
+                Action::Flood if answered > 0 => fwd.deliver(&net, &ports, port, &answer[..answered], shard, now),
+                Action::Flood => {
+                    net.stats.flooded(shard);
+                    let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
+                    fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
+                    for p in net.flood_peers(ingress) {
+                        queue(&net, tx, q, gre.as_mut(), i, len, p, hash, tos);
+                    }
+                }
+            }
+        }
+        if !q.is_empty() {
+            send_queued(q, bufs);
+        }
+        if let Some(g) = gre.as_mut() {
+            g.flush(&net, bufs, shard, rl_gre, now);
+        }
+        if inline && n > 0 {
+            net.stats.tap_rx_inline(shard, n);
+        }
+        n
     }
 }
 
@@ -528,8 +639,41 @@ pub struct UnderlayThread {
     pub offload: bool,
 }
 
-/// Messages per `recvmmsg` with GRO (each up to 64 KiB of datagrams).
-const GRO_BATCH: usize = 16;
+/// Most TAP ports one receive batch notes for [`Touched`]; the rest are left to their threads.
+const TOUCHED_MAX: usize = 8;
+
+/// The TAP ports an underlay thread wrote into during one receive batch: once the batch is
+/// written, it drains them itself ([`PortDrain::try_drain`]), so that what the host answered
+/// inside those writes leaves without a wake-up of the ports' threads.
+struct Touched {
+    ports: Vec<(Arc<NetIo>, LocalPort)>,
+}
+
+impl Touched {
+    fn new() -> Self {
+        Touched { ports: Vec::with_capacity(TOUCHED_MAX) }
+    }
+
+    #[inline]
+    fn note(&mut self, io: &Arc<NetIo>, port: LocalPort) {
+        if self.ports.len() < TOUCHED_MAX && !self.ports.iter().any(|(i, p)| *p == port && Arc::ptr_eq(i, io)) {
+            self.ports.push((io.clone(), port));
+        }
+    }
+
+    fn drain(&mut self, shard: Shard) {
+        for (io, port) in self.ports.drain(..) {
+            if let Some(d) = io.drains.iter().find(|d| d.port == port) {
+                d.try_drain(shard);
+            }
+        }
+    }
+}
+
+/// Messages per `recvmmsg` with GRO (each up to 64 KiB of datagrams): as many as without GRO,
+/// since small datagrams that GRO did not merge (many flows, or an underlay path without GRO)
+/// arrive one per message.
+const GRO_BATCH: usize = BATCH;
 /// Receive slot with GRO: a whole coalesced message.
 const GRO_SLOT: usize = 65_536;
 
@@ -615,6 +759,7 @@ impl UnderlayThread {
         let mut scratch: Vec<u8> = Vec::with_capacity(GRO_SLOT);
         // one segment of a super-frame cut for a port that takes no offloads
         let mut seg_scratch: Vec<u8> = Vec::with_capacity(MAX_FRAME);
+        let mut touched = Touched::new();
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
                 Ok(Wake::Stop) => break,
@@ -671,7 +816,8 @@ impl UnderlayThread {
                         };
                         let net = &c.entry.net;
                         // larger than any frame of the network: a kernel peer's whole TSO burst?
-                        if vxlan && c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
+                        if vxlan
+                            && c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
                             && let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu))
                         {
                             flush(&mut pending, shard, &mut rl_write, now);
@@ -680,11 +826,15 @@ impl UnderlayThread {
                             let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
                             let ports = Forwarder::ports(&c.entry.io);
                             match action {
-                                Action::Local(p) => fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now),
+                                Action::Local(p) => {
+                                    fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
+                                    touched.note(&c.entry.io, p);
+                                }
                                 Action::Flood => {
                                     net.stats.flooded(shard);
                                     for (p, _) in ports.others(None) {
                                         fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
+                                        touched.note(&c.entry.io, p);
                                     }
                                 }
                                 Action::Peer(_) | Action::Drop(_) | Action::Consumed => continue,
@@ -708,6 +858,7 @@ impl UnderlayThread {
                         }
                         match action {
                             Action::Local(p) => {
+                                touched.note(&c.entry.io, p);
                                 let ports = Forwarder::ports(&c.entry.io);
                                 if coalesce
                                     && let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr()))
@@ -728,13 +879,19 @@ impl UnderlayThread {
                             Action::Flood => {
                                 flush(&mut pending, shard, &mut rl_write, now);
                                 net.stats.flooded(shard);
-                                fwd.flood(net, &Forwarder::ports(&c.entry.io), None, complete(c.inner, partial, &mut scratch), shard, now);
+                                let ports = Forwarder::ports(&c.entry.io);
+                                fwd.flood(net, &ports, None, complete(c.inner, partial, &mut scratch), shard, now);
+                                for (p, _) in ports.others(None) {
+                                    touched.note(&c.entry.io, p);
+                                }
                             }
                             Action::Peer(_) | Action::Drop(_) | Action::Consumed => {}
                         }
                     }
                 }
                 flush(&mut pending, shard, &mut rl_write, now);
+                // run to completion: send what the host answered inside those writes
+                touched.drain(shard);
                 if n < batch.capacity() {
                     break;
                 }

@@ -165,6 +165,50 @@ pub fn wait_readable_for(fd: RawFd, stop: &StopFd, timeout_ms: i32) -> io::Resul
     Ok(Some(Wake::Ready))
 }
 
+/// `struct sched_attr` (linux/sched/types.h, first version: 56 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Ask the scheduler for a slice of `ns` nanoseconds for the calling thread, keeping its policy
+/// and nice value: `sched_attr::sched_runtime` of a fair-class thread (Linux 6.12 and later;
+/// the kernel clamps it to 0.1-100 ms). A thread with a shorter slice than the one running may
+/// preempt it when it wakes up, instead of waiting for that one's slice to run out; its share
+/// of the CPU stays what its weight gives it. `/proc/PID/task/TID/sched` shows the slice as
+/// `se.slice`. Older kernels take the call and ignore the runtime.
+pub fn request_slice(ns: u64) -> io::Result<()> {
+    let mut attr = SchedAttr::default();
+    let size = std::mem::size_of::<SchedAttr>() as u32;
+    // SAFETY: sched_getattr writes at most `size` bytes into our live, properly sized struct.
+    let r = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, size, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if attr.policy != libc::SCHED_OTHER as u32 && attr.policy != libc::SCHED_BATCH as u32 {
+        // a real-time or idle policy chosen by whoever started us: leave it alone
+        return Ok(());
+    }
+    attr.size = size;
+    attr.runtime = ns;
+    // SAFETY: sched_setattr reads our live struct of the size it declares.
+    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Name of the interface that holds `addr`, if any.
 pub fn interface_of(addr: IpAddr) -> io::Result<Option<String>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();

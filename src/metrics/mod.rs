@@ -51,6 +51,7 @@ struct Families {
     drops: IntCounterVec,
     flooded: IntCounterVec,
     partial_checksums: IntCounterVec,
+    tap_rx_inline: IntCounterVec,
     fdb_entries: IntGaugeVec,
     fdb_max_entries: IntGaugeVec,
     fdb_events: IntCounterVec,
@@ -118,6 +119,11 @@ impl Families {
             partial_checksums: counter(
                 "overlayd_partial_checksums_total",
                 "Frames from peers whose inner TCP/UDP checksum was left partial by the sender (a kernel peer on a link with checksum offload) and completed here.",
+                &["network"],
+            )?,
+            tap_rx_inline: counter(
+                "overlayd_tap_rx_inline_frames_total",
+                "Frames read from a TAP by an underlay thread right after it wrote into that TAP (run to completion: the host's answer sent without waking the port's thread); also in overlayd_tap_frames_total.",
                 &["network"],
             )?,
             fdb_entries: gauge("overlayd_fdb_entries", "MAC addresses in the network's forwarding table.", &["network"])?,
@@ -212,7 +218,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 18] {
+    fn counters(&self) -> [&IntCounterVec; 19] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -221,6 +227,7 @@ impl Families {
             &self.drops,
             &self.flooded,
             &self.partial_checksums,
+            &self.tap_rx_inline,
             &self.fdb_events,
             &self.vm_connections,
             &self.pmtu_signals,
@@ -298,6 +305,7 @@ impl Families {
             self.tap_bytes.with_label_values(&[net, "tx"]).inc_by(n.tap_tx_bytes);
             self.flooded.with_label_values(&[net]).inc_by(n.flooded_frames);
             self.partial_checksums.with_label_values(&[net]).inc_by(n.partial_checksums);
+            self.tap_rx_inline.with_label_values(&[net]).inc_by(n.tap_rx_inline_frames);
             for (reason, v) in &n.drops {
                 self.drops.with_label_values(&[net, reason.as_str()]).inc_by(*v);
             }

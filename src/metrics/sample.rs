@@ -40,6 +40,10 @@ pub struct NetSample {
     /// Frames from peers whose partial inner checksum was completed.
     #[serde(default)]
     pub partial_checksums: u64,
+    /// Frames read from a local TAP by an underlay thread right after writing into it (run
+    /// to completion); also in `tap_rx_frames`.
+    #[serde(default)]
+    pub tap_rx_inline_frames: u64,
     /// Reason label -> count; every reason of `DropReason::ALL` is present.
     pub drops: BTreeMap<String, u64>,
     pub fdb_entries: u64,
@@ -235,6 +239,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                 tap_tx_bytes: s.tap_tx_bytes,
                 flooded_frames: s.flooded_frames,
                 partial_checksums: s.partial_checksums,
+                tap_rx_inline_frames: s.tap_rx_inline_frames,
                 drops: drop_map(&s.drops),
                 fdb_entries: net.fdb.len() as u64,
                 fdb_max_entries: net.fdb.config().max_entries as u64,
