@@ -51,13 +51,7 @@ bridged_underlay "$SW" "$H1" "$U1/24" "$H2" "$U2/24" "$E" "$EA/24"
 ns_exec "$H1" ip route add 198.18.0.0/15 via "$EA"
 ns_exec "$H2" ip route add 198.18.0.0/15 via "$EA"
 ns_exec "$E" sysctl -qw net.ipv4.ip_forward=0
-start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
-  --listen-client-urls "http://$EA:2379" --advertise-client-urls "http://$EA:2379" \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster e1=http://127.0.0.1:2380
-ETCD_PID=$BG_PID
-wait_until -t 20 ns_exec "$E" etcdctl --endpoints "http://$EA:2379" endpoint health || die "etcd did not become healthy"
-ok "etcd up"
+etcd_up "$E" "$EA"
 
 write_config "$WORK/h1.toml" "$U1"
 set_metrics_listen "$WORK/h1.toml" "$U1:9477"
