@@ -47,13 +47,7 @@ export ETCDCTL_API=3
 
 log "underlay: h1..h3 and the etcd host on a bridge in $SW"
 bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24" "$E" "$EA/24"
-start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
-  --listen-client-urls "http://$EA:2379" --advertise-client-urls "http://$EA:2379" \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster e1=http://127.0.0.1:2380
-wait_until -t 20 ns_exec "$E" etcdctl --endpoints "http://$EA:2379" endpoint health ||
-  { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
-ok "etcd up"
+etcd_up "$E" "$EA"
 ectl() { ns_exec "$E" etcdctl --endpoints "http://$EA:2379" "$@"; }
 K=/overlayd/v1/networks/blue/macs
 ovl() { "$OVERLAYD_BIN" "$@"; }

@@ -34,14 +34,7 @@ API=http://127.0.0.1:9090/api/v1
 
 bridged_underlay "$SW" "$H1" "$U1/24" "$H2" "$U2/24" "$E" "$EA/24"
 log "etcd in $E"
-start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
-  --listen-client-urls "http://$EA:2379" --advertise-client-urls "http://$EA:2379" \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster e1=http://127.0.0.1:2380
-ETCD_PID=$BG_PID
-wait_until -t 20 ns_exec "$E" env ETCDCTL_API=3 etcdctl --endpoints "http://$EA:2379" endpoint health >/dev/null ||
-  { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
-ok "etcd up (pid $ETCD_PID)"
+etcd_up "$E" "$EA"
 
 # cfg FILE UNDERLAY NODE TAP_ADDRESS - a clustered daemon: blue has no static peer
 cfg() {

@@ -36,16 +36,7 @@ log "underlay: h1..h4 and the etcd host on a bridge in $SW"
 bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24" "${H[4]}" "${U[4]}/24" "$E" "$EA/24"
 
 ETCD_PID=
-start_etcd() {
-  start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
-    --listen-client-urls "http://$EA:2379" --advertise-client-urls "http://$EA:2379" \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster e1=http://127.0.0.1:2380
-  ETCD_PID=$BG_PID
-  wait_until -t 20 ns_exec "$E" etcdctl --endpoints "http://$EA:2379" endpoint health ||
-    { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
-  ok "etcd up (pid $ETCD_PID)"
-}
+start_etcd() { etcd_up "$E" "$EA"; }
 kill_etcd() {
   kill -KILL "$ETCD_PID"
   wait "$ETCD_PID" 2>/dev/null || true

@@ -45,13 +45,9 @@ ok "certificates made"
 
 log "underlay and etcd (https, client certificates required)"
 bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "${H[3]}" "${U[3]}/24" "$E" "$EA/24"
-start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
-  --listen-client-urls "https://$EA:2379" --advertise-client-urls "https://$EA:2379" \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster e1=http://127.0.0.1:2380 \
-  --cert-file "$PKI/server.pem" --key-file "$PKI/server.key" --trusted-ca-file "$PKI/ca.pem" --client-cert-auth
+etcd_start "$E" "$EA" https --cert-file "$PKI/server.pem" --key-file "$PKI/server.key" --trusted-ca-file "$PKI/ca.pem" --client-cert-auth
 as() { local who=$1; shift; ns_exec "$E" etcdctl --endpoints "https://$EA:2379" --cacert "$PKI/ca.pem" --cert "$PKI/$who.pem" --key "$PKI/$who.key" "$@"; }
-wait_until -t 20 as root endpoint health || { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
+etcd_wait as root
 ok "etcd up with TLS"
 
 log "RBAC (README recipe): each node writes only its own keys and reads the prefix; h3 only reads"

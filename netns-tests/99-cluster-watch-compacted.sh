@@ -37,14 +37,8 @@ H=(- "$PREFIX-h1" "$PREFIX-h2")
 export ETCDCTL_API=3
 
 bridged_underlay "$SW" "${H[1]}" "${U[1]}/24" "${H[2]}" "${U[2]}/24" "$E" "$EA/24"
-start_bg "$E" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
-  --listen-client-urls "http://$EA:2379" --advertise-client-urls "http://$EA:2379" \
-  --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-  --initial-cluster e1=http://127.0.0.1:2380
-ETCD_PID=$BG_PID
+etcd_up "$E" "$EA"
 ectl() { ns_exec "$E" etcdctl --endpoints "http://$EA:2379" "$@"; }
-wait_until -t 20 ectl endpoint health || { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
-ok "etcd up (pid $ETCD_PID)"
 
 # A lease long enough that h2's stop does not expire it: this lab is about the watch alone.
 for i in 1 2; do

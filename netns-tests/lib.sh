@@ -534,6 +534,35 @@ capture_show() {
   { tcpdump -n -e -r "$WORK/$name.pcap" "$@" 2>/dev/null || true; } | head -n 20 | sed 's/^/     /' || true
 }
 
+# ----------------------------------------------------------------------------- etcd
+# etcd_start NS ADDR [SCHEME [ETCD_ARG...]] - a one-member etcd in NS (the etcd binary started by
+# the lab, never a packaged service): clients on SCHEME://ADDR:2379 (SCHEME http unless given;
+# https needs the TLS files among ETCD_ARGs), peers on 127.0.0.1:2380, data in $WORK/etcd (kept
+# across a restart), log in $WORK/etcd.log. Returns at once; PID in $ETCD_PID.
+etcd_start() {
+  local nsn=$1 addr=$2 scheme=${3:-http}
+  shift $(($# < 3 ? $# : 3))
+  start_bg "$nsn" "$WORK/etcd.log" etcd --name e1 --data-dir "$WORK/etcd" \
+    --listen-client-urls "$scheme://$addr:2379" --advertise-client-urls "$scheme://$addr:2379" \
+    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
+    --initial-cluster e1=http://127.0.0.1:2380 "$@"
+  ETCD_PID=$BG_PID
+}
+
+# etcd_wait CMD... - wait (20 s) until `CMD endpoint health` (an etcdctl call with its
+# endpoints) succeeds; fail with the tail of $WORK/etcd.log if it never does
+etcd_wait() {
+  wait_until -t 20 "$@" endpoint health ||
+    { tail -n 20 "$WORK/etcd.log" >&2; die "etcd did not become healthy"; }
+}
+
+# etcd_up NS ADDR - etcd_start over http, then etcd_wait with plain etcdctl (API v3)
+etcd_up() {
+  etcd_start "$1" "$2"
+  etcd_wait ns_exec "$1" env ETCDCTL_API=3 etcdctl --endpoints "http://$2:2379"
+  ok "etcd up (pid $ETCD_PID)"
+}
+
 # ----------------------------------------------------------------------------- bulk transfer
 # make_random_file FILE MEGABYTES
 make_random_file() {
