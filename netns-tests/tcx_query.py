@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""tcx_query.py DEV ingress|egress - print the ids of the BPF programs attached to DEV's TCX
-hook (one per line; nothing when none), asked of the kernel itself (BPF_PROG_QUERY), whoever
-attached them. Run inside the device's network namespace, as root. (bpftool before 7.3 does not
+"""tcx_query.py DEV ingress|egress - print the BPF programs attached to DEV's TCX hook, one
+per line as "PROG_ID LINK_ID" (nothing when none), asked of the kernel itself (BPF_PROG_QUERY),
+whoever attached them: a program detached and attached again has a new link id. Run inside the device's network namespace, as root. (bpftool before 7.3 does not
 list TCX attachments in `bpftool net show`.)"""
 import ctypes
 import os
@@ -21,15 +21,17 @@ def main():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     ids = (ctypes.c_uint32 * 64)()
+    links = (ctypes.c_uint32 * 64)()
     attr = ctypes.create_string_buffer(64)
     # target_ifindex, attach_type, query_flags, attach_flags, prog_ids, prog_cnt
     struct.pack_into("IIIIQI", attr, 0, ifindex, ATTACH[sys.argv[2]], 0, 0, ctypes.addressof(ids), 64)
+    struct.pack_into("Q", attr, 40, ctypes.addressof(links))  # link_ids
     if libc.syscall(SYS_BPF, BPF_PROG_QUERY, attr, ctypes.c_uint(64)) != 0:
         err = ctypes.get_errno()
         sys.exit(f"BPF_PROG_QUERY on {sys.argv[1]}: {os.strerror(err)}")
     (count,) = struct.unpack_from("I", attr, 24)
     for i in range(count):
-        print(ids[i])
+        print(ids[i], links[i])
 
 
 if __name__ == "__main__":
