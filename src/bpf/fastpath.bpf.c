@@ -539,7 +539,11 @@ int underlay_ingress(struct __sk_buff *skb) {
 	__u32 len0 = skb->len, gso_size = skb->gso_size, gso_segs = skb->gso_segs;
 	if (skb->vlan_present)
 		return TC_ACT_OK;
-	union addr from = {}, to = {};
+	union addr from, to;
+	// (all 16 bytes: `= {}` would clear a union's first member only, and an IPv4 address
+	// leaves the other 12 to stack garbage, which then fails the peer lookups now and then)
+	__builtin_memset(&from, 0, sizeof(from));
+	__builtin_memset(&to, 0, sizeof(to));
 	__u32 l3;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
