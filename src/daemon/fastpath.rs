@@ -595,10 +595,10 @@ impl State {
 
     /// Detach the program from TAP `ix` and drop its configuration.
     fn detach_tap(&mut self, ix: u32) {
-        if let Some(link) = self.links.remove(&ix) {
-            if let Some(p) = self.ebpf.program_mut("tap_egress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok()) {
-                let _ = p.detach(link);
-            }
+        if let (Some(link), Some(p)) =
+            (self.links.remove(&ix), self.ebpf.program_mut("tap_egress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok()))
+        {
+            let _ = p.detach(link);
         }
         let _ = self.taps.remove(&ix);
     }

@@ -88,7 +88,7 @@ impl RxSocket {
                 libc::setsockopt(sock.as_raw_fd(), SOL_UDP, UDP_NO_CHECK6_RX, (&one as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as u32)
             };
             if r != 0 {
-                return Err(io::Error::new(io::ErrorKind::Other, format!("udp {local}: UDP_NO_CHECK6_RX: {}", io::Error::last_os_error())));
+                return Err(io::Error::other(format!("udp {local}: UDP_NO_CHECK6_RX: {}", io::Error::last_os_error())));
             }
         }
         sock.bind(&local.into()).map_err(|e| {
