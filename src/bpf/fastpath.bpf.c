@@ -237,6 +237,15 @@ static __always_inline int fits_mtu(struct __sk_buff *skb, __u32 len, __u32 gso_
 	return h && h + gso_size <= mtu;
 }
 
+// The headers every segment of a GSO super-frame (Ethernet header at `off`) repeats: its
+// Ethernet, IP and TCP/UDP headers; 0 for a frame that is not one. The tunnel counters count
+// what goes on the wire, as the userspace path does: each segment with its own headers.
+static __always_inline __u32 seg_headers(struct __sk_buff *skb, __u32 gso_size, __u32 off, __u16 proto) {
+	if (gso_size == 0)
+		return 0;
+	return ETH_HLEN + l34_len(skb, off + ETH_HLEN, proto);
+}
+
 static __always_inline __u32 segments(__u32 len, __u32 gso_size, __u32 gso_segs) {
 	if (gso_segs)
 		return gso_segs;
@@ -448,6 +457,7 @@ int tap_egress(struct __sk_buff *skb) {
 	if (nports == 0 || nports > SOURCE_PORTS)
 		return TC_ACT_OK;
 	__u32 hash = flow_hash(skb, &eth);
+	__u32 hdrs = seg_headers(skb, gso_size, 0, eth.h_proto); // (read before the headers move)
 	__u32 slot = hash % nports;
 	// (slot < nports <= 16 already; the mask is for the verifier, which cannot know that)
 	asm volatile("" : "+r"(slot));
@@ -523,7 +533,7 @@ int tap_egress(struct __sk_buff *skb) {
 	count(net, 0, 1);
 	count(net, 1, len0);
 	count(net, 4 + 4 * peer, segs);
-	count(net, 5 + 4 * peer, len0 + segs * VXLAN_LEN);
+	count(net, 5 + 4 * peer, len0 + segs * VXLAN_LEN + (segs - 1) * hdrs);
 	return bpf_redirect_neigh(t->underlay_ifindex, NULL, 0, 0);
 }
 
@@ -546,9 +556,9 @@ int underlay_ingress(struct __sk_buff *skb) {
 	__u32 len0 = skb->len, gso_size = skb->gso_size, gso_segs = skb->gso_segs;
 	if (skb->vlan_present)
 		return TC_ACT_OK;
-	// every byte zero: `= {}` initialises only a union's first member (v4), and the
-	// comparisons below read all four words
 	union addr from, to;
+	// (all 16 bytes: `= {}` would clear a union's first member only, and an IPv4 address
+	// leaves the other 12 to stack garbage, which then fails the peer lookups now and then)
 	__builtin_memset(&from, 0, sizeof(from));
 	__builtin_memset(&to, 0, sizeof(to));
 	__u32 l3;
@@ -627,6 +637,7 @@ int underlay_ingress(struct __sk_buff *skb) {
 		return TC_ACT_OK;
 	__u32 net = p->net, peer = p->idx, tap = dst->ifindex;
 	__u32 segs = segments(len0, gso_size, gso_segs);
+	__u32 hdrs = seg_headers(skb, gso_size, outer - ETH_HLEN, eth.h_proto);
 	__u64 inner_l3 = eth.h_proto == bpf_htons(ETH_P_IP) ? ADJ_ROOM_DECAP_L3_IPV4 : ADJ_ROOM_DECAP_L3_IPV6;
 	__u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | inner_l3;
 	__s32 shrink = -(__s32)(outer - ETH_HLEN);
@@ -641,7 +652,7 @@ int underlay_ingress(struct __sk_buff *skb) {
 		return TC_ACT_SHOT;
 	refresh(src);
 	count(net, 6 + 4 * peer, segs);
-	count(net, 7 + 4 * peer, len0 - ETH_HLEN - l3 - sizeof(struct udphdr));
+	count(net, 7 + 4 * peer, len0 - ETH_HLEN - l3 - sizeof(struct udphdr) + (segs - 1) * (VXLAN_LEN + hdrs));
 	count(net, 2, 1);
 	count(net, 3, len0 - outer + ETH_HLEN);
 	return bpf_redirect(tap, BPF_F_INGRESS);

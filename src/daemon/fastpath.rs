@@ -243,6 +243,9 @@ struct NetState {
     folded: Vec<u64>,
     /// Frames the programs carried: [from TAPs, tunnel packets received].
     frames_fast: [u64; 2],
+    /// The network's I/O (its `NetIo`, by address): a reload that restarts the network opens
+    /// new ones, an update in place keeps them.
+    io: usize,
 }
 
 struct State {
@@ -252,6 +255,9 @@ struct State {
     peers: BpfHashMap<MapData, PeerKey, PeerVal>,
     stats: PerCpuArray<MapData, u64>,
     underlay_ifindex: u32,
+    underlay_dev: String,
+    /// The TCX link of the underlay's program, while a network uses it.
+    underlay_link: Option<aya::programs::tc::SchedClassifierLinkId>,
     saddr: IpAddr,
     /// The userspace path's UDP source ports (`TxSockets::ports`), at most [`SOURCE_PORTS`].
     sports: [u16; SOURCE_PORTS],
@@ -304,14 +310,16 @@ impl FastPath {
         let taps = BpfHashMap::try_from(map(&mut ebpf, "TAPS")?).map_err(|e| Unavailable::Load(e.to_string()))?;
         let peers = BpfHashMap::try_from(map(&mut ebpf, "PEERS")?).map_err(|e| Unavailable::Load(e.to_string()))?;
         let stats = PerCpuArray::try_from(map(&mut ebpf, "STATS")?).map_err(|e| Unavailable::Load(e.to_string()))?;
-        {
+        // attached here whatever the networks, so that a kernel that refuses it is known at start;
+        // the sync detaches it while no network uses it
+        let underlay_link = {
             let p: &mut SchedClassifier = ebpf.program_mut("underlay_ingress").and_then(|p| p.try_into().ok()).ok_or_else(|| Unavailable::Load("underlay_ingress".into()))?;
             p.attach(&underlay_dev, TcAttachType::Ingress).map_err(|e| Unavailable::Attach {
                 prog: "underlay_ingress",
                 dev: underlay_dev.clone(),
                 error: e.to_string(),
-            })?;
-        }
+            })?
+        };
         let mut st = State {
             ebpf,
             fdb,
@@ -319,6 +327,8 @@ impl FastPath {
             peers,
             stats,
             underlay_ifindex,
+            underlay_dev: underlay_dev.clone(),
+            underlay_link: Some(underlay_link),
             saddr,
             sports,
             nports: nports as u16,
@@ -431,9 +441,15 @@ impl State {
                 continue;
             }
             let name = net.name().to_string();
+            let io = Arc::as_ptr(&e.io) as usize;
+            if self.nets.get(&name).is_some_and(|st| st.io != io) {
+                // restarted by a reload: new TAPs, table, peers and counters; start afresh
+                self.forget(&name);
+                tracing::info!(network = name, "fast path: network restarted; its programs are detached and attached anew");
+            }
             if !self.nets.contains_key(&name) {
                 let Some(id) = self.alloc_id() else { continue };
-                self.nets.insert(name.clone(), NetState { id, folded: vec![0; STRIDE as usize], ..Default::default() });
+                self.nets.insert(name.clone(), NetState { id, folded: vec![0; STRIDE as usize], io, ..Default::default() });
                 tracing::info!(network = name, "fast path: known unicast of this network is forwarded by eBPF at TC");
                 self.slow_nets.remove(&name);
             }
@@ -528,34 +544,64 @@ impl State {
         // networks gone (removed, restarted by a reload, GRE now)
         let gone: Vec<String> = self.nets.keys().filter(|n| !live_nets.contains(n)).cloned().collect();
         for name in gone {
-            if let Some(st) = self.nets.remove(&name) {
-                for mac in st.mirror.keys() {
-                    let _ = self.fdb.remove(&FdbKey { net: st.id, mac: mac.0, pad: 0 });
-                }
-                for k in &st.peers {
-                    let _ = self.peers.remove(k);
-                }
-                for ix in &st.taps {
-                    let _ = self.taps.remove(ix);
-                }
-                self.zero_stats(st.id);
-                tracing::info!(network = name, "fast path: network no longer served");
-            }
+            self.forget(&name);
+            tracing::info!(network = name, "fast path: network no longer served");
         }
         // TAPs gone: detach (a deleted device took its link along already)
         let stale: Vec<u32> = self.links.keys().filter(|ix| !live_taps.contains(ix)).copied().collect();
         for ix in stale {
-            if let Some(link) = self.links.remove(&ix)
-                && let Some(p) = self.ebpf.program_mut("tap_egress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok())
-            {
-                let _ = p.detach(link);
+            self.detach_tap(ix);
+        }
+        // the underlay's program, while a network uses it
+        if live_nets.is_empty() {
+            if let Some(link) = self.underlay_link.take() {
+                if let Some(p) = self.ebpf.program_mut("underlay_ingress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok()) {
+                    let _ = p.detach(link);
+                }
+                tracing::info!(device = self.underlay_dev, "fast path: no network uses it; detached from the underlay device");
             }
-            let _ = self.taps.remove(&ix);
+        } else if self.underlay_link.is_none() {
+            let p: &mut SchedClassifier =
+                self.ebpf.program_mut("underlay_ingress").and_then(|p| p.try_into().ok()).ok_or_else(|| Unavailable::Load("underlay_ingress".into()))?;
+            match p.attach(&self.underlay_dev, TcAttachType::Ingress) {
+                Ok(link) => {
+                    self.underlay_link = Some(link);
+                    tracing::info!(device = self.underlay_dev, "fast path: attached to the underlay device again");
+                }
+                Err(err) => tracing::warn!(device = self.underlay_dev, error = %err, "fast path: attaching to the underlay device failed; received VXLAN goes through the userspace path"),
+            }
         }
         for e in &f.networks {
             self.fold_net(&e.net);
         }
         Ok(())
+    }
+
+    /// Forget network `name`: its mirror rows, peers and TAPs leave the maps, its TAPs' programs
+    /// are detached, its counters zeroed.
+    fn forget(&mut self, name: &str) {
+        if let Some(st) = self.nets.remove(name) {
+            for mac in st.mirror.keys() {
+                let _ = self.fdb.remove(&FdbKey { net: st.id, mac: mac.0, pad: 0 });
+            }
+            for k in &st.peers {
+                let _ = self.peers.remove(k);
+            }
+            for ix in &st.taps {
+                self.detach_tap(*ix);
+            }
+            self.zero_stats(st.id);
+        }
+    }
+
+    /// Detach the program from TAP `ix` and drop its configuration.
+    fn detach_tap(&mut self, ix: u32) {
+        if let (Some(link), Some(p)) =
+            (self.links.remove(&ix), self.ebpf.program_mut("tap_egress").and_then(|p| TryInto::<&mut SchedClassifier>::try_into(p).ok()))
+        {
+            let _ = p.detach(link);
+        }
+        let _ = self.taps.remove(&ix);
     }
 
     fn zero_stats(&mut self, id: u32) {
