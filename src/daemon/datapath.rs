@@ -305,7 +305,10 @@ impl PortThread {
     pub fn run(self) {
         let PortThread { io, port, tx, stop, gre } = self;
         let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
-        let Some(drain) = io.drains.iter().find(|d| d.port == port).cloned() else { return };
+        let Some(drain) = io.drains.iter().find(|d| d.port == port).cloned() else {
+            tracing::error!(network = io.net.load().name(), tap = tap.name(), "no reader state for this tap; port stopped");
+            return;
+        };
         *drain.lock() = Some(PortWorker::new(io.clone(), port, tap.clone(), tx, gre));
         let shard = Shard::per_thread();
         loop {
