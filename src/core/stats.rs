@@ -315,9 +315,14 @@ impl NetStats {
 
     #[inline]
     pub fn peer_rx(&self, s: Shard, peer: usize, bytes: usize) {
+        self.peer_rx_n(s, peer, 1, bytes);
+    }
+
+    /// `packets` tunnel packets of `bytes` in all from `peer`.
+    pub fn peer_rx_n(&self, s: Shard, peer: usize, packets: usize, bytes: usize) {
         if let Some(p) = self.peers.get(peer) {
             let c = &p[s.0 % SHARDS];
-            add(&c.rx_packets, 1);
+            add(&c.rx_packets, packets as u64);
             add(&c.rx_bytes, bytes as u64);
         }
     }

@@ -826,7 +826,9 @@ impl UnderlayThread {
                             flush(&mut pending, shard, &mut rl_write, now);
                             // decide on the first segment's worth, as for a TAP's super-frame
                             let first = &c.inner[..plan.header_len() + plan.mss];
-                            let action = net.receive_from_peer(c.peer, first, datagram.len(), shard, now);
+                            // counted as the datagrams it is once segmented, as the fast path does
+                            let wire = plan.segments * (vxlan::HEADER_LEN + plan.header_len()) + plan.payload_len;
+                            let action = net.receive_segments_from_peer(c.peer, first, plan.segments, wire, shard, now);
                             let ports = Forwarder::ports(&c.entry.io);
                             match action {
                                 Action::Local(p) => {

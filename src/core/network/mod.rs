@@ -168,9 +168,17 @@ impl Network {
     /// a refusal under its reason. Returns only what is left to deliver: `Local`, `Flood`, or
     /// `Consumed` when nothing is (a frame from a tunnel never goes into a tunnel).
     pub fn receive_from_peer(&self, peer: PeerIdx, frame: &[u8], wire_len: usize, shard: Shard, now: Instant) -> Action {
+        self.receive_segments_from_peer(peer, frame, 1, wire_len, shard, now)
+    }
+
+    /// [`Self::receive_from_peer`] for a whole TSO burst that arrived as one datagram: the
+    /// decision is taken on `frame` (its first segment's worth) and the peer's counters grow by
+    /// the `packets` datagrams and `wire_len` bytes the burst is on the wire once segmented, as
+    /// the fast path counts it.
+    pub fn receive_segments_from_peer(&self, peer: PeerIdx, frame: &[u8], packets: usize, wire_len: usize, shard: Shard, now: Instant) -> Action {
         let action = self.from_peer(peer, frame, now);
         if action != Action::Consumed {
-            self.stats.peer_rx(shard, usize::from(peer.0), wire_len);
+            self.stats.peer_rx_n(shard, usize::from(peer.0), packets, wire_len);
         }
         match action {
             Action::Drop(r) => self.stats.count_drop(shard, r),
@@ -276,6 +284,19 @@ mod tests {
     }
 
     const T: Instant = Instant::ZERO;
+
+    #[test]
+    fn a_whole_tso_burst_counts_as_the_datagrams_it_is_on_the_wire() {
+        let n = net(1, 2);
+        n.from_local(L0, &frame(B, A, 60), T);
+        // one datagram (a 10-segment burst decided on its first segment) and one plain one
+        let a = n.receive_segments_from_peer(PeerIdx(1), &frame(A, B, 1464), 10, 10 * (8 + 54) + 14_100, Shard::UNDERLAY, T);
+        assert_eq!(a, Action::Local(L0));
+        n.receive_from_peer(PeerIdx(1), &frame(A, B, 100), 108, Shard::UNDERLAY, T);
+        let s = n.stats.snapshot();
+        assert_eq!((s.peers[1].rx_packets, s.peers[1].rx_bytes), (11, 10 * 62 + 14_100 + 108));
+        assert_eq!(s.peers[0].rx_packets, 0);
+    }
 
     #[test]
     fn broadcast_from_local_port_floods_to_every_peer_not_back() {
