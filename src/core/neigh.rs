@@ -45,6 +45,7 @@ use std::time::Duration;
 use super::checksum;
 use super::time::Instant;
 use super::wire::ethernet::{MacAddr, ethertype};
+use super::wire::ip::proto::ICMPV6;
 use super::PeerIdx;
 
 /// Largest answer written: an IPv6 neighbour advertisement with a target link-layer option
@@ -55,7 +56,6 @@ pub const ARP_REPLY_LEN: usize = 42;
 /// Bindings reserved up front; beyond that the map grows (by doubling, up to the cap).
 const RESERVE_MAX: usize = 16_384;
 
-const ICMPV6: u8 = 58;
 const ND_NS: u8 = 135;
 const ND_NA: u8 = 136;
 const OPT_SLLA: u8 = 1;

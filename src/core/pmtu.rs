@@ -45,6 +45,7 @@ use super::checksum;
 use super::ports::MAX_PORTS;
 use super::time::Instant;
 use super::wire::ethernet::{EthernetFrame, ethertype};
+use super::wire::ip::proto;
 use super::LocalPort;
 
 /// IPv6's minimum MTU (RFC 8200 §5): a "packet too big" never makes a longer packet.
@@ -59,9 +60,6 @@ pub const SIGNALS_BURST: u32 = 50;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_ICMPV6: u8 = 58;
 const REPLY_TTL: u8 = 64;
 
 /// The address family of a signal (the `family` label of its counter).
@@ -151,7 +149,7 @@ fn v4_reply(ip: &[u8], mtu: u16, own: Option<Ipv4Addr>, out: &mut [u8]) -> Resul
         return Err(NoSignal::Exempt);
     }
     let quote = (ihl + 8).min(ip.len());
-    if ip[9] == PROTO_ICMP && ihl < ip.len() && !is_icmp_query(ip[ihl]) {
+    if ip[9] == proto::ICMP && ihl < ip.len() && !is_icmp_query(ip[ihl]) {
         return Err(NoSignal::Exempt);
     }
     let from = own.filter(|a| *a != src).unwrap_or(dst);
@@ -162,7 +160,7 @@ fn v4_reply(ip: &[u8], mtu: u16, own: Option<Ipv4Addr>, out: &mut [u8]) -> Resul
     h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     h[4..8].fill(0); // id 0, no flags: a 76..96-byte packet is never fragmented anyway
     h[8] = REPLY_TTL;
-    h[9] = PROTO_ICMP;
+    h[9] = proto::ICMP;
     h[10..12].fill(0);
     h[12..16].copy_from_slice(&from.octets());
     h[16..20].copy_from_slice(&src.octets());
@@ -200,7 +198,7 @@ fn v6_reply(ip: &[u8], mtu: u16, own: Option<Ipv6Addr>, out: &mut [u8]) -> Resul
         return Err(NoSignal::Exempt);
     }
     // an ICMPv6 error (types 0..=127) right after the fixed header gets no error back
-    if ip[6] == PROTO_ICMPV6 && ip.get(40).is_some_and(|t| *t < 128) {
+    if ip[6] == proto::ICMPV6 && ip.get(40).is_some_and(|t| *t < 128) {
         return Err(NoSignal::Exempt);
     }
     let from = own.filter(|a| *a != src).unwrap_or(dst);
@@ -209,7 +207,7 @@ fn v6_reply(ip: &[u8], mtu: u16, own: Option<Ipv6Addr>, out: &mut [u8]) -> Resul
     let h = &mut out[..40 + plen];
     h[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
     h[4..6].copy_from_slice(&(plen as u16).to_be_bytes());
-    h[6] = PROTO_ICMPV6;
+    h[6] = proto::ICMPV6;
     h[7] = REPLY_TTL;
     h[8..24].copy_from_slice(&from.octets());
     h[24..40].copy_from_slice(&src.octets());
@@ -223,7 +221,7 @@ fn v6_reply(ip: &[u8], mtu: u16, own: Option<Ipv6Addr>, out: &mut [u8]) -> Resul
     let mut d = [0u8; 16];
     s.copy_from_slice(&hdr[8..24]);
     d.copy_from_slice(&hdr[24..40]);
-    let c = checksum::finish(checksum::sum(m, checksum::pseudo_v6(&s, &d, PROTO_ICMPV6, plen as u32)));
+    let c = checksum::finish(checksum::sum(m, checksum::pseudo_v6(&s, &d, proto::ICMPV6, plen as u32)));
     m[2..4].copy_from_slice(&c.to_be_bytes());
     Ok(40 + plen)
 }
@@ -287,13 +285,13 @@ pub fn clamp_mss(frame: &mut [u8], mtu: u16, partial: bool) -> bool {
     let Some(ip) = frame.get(l3..) else { return false };
     let (tcp, max) = match et {
         ethertype::IPV4 => {
-            if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != PROTO_TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            if ip.len() < 20 || ip[0] >> 4 != 4 || ip[9] != proto::TCP || u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
                 return false;
             }
             (l3 + usize::from(ip[0] & 0x0f) * 4, mtu.saturating_sub(40))
         }
         // TCP right after the fixed header (SYNs carry no extension headers in practice)
-        ethertype::IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 && ip[6] == PROTO_TCP => (l3 + 40, mtu.saturating_sub(60)),
+        ethertype::IPV6 if ip.len() >= 40 && ip[0] >> 4 == 6 && ip[6] == proto::TCP => (l3 + 40, mtu.saturating_sub(60)),
         _ => return false,
     };
     let Some(th) = frame.get_mut(tcp..) else { return false };

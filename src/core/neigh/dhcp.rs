@@ -33,9 +33,9 @@ use std::time::Duration;
 use super::{Source, mac_at, usable_v4};
 use crate::core::time::Instant;
 use crate::core::wire::ethernet::{MacAddr, ethertype};
+use crate::core::wire::ip::proto::UDP;
 use crate::core::{Network, Port};
 
-const UDP: u8 = 17;
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
 /// The BOOTP fixed part (RFC 2131 §2: op .. file) and the magic cookie before the options.

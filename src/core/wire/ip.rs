@@ -15,6 +15,14 @@ pub const IPV4_MIN_HEADER_LEN: usize = 20;
 /// Length of the fixed IPv6 header.
 pub const IPV6_HEADER_LEN: usize = 40;
 
+/// IP protocol numbers (IANA) of what the core reads or writes inside a frame.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+}
+
 /// Why an IPv4 header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ipv4Error {
