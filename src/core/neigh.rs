@@ -77,21 +77,7 @@ pub enum Source {
     Local,
 }
 
-/// The address family of a request (`family` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-}
+pub use super::wire::ip::Family;
 
 /// What [`NeighTable::answer`] did with a frame from a local port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

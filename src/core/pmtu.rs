@@ -62,21 +62,7 @@ const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const REPLY_TTL: u8 = 64;
 
-/// The address family of a signal (the `family` label of its counter).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Family::V4 => "ipv4",
-            Family::V6 => "ipv6",
-        }
-    }
-}
+pub use super::wire::ip::Family;
 
 /// Why an oversized frame gets no signal (it is dropped and counted as `mtu_exceeded` all
 /// the same).

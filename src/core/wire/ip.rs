@@ -23,6 +23,22 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
 }
 
+/// An address family, as the `family` label of the counters that tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        }
+    }
+}
+
 /// Why an IPv4 header was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ipv4Error {
