@@ -306,17 +306,14 @@ pub struct Node {
     floods: std::collections::HashMap<(usize, Port), (u64, u64)>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr], local_ports: u16, fdb: FdbConfig, bum_pps_limit: Option<u32>) -> NetworkSpec {
-    NetworkSpec {
-        encap,
-        mtu: 200,
-        peers: peers.iter().map(|&ip| SocketAddr::new(ip, port)).collect(),
-        fdb,
-        bum_pps_limit,
-        local_ports,
-        ..NetworkSpec::vxlan(name, vni, Vec::new())
-    }
+/// A network of the model: where it is (encapsulation, VNI, UDP port, peers), then its size
+/// and limits (local ports, FDB, broadcast rate).
+fn spec(name: &str, encap: Encap, vni: u32, port: u16, peers: &[IpAddr]) -> NetworkSpec {
+    NetworkSpec { encap, mtu: 200, peers: peers.iter().map(|&ip| SocketAddr::new(ip, port)).collect(), ..NetworkSpec::vxlan(name, vni, Vec::new()) }
+}
+
+fn limits(spec: NetworkSpec, local_ports: u16, fdb: FdbConfig, bum_pps_limit: Option<u32>) -> NetworkSpec {
+    NetworkSpec { local_ports, fdb, bum_pps_limit, ..spec }
 }
 
 impl Default for Node {
@@ -340,11 +337,11 @@ impl Node {
             s
         };
         let specs = [
-            (suppress(spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2], 2, small(8, 3, 10), Some(20))), 4789),
-            (spec("red", Encap::Vxlan, 43, 4789, &ADDRS[1..3], 1, small(4, 5, 180), None), 4789),
-            (spec("green", Encap::Vxlan, 42, 4790, &ADDRS[4..5], 3, small(6, 1, 2), Some(1)), 4790),
-            (spec("keyed", gre(true, true), 43, 0, &[ADDRS[0], ADDRS[2]], 1, small(5, 2, 5), Some(5)), 0),
-            (suppress(spec("keyless", gre(false, false), 0, 0, &ADDRS[1..2], 2, small(5, 0, 1), None)), 0),
+            (suppress(limits(spec("blue", Encap::Vxlan, 42, 4789, &ADDRS[0..2]), 2, small(8, 3, 10), Some(20))), 4789),
+            (limits(spec("red", Encap::Vxlan, 43, 4789, &ADDRS[1..3]), 1, small(4, 5, 180), None), 4789),
+            (limits(spec("green", Encap::Vxlan, 42, 4790, &ADDRS[4..5]), 3, small(6, 1, 2), Some(1)), 4790),
+            (limits(spec("keyed", gre(true, true), 43, 0, &[ADDRS[0], ADDRS[2]]), 1, small(5, 2, 5), Some(5)), 0),
+            (suppress(limits(spec("keyless", gre(false, false), 0, 0, &ADDRS[1..2]), 2, small(5, 0, 1), None)), 0),
         ];
         let ports: Vec<u16> = specs.iter().map(|(_, p)| *p).collect();
         let networks: Vec<NetEntry<()>> =

@@ -462,7 +462,7 @@ fn ethertype_of(frame: &[u8]) -> u16 {
 }
 
 /// An address a host can own (not 0.0.0.0, broadcast, multicast or loopback).
-fn usable_v4(a: Ipv4Addr) -> bool {
+pub(crate) fn usable_v4(a: Ipv4Addr) -> bool {
     !(a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback())
 }
 

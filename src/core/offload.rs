@@ -407,6 +407,15 @@ impl TsoPlan {
         let acc = checksum::sum(&frame[range], checksum::sum(&hdr[l.l4..], l.pseudo(hdr, l4_len)));
         hdr[l.l4 + 16..l.l4 + 18].copy_from_slice(&checksum::finish(acc).to_be_bytes());
     }
+
+    /// Segment `i` as an ordinary frame in `out` (replacing what it held): its headers, then
+    /// its payload.
+    pub fn segment_into(&self, frame: &[u8], i: usize, out: &mut Vec<u8>) {
+        out.clear();
+        out.resize(self.header_len(), 0);
+        self.write_header(frame, i, out);
+        out.extend_from_slice(&frame[self.payload_range(i)]);
+    }
 }
 
 /// A complete Ethernet + IPv4/IPv6 + TCP segment that may be coalesced with its neighbours.

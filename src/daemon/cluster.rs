@@ -271,7 +271,7 @@ impl Cluster {
     }
 
     /// Remove expired members the data path does not hear (once a second).
-    pub fn tick(&mut self, fabric: &super::datapath::SharedFabric) {
+    pub fn tick(&mut self, fabric: &super::netio::SharedFabric) {
         let f = fabric.load();
         let up = |net: &str, addr: IpAddr| {
             f.networks.iter().find(|e| e.net.name() == net).is_some_and(|e| {
@@ -289,7 +289,7 @@ impl Cluster {
     /// the remote bindings that changed go into the FDBs, every remote binding is refreshed
     /// (put back if the table lost it, its addresses into the neighbour table), the MACs on
     /// local ports go to the advertiser, and its writes to the backend.
-    pub fn advertise(&mut self, fabric: &super::datapath::SharedFabric) {
+    pub fn advertise(&mut self, fabric: &super::netio::SharedFabric) {
         if self.advert.networks().next().is_none() {
             return;
         }
@@ -607,8 +607,8 @@ peers = ["192.0.2.8"]
         spec.arp_suppress = true;
         spec.snoop_local = true;
         let net = Arc::new(crate::core::Network::new(spec));
-        let io = Arc::new(super::super::datapath::NetIo::new(net.clone(), Vec::new()));
-        let fabric: super::super::datapath::SharedFabric =
+        let io = Arc::new(super::super::netio::NetIo::new(net.clone(), Vec::new()));
+        let fabric: super::super::netio::SharedFabric =
             Arc::new(arc_swap::ArcSwap::from_pointee(crate::core::Fabric::new(vec![NetEntry { net: net.clone(), io }], &[4789])));
         let local = MacAddr([2, 0, 0, 0, 0, 1]);
         net.fdb.learn(local, Port::Local(crate::core::LocalPort(0)), clock::now());

@@ -1,9 +1,8 @@
 //! The data path: blocking threads that move frames between local ports and the underlay.
 //!
-//! - One *port thread* per local port (TAP): wait for readiness, drain up to [`BATCH`] frames,
-//!   decide each frame with [`Network::from_local`], write the VXLAN (or GRE) header into the
-//!   headroom in front of the frame (no copy of the frame), queue it for its peer(s), and send
-//!   the whole batch with one `sendmmsg` per source-port socket (or on the raw GRE socket).
+//! - One *port thread* per local port (TAP): wait for readiness, read up to [`BATCH`] frames
+//!   into a [`FrameBatch`], and hand it to the port's [`Switcher`] (the switch loop every kind
+//!   of local port shares).
 //! - One *underlay thread* per receive socket (a VXLAN port's, or the raw GRE socket: the
 //!   same loop, see [`Underlay`]): `recvmmsg` a batch, classify each datagram to a network and
 //!   peer, decide with [`Network::from_peer`], and write the inner frame straight from the
@@ -26,84 +25,24 @@ use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
-use crate::core::fabric::Fabric;
-use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, TsoPlan, VNET_HDR_LEN, VnetHdr, finish_partial_checksum, tunnel_super_frame};
-use crate::core::neigh;
-use crate::core::pmtu;
-use crate::core::stats::{GlobalDrops, PmtuEvent, Shard};
-use crate::core::wire::ethernet::{self, EthernetFrame};
+use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, tunnel_super_frame};
+use crate::core::stats::{GlobalDrops, Shard};
+use crate::core::wire::ethernet;
 use crate::core::wire::ip::Ipv4Packet;
 use crate::core::wire::vxlan;
-use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port, Vni};
-use super::gre::{GreParams, GreTx};
+use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx};
 use crate::io::clock;
 use crate::io::gre::GreSocket;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
-use crate::io::udp::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GsoError, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
+use crate::io::udp::{BATCH, RecvBatch, RxSocket, TxSockets};
 
-use super::forward::{Forwarder, LocalIo, PmtuSignals, Ports};
-
-/// Room in front of a frame read from a port for the tunnel header.
-pub const HEADROOM: usize = 64;
-
-/// What the I/O side attaches to each network: its local ports, and the network's current
-/// generation.
-#[derive(Debug)]
-pub struct NetIo {
-    /// The network as the data-path threads of its ports see it: each loads it once per batch.
-    /// A reload that changes only the network's peers or FDB settings publishes its next
-    /// generation here (see [`crate::core::handover`]); ports and threads stay.
-    pub net: ArcSwap<Network>,
-    /// The TAP devices opened by the daemon, in config order (also in `ports`).
-    pub taps: Vec<Arc<Tap>>,
-    /// Every live local port (TAPs and VM connections); replaced whole on a connect or a
-    /// disconnect, read lock-free by the data path.
-    pub ports: ArcSwap<Ports>,
-    /// Serialises changes of `ports` (connects, disconnects); never taken by the data path.
-    pub port_changes: Mutex<()>,
-    /// The reading side of each TAP port, for its thread and for run to completion.
-    pub drains: Vec<Arc<PortDrain>>,
-}
-
-impl NetIo {
-    /// The configured ports (TAPs, attached interfaces) in config order: slots 0...
-    pub fn new(net: Arc<Network>, fixed: Vec<LocalIo>) -> NetIo {
-        let taps = fixed.iter().filter_map(|p| if let LocalIo::Tap(t) = p { Some(t.clone()) } else { None }).collect();
-        let ports = Ports::new(fixed);
-        let drains = ports.iter().filter(|(_, p)| matches!(p, LocalIo::Tap(_))).map(|(lp, _)| Arc::new(PortDrain::new(lp))).collect();
-        NetIo { net: ArcSwap::new(net), taps, ports: ArcSwap::from_pointee(ports), port_changes: Mutex::new(()), drains }
-    }
-}
-
-pub type SharedFabric = Arc<ArcSwap<Fabric<Arc<NetIo>>>>;
-
-/// Log at most once per second per call site and thread, with the count of what was muted.
-#[derive(Debug, Default)]
-pub struct RateLimit {
-    last: Option<Instant>,
-    muted: u64,
-}
-
-impl RateLimit {
-    /// `Some(muted)` when a line may be logged now.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_since(t).as_millis() < 1000 => {
-                self.muted += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.muted))
-            }
-        }
-    }
-}
+use super::forward::{Ctx, Forwarder};
+use super::gre::GreParams;
+use super::netio::{Drain, LocalIo, NetIo, RateLimit, SharedFabric};
+use super::switch::{FrameBatch, Switcher};
 
 /// Everything a port thread needs.
 pub struct PortThread {
@@ -115,201 +54,27 @@ pub struct PortThread {
     pub gre: Option<GreParams>,
 }
 
-/// Room for one segment's headers in the header arena: the tunnel header (VXLAN 8, GRE up
-/// to 12), Ethernet with two VLAN tags (22), IPv4 or IPv6 with the longest options (60), TCP
-/// with the longest options (60).
-const SEG_HDR_MAX: usize = 160;
-
-/// Per-thread scratch space for sending the segments of TSO super-frames: each segment is
-/// two iovecs, its headers (in `arena`) and its payload (in place, in the read buffer), so the
-/// payload is copied by the kernel only.
-struct Segmenter {
-    arena: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    warned: bool,
-}
-
-/// What became of one super-frame sent to one peer.
-struct Sent {
-    segments: usize,
-    bytes: usize,
-    error: Option<io::Error>,
-}
-
-/// Where the segments of a super-frame go.
-enum Tunnel<'a> {
-    /// VXLAN over the UDP send sockets: the flow `hash` picks the source port, `gso` if the
-    /// peer takes UDP GSO.
-    Vxlan { tx: &'a TxSockets, hash: usize, gso: bool, dst: SocketAddr, vni: Vni },
-    /// GRE over the raw socket, with the outer TOS byte `tos`.
-    Gre { gre: &'a GreTx, dst: IpAddr, tos: u8 },
-}
-
-impl Tunnel<'_> {
-    fn header_len(&self) -> usize {
-        match self {
-            Tunnel::Vxlan { .. } => vxlan::HEADER_LEN,
-            Tunnel::Gre { gre, .. } => gre.header_len(),
-        }
-    }
-}
-
-/// Length of the tunnel header a port thread writes: VXLAN's, or its GRE network's.
-fn tunnel_header_len(gre: Option<&GreTx>) -> usize {
-    gre.map_or(vxlan::HEADER_LEN, GreTx::header_len)
-}
-
-impl Segmenter {
-    fn new() -> Self {
-        Segmenter {
-            arena: vec![0; GSO_MAX_SEGMENTS * SEG_HDR_MAX],
-            iovs: Vec::with_capacity(2 * GSO_MAX_SEGMENTS),
-            hdrs: Vec::with_capacity(BATCH),
-            warned: false,
-        }
-    }
-
-    /// Cut `frame` (planned by `plan`) into tunnel packets and send them, up to 64 segments
-    /// a call: VXLAN with UDP GSO (at most 65507 bytes a call) if the peer takes it (it runs
-    /// overlayd) and the kernel allows it, else one datagram per segment batched with
-    /// `sendmmsg`; GRE (raw sockets have no GSO) always the latter.
-    fn send(&mut self, to: &Tunnel<'_>, frame: &[u8], plan: &TsoPlan) -> Sent {
-        let tun = to.header_len();
-        let seg_hdr = tun + plan.header_len();
-        let per_call = match to {
-            Tunnel::Vxlan { .. } => GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / (seg_hdr + plan.mss)).max(1),
-            Tunnel::Gre { .. } => GSO_MAX_SEGMENTS,
-        };
-        let mut out = Sent { segments: 0, bytes: 0, error: None };
-        let mut i = 0;
-        while i < plan.segments {
-            let n = per_call.min(plan.segments - i);
-            self.iovs.clear();
-            for k in 0..n {
-                let h = &mut self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr];
-                let payload = &frame[plan.payload_range(i + k)];
-                plan.write_header(frame, i + k, &mut h[tun..]);
-                match to {
-                    Tunnel::Vxlan { vni, .. } => vxlan::emit(&mut h[..tun], *vni),
-                    // after the inner headers: a GRE checksum covers them
-                    Tunnel::Gre { gre, .. } => gre.emit_segment(h, payload),
-                }
-                self.iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
-                self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
-            }
-            let (sent, err) = match *to {
-                Tunnel::Vxlan { tx, hash, gso, dst, .. } => {
-                    let gso_result = if gso && tx.gso_enabled() { Some(tx.send_gso(hash, dst, &self.iovs, (seg_hdr + plan.mss) as u16)) } else { None };
-                    match gso_result {
-                        Some(Ok(())) => (n, None),
-                        Some(Err(GsoError::Io(e))) => (0, Some(e)),
-                        Some(Err(GsoError::Unavailable(e))) => {
-                            if !self.warned {
-                                self.warned = true;
-                                tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
-                            }
-                            tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs)
-                        }
-                        None => tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs),
-                    }
-                }
-                Tunnel::Gre { gre, dst, tos } => gre.send_each(dst, tos, &mut self.iovs, 2, &mut self.hdrs),
-            };
-            out.segments += sent;
-            out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
-            if err.is_some() {
-                out.error = err;
-            }
-            i += n;
-        }
-        out
-    }
-}
-
-/// The reading side of one TAP port: its batch buffers, send queues and rate limits. The
-/// port's own thread runs it when the TAP is readable; an underlay thread that has just
-/// written into the TAP runs it too, at once (see [`PortDrain`]).
-pub struct PortWorker {
+/// The reading side of one TAP port: read a batch, switch it. The port's own thread runs it
+/// when the TAP is readable; an underlay thread that has just written into the TAP runs it
+/// too, at once (see [`PortDrain`](super::netio::PortDrain)).
+struct PortWorker {
     io: Arc<NetIo>,
-    port: LocalPort,
     tap: Arc<Tap>,
-    tx: Arc<TxSockets>,
-    gre: Option<GreTx>,
-    vnet: bool,
-    rd: usize,
-    bufs: Vec<Vec<u8>>,
-    lens: [usize; BATCH],
-    q: SendQueue,
-    seg: Segmenter,
-    scratch: Vec<u8>,
+    batch: FrameBatch,
+    sw: Switcher,
     rl_read: RateLimit,
-    rl_send: RateLimit,
-    rl_gso: RateLimit,
-    rl_gre: RateLimit,
-    fwd: Forwarder,
-    signals: PmtuSignals,
-    answer: [u8; neigh::REPLY_MAX],
-    ingress: Port,
-}
-
-/// A TAP port's [`PortWorker`], shared by the port's thread and the underlay threads.
-///
-/// Run to completion: a frame an underlay thread writes into a TAP is handled by the host's
-/// stack inside that write, and what the host answers (an echo reply, an ARP reply, a TCP
-/// ACK) is often queued on the TAP by the time the write returns. The underlay thread then
-/// reads and sends it itself instead of waking the port's thread for it. One reader at a
-/// time: whoever holds the lock reads a batch and sends all of it before letting go, so the
-/// frames of a flow leave in the order the TAP queued them. The port's thread waits for the
-/// lock; an underlay thread only tries it, and leaves the TAP to the port's thread if it is
-/// taken.
-#[derive(Debug)]
-pub struct PortDrain {
-    pub port: LocalPort,
-    worker: Mutex<Option<PortWorker>>,
-}
-
-// SAFETY: a worker moves between threads only behind its drain's lock, one thread at a time.
-// The raw pointers it holds (iovecs and message headers in its send queues and segmenter) are
-// scratch space, filled and handed to the kernel within one call and never read after it.
-#[allow(unsafe_code)]
-unsafe impl Send for PortWorker {}
-
-impl std::fmt::Debug for PortWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortWorker").field("port", &self.port).field("tap", &self.tap.name()).finish()
-    }
-}
-
-impl PortDrain {
-    fn new(port: LocalPort) -> Self {
-        PortDrain { port, worker: Mutex::new(None) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<PortWorker>> {
-        self.worker.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Read and send one batch from the TAP if no one else is at it: what an underlay thread
-    /// does after writing into it. Returns the frames read.
-    pub fn try_drain(&self, shard: Shard) -> usize {
-        match self.worker.try_lock() {
-            Ok(mut w) => w.as_mut().map_or(0, |w| w.drain(shard, true)),
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().as_mut().map_or(0, |w| w.drain(shard, true)),
-            Err(std::sync::TryLockError::WouldBlock) => 0,
-        }
-    }
 }
 
 impl PortThread {
     pub fn run(self) {
         let PortThread { io, port, tx, stop, gre } = self;
         let Some(LocalIo::Tap(tap)) = io.ports.load().get(port).cloned() else { return };
-        let Some(drain) = io.drains.iter().find(|d| d.port == port).cloned() else {
+        let Some(drain) = io.drain(port).cloned() else {
             tracing::error!(network = io.net.load().name(), tap = tap.name(), "no reader state for this tap; port stopped");
             return;
         };
-        *drain.lock() = Some(PortWorker::new(io.clone(), port, tap.clone(), tx, gre));
+        let sw = Switcher::new(io.clone(), tx, port, gre);
+        drain.set(Some(Box::new(PortWorker { io: io.clone(), batch: FrameBatch::for_tap(tap.vnet_hdr()), tap: tap.clone(), sw, rl_read: RateLimit::default() })));
         let shard = Shard::per_thread();
         loop {
             match sys::wait_readable(tap.fd(), &stop) {
@@ -320,60 +85,28 @@ impl PortThread {
                     break;
                 }
             }
-            if let Some(w) = drain.lock().as_mut() {
-                w.drain(shard, false);
-            }
+            drain.drain(shard);
         }
         // nobody reads the TAP once its thread has stopped
-        *drain.lock() = None;
+        drain.set(None);
         tracing::debug!(network = io.net.load().name(), tap = tap.name(), "port thread stopped");
     }
 }
 
-impl PortWorker {
-    fn new(io: Arc<NetIo>, port: LocalPort, tap: Arc<Tap>, tx: Arc<TxSockets>, gre: Option<GreParams>) -> Self {
-        // with a virtio-net header, it is read just in front of the frame, inside the headroom
-        let vnet = tap.vnet_hdr();
-        PortWorker {
-            io,
-            port,
-            tap,
-            q: SendQueue::new(tx.slots()),
-            tx,
-            gre: gre.map(GreTx::new),
-            vnet,
-            rd: if vnet { HEADROOM - VNET_HDR_LEN } else { HEADROOM },
-            bufs: (0..BATCH).map(|_| vec![0u8; HEADROOM + MAX_FRAME]).collect(),
-            lens: [0usize; BATCH],
-            seg: Segmenter::new(),
-            scratch: Vec::new(),
-            rl_read: RateLimit::default(),
-            rl_send: RateLimit::default(),
-            rl_gso: RateLimit::default(),
-            rl_gre: RateLimit::default(),
-            fwd: Forwarder::default(),
-            signals: PmtuSignals::default(),
-            answer: [0u8; neigh::REPLY_MAX],
-            ingress: Port::Local(port),
-        }
-    }
-
+impl Drain for PortWorker {
     /// Read up to [`BATCH`] frames from the TAP (until it would block), switch them and send
-    /// what goes to peers. Returns the frames read.
+    /// what goes to peers.
     fn drain(&mut self, shard: Shard, inline: bool) -> usize {
-        let PortWorker { io, tap, tx, gre, bufs, lens, q, seg, scratch, rl_read, rl_send, rl_gso, rl_gre, fwd, signals, answer, .. } = self;
-        let (port, vnet, rd, ingress) = (self.port, self.vnet, self.rd, self.ingress);
-        // the network's current generation, for this batch
+        let PortWorker { io, tap, batch, sw, rl_read } = self;
         let net = io.net.load();
         let now = clock::now();
-        let mut n = 0;
-        while n < BATCH {
-            match tap.read(&mut bufs[n][rd..]) {
-                Ok(len) if len >= HEADROOM - rd => {
-                    lens[n] = len - (HEADROOM - rd);
-                    n += 1;
+        while let Some(room) = batch.room(MAX_FRAME) {
+            match tap.read(room) {
+                Ok(len) => {
+                    if !batch.commit(len) {
+                        net.stats.count_drop(shard, DropReason::Malformed);
+                    }
                 }
-                Ok(_) => net.stats.count_drop(shard, DropReason::Malformed),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -384,180 +117,12 @@ impl PortWorker {
                 }
             }
         }
-        let mut send_queued = |q: &mut SendQueue, bufs: &[Vec<u8>]| {
-            q.flush(tx, bufs, |it, r| match r {
-                Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
-                Err(e) => {
-                    net.stats.count_drop(shard, DropReason::SendFailed);
-                    if let Some(muted) = rl_send.allow(now) {
-                        tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
-                    }
-                }
-            })
-        };
-        let ports = Forwarder::ports(io);
-        for i in 0..n {
-            let len = lens[i];
-            net.stats.tap_rx(shard, len);
-            let vh = if vnet { VnetHdr::parse(&bufs[i][rd..HEADROOM]).unwrap_or(VnetHdr::NONE) } else { VnetHdr::NONE };
-            if vh.is_gso() {
-                    // a TCP super-frame: its segments go out after what is queued, with UDP
-                    // GSO (VXLAN) or one sendmmsg (GRE)
-                let frame = &bufs[i][HEADROOM..HEADROOM + len];
-                let plan = match TsoPlan::new(frame, &vh) {
-                        Ok(p) if tunnel_header_len(gre.as_ref()) + p.header_len() <= SEG_HDR_MAX => p,
-                    _ => {
-                        net.stats.count_drop(shard, DropReason::BadOffload);
-                        continue;
-                    }
-                };
-                // decide on the first segment's worth: the MTU applies per segment, so a
-                // super-frame is over the MTU only if its segments are
-                let action = net.from_local(port, &frame[..plan.header_len() + plan.mss.min(plan.payload_len)], now);
-                if action == Action::Drop(DropReason::MtuExceeded) {
-                    // answer about the first segment as the sender's stack would have sent it
-                    scratch.clear();
-                    scratch.resize(plan.header_len(), 0);
-                    plan.write_header(frame, 0, scratch);
-                    scratch.extend_from_slice(&frame[plan.payload_range(0)]);
-                    signals.too_big(fwd, &net, &ports, port, scratch, shard, now);
-                    continue;
-                }
-                if let Action::Drop(r) = action {
-                    net.stats.count_drop(shard, r);
-                    continue;
-                }
-                if !q.is_empty() {
-                    send_queued(q, bufs);
-                }
-                if let Some(g) = gre.as_mut() {
-                    g.flush(&net, bufs, shard, rl_gre, now);
-                }
-                let gre = gre.as_ref();
-                // the flow hash picks a VXLAN source port; GRE has none to pick
-                let hash = if gre.is_none() { EthernetFrame::new_unchecked(frame).flow_hash() as usize } else { 0 };
-                let tos = gre.map_or(0, |g| g.tos(frame));
-                let mut to_peer = |p: PeerIdx, seg: &mut Segmenter| {
-                    let Some(peer) = net.peers.get(usize::from(p.0)) else { return };
-                    let to = match gre {
-                        Some(gre) => Tunnel::Gre { gre, dst: peer.addr.ip(), tos },
-                        // GSO only to peers known to take it: others may read the link in userspace
-                        None => Tunnel::Vxlan { tx, hash, gso: peer.liveness.takes_gso(), dst: peer.addr, vni: net.spec.vni },
-                    };
-                    let s = seg.send(&to, frame, &plan);
-                    let each = s.bytes / s.segments.max(1);
-                    for _ in 0..s.segments {
-                        net.stats.peer_tx(shard, usize::from(p.0), each);
-                    }
-                    if let Some(e) = s.error {
-                        let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
-                        net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
-                        if let Some(muted) = rl_gso.allow(now) {
-                            tracing::warn!(network = net.name(), peer = %peer.addr, error = %e, muted, "send to peer failed");
-                        }
-                    }
-                };
-                match action {
-                    Action::Peer(p) => to_peer(p, seg),
-                    Action::Local(p) => fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, scratch, shard, now),
-                    Action::Flood => {
-                        net.stats.flooded(shard);
-                        for (p, _) in ports.others(Some(port)) {
-                            fwd.deliver_super(&net, &ports, p, &vh, frame, &plan, scratch, shard, now);
-                        }
-                        for p in net.flood_peers(ingress) {
-                            to_peer(p, seg);
-                        }
-                    }
-                    Action::Drop(_) | Action::Consumed => {}
-                }
-                continue;
-            }
-            // before the checksum is finished: with NEEDS_CSUM the field holds only the
-            // pseudo-header sum, and the option bytes are summed when it is finished
-            if net.spec.mss_clamp && pmtu::clamp_mss(&mut bufs[i][HEADROOM..HEADROOM + len], net.spec.mtu, vh.needs_csum()) {
-                net.stats.pmtu(shard, PmtuEvent::MssClamped);
-            }
-            if vh.needs_csum() && finish_partial_checksum(&mut bufs[i][HEADROOM..HEADROOM + len], &vh).is_err() {
-                net.stats.count_drop(shard, DropReason::BadOffload);
-                continue;
-            }
-            let frame = &bufs[i][HEADROOM..HEADROOM + len];
-            let action = net.from_local(port, frame, now);
-            let answered = match action {
-                Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
-                    Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
-            };
-                // the flow hash picks a VXLAN source port; GRE has none to pick
-            let hash = match action {
-                    Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                    Action::Peer(_) | Action::Flood | Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
-            };
-            match action {
-                Action::Drop(DropReason::MtuExceeded) => signals.too_big(fwd, &net, &ports, port, frame, shard, now),
-                Action::Drop(r) => net.stats.count_drop(shard, r),
-                Action::Consumed => {}
-                Action::Local(p) => fwd.deliver(&net, &ports, p, frame, shard, now),
-                Action::Peer(p) => {
-                    let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
-                    queue(&net, tx, q, gre.as_mut(), i, len, p, hash, tos);
-                }
-                // ARP/ND suppression: answered on the asking port, nothing flooded
-                Action::Flood if answered > 0 => fwd.deliver(&net, &ports, port, &answer[..answered], shard, now),
-                Action::Flood => {
-                    net.stats.flooded(shard);
-                    let tos = encap(&mut bufs[i], len, net.spec.vni, gre.as_ref());
-                    fwd.flood(&net, &ports, Some(port), &bufs[i][HEADROOM..HEADROOM + len], shard, now);
-                    for p in net.flood_peers(ingress) {
-                        queue(&net, tx, q, gre.as_mut(), i, len, p, hash, tos);
-                    }
-                }
-            }
-        }
-        if !q.is_empty() {
-            send_queued(q, bufs);
-        }
-        if let Some(g) = gre.as_mut() {
-            g.flush(&net, bufs, shard, rl_gre, now);
-        }
+        let n = batch.len();
+        sw.switch(batch, shard, now);
         if inline && n > 0 {
             net.stats.tap_rx_inline(shard, n);
         }
         n
-    }
-}
-
-/// Write the tunnel header in front of the frame at `buf[HEADROOM..HEADROOM + len]`; returns
-/// the outer TOS byte (GRE; VXLAN leaves it to the socket).
-#[inline]
-fn encap(buf: &mut [u8], len: usize, vni: Vni, gre: Option<&GreTx>) -> u8 {
-    match gre {
-        Some(g) => g.encap(buf, len),
-        None => {
-            vxlan::emit(&mut buf[HEADROOM - vxlan::HEADER_LEN..], vni);
-            0
-        }
-    }
-}
-
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, gre: Option<&mut GreTx>, buf: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
-    if let Some(p) = net.peers.get(usize::from(peer.0)) {
-        if let Some(g) = gre {
-            g.push(buf, len, p.addr.ip(), tos, peer.0);
-            return;
-        }
-        q.push(
-            tx.slot(hash, p.liveness.takes_gso()),
-            TxItem {
-                buf: buf as u16,
-                start: (HEADROOM - vxlan::HEADER_LEN) as u32,
-                len: (len + vxlan::HEADER_LEN) as u32,
-                dst: p.addr,
-                tag: peer.0,
-            },
-        );
     }
 }
 
@@ -646,7 +211,7 @@ pub struct UnderlayThread {
 const TOUCHED_MAX: usize = 8;
 
 /// The TAP ports an underlay thread wrote into during one receive batch: once the batch is
-/// written, it drains them itself ([`PortDrain::try_drain`]), so that what the host answered
+/// written, it drains them itself ([`PortDrain::try_drain`](super::netio::PortDrain::try_drain)), so that what the host answered
 /// inside those writes leaves without a wake-up of the ports' threads.
 struct Touched {
     ports: Vec<(Arc<NetIo>, LocalPort)>,
@@ -666,7 +231,7 @@ impl Touched {
 
     fn drain(&mut self, shard: Shard) {
         for (io, port) in self.ports.drain(..) {
-            if let Some(d) = io.drains.iter().find(|d| d.port == port) {
+            if let Some(d) = io.drain(port) {
                 d.try_drain(shard);
             }
         }
@@ -760,8 +325,6 @@ impl UnderlayThread {
         let shard = Shard::per_thread();
         // room for one frame whose partial checksum is finished in a copy
         let mut scratch: Vec<u8> = Vec::with_capacity(GRO_SLOT);
-        // one segment of a super-frame cut for a port that takes no offloads
-        let mut seg_scratch: Vec<u8> = Vec::with_capacity(MAX_FRAME);
         let mut touched = Touched::new();
         loop {
             match sys::wait_readable(rx.fd(), &stop) {
@@ -830,15 +393,16 @@ impl UnderlayThread {
                             let wire = plan.segments * (vxlan::HEADER_LEN + plan.header_len()) + plan.payload_len;
                             let action = net.receive_segments_from_peer(c.peer, first, plan.segments, wire, shard, now);
                             let ports = Forwarder::ports(&c.entry.io);
+                            let cx = Ctx { net, ports: &ports, shard, now };
                             match action {
                                 Action::Local(p) => {
-                                    fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
+                                    fwd.deliver_super(&cx, p, &vh, c.inner, &plan);
                                     touched.note(&c.entry.io, p);
                                 }
                                 Action::Flood => {
                                     net.stats.flooded(shard);
                                     for (p, _) in ports.others(None) {
-                                        fwd.deliver_super(net, &ports, p, &vh, c.inner, &plan, &mut seg_scratch, shard, now);
+                                        fwd.deliver_super(&cx, p, &vh, c.inner, &plan);
                                         touched.note(&c.entry.io, p);
                                     }
                                 }
@@ -879,13 +443,15 @@ impl UnderlayThread {
                                     }
                                 }
                                 flush(&mut pending, shard, &mut rl_write, now);
-                                fwd.deliver(net, &ports, p, complete(c.inner, partial, &mut scratch), shard, now);
+                                let cx = Ctx { net, ports: &ports, shard, now };
+                                fwd.deliver(&cx, p, complete(c.inner, partial, &mut scratch));
                             }
                             Action::Flood => {
                                 flush(&mut pending, shard, &mut rl_write, now);
                                 net.stats.flooded(shard);
                                 let ports = Forwarder::ports(&c.entry.io);
-                                fwd.flood(net, &ports, None, complete(c.inner, partial, &mut scratch), shard, now);
+                                let cx = Ctx { net, ports: &ports, shard, now };
+                                fwd.flood(&cx, None, complete(c.inner, partial, &mut scratch));
                                 for (p, _) in ports.others(None) {
                                     touched.note(&c.entry.io, p);
                                 }
@@ -903,62 +469,5 @@ impl UnderlayThread {
             }
         }
         tracing::debug!(socket = %rx, "underlay thread stopped");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::Dscp;
-    use crate::core::offload::{flags, gso};
-    use crate::core::wire::gre::{GreHeader, GreRepr};
-    use etherparse::PacketBuilder;
-
-    /// A TCP super-frame as an offloading TAP hands it over, and its virtio-net header.
-    fn super_frame(payload: &[u8], mss: u16) -> (Vec<u8>, VnetHdr) {
-        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64)
-            .tcp(40000, 5201, 1000, 64240)
-            .ack(1)
-            .psh();
-        let mut f = Vec::new();
-        b.write(&mut f, payload).unwrap();
-        let h = VnetHdr { flags: flags::NEEDS_CSUM, gso_type: gso::TCPV4, hdr_len: 54, gso_size: mss, csum_start: 34, csum_offset: 16 };
-        (f, h)
-    }
-
-    /// The GRE side of the segmenter over loopback (needs CAP_NET_RAW, as the tests of
-    /// io::gre): one super-frame becomes one GRE packet per segment, each with a GRE checksum
-    /// over headers and payload and a valid inner TCP segment, carrying the payload in order.
-    #[test]
-    fn a_super_frame_leaves_as_checksummed_gre_segments_in_order() {
-        let lo: IpAddr = [127, 0, 0, 1].into();
-        let sock = Arc::new(GreSocket::open(lo).expect("raw GRE socket on 127.0.0.1 (run the tests as root)"));
-        let key = std::process::id() ^ 0x5e9_0000;
-        let gre = GreTx::new(GreParams { sock: sock.clone(), repr: GreRepr { key: Some(key), checksum: true }, ttl: 64, dscp: Dscp::Inherit });
-        let payload: Vec<u8> = (0..10_001u32).map(|i| (i * 7 + i / 251) as u8).collect();
-        let (frame, vh) = super_frame(&payload, 1000);
-        let plan = TsoPlan::new(&frame, &vh).unwrap();
-        assert_eq!(plan.segments, 11);
-        let mut seg = Segmenter::new();
-        let s = seg.send(&Tunnel::Gre { gre: &gre, dst: lo, tos: 0 }, &frame, &plan);
-        assert!(s.error.is_none(), "{:?}", s.error);
-        assert_eq!(s.segments, 11);
-        assert_eq!(s.bytes, 11 * (12 + 54) + payload.len());
-        let mut joined = Vec::new();
-        let mut n_seen = 0;
-        for data in crate::io::gre::recv_keyed_v4(&sock, key, 11) {
-            let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
-            let g = GreHeader::new_checked(ip.payload()).unwrap();
-            assert!(g.checksum_ok(), "GRE checksum of segment {n_seen}");
-            let inner = g.payload();
-            let t = TcpSeg::parse(inner).expect("a TCP segment inside");
-            assert!(t.checksums_ok(inner), "inner checksums of segment {n_seen}");
-            assert_eq!(t.seq, 1000u32.wrapping_add(joined.len() as u32), "sequence number of segment {n_seen}");
-            joined.extend_from_slice(t.payload(inner));
-            n_seen += 1;
-        }
-        assert_eq!(n_seen, 11);
-        assert_eq!(joined, payload);
     }
 }

@@ -34,8 +34,7 @@ use crate::core::wire::ethernet::MacAddr;
 use crate::core::{Encap, LocalPort, Network, PeerIdx, Port};
 use crate::io::clock;
 
-use super::datapath::SharedFabric;
-use super::forward::LocalIo;
+use super::netio::{LocalIo, SharedFabric};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fastpath.bpf.o"));
 

@@ -7,39 +7,35 @@
 //! in the table any more (or its slot has a new generation): the frame is dropped and counted.
 
 use std::io::IoSlice;
-use std::sync::Arc;
 
 use arc_swap::Guard;
+use std::sync::Arc;
 
-use crate::core::ports::PortTable;
 use crate::core::offload::{TsoPlan, VnetHdr};
 use crate::core::pmtu::{self, Family, PortBuckets};
 use crate::core::stats::{PmtuEvent, Shard};
 use crate::core::{DropReason, Instant, LocalPort, Network};
-use crate::io::packet::PacketPort;
-use crate::io::tap::Tap;
-use crate::io::vmsock::{DgramPeer, SendError, VmConn};
+use crate::io::vmsock::SendError;
 
-use super::datapath::{NetIo, RateLimit};
+use super::netio::{LocalIo, NetIo, Ports, RateLimit};
 
-/// What a local port writes to.
-#[derive(Debug, Clone)]
-pub enum LocalIo {
-    Tap(Arc<Tap>),
-    Vm(Arc<VmConn>),
-    /// A VM on the network's datagram socket (`-netdev dgram`).
-    Dgram(Arc<DgramPeer>),
-    /// An existing interface (a VM's TAP held by QEMU) bound with a packet socket.
-    Packet(Arc<PacketPort>),
+/// What every delivery of one batch shares: the network's generation and its ports as the
+/// batch sees them, the counter shard of the thread, and the time.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub net: &'a Network,
+    pub ports: &'a Ports,
+    pub shard: Shard,
+    pub now: Instant,
 }
-
-pub type Ports = PortTable<LocalIo>;
 
 /// Writes frames to local ports for one data-path thread, logging failures rate-limited.
 #[derive(Debug, Default)]
 pub struct Forwarder {
     rl_tap: RateLimit,
     rl_vm: RateLimit,
+    /// One segment of a super-frame cut for a port that takes no offloads.
+    scratch: Vec<u8>,
 }
 
 impl Forwarder {
@@ -50,7 +46,8 @@ impl Forwarder {
     }
 
     /// Write `frame` to `port`, counting the outcome.
-    pub fn deliver(&mut self, net: &Network, ports: &Ports, port: LocalPort, frame: &[u8], shard: Shard, now: Instant) {
+    pub fn deliver(&mut self, cx: &Ctx<'_>, port: LocalPort, frame: &[u8]) {
+        let Ctx { net, ports, shard, now } = *cx;
         match ports.get(port) {
             Some(LocalIo::Tap(tap)) => match tap.write(frame) {
                 Ok(_) => net.stats.tap_tx(shard, frame.len()),
@@ -102,9 +99,9 @@ impl Forwarder {
 
     /// Deliver a TCP super-frame (read from an offloading TAP, or a kernel peer's tunnel GSO
     /// packet) with its virtio-net header `vh`: as is to a TAP that takes offloads, cut into
-    /// ordinary frames (headers built in `scratch`) for any other port.
-    #[allow(clippy::too_many_arguments)]
-    pub fn deliver_super(&mut self, net: &Network, ports: &Ports, port: LocalPort, vh: &VnetHdr, frame: &[u8], plan: &TsoPlan, scratch: &mut Vec<u8>, shard: Shard, now: Instant) {
+    /// ordinary frames for any other port.
+    pub fn deliver_super(&mut self, cx: &Ctx<'_>, port: LocalPort, vh: &VnetHdr, frame: &[u8], plan: &TsoPlan) {
+        let Ctx { net, ports, shard, now } = *cx;
         match ports.get(port) {
             Some(LocalIo::Tap(tap)) if tap.vnet_hdr() => match tap.write_vectored(&[IoSlice::new(&vh.to_bytes()), IoSlice::new(frame)]) {
                 Ok(_) => net.stats.tap_tx(shard, frame.len()),
@@ -116,22 +113,21 @@ impl Forwarder {
                 }
             },
             Some(_) => {
+                let mut scratch = std::mem::take(&mut self.scratch);
                 for i in 0..plan.segments {
-                    scratch.clear();
-                    scratch.resize(plan.header_len(), 0);
-                    plan.write_header(frame, i, scratch);
-                    scratch.extend_from_slice(&frame[plan.payload_range(i)]);
-                    self.deliver(net, ports, port, scratch, shard, now);
+                    plan.segment_into(frame, i, &mut scratch);
+                    self.deliver(cx, port, &scratch);
                 }
+                self.scratch = scratch;
             }
             None => net.stats.count_drop(shard, DropReason::PortWriteFailed),
         }
     }
 
     /// Flood `frame` to every local port but `ingress`.
-    pub fn flood(&mut self, net: &Network, ports: &Ports, ingress: Option<LocalPort>, frame: &[u8], shard: Shard, now: Instant) {
-        for (p, _) in ports.others(ingress) {
-            self.deliver(net, ports, p, frame, shard, now);
+    pub fn flood(&mut self, cx: &Ctx<'_>, ingress: Option<LocalPort>, frame: &[u8]) {
+        for (p, _) in cx.ports.others(ingress) {
+            self.deliver(cx, p, frame);
         }
     }
 }
@@ -154,15 +150,15 @@ impl PmtuSignals {
     /// `frame` from local port `port` is over the network's MTU: count the drop, and answer
     /// with ICMP "fragmentation needed" / ICMPv6 "packet too big" out of the same port, within
     /// the port's rate limit. `frame` may be cut short (the reply quotes its start only).
-    #[allow(clippy::too_many_arguments)]
-    pub fn too_big(&mut self, fwd: &mut Forwarder, net: &Network, ports: &Ports, port: LocalPort, frame: &[u8], shard: Shard, now: Instant) {
+    pub fn too_big(&mut self, fwd: &mut Forwarder, cx: &Ctx<'_>, port: LocalPort, frame: &[u8]) {
+        let Ctx { net, shard, now, .. } = *cx;
         net.stats.count_drop(shard, DropReason::MtuExceeded);
         let Ok(sig) = pmtu::too_big(frame, net.spec.mtu, &net.spec.pmtu_sources, &mut self.buf) else { return };
         if !self.buckets.allow(port, now) {
             net.stats.pmtu(shard, PmtuEvent::RateLimited);
             return;
         }
-        fwd.deliver(net, ports, port, &self.buf[..sig.len], shard, now);
+        fwd.deliver(cx, port, &self.buf[..sig.len]);
         net.stats.pmtu(shard, if sig.family == Family::V4 { PmtuEvent::SignalV4 } else { PmtuEvent::SignalV6 });
     }
 }

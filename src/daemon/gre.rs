@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::datapath::{HEADROOM, RateLimit};
+use super::netio::RateLimit;
 use crate::core::stats::Shard;
 use crate::core::wire::gre::GreRepr;
 use crate::core::{Dscp, DropReason, Instant, Network};
@@ -39,16 +39,11 @@ impl GreTx {
         self.params.repr.header_len()
     }
 
-    /// Write the GRE header in front of the frame at `buf[HEADROOM..HEADROOM + len]` (the
-    /// checksum, if any, covers the frame); returns the outer TOS byte for this frame.
+    /// Write the GRE header in front of the frame at `buf[at..at + len]` (the checksum, if
+    /// any, covers the frame; at least 12 bytes of room before it); returns the outer TOS byte
+    /// for this frame.
     #[inline]
-    pub fn encap(&self, buf: &mut [u8], len: usize) -> u8 {
-        self.encap_at(buf, HEADROOM, len)
-    }
-
-    /// [`GreTx::encap`] for a frame at `buf[at..at + len]`, with at least 12 bytes before it.
-    #[inline]
-    pub fn encap_at(&self, buf: &mut [u8], at: usize, len: usize) -> u8 {
+    pub fn encap(&self, buf: &mut [u8], at: usize, len: usize) -> u8 {
         let h = self.header_len();
         let tos = self.tos(&buf[at..at + len]);
         self.params.repr.emit(&mut buf[at - h..at + len]);
@@ -75,18 +70,12 @@ impl GreTx {
         self.params.sock.send_each(dst, self.params.ttl, tos, iovs, per_msg, hdrs)
     }
 
-    /// Queue the frame in buffer `buf` (already encapsulated) for `dst`.
+    /// Queue the frame at `arena[at..at + len]`, encapsulated by [`GreTx::encap`], for `dst`.
     #[inline]
-    pub fn push(&mut self, buf: usize, len: usize, dst: IpAddr, tos: u8, tag: u16) {
-        self.push_at(buf, HEADROOM, len, dst, tos, tag);
-    }
-
-    /// [`GreTx::push`] for a frame encapsulated by [`GreTx::encap_at`] at `at`.
-    #[inline]
-    pub fn push_at(&mut self, buf: usize, at: usize, len: usize, dst: IpAddr, tos: u8, tag: u16) {
+    pub fn push(&mut self, at: usize, len: usize, dst: IpAddr, tos: u8, tag: u16) {
         let h = self.header_len();
         self.q.push(GreTxItem {
-            buf: buf as u16,
+            buf: 0,
             start: (at - h) as u32,
             len: (len + h) as u32,
             dst,
@@ -97,11 +86,11 @@ impl GreTx {
     }
 
     /// Send the batch; per-peer counters and drops are charged to `net`.
-    pub fn flush<B: AsRef<[u8]>>(&mut self, net: &Network, bufs: &[B], shard: Shard, rl: &mut RateLimit, now: Instant) {
+    pub fn flush(&mut self, net: &Network, arena: &[u8], shard: Shard, rl: &mut RateLimit, now: Instant) {
         if self.q.is_empty() {
             return;
         }
-        self.q.flush(&self.params.sock, bufs, |it, r| match r {
+        self.q.flush(&self.params.sock, std::slice::from_ref(&arena), |it, r| match r {
             Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
             Err(e) => {
                 let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);

@@ -12,6 +12,8 @@ pub mod datapath;
 pub mod fastpath;
 pub mod forward;
 pub mod gre;
+pub mod netio;
+pub mod switch;
 pub mod packetport;
 pub mod vmport;
 pub mod watch;
@@ -40,8 +42,8 @@ use crate::io::tap::Tap;
 use crate::io::udp::{self, RxSocket, TxSockets};
 use crate::io::packet::PacketPort;
 use crate::io::vmsock::{VmDgramSocket, VmListener};
-use datapath::{NetIo, PortThread, SharedFabric, Underlay, UnderlayThread};
-use forward::LocalIo;
+use datapath::{PortThread, Underlay, UnderlayThread};
+use netio::{LocalIo, NetIo, SharedFabric};
 use packetport::PacketThread;
 use vmport::{VmDgramServer, VmPortServer};
 use gre::GreParams;
@@ -96,11 +98,11 @@ impl crate::admin::PortNames for Arc<NetIo> {
         let port = u16::try_from(index).ok().map(crate::core::LocalPort);
         let slot = port.map_or(index, |p| p.slot());
         match port.and_then(|p| ports.get(p)) {
-            Some(forward::LocalIo::Tap(t)) => t.name().to_string(),
-            Some(forward::LocalIo::Packet(d)) => d.name().to_string(),
-            Some(forward::LocalIo::Vm(c)) if c.pid > 0 => format!("vm{slot} (pid {})", c.pid),
-            Some(forward::LocalIo::Vm(_)) => format!("vm{slot}"),
-            Some(forward::LocalIo::Dgram(d)) => format!("vm{slot} ({})", d.path.display()),
+            Some(netio::LocalIo::Tap(t)) => t.name().to_string(),
+            Some(netio::LocalIo::Packet(d)) => d.name().to_string(),
+            Some(netio::LocalIo::Vm(c)) if c.pid > 0 => format!("vm{slot} (pid {})", c.pid),
+            Some(netio::LocalIo::Vm(_)) => format!("vm{slot}"),
+            Some(netio::LocalIo::Dgram(d)) => format!("vm{slot} ({})", d.path.display()),
             None => format!("port{slot}"),
         }
     }
@@ -816,7 +818,7 @@ pub async fn run_with_reload(
         None => None,
     };
     if let Some(to) = &cfg.node.run_as {
-        privs::switch_user(to)?;
+        privs::switch_user(to).map_err(|error| StartupError::User { user: to.user.clone(), uid: to.uid, error })?;
     }
     let mut cluster = match &cfg.cluster {
         None => None,

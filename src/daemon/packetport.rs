@@ -6,14 +6,16 @@ use std::io;
 use std::sync::Arc;
 
 use crate::core::LocalPort;
+use crate::core::stats::Shard;
 use crate::io::clock;
 use crate::io::packet::PacketPort;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::udp::TxSockets;
 
-use super::datapath::{NetIo, RateLimit};
 use super::gre::GreParams;
-use super::vmport::{Batch, Switcher};
+use super::netio::{NetIo, RateLimit};
+use super::switch::{FrameBatch, Switcher};
+use super::vmport::ARENA;
 
 /// Everything the reader of a packet-socket port needs.
 pub struct PacketThread {
@@ -33,8 +35,9 @@ impl PacketThread {
         // counted, it would be dropped as over the MTU anyway (the MTU is not changed by a
         // reload that keeps the port)
         let want = usize::from(io.net.load().spec.mtu) + 32;
-        let mut batch = Batch::new();
-        let mut sw = Switcher::new(io.clone(), tx, port).with_gre(gre);
+        let mut batch = FrameBatch::new(ARENA, 0);
+        let mut sw = Switcher::new(io.clone(), tx, port, gre);
+        let shard = Shard::per_thread();
         let mut rl = RateLimit::default();
         loop {
             match sys::wait_readable(dev.fd(), &stop) {
@@ -49,13 +52,15 @@ impl PacketThread {
             let now = clock::now();
             loop {
                 let Some(room) = batch.room(want) else {
-                    sw.switch(&mut batch, now);
+                    sw.switch(&mut batch, shard, now);
                     continue;
                 };
                 match dev.read(room) {
                     // over the MTU: what was read (the frame's start) is enough to answer it
                     Ok((n, true)) => sw.too_big(port, &room[..n], now),
-                    Ok((n, false)) => batch.commit(n),
+                    Ok((n, false)) => {
+                        batch.commit(n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -71,7 +76,7 @@ impl PacketThread {
                 }
             }
             if !batch.is_empty() {
-                sw.switch(&mut batch, now);
+                sw.switch(&mut batch, shard, now);
             }
         }
         tracing::debug!(network = io.net.load().name(), interface = dev.name(), "packet port thread stopped");

@@ -482,6 +482,55 @@ mod tests {
         (f, h)
     }
 
+    /// Frames read in place and frames copied in sit back to back, each with the whole
+    /// headroom in front of it (and a TAP's virtio-net header at its end), until the arena or
+    /// the batch count is full.
+    #[test]
+    fn a_frame_batch_keeps_headroom_and_the_lead_in_front_of_every_frame() {
+        let mut b = FrameBatch::new(0, VNET_HDR_LEN);
+        let vh = VnetHdr { flags: flags::NEEDS_CSUM, gso_type: gso::TCPV4, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 };
+        let room = b.room(1500).expect("room in an empty batch");
+        assert_eq!(room.len(), VNET_HDR_LEN + 1500);
+        room[..VNET_HDR_LEN].copy_from_slice(&vh.to_bytes());
+        room[VNET_HDR_LEN..VNET_HDR_LEN + 3].copy_from_slice(b"abc");
+        assert!(b.commit(VNET_HDR_LEN + 3));
+        // a read shorter than the virtio-net header is no frame
+        assert!(b.room(1500).is_some());
+        assert!(!b.commit(VNET_HDR_LEN - 1));
+        assert_eq!(b.len(), 1);
+        let (at, len) = b.items[0];
+        assert_eq!((at, len), (HEADROOM, 3));
+        assert_eq!(&b.arena[at..at + len], b"abc");
+        assert_eq!(b.vnet_hdr(at), vh);
+        let room = b.room(10).expect("room for a second frame");
+        room[VNET_HDR_LEN..VNET_HDR_LEN + 2].copy_from_slice(b"de");
+        assert!(b.commit(VNET_HDR_LEN + 2));
+        let (at2, len2) = b.items[1];
+        assert_eq!(at2, at + len + HEADROOM, "the next frame starts a headroom after the last");
+        assert_eq!(&b.arena[at2..at2 + len2], b"de");
+        assert_eq!(b.vnet_hdr(at2), VnetHdr::NONE, "an all-zero header is no offload");
+
+        // without a lead: frames copied in, and the arena's end respected
+        let mut b = FrameBatch::new(0, 0);
+        let big = vec![7u8; MAX_FRAME - 2 * HEADROOM - 100];
+        assert!(b.fits(big.len()));
+        b.push(&big);
+        assert!(b.room(MAX_FRAME).is_none(), "a whole frame's room no longer fits");
+        while b.fits(1) {
+            b.push(&[1]);
+        }
+        // what was left (2 headrooms + 100 bytes) took three more frames of 1 byte
+        assert_eq!(b.len(), 4);
+        assert_eq!(&b.arena[b.items[0].0..b.items[0].0 + big.len()], &big[..]);
+        assert_eq!(b.vnet_hdr(b.items[1].0), VnetHdr::NONE);
+        // and never more than a batch of frames, however small
+        let mut b = FrameBatch::for_tap(false);
+        while b.fits(1) {
+            b.push(&[1]);
+        }
+        assert_eq!(b.len(), BATCH);
+    }
+
     /// The GRE side of the segmenter over loopback (needs CAP_NET_RAW, as the tests of
     /// io::gre): one super-frame becomes one GRE packet per segment, each with a GRE checksum
     /// over headers and payload and a valid inner TCP segment, carrying the payload in order.

@@ -21,26 +21,22 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::JoinHandle;
 
-use crate::core::pmtu;
-use crate::core::stats::{PmtuEvent, Shard};
-use crate::core::neigh;
-use crate::core::wire::ethernet::EthernetFrame;
+use crate::core::stats::Shard;
 use crate::core::wire::qemu::{FramingError, StreamDecoder};
-use crate::core::wire::vxlan;
-use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port};
+use crate::core::{DropReason, LocalPort, Port};
 use crate::io::clock;
 use crate::io::sys::{self, StopFd, Wake};
-use crate::io::udp::{BATCH, SendQueue, TxItem, TxSockets};
+use crate::io::udp::TxSockets;
 use crate::io::vmsock::{DgramPeer, VmConn, VmDgramSocket, VmListener};
 
-use super::datapath::{NetIo, RateLimit};
-use super::gre::{GreParams, GreTx};
-use super::forward::{Forwarder, LocalIo, PmtuSignals};
+use super::gre::GreParams;
+use super::netio::{LocalIo, NetIo, RateLimit};
+use super::switch::{FrameBatch, Switcher};
 
 /// Bytes read per `read` call at most (many small frames per syscall).
 const READ_BUF: usize = 256 << 10;
 /// Bytes of frames (plus tunnel headers) collected before a batch is sent.
-const ARENA: usize = 256 << 10;
+pub(super) const ARENA: usize = 256 << 10;
 
 /// The accept loop of one network's VM socket.
 pub struct VmPortServer {
@@ -141,8 +137,9 @@ impl VmDgramServer {
         let want = usize::from(self.io.net.load().spec.mtu) + 32;
         let mut rx = vec![0u8; want + 1];
         let mut vms: HashMap<PathBuf, (LocalPort, Arc<DgramPeer>)> = HashMap::new();
-        let mut batch = Batch::new();
-        let mut sw = Switcher::new(self.io.clone(), self.tx.clone(), LocalPort(0)).with_gre(self.gre.clone());
+        let mut batch = FrameBatch::new(ARENA, 0);
+        let mut sw = Switcher::new(self.io.clone(), self.tx.clone(), LocalPort(0), self.gre.clone());
+        let shard = Shard::per_thread();
         let mut rl = RateLimit::default();
         let mut last_sweep = clock::now();
         loop {
@@ -176,7 +173,7 @@ impl VmDgramServer {
                     Some((p, vm)) if !vm.is_gone() => *p,
                     _ => {
                         if let Some((old, _)) = vms.remove(path) {
-                            sw.switch(&mut batch, now);
+                            sw.switch(&mut batch, shard, now);
                             remove_port(&self.io, old);
                         }
                         let vm = Arc::new(DgramPeer::new(self.sock.clone(), path.to_path_buf()));
@@ -196,13 +193,13 @@ impl VmDgramServer {
                     sw.too_big(port, &rx[..n.min(rx.len())], now);
                     continue;
                 }
-                if port != sw.port || !batch.fits(n) {
-                    sw.switch(&mut batch, now);
-                    sw.port = port;
+                if port != sw.port() || !batch.fits(n) {
+                    sw.switch(&mut batch, shard, now);
+                    sw.set_port(port);
                 }
                 batch.push(&rx[..n]);
             }
-            sw.switch(&mut batch, now);
+            sw.switch(&mut batch, shard, now);
             if now.saturating_since(last_sweep).as_millis() >= 1000 {
                 last_sweep = now;
                 vms.retain(|path, (port, vm)| {
@@ -268,183 +265,12 @@ struct VmReader {
     gre: Option<GreParams>,
 }
 
-/// Room in front of each frame for the longest tunnel header (VXLAN 8 bytes, GRE up to 12).
-const ROOM: usize = 16;
-
-/// Frames of one batch: each sits in `arena` after [`ROOM`] bytes of room.
-pub(super) struct Batch {
-    arena: Vec<u8>,
-    /// (offset of the room, frame length)
-    items: Vec<(usize, usize)>,
-}
-
-impl Batch {
-    pub(super) fn new() -> Batch {
-        Batch { arena: vec![0; ARENA.max(ROOM + crate::core::wire::qemu::MAX_FRAME)], items: Vec::with_capacity(BATCH) }
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    pub(super) fn fits(&self, len: usize) -> bool {
-        self.items.len() < BATCH && self.used() + ROOM + len <= self.arena.len()
-    }
-
-    fn used(&self) -> usize {
-        self.items.last().map_or(0, |&(o, l)| o + ROOM + l)
-    }
-
-    pub(super) fn push(&mut self, frame: &[u8]) {
-        let o = self.used();
-        self.arena[o + ROOM..o + ROOM + frame.len()].copy_from_slice(frame);
-        self.items.push((o, frame.len()));
-    }
-
-    /// Room for reading the next frame in place, if `want` bytes fit; [`Self::commit`] it.
-    pub(super) fn room(&mut self, want: usize) -> Option<&mut [u8]> {
-        if !self.fits(want) {
-            return None;
-        }
-        let o = self.used() + ROOM;
-        Some(&mut self.arena[o..o + want])
-    }
-
-    /// The frame of `len` bytes read into [`Self::room`] belongs to the batch.
-    pub(super) fn commit(&mut self, len: usize) {
-        let o = self.used();
-        self.items.push((o, len));
-    }
-}
-
-/// Switches batches of frames that arrived on one local port.
-pub(super) struct Switcher {
-    pub io: Arc<NetIo>,
-    pub tx: Arc<TxSockets>,
-    pub port: LocalPort,
-    q: SendQueue,
-    /// `Some` for a GRE network: frames for peers go out on the raw GRE socket.
-    gre: Option<GreTx>,
-    fwd: Forwarder,
-    signals: PmtuSignals,
-    rl_send: RateLimit,
-    /// An ARP/ND answer for the asking port (suppression).
-    answer: [u8; neigh::REPLY_MAX],
-}
-
-impl Switcher {
-    pub(super) fn new(io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort) -> Switcher {
-        let q = SendQueue::new(tx.slots());
-        Switcher { io, tx, port, q, gre: None, fwd: Forwarder::default(), signals: PmtuSignals::default(), rl_send: RateLimit::default(), answer: [0; neigh::REPLY_MAX] }
-    }
-
-    /// Send to peers over GRE with these parameters (a GRE network), or VXLAN (`None`).
-    pub(super) fn with_gre(mut self, gre: Option<GreParams>) -> Switcher {
-        self.gre = gre.map(GreTx::new);
-        self
-    }
-
-    /// A frame from `port` too long to read whole (`frame` is its start): dropped as over the
-    /// MTU, and answered with a path-MTU signal.
-    pub(super) fn too_big(&mut self, port: LocalPort, frame: &[u8], now: Instant) {
-        let net = self.io.net.load();
-        let ports = Forwarder::ports(&self.io);
-        self.signals.too_big(&mut self.fwd, &net, &ports, port, frame, Shard::per_thread(), now);
-    }
-
-    /// Switch every frame of `batch` and send what goes to peers; empties the batch.
-    pub(super) fn switch(&mut self, batch: &mut Batch, now: Instant) {
-        if batch.items.is_empty() {
-            return;
-        }
-        // the network's current generation, for this batch
-        let current = self.io.net.load();
-        let (net, shard, ingress) = (&**current, Shard::per_thread(), Port::Local(self.port));
-        let (q, fwd, gre, signals, tx, answer) = (&mut self.q, &mut self.fwd, &mut self.gre, &mut self.signals, &*self.tx, &mut self.answer);
-        let ports = Forwarder::ports(&self.io);
-        for &(o, len) in &batch.items {
-            let at = o + ROOM;
-            let room = at - vxlan::HEADER_LEN..at + len;
-            if net.spec.mss_clamp && pmtu::clamp_mss(&mut batch.arena[at..room.end], net.spec.mtu, false) {
-                net.stats.pmtu(shard, PmtuEvent::MssClamped);
-            }
-            let frame = &batch.arena[at..room.end];
-            net.stats.tap_rx(shard, len);
-            let action = net.from_local(self.port, frame, now);
-            let answered = match action {
-                Action::Flood if net.neigh.enabled() => net.answer_neigh(frame, answer, now).unwrap_or(0),
-                Action::Flood | Action::Local(_) | Action::Peer(_) | Action::Drop(_) | Action::Consumed => 0,
-            };
-            // the flow hash picks a VXLAN source port; GRE has none to pick
-            let hash = match action {
-                Action::Peer(_) | Action::Flood if gre.is_none() => EthernetFrame::new_unchecked(frame).flow_hash() as usize,
-                Action::Peer(_) | Action::Flood | Action::Local(_) | Action::Drop(_) | Action::Consumed => 0,
-            };
-            match action {
-                Action::Drop(DropReason::MtuExceeded) => signals.too_big(fwd, net, &ports, self.port, frame, shard, now),
-                Action::Drop(r) => net.stats.count_drop(shard, r),
-                Action::Consumed => {}
-                Action::Local(p) => fwd.deliver(net, &ports, p, frame, shard, now),
-                Action::Peer(p) => match gre.as_mut() {
-                    Some(g) => {
-                        let tos = g.encap_at(&mut batch.arena, at, len);
-                        if let Some(peer) = net.peers.get(usize::from(p.0)) {
-                            g.push_at(0, at, len, peer.addr.ip(), tos, p.0);
-                        }
-                    }
-                    None => {
-                        vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
-                        queue(net, tx, q, room, p, hash);
-                    }
-                },
-                // ARP/ND suppression: answered on the asking port, nothing flooded
-                Action::Flood if answered > 0 => fwd.deliver(net, &ports, self.port, &answer[..answered], shard, now),
-                Action::Flood => {
-                    net.stats.flooded(shard);
-                    fwd.flood(net, &ports, Some(self.port), frame, shard, now);
-                    match gre.as_mut() {
-                        Some(g) => {
-                            let tos = g.encap_at(&mut batch.arena, at, len);
-                            for p in net.flood_peers(ingress) {
-                                if let Some(peer) = net.peers.get(usize::from(p.0)) {
-                                    g.push_at(0, at, len, peer.addr.ip(), tos, p.0);
-                                }
-                            }
-                        }
-                        None => {
-                            vxlan::emit(&mut batch.arena[room.clone()], net.spec.vni);
-                            for p in net.flood_peers(ingress) {
-                                queue(net, tx, q, room.clone(), p, hash);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if !q.is_empty() {
-            let rl_send = &mut self.rl_send;
-            q.flush(&self.tx, std::slice::from_ref(&batch.arena), |it, r| match r {
-                Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
-                Err(e) => {
-                    net.stats.count_drop(shard, DropReason::SendFailed);
-                    if let Some(muted) = rl_send.allow(now) {
-                        tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
-                    }
-                }
-            });
-        }
-        if let Some(g) = gre.as_mut() {
-            g.flush(net, std::slice::from_ref(&batch.arena), shard, &mut self.rl_send, now);
-        }
-        batch.items.clear();
-    }
-}
-
 impl VmReader {
     fn run(self) {
         let mut dec = StreamDecoder::new(READ_BUF);
-        let mut batch = Batch::new();
-        let mut sw = Switcher::new(self.io.clone(), self.tx.clone(), self.port).with_gre(self.gre.clone());
+        let mut batch = FrameBatch::new(ARENA, 0);
+        let mut sw = Switcher::new(self.io.clone(), self.tx.clone(), self.port, self.gre.clone());
+        let shard = Shard::per_thread();
         let end = 'conn: loop {
             match sys::wait_readable(self.conn.fd(), &self.stop) {
                 Ok(Wake::Stop) => break 'conn End::Stopped,
@@ -455,14 +281,14 @@ impl VmReader {
             loop {
                 match self.conn.read(&mut dec) {
                     Ok(0) => {
-                        sw.switch(&mut batch, now);
+                        sw.switch(&mut batch, shard, now);
                         break 'conn End::Closed;
                     }
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        sw.switch(&mut batch, now);
+                        sw.switch(&mut batch, shard, now);
                         break 'conn End::Error(e);
                     }
                 }
@@ -470,20 +296,20 @@ impl VmReader {
                     match dec.next_frame() {
                         Ok(Some(frame)) => {
                             if !batch.fits(frame.len()) {
-                                sw.switch(&mut batch, now);
+                                sw.switch(&mut batch, shard, now);
                             }
                             batch.push(frame);
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            sw.switch(&mut batch, now);
+                            sw.switch(&mut batch, shard, now);
                             self.io.net.load().stats.count_drop(Shard::LOCAL, DropReason::BadFraming);
                             break 'conn End::Framing(e);
                         }
                     }
                 }
             }
-            sw.switch(&mut batch, now);
+            sw.switch(&mut batch, shard, now);
         };
         let flushed = remove_port(&self.io, self.port);
         let current = self.io.net.load();
@@ -494,12 +320,5 @@ impl VmReader {
             End::Error(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm connection failed; disconnected"),
             End::Framing(e) => tracing::warn!(network = net, port = slot, vm_pid = pid, flushed_macs = flushed, error = %e, "vm sent bad framing; disconnected"),
         }
-    }
-}
-
-#[inline]
-fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, room: std::ops::Range<usize>, peer: PeerIdx, hash: usize) {
-    if let Some(p) = net.peers.get(usize::from(peer.0)) {
-        q.push(tx.slot(hash, p.liveness.takes_gso()), TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
     }
 }

@@ -34,7 +34,7 @@ struct NetWatch {
 #[derive(Debug, Default)]
 pub struct Watch {
     nets: Mutex<HashMap<String, NetWatch>>,
-    send_errors: Mutex<super::datapath::RateLimit>,
+    send_errors: Mutex<super::netio::RateLimit>,
 }
 
 /// A 32-bit id of this node for its keepalive source MAC: FNV-1a of the underlay address.

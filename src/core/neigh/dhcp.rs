@@ -26,15 +26,13 @@
 //! Option overload (option 52: options in `sname`/`file`) is not followed: the message type
 //! and lease time are in the options field in every client and server we know of.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use super::{Source, mac_at, usable_v4};
-use crate::core::time::Instant;
+use super::mac_at;
 use crate::core::wire::ethernet::{MacAddr, ethertype};
 use crate::core::wire::ip::proto::UDP;
-use crate::core::{Network, Port};
 
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
@@ -113,7 +111,7 @@ pub const LABELS: [(&str, &str); SLOTS] = [
 pub const SLOTS: usize = 9;
 
 impl DhcpCounters {
-    fn count(&self, m: &Message, o: Outcome) {
+    pub(crate) fn count(&self, m: &Message, o: Outcome) {
         let base = match m {
             Message::Ack { .. } => 0,
             Message::Nak { .. } => 2,
@@ -123,7 +121,7 @@ impl DhcpCounters {
         self.counts[base + usize::from(o == Outcome::Ignored)].fetch_add(1, Relaxed);
     }
 
-    fn malformed(&self) {
+    pub(crate) fn malformed(&self) {
         self.counts[SLOTS - 1].fetch_add(1, Relaxed);
     }
 
@@ -234,51 +232,6 @@ pub fn parse(frame: &[u8]) -> Parsed {
             None => return Parsed::Malformed, // RFC 2131 table 5: a decline names the address
         },
     })
-}
-
-impl Network {
-    /// Whether DHCP messages are snooped (some table takes their bindings).
-    pub fn snoops_dhcp(&self) -> bool {
-        self.spec.snoop_local || self.spec.arp_suppress
-    }
-
-    /// Learn or forget what the DHCP message in `frame` (from a local port or a peer, already
-    /// forwarded) says; see the module documentation.
-    pub fn snoop_dhcp(&self, frame: &[u8], now: Instant) {
-        let m = match parse(frame) {
-            Parsed::NotDhcp | Parsed::Other => return,
-            Parsed::Malformed => return self.neigh.dhcp.malformed(),
-            Parsed::Dhcp(m) => m,
-        };
-        let outcome = match m {
-            Message::Ack { chaddr, yiaddr, lease } => {
-                let ip = IpAddr::V4(yiaddr);
-                let table = match self.fdb.lookup(chaddr, now) {
-                    _ if !usable_v4(yiaddr) => None,
-                    Some(Port::Local(_)) if self.local_neigh.enabled() => Some((&self.local_neigh, Source::Local)),
-                    Some(Port::Peer(p)) if self.neigh.enabled() => Some((&self.neigh, Source::Snooped(p))),
-                    _ => None,
-                };
-                match (table, lease) {
-                    (Some((t, s)), Some(lease)) => t.learn_lease(ip, chaddr, s, lease, now),
-                    (Some((t, s)), None) => t.learn(ip, chaddr, s, None, now),
-                    (None, _) => {}
-                }
-                if table.is_some() { Outcome::Applied } else { Outcome::Ignored }
-            }
-            Message::Nak { chaddr } => {
-                let gone = self.local_neigh.forget_leases(chaddr) + self.neigh.forget_leases(chaddr);
-                if gone > 0 { Outcome::Applied } else { Outcome::Ignored }
-            }
-            Message::Release { chaddr, ciaddr: a } | Message::Decline { chaddr, addr: a } => {
-                let ip = IpAddr::V4(a);
-                // both tables: the address is gone wherever it was bound
-                let (l, r) = (self.local_neigh.release(ip, chaddr), self.neigh.release(ip, chaddr));
-                if l || r { Outcome::Applied } else { Outcome::Ignored }
-            }
-        };
-        self.neigh.dhcp.count(&m, outcome);
-    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
-//! ARP/ND suppression for one network: the glue between its neighbour table
-//! ([`crate::core::neigh`], which knows bindings and builds answers) and its FDB, which says
-//! whether a binding learned from a peer still holds.
+//! ARP/ND suppression and DHCP snooping for one network: the glue between its neighbour
+//! tables ([`crate::core::neigh`], which knows bindings, builds answers and parses DHCP) and
+//! its FDB, which says whether a binding learned from a peer still holds and where a DHCP
+//! client is.
+
+use std::net::IpAddr;
 
 use super::Network;
-use crate::core::neigh::{Answer, REPLY_MAX, Source};
+use crate::core::neigh::dhcp::{self, Message, Outcome, Parsed};
+use crate::core::neigh::{Answer, REPLY_MAX, Source, usable_v4};
 use crate::core::time::Instant;
 use crate::core::wire::ethernet::MacAddr;
 use crate::core::Port;
@@ -41,5 +45,50 @@ impl Network {
             return 0;
         }
         self.neigh.sweep(now, |mac, s| self.neigh_usable(mac, s, now))
+    }
+}
+
+impl Network {
+    /// Whether DHCP messages are snooped (some table takes their bindings).
+    pub fn snoops_dhcp(&self) -> bool {
+        self.spec.snoop_local || self.spec.arp_suppress
+    }
+
+    /// Learn or forget what the DHCP message in `frame` (from a local port or a peer, already
+    /// forwarded) says; see the module documentation.
+    pub fn snoop_dhcp(&self, frame: &[u8], now: Instant) {
+        let m = match dhcp::parse(frame) {
+            Parsed::NotDhcp | Parsed::Other => return,
+            Parsed::Malformed => return self.neigh.dhcp.malformed(),
+            Parsed::Dhcp(m) => m,
+        };
+        let outcome = match m {
+            Message::Ack { chaddr, yiaddr, lease } => {
+                let ip = IpAddr::V4(yiaddr);
+                let table = match self.fdb.lookup(chaddr, now) {
+                    _ if !usable_v4(yiaddr) => None,
+                    Some(Port::Local(_)) if self.local_neigh.enabled() => Some((&self.local_neigh, Source::Local)),
+                    Some(Port::Peer(p)) if self.neigh.enabled() => Some((&self.neigh, Source::Snooped(p))),
+                    _ => None,
+                };
+                match (table, lease) {
+                    (Some((t, s)), Some(lease)) => t.learn_lease(ip, chaddr, s, lease, now),
+                    (Some((t, s)), None) => t.learn(ip, chaddr, s, None, now),
+                    (None, _) => {}
+                }
+                if table.is_some() { Outcome::Applied } else { Outcome::Ignored }
+            }
+            Message::Nak { chaddr } => {
+                let gone = self.local_neigh.forget_leases(chaddr) + self.neigh.forget_leases(chaddr);
+                if gone > 0 { Outcome::Applied } else { Outcome::Ignored }
+            }
+            Message::Release { chaddr, ciaddr: a } | Message::Decline { chaddr, addr: a } => {
+                let ip = IpAddr::V4(a);
+                // both tables: the address is gone wherever it was bound
+                let (l, r) = (self.local_neigh.release(ip, chaddr), self.neigh.release(ip, chaddr));
+                if l || r { Outcome::Applied } else { Outcome::Ignored }
+            }
+        };
+        self.neigh.dhcp.count(&m, outcome);
     }
 }

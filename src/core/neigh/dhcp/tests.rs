@@ -8,8 +8,9 @@ use etherparse::PacketBuilder;
 
 use super::*;
 use crate::core::network::{Action, Network};
-use crate::core::neigh::REPLY_MAX;
-use crate::core::{LocalPort, PeerIdx, testutil};
+use crate::core::neigh::{REPLY_MAX, Source};
+use crate::core::time::Instant;
+use crate::core::{LocalPort, PeerIdx, Port, testutil};
 
 const SERVER: MacAddr = MacAddr([2, 0, 0, 0, 0, 0x5e]);
 const CLIENT: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xc1]);
