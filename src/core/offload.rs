@@ -227,15 +227,7 @@ impl PartialCsum {
 /// `mtu` with these headers (the sender's MSS, unless it chose a smaller one).
 pub fn tunnel_super_frame(frame: &[u8], mtu: usize) -> Option<(VnetHdr, TsoPlan)> {
     let layout = TcpLayout::parse(frame).ok()?;
-    let ip = &frame[layout.l3..];
-    let ip_end = if layout.v6 {
-        layout.l4 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))
-    } else {
-        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-            return None;
-        }
-        layout.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]]))
-    };
+    let ip_end = layout.ip_end(frame)?;
     let gso_size = mtu.checked_sub(layout.hdr_len - layout.l3).filter(|&m| m > 0 && m <= usize::from(u16::MAX))?;
     if ip_end != frame.len() || frame.len() - layout.l3 <= mtu {
         return None;
@@ -303,6 +295,18 @@ impl TcpLayout {
             return Err(OffloadError::Malformed);
         }
         Ok(TcpLayout { l3, l4, hdr_len: l4 + doff, v6 })
+    }
+
+    /// Where the IP packet of `frame` ends by its length field; `None` for an IPv4 fragment.
+    fn ip_end(&self, frame: &[u8]) -> Option<usize> {
+        let ip = &frame[self.l3..];
+        if self.v6 {
+            return Some(self.l4 + usize::from(u16::from_be_bytes([ip[4], ip[5]])));
+        }
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+            return None;
+        }
+        Some(self.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]])))
     }
 
     /// Pseudo-header sum for a TCP segment of `l4_len` bytes (header + payload).
@@ -433,15 +437,7 @@ impl TcpSeg {
     /// fragments and packets whose IP length disagrees with the frame).
     pub fn parse(frame: &[u8]) -> Option<TcpSeg> {
         let layout = TcpLayout::parse(frame).ok()?;
-        let ip = &frame[layout.l3..];
-        let ip_end = if layout.v6 {
-            layout.l4 + usize::from(u16::from_be_bytes([ip[4], ip[5]]))
-        } else {
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-                return None; // fragment
-            }
-            layout.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]]))
-        };
+        let ip_end = layout.ip_end(frame)?;
         if ip_end < layout.hdr_len || ip_end > frame.len() {
             return None;
         }
