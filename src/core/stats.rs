@@ -317,9 +317,15 @@ impl NetStats {
 
     #[inline]
     pub fn peer_tx(&self, s: Shard, peer: usize, bytes: usize) {
+        self.peer_tx_n(s, peer, 1, bytes);
+    }
+
+    /// `packets` tunnel packets of `bytes` in all to `peer` (the segments of one send).
+    #[inline]
+    pub fn peer_tx_n(&self, s: Shard, peer: usize, packets: usize, bytes: usize) {
         if let Some(p) = self.peers.get(peer) {
             let c = &p[s.0 % SHARDS];
-            add(&c.tx_packets, 1);
+            add(&c.tx_packets, packets as u64);
             add(&c.tx_bytes, bytes as u64);
         }
     }

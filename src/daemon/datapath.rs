@@ -447,10 +447,7 @@ impl PortWorker {
                         None => Tunnel::Vxlan { tx, hash, gso: peer.liveness.takes_gso(), dst: peer.addr, vni: net.spec.vni },
                     };
                     let s = seg.send(&to, frame, &plan);
-                    let each = s.bytes / s.segments.max(1);
-                    for _ in 0..s.segments {
-                        net.stats.peer_tx(shard, usize::from(p.0), each);
-                    }
+                    net.stats.peer_tx_n(shard, usize::from(p.0), s.segments, s.bytes);
                     if let Some(e) = s.error {
                         let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
                         net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
