@@ -815,7 +815,7 @@ impl UnderlayThread {
                     // with GRO, one message holds datagrams of `stride` bytes back to back
                     let stride = batch.stride(i).unwrap_or(data.len()).max(1);
                     // those that share the first one's headers take its decision (see Run)
-                    let runs = data.len() > stride;
+                    let runs = vxlan && data.len() > stride;
                     let mut run: Option<(Run<'_>, &NetEntry<_>)> = None;
                     for datagram in data.chunks(stride) {
                         let decided = run
@@ -873,7 +873,7 @@ impl UnderlayThread {
                             None => {
                                 let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
                                 if runs {
-                                    run = Run::start(datagram, if vxlan { vxlan::HEADER_LEN } else { 0 }, c.peer, action).map(|r| (r, c.entry));
+                                    run = Run::start(datagram, vxlan::HEADER_LEN, c.peer, action).map(|r| (r, c.entry));
                                 }
                                 action
                             }
