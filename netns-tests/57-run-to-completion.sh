@@ -21,7 +21,12 @@
 #     was counted on either side;
 #   - a 30 MB TCP transfer each way (its ACKs drained inline by the receiving side, its data
 #     read by the TAP's thread, with offloads on) arrives byte-identical (sha256), again with
-#     no drop counted.
+#     no drop counted;
+#   - per-run receive decisions: the segments of a GRO run that share the first one's headers
+#     take its decision (overlayd_tunnel_rx_run_frames_total moved on the receiving side, it
+#     stays 0 without them), and the totals are those of one decision per datagram: every
+#     tunnel packet and byte one daemon sent during the transfers is counted received by the
+#     other (when the kernel dropped no datagram on the way: UDP RcvbufErrors).
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_daemon
@@ -96,13 +101,40 @@ info "h2: $inline of $rx frames read from the TAP were read by the underlay thre
 
 log "30 MB TCP each way (ACKs drained inline on the receiving side)"
 make_random_file "$WORK/data" 30
+# UDP messages the kernel dropped for a full receive buffer, in namespace $1
+rcvbuf_errors() { ip netns exec "$1" cat /proc/net/snmp | awk '$1 == "Udp:" { if (!h) { for (i = 2; i <= NF; i++) c[$i] = i; h = 1 } else print $c["RcvbufErrors"] }'; }
+declare -A NS=([1]=$H1 [2]=$H2) UL=([1]=$U1 [2]=$U2) RCVBUF BEFORE AFTER
+for h in 1 2; do RCVBUF[$h]=$(rcvbuf_errors "${NS[$h]}"); done
 a1=$(scrape "$H1" "$URL") a2=$(scrape "$H2" "$URL")
 tcp_transfer "$H1" "$H2" "$O2" 5001 "$WORK/data" "h1 -> h2"
 tcp_transfer "$H2" "$H1" "$O1" 5002 "$WORK/data" "h2 -> h1"
+sleep 0.5 # the last ACKs and FINs
 b1=$(scrape "$H1" "$URL") b2=$(scrape "$H2" "$URL")
 assert_eq "h1: drops during the transfers" 0 $(($(drops "$b1") - $(drops "$a1")))
 assert_eq "h2: drops during the transfers" 0 $(($(drops "$b2") - $(drops "$a2")))
 info "inline frames during the transfers: h1 $(delta "$INLINE" "$a1" "$b1"), h2 $(delta "$INLINE" "$a2" "$b2")"
+
+log "per-run receive decisions: decided once per GRO run, the same totals"
+BEFORE=([1]=$a1 [2]=$a2) AFTER=([1]=$b1 [2]=$b2)
+RUNS='overlayd_tunnel_rx_run_frames_total{network="blue"}'
+tun() { echo "overlayd_tunnel_$1_total{direction=\"$2\",network=\"blue\",peer=\"$3\"}"; } # tun WHAT DIR PEER
+for pair in "1 2" "2 1"; do
+  read -r s r <<<"$pair" # sender, receiver
+  rx=$(delta "$(tun packets rx "${UL[$s]}")" "${BEFORE[$r]}" "${AFTER[$r]}")
+  runs=$(delta "$RUNS" "${BEFORE[$r]}" "${AFTER[$r]}")
+  assert_ge "h$r: tunnel packets from h$s decided by their run's first (of $rx)" 1 "$runs"
+  kernel_drops=$(($(rcvbuf_errors "${NS[$r]}") - RCVBUF[$r]))
+  for what in packets bytes; do
+    tx=$(delta "$(tun "$what" tx "${UL[$r]}")" "${BEFORE[$s]}" "${AFTER[$s]}")
+    rx=$(delta "$(tun "$what" rx "${UL[$s]}")" "${BEFORE[$r]}" "${AFTER[$r]}")
+    if ((kernel_drops == 0)); then
+      assert_eq "h$s -> h$r tunnel $what: received by h$r = sent by h$s" "$tx" "$rx"
+    else
+      info "h$r: the kernel dropped $kernel_drops UDP messages (RcvbufErrors): received $what cannot equal sent"
+      assert_ge "h$s -> h$r tunnel $what: sent >= received" "$rx" "$tx"
+    fi
+  done
+done
 
 stop_daemon d1
 stop_daemon d2

@@ -120,6 +120,9 @@ pub struct NetCounters {
     /// Frames read from a TAP by an underlay thread right after it wrote into that TAP (run to
     /// completion); also in `tap_rx_frames`.
     pub tap_rx_inline_frames: AtomicU64,
+    /// Frames from peers that took the receive decision of their GRO run's first datagram
+    /// (see [`super::network::run`]); also in the peers' receive counters.
+    pub run_frames: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub pmtu: [AtomicU64; PmtuEvent::COUNT],
 }
@@ -187,6 +190,7 @@ pub struct NetSnapshot {
     pub flooded_frames: u64,
     pub partial_checksums: u64,
     pub tap_rx_inline_frames: u64,
+    pub run_frames: u64,
     pub drops: [u64; DropReason::COUNT],
     /// By [`PmtuEvent`].
     pub pmtu: [u64; PmtuEvent::COUNT],
@@ -221,6 +225,7 @@ impl NetSnapshot {
             flooded_frames: d(self.flooded_frames, earlier.flooded_frames),
             partial_checksums: d(self.partial_checksums, earlier.partial_checksums),
             tap_rx_inline_frames: d(self.tap_rx_inline_frames, earlier.tap_rx_inline_frames),
+            run_frames: d(self.run_frames, earlier.run_frames),
             drops,
             pmtu,
             peers: self
@@ -304,11 +309,23 @@ impl NetStats {
         add(&self.shard(s).tap_rx_inline_frames, frames as u64);
     }
 
+    /// `frames` from peers decided by their run (see [`super::network::run`]), once per run.
+    #[inline]
+    pub fn run_frames(&self, s: Shard, frames: usize) {
+        add(&self.shard(s).run_frames, frames as u64);
+    }
+
     #[inline]
     pub fn peer_tx(&self, s: Shard, peer: usize, bytes: usize) {
+        self.peer_tx_n(s, peer, 1, bytes);
+    }
+
+    /// `packets` tunnel packets of `bytes` in all to `peer` (the segments of one send).
+    #[inline]
+    pub fn peer_tx_n(&self, s: Shard, peer: usize, packets: usize, bytes: usize) {
         if let Some(p) = self.peers.get(peer) {
             let c = &p[s.0 % SHARDS];
-            add(&c.tx_packets, 1);
+            add(&c.tx_packets, packets as u64);
             add(&c.tx_bytes, bytes as u64);
         }
     }
@@ -345,6 +362,7 @@ impl NetStats {
         wadd(&c.flooded_frames, d.flooded_frames);
         wadd(&c.partial_checksums, d.partial_checksums);
         wadd(&c.tap_rx_inline_frames, d.tap_rx_inline_frames);
+        wadd(&c.run_frames, d.run_frames);
         for (a, n) in c.drops.iter().zip(&d.drops) {
             wadd(a, *n);
         }
@@ -372,6 +390,7 @@ impl NetStats {
             s.flooded_frames += c.flooded_frames.load(Relaxed);
             s.partial_checksums += c.partial_checksums.load(Relaxed);
             s.tap_rx_inline_frames += c.tap_rx_inline_frames.load(Relaxed);
+            s.run_frames += c.run_frames.load(Relaxed);
             for (d, a) in s.drops.iter_mut().zip(&c.drops) {
                 *d += a.load(Relaxed);
             }

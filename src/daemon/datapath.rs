@@ -27,6 +27,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use crate::core::fabric::{Classified, NetEntry};
+use crate::core::network::run::Run;
 use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, tunnel_super_frame};
 use crate::core::stats::{GlobalDrops, Shard};
 use crate::core::wire::ethernet;
@@ -295,6 +297,13 @@ fn flush(p: &mut Option<Pending<'_>>, shard: Shard, rl: &mut RateLimit, now: Ins
     }
 }
 
+/// Count the datagrams that took the decision of the run (if any) in bulk, and end it.
+fn end_run<P>(run: &mut Option<(Run<'_>, &NetEntry<P>)>, shard: Shard) {
+    if let Some((r, entry)) = run.take() {
+        entry.net.end_run(r, shard);
+    }
+}
+
 impl UnderlayThread {
     pub fn run(self) {
         let UnderlayThread { rx, fabric, global, stop, slot, offload } = self;
@@ -371,18 +380,32 @@ impl UnderlayThread {
                     };
                     // with GRO, one message holds datagrams of `stride` bytes back to back
                     let stride = batch.stride(i).unwrap_or(data.len()).max(1);
+                    // those that share the first one's headers take its decision (see Run)
+                    let runs = vxlan && data.len() > stride;
+                    let mut run: Option<(Run<'_>, &NetEntry<_>)> = None;
                     for datagram in data.chunks(stride) {
-                        let classified = if vxlan { f.classify_vxlan(port, src, datagram) } else { f.classify_gre(src, datagram) };
-                        let c = match classified {
-                            Ok(c) => c,
-                            Err(refused) => {
-                                f.count_refused(refused, shard, &global);
-                                continue;
+                        let decided = run
+                            .as_mut()
+                            .and_then(|(r, entry)| r.decide(datagram).map(|(p, inner)| (Classified { entry: *entry, peer: r.peer(), inner }, p)));
+                        let (c, by_run) = match decided {
+                            Some((c, p)) => (c, Some(p)),
+                            None => {
+                                end_run(&mut run, shard);
+                                let classified = if vxlan { f.classify_vxlan(port, src, datagram) } else { f.classify_gre(src, datagram) };
+                                match classified {
+                                    Ok(c) => (c, None),
+                                    Err(refused) => {
+                                        f.count_refused(refused, shard, &global);
+                                        continue;
+                                    }
+                                }
                             }
                         };
                         let net = &c.entry.net;
                         // larger than any frame of the network: a kernel peer's whole TSO burst?
+                        // (never one of a run: no longer than the run's first, which was not)
                         if vxlan
+                            && by_run.is_none()
                             && c.inner.len() > usize::from(net.spec.mtu) + ethernet::HEADER_LEN
                             && let Some((vh, plan)) = tunnel_super_frame(c.inner, usize::from(net.spec.mtu))
                         {
@@ -412,7 +435,16 @@ impl UnderlayThread {
                             peer_sends_offloads(net, c.peer, from, Offloads::Burst);
                             continue;
                         }
-                        let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
+                        let action = match by_run {
+                            Some(p) => Action::Local(p),
+                            None => {
+                                let action = net.receive_from_peer(c.peer, c.inner, datagram.len(), shard, now);
+                                if runs {
+                                    run = Run::start(datagram, vxlan::HEADER_LEN, c.peer, action).map(|r| (r, c.entry));
+                                }
+                                action
+                            }
+                        };
                         if !matches!(action, Action::Local(_) | Action::Flood) {
                             continue;
                         }
@@ -459,6 +491,7 @@ impl UnderlayThread {
                             Action::Peer(_) | Action::Drop(_) | Action::Consumed => {}
                         }
                     }
+                    end_run(&mut run, shard);
                 }
                 flush(&mut pending, shard, &mut rl_write, now);
                 // run to completion: send what the host answered inside those writes

@@ -286,10 +286,7 @@ impl Sender {
             None => Tunnel::Vxlan { tx: &self.tx, hash: self.hash(frame), gso: p.liveness.takes_gso(), dst: p.addr, vni: net.spec.vni },
         };
         let s = self.seg.send(&to, frame, plan);
-        let each = s.bytes / s.segments.max(1);
-        for _ in 0..s.segments {
-            net.stats.peer_tx(shard, usize::from(peer.0), each);
-        }
+        net.stats.peer_tx_n(shard, usize::from(peer.0), s.segments, s.bytes);
         if let Some(e) = s.error {
             let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
             net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });

@@ -52,6 +52,7 @@ struct Families {
     flooded: IntCounterVec,
     partial_checksums: IntCounterVec,
     tap_rx_inline: IntCounterVec,
+    run_frames: IntCounterVec,
     fdb_entries: IntGaugeVec,
     fdb_max_entries: IntGaugeVec,
     fdb_events: IntCounterVec,
@@ -124,6 +125,11 @@ impl Families {
             tap_rx_inline: counter(
                 "overlayd_tap_rx_inline_frames_total",
                 "Frames read from a TAP by an underlay thread right after it wrote into that TAP (run to completion: the host's answer sent without waking the port's thread); also in overlayd_tap_frames_total.",
+                &["network"],
+            )?,
+            run_frames: counter(
+                "overlayd_tunnel_rx_run_frames_total",
+                "Tunnel packets from peers that took the forwarding decision of the first datagram of their GRO run (same headers, a TCP segment): decided once per run; also in overlayd_tunnel_packets_total.",
                 &["network"],
             )?,
             fdb_entries: gauge("overlayd_fdb_entries", "MAC addresses in the network's forwarding table.", &["network"])?,
@@ -218,7 +224,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 19] {
+    fn counters(&self) -> [&IntCounterVec; 20] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -228,6 +234,7 @@ impl Families {
             &self.flooded,
             &self.partial_checksums,
             &self.tap_rx_inline,
+            &self.run_frames,
             &self.fdb_events,
             &self.vm_connections,
             &self.pmtu_signals,
@@ -306,6 +313,7 @@ impl Families {
             self.flooded.with_label_values(&[net]).inc_by(n.flooded_frames);
             self.partial_checksums.with_label_values(&[net]).inc_by(n.partial_checksums);
             self.tap_rx_inline.with_label_values(&[net]).inc_by(n.tap_rx_inline_frames);
+            self.run_frames.with_label_values(&[net]).inc_by(n.run_frames);
             for (reason, v) in &n.drops {
                 self.drops.with_label_values(&[net, reason.as_str()]).inc_by(*v);
             }

@@ -44,6 +44,10 @@ pub struct NetSample {
     /// to completion); also in `tap_rx_frames`.
     #[serde(default)]
     pub tap_rx_inline_frames: u64,
+    /// Frames from peers that took the forwarding decision of their GRO run's first datagram
+    /// (per-run receive decisions); also in the peers' `rx_packets`.
+    #[serde(default)]
+    pub run_frames: u64,
     /// Reason label -> count; every reason of `DropReason::ALL` is present.
     pub drops: BTreeMap<String, u64>,
     pub fdb_entries: u64,
@@ -240,6 +244,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                 flooded_frames: s.flooded_frames,
                 partial_checksums: s.partial_checksums,
                 tap_rx_inline_frames: s.tap_rx_inline_frames,
+                run_frames: s.run_frames,
                 drops: drop_map(&s.drops),
                 fdb_entries: net.fdb.len() as u64,
                 fdb_max_entries: net.fdb.config().max_entries as u64,

@@ -9,14 +9,16 @@
 //!   network form a full mesh, so every peer got its own copy from the sender);
 //! - known unicast goes to exactly one port, never back to its ingress.
 //!
-//! Three parts of a network's life live below it: [`liveness`] (is each peer up, and the
-//! keepalives that tell), [`handover`] (the next generation on a reload) and `suppress`
-//! (ARP/ND answers from the neighbour table, checked against the FDB). They extend
-//! [`Network`] and nothing else names them from below, so the dependencies inside the core
-//! run one way.
+//! Four parts of a network's life live below it: [`liveness`] (is each peer up, and the
+//! keepalives that tell), [`handover`] (the next generation on a reload), `suppress`
+//! (ARP/ND answers from the neighbour table, checked against the FDB) and [`run`] (one
+//! receive decision for the datagrams of a GRO run that share its first one's headers).
+//! They extend [`Network`] and nothing else names them from below, so the dependencies
+//! inside the core run one way.
 
 pub mod handover;
 pub mod liveness;
+pub mod run;
 mod suppress;
 #[cfg(test)]
 pub(crate) mod testutil;
