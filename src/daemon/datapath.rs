@@ -44,7 +44,8 @@ use crate::io::clock;
 use crate::io::gre::GreSocket;
 use crate::io::sys::{self, StopFd, Wake};
 use crate::io::tap::{MAX_FRAME, Tap};
-use crate::io::udp::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GsoError, RecvBatch, RxSocket, SendQueue, TxItem, TxSockets};
+use crate::io::udp::{BATCH, GSO_MAX_SEGMENTS, RecvBatch, RxSocket, TxSockets};
+use crate::io::{SendQueue, Sent, Transmit, TransmitSocket, TxItem, TxScratch};
 
 use super::forward::{Forwarder, LocalIo, PmtuSignals, Ports};
 
@@ -121,20 +122,11 @@ pub struct PortThread {
 const SEG_HDR_MAX: usize = 160;
 
 /// Per-thread scratch space for sending the segments of TSO super-frames: each segment is
-/// two iovecs, its headers (in `arena`) and its payload (in place, in the read buffer), so the
+/// two pieces, its headers (in `arena`) and its payload (in place, in the read buffer), so the
 /// payload is copied by the kernel only.
 struct Segmenter {
     arena: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    warned: bool,
-}
-
-/// What became of one super-frame sent to one peer.
-struct Sent {
-    segments: usize,
-    bytes: usize,
-    error: Option<io::Error>,
+    scratch: TxScratch,
 }
 
 /// Where the segments of a super-frame go.
@@ -162,64 +154,45 @@ fn tunnel_header_len(gre: Option<&GreTx>) -> usize {
 
 impl Segmenter {
     fn new() -> Self {
-        Segmenter {
-            arena: vec![0; GSO_MAX_SEGMENTS * SEG_HDR_MAX],
-            iovs: Vec::with_capacity(2 * GSO_MAX_SEGMENTS),
-            hdrs: Vec::with_capacity(BATCH),
-            warned: false,
-        }
+        Segmenter { arena: vec![0; GSO_MAX_SEGMENTS * SEG_HDR_MAX], scratch: TxScratch::new() }
     }
 
     /// Cut `frame` (planned by `plan`) into tunnel packets and send them, up to 64 segments
-    /// a call: VXLAN with UDP GSO (at most 65507 bytes a call) if the peer takes it (it runs
-    /// overlayd) and the kernel allows it, else one datagram per segment batched with
-    /// `sendmmsg`; GRE (raw sockets have no GSO) always the latter.
+    /// a [`Transmit`]: the socket sends each run with UDP GSO or one datagram per segment
+    /// (see [`crate::io::transmit`]).
     fn send(&mut self, to: &Tunnel<'_>, frame: &[u8], plan: &TsoPlan) -> Sent {
         let tun = to.header_len();
         let seg_hdr = tun + plan.header_len();
-        let per_call = match to {
-            Tunnel::Vxlan { .. } => GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / (seg_hdr + plan.mss)).max(1),
-            Tunnel::Gre { .. } => GSO_MAX_SEGMENTS,
+        let mut out = Sent::default();
+        let Ok(seg) = u16::try_from(seg_hdr + plan.mss) else {
+            out.error = Some(io::Error::from_raw_os_error(libc::EMSGSIZE));
+            return out;
         };
-        let mut out = Sent { segments: 0, bytes: 0, error: None };
         let mut i = 0;
         while i < plan.segments {
-            let n = per_call.min(plan.segments - i);
-            self.iovs.clear();
+            let n = GSO_MAX_SEGMENTS.min(plan.segments - i);
             for k in 0..n {
                 let h = &mut self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr];
-                let payload = &frame[plan.payload_range(i + k)];
                 plan.write_header(frame, i + k, &mut h[tun..]);
                 match to {
                     Tunnel::Vxlan { vni, .. } => vxlan::emit(&mut h[..tun], *vni),
                     // after the inner headers: a GRE checksum covers them
-                    Tunnel::Gre { gre, .. } => gre.emit_segment(h, payload),
+                    Tunnel::Gre { gre, .. } => gre.emit_segment(h, &frame[plan.payload_range(i + k)]),
                 }
-                self.iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
-                self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
             }
-            let (sent, err) = match *to {
-                Tunnel::Vxlan { tx, hash, gso, dst, .. } => {
-                    let gso_result = if gso && tx.gso_enabled() { Some(tx.send_gso(hash, dst, &self.iovs, (seg_hdr + plan.mss) as u16)) } else { None };
-                    match gso_result {
-                        Some(Ok(())) => (n, None),
-                        Some(Err(GsoError::Io(e))) => (0, Some(e)),
-                        Some(Err(GsoError::Unavailable(e))) => {
-                            if !self.warned {
-                                self.warned = true;
-                                tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
-                            }
-                            tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs)
-                        }
-                        None => tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs),
-                    }
-                }
-                Tunnel::Gre { gre, dst, tos } => gre.send_each(dst, tos, &mut self.iovs, 2, &mut self.hdrs),
+            let mut data = [IoSlice::new(&[]); 2 * GSO_MAX_SEGMENTS];
+            for k in 0..n {
+                data[2 * k] = IoSlice::new(&self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr]);
+                data[2 * k + 1] = IoSlice::new(&frame[plan.payload_range(i + k)]);
+            }
+            let s = match *to {
+                Tunnel::Vxlan { tx, hash, gso, dst, .. } => tx.send(&Transmit::new(dst, &data[..2 * n]).segments(seg).flow(hash, gso), &mut self.scratch),
+                Tunnel::Gre { gre, dst, tos } => gre.send(Transmit::new(SocketAddr::new(dst, 0), &data[..2 * n]).segments(seg).tos_ttl(tos, 0), &mut self.scratch),
             };
-            out.segments += sent;
-            out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
-            if err.is_some() {
-                out.error = err;
+            out.datagrams += s.datagrams;
+            out.bytes += s.bytes;
+            if s.error.is_some() {
+                out.error = s.error;
             }
             i += n;
         }
@@ -445,8 +418,8 @@ impl PortWorker {
                         None => Tunnel::Vxlan { tx, hash, gso: peer.liveness.takes_gso(), dst: peer.addr, vni: net.spec.vni },
                     };
                     let s = seg.send(&to, frame, &plan);
-                    let each = s.bytes / s.segments.max(1);
-                    for _ in 0..s.segments {
+                    let each = s.bytes / s.datagrams.max(1);
+                    for _ in 0..s.datagrams {
                         net.stats.peer_tx(shard, usize::from(p.0), each);
                     }
                     if let Some(e) = s.error {
@@ -555,6 +528,8 @@ fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, gre: Option<&mut GreT
                 start: (HEADROOM - vxlan::HEADER_LEN) as u32,
                 len: (len + vxlan::HEADER_LEN) as u32,
                 dst: p.addr,
+                tos: 0,
+                ttl: 0,
                 tag: peer.0,
             },
         );
@@ -943,7 +918,7 @@ mod tests {
         let mut seg = Segmenter::new();
         let s = seg.send(&Tunnel::Gre { gre: &gre, dst: lo, tos: 0 }, &frame, &plan);
         assert!(s.error.is_none(), "{:?}", s.error);
-        assert_eq!(s.segments, 11);
+        assert_eq!(s.datagrams, 11);
         assert_eq!(s.bytes, 11 * (12 + 54) + payload.len());
         let mut joined = Vec::new();
         let mut n_seen = 0;

@@ -6,14 +6,15 @@
 //! ([`super::datapath::UnderlayThread`]), classifying with
 //! [`Fabric::classify_gre`](crate::core::Fabric::classify_gre).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::datapath::{HEADROOM, RateLimit};
 use crate::core::stats::Shard;
 use crate::core::wire::gre::GreRepr;
 use crate::core::{Dscp, DropReason, Instant, Network};
-use crate::io::gre::{GreSendQueue, GreSocket, GreTxItem};
+use crate::io::gre::GreSocket;
+use crate::io::{SendQueue, Sent, Transmit, TransmitSocket, TxItem, TxScratch};
 
 /// How one GRE network sends: fixed per network, shared by its port threads.
 #[derive(Debug, Clone)]
@@ -27,12 +28,13 @@ pub struct GreParams {
 /// The sending half a port thread of a GRE network owns.
 pub struct GreTx {
     params: GreParams,
-    q: GreSendQueue,
+    q: SendQueue,
 }
 
 impl GreTx {
     pub fn new(params: GreParams) -> Self {
-        GreTx { params, q: GreSendQueue::default() }
+        let q = SendQueue::new(params.sock.slots());
+        GreTx { params, q }
     }
 
     pub fn header_len(&self) -> usize {
@@ -69,10 +71,10 @@ impl GreTx {
         self.params.repr.emit_gathered(head, payload);
     }
 
-    /// Send the segments of one super-frame, `per_msg` iovecs each, to `dst` with one
-    /// `sendmmsg` (see [`GreSocket::send_each`]).
-    pub fn send_each(&self, dst: IpAddr, tos: u8, iovs: &mut [libc::iovec], per_msg: usize, hdrs: &mut Vec<libc::mmsghdr>) -> (usize, Option<std::io::Error>) {
-        self.params.sock.send_each(dst, self.params.ttl, tos, iovs, per_msg, hdrs)
+    /// Send `t` (the segments of one super-frame) on the GRE socket with the network's outer
+    /// TTL: one packet per segment, with one `sendmmsg`.
+    pub fn send(&self, t: Transmit<'_>, scratch: &mut TxScratch) -> Sent {
+        self.params.sock.send(&t.tos_ttl(t.tos, self.params.ttl), scratch)
     }
 
     /// Queue the frame in buffer `buf` (already encapsulated) for `dst`.
@@ -85,11 +87,11 @@ impl GreTx {
     #[inline]
     pub fn push_at(&mut self, buf: usize, at: usize, len: usize, dst: IpAddr, tos: u8, tag: u16) {
         let h = self.header_len();
-        self.q.push(GreTxItem {
+        self.q.push(0, TxItem {
             buf: buf as u16,
             start: (at - h) as u32,
             len: (len + h) as u32,
-            dst,
+            dst: SocketAddr::new(dst, 0),
             ttl: self.params.ttl,
             tos,
             tag,
@@ -107,7 +109,7 @@ impl GreTx {
                 let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
                 net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
                 if let Some(muted) = rl.allow(now) {
-                    tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "GRE send to peer failed");
+                    tracing::warn!(network = net.name(), peer = %it.dst.ip(), error = %e, muted, "GRE send to peer failed");
                 }
             }
         });

@@ -30,7 +30,8 @@ use crate::core::wire::vxlan;
 use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port};
 use crate::io::clock;
 use crate::io::sys::{self, StopFd, Wake};
-use crate::io::udp::{BATCH, SendQueue, TxItem, TxSockets};
+use crate::io::udp::{BATCH, TxSockets};
+use crate::io::{SendQueue, TxItem};
 use crate::io::vmsock::{DgramPeer, VmConn, VmDgramSocket, VmListener};
 
 use super::datapath::{NetIo, RateLimit};
@@ -500,6 +501,6 @@ impl VmReader {
 #[inline]
 fn queue(net: &Network, tx: &TxSockets, q: &mut SendQueue, room: std::ops::Range<usize>, peer: PeerIdx, hash: usize) {
     if let Some(p) = net.peers.get(usize::from(peer.0)) {
-        q.push(tx.slot(hash, p.liveness.takes_gso()), TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tag: peer.0 });
+        q.push(tx.slot(hash, p.liveness.takes_gso()), TxItem { buf: 0, start: room.start as u32, len: room.len() as u32, dst: p.addr, tos: 0, ttl: 0, tag: peer.0 });
     }
 }
