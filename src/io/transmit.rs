@@ -165,15 +165,16 @@ impl TxScratch {
     }
 }
 
-/// Control messages for one send: `UDP_SEGMENT`, outer TOS and TTL (u64 for alignment).
+/// Control messages for one send: `UDP_SEGMENT`, outer TOS and TTL (u64 for alignment;
+/// room for three messages of up to 8 data bytes, 24 bytes each on 64-bit Linux).
 #[derive(Clone, Copy)]
 pub(crate) struct Ctrl {
-    buf: [u64; 8],
+    buf: [u64; 12],
     len: usize,
 }
 
 impl Ctrl {
-    pub(crate) const EMPTY: Ctrl = Ctrl { buf: [0; 8], len: 0 };
+    pub(crate) const EMPTY: Ctrl = Ctrl { buf: [0; 12], len: 0 };
 
     /// The TOS and TTL control messages of a packet to `dst` (none for zeros).
     pub(crate) fn tos_ttl(dst: SocketAddr, tos: u8, ttl: u8) -> Ctrl {

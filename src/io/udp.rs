@@ -477,7 +477,11 @@ mod tests {
     const LO: std::net::IpAddr = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn receiver(gro: bool) -> (RxSocket, SocketAddr) {
-        let rx = RxSocket::bind(SocketAddr::new(LO, 0)).unwrap();
+        receiver_on(LO, gro)
+    }
+
+    fn receiver_on(ip: std::net::IpAddr, gro: bool) -> (RxSocket, SocketAddr) {
+        let rx = RxSocket::bind(SocketAddr::new(ip, 0)).unwrap();
         if gro {
             assert!(rx.enable_gro(), "UDP_GRO on a loopback socket");
         }
@@ -548,26 +552,30 @@ mod tests {
     /// With `UDP_GRO` on the receiving socket, a GSO run reaches it as it left: one message,
     /// its stride the segment size. The same run sent one datagram per segment (a receiver
     /// that does not take offloads) arrives as separate datagrams: proof that the first one
-    /// did leave with GSO.
+    /// did leave with GSO. Over IPv4 and IPv6, with an outer TOS and TTL asked for.
     #[test]
     fn a_gso_run_reads_back_as_one_gro_message_whose_stride_is_the_segment_size() {
-        let (rx, at) = receiver(true);
-        let tx = TxSockets::bind(LO, 1).unwrap();
-        let (pieces, want) = run(4, 16, 1000, 300);
-        let data = slices(&pieces);
-        let mut rb = RecvBatch::with_gro(65_536, 8);
-        let mut scratch = TxScratch::new();
-        let t = Transmit::new(at, &data).segments(1016).flow(0, true);
-        sent_whole(&tx.send(&t, &mut scratch), &t);
-        let got = receive(&rx, &mut rb, 4);
-        assert_eq!(got.len(), 1, "one coalesced message");
-        assert_eq!(got[0].1, Some(1016), "stride");
-        assert_eq!(got[0].0, want.concat());
-        let t = t.flow(0, false);
-        sent_whole(&tx.send(&t, &mut scratch), &t);
-        let got = receive(&rx, &mut rb, 4);
-        assert_eq!(got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want);
-        assert!(got.iter().all(|(_, s)| s.is_none()), "no stride for single datagrams: {got:?}");
+        for ip in [LO, std::net::Ipv6Addr::LOCALHOST.into()] {
+            let (rx, at) = receiver_on(ip, true);
+            let tx = TxSockets::bind(ip, 1).unwrap();
+            let (pieces, want) = run(4, 16, 1000, 300);
+            let data = slices(&pieces);
+            let mut rb = RecvBatch::with_gro(65_536, 8);
+            let mut scratch = TxScratch::new();
+            let t = Transmit::new(at, &data).segments(1016).flow(0, true).tos_ttl(46 << 2, 9);
+            sent_whole(&tx.send(&t, &mut scratch), &t);
+            let got = receive(&rx, &mut rb, 4);
+            assert_eq!(got.len(), 1, "one coalesced message ({ip})");
+            assert_eq!(got[0].1, Some(1016), "stride ({ip})");
+            assert_eq!(got[0].0, want.concat());
+            let t = t.flow(0, false);
+            sent_whole(&tx.send(&t, &mut scratch), &t);
+            let got = receive(&rx, &mut rb, 4);
+            assert_eq!(got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want, "{ip}");
+            // over IPv6 every socket takes GSO (no zero-checksum set): it still is not used
+            // for a receiver that takes no offloads
+            assert!(got.iter().all(|(_, s)| s.is_none()), "no stride for single datagrams ({ip}): {got:?}");
+        }
     }
 
     /// Without GSO the same run puts the same datagrams on the wire: for a receiver that
