@@ -8,9 +8,9 @@
 //! ([`RecvBatch::with_gro`], [`RecvBatch::stride`]). Sending is a [`Transmit`] (see
 //! [`super::transmit`]): the segments of a TSO super-frame leave with UDP GSO, one `sendmsg`
 //! with a `UDP_SEGMENT` control message, the kernel cutting the gathered bytes into datagrams.
-//! If the kernel refuses GSO (EIO when the egress device cannot checksum, e.g. after
-//! `ethtool -K dev tx off`), it is turned off for good and the segments leave as separate
-//! datagrams, batched with `sendmmsg`.
+//! If the kernel refuses GSO (EIO before Linux 6.11 when the egress device cannot checksum,
+//! e.g. after `ethtool -K dev tx off`; EINVAL on a socket without UDP checksums), it is
+//! turned off for good and the segments leave as separate datagrams, batched with `sendmmsg`.
 //!
 //! Sending: RFC 7348 §5 asks for an outer UDP source port derived from the inner flow, so
 //! that underlay routers spread flows over equal-cost paths. A UDP socket has one source port,
