@@ -40,7 +40,7 @@ pub struct Transmit<'a> {
     pub dst: SocketAddr,
     /// The bytes, gathered.
     pub data: &'a [IoSlice<'a>],
-    /// Bytes per datagram: `None` for one packet of all the data.
+    /// Bytes per datagram: `None` (or 0) for one packet of all the data.
     pub segment_size: Option<u16>,
     /// The outer TOS / traffic class byte; 0 leaves the socket's (0).
     pub tos: u8,
@@ -86,7 +86,7 @@ impl<'a> Transmit<'a> {
 
     /// Bytes per datagram: the segment size, or everything for one packet.
     fn stride(&self, len: usize) -> usize {
-        self.segment_size.map_or(len, usize::from).max(1)
+        self.segment_size.filter(|&s| s > 0).map_or(len, usize::from).max(1)
     }
 
     /// How many datagrams this is.
@@ -487,6 +487,7 @@ mod tests {
         assert_eq!(Transmit::new(dst, &data).datagrams(), 1);
         assert_eq!(Transmit::new(dst, &data).segments(1000).datagrams(), 3);
         assert_eq!(Transmit::new(dst, &data).segments(500).datagrams(), 5);
+        assert_eq!(Transmit::new(dst, &data).segments(0).datagrams(), 1, "0: no segments");
         assert_eq!(Transmit::new(dst, &[]).datagrams(), 1);
     }
 }

@@ -44,7 +44,7 @@ const CMSG_SPACE: usize = 64;
 /// Number of send sockets, i.e. distinct outer source ports per daemon.
 pub const SOURCE_PORTS: usize = 16;
 /// Messages per `recvmmsg`/`sendmmsg` call.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = super::transmit::BATCH;
 /// Receive buffer we ask for; bursts from several peers must not overflow it.
 const RCVBUF: usize = 4 << 20;
 const SNDBUF: usize = 4 << 20;
