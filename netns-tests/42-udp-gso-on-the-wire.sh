@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 42-gso-refused.sh - UDP GSO on the wire, and an underlay that cannot checksum: super-frames
+# 42-udp-gso-on-the-wire.sh - UDP GSO on the wire, and an underlay that cannot checksum: super-frames
 # still leave, one datagram per segment.
 #
 #   netns h1                                        netns h2
