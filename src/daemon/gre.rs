@@ -1,19 +1,18 @@
-//! The GRE side of the data path: [`GreTx`], what a port thread of a GRE network uses to
-//! send: the header it writes in front of each frame (key, checksum), the outer TTL and DSCP,
-//! and a send queue flushed with one `sendmmsg` per batch on the daemon's raw GRE socket. The
-//! segments of a TSO super-frame go out with one `sendmmsg` each (see the data path's
+//! The GRE side of the data path: [`GreTx`], what a switcher of a GRE network uses to send:
+//! the header it writes in front of each frame (key, checksum), the outer TTL and DSCP, and
+//! the daemon's raw GRE socket its send queue is flushed on (one `sendmmsg` per batch). The
+//! segments of a TSO super-frame go out with one `sendmmsg` each (see the switch's
 //! segmenter). Receiving is the underlay thread's, the same loop as VXLAN's
 //! ([`super::datapath::UnderlayThread`]), classifying with
 //! [`Fabric::classify_gre`](crate::core::Fabric::classify_gre).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::netio::RateLimit;
-use crate::core::stats::Shard;
 use crate::core::wire::gre::GreRepr;
-use crate::core::{Dscp, DropReason, Instant, Network};
-use crate::io::gre::{GreSendQueue, GreSocket, GreTxItem};
+use crate::core::Dscp;
+use crate::io::gre::GreSocket;
+use crate::io::{Sent, Transmit, TransmitSocket, TxItem, TxScratch};
 
 /// How one GRE network sends: fixed per network, shared by its port threads.
 #[derive(Debug, Clone)]
@@ -24,19 +23,23 @@ pub struct GreParams {
     pub dscp: Dscp,
 }
 
-/// The sending half a port thread of a GRE network owns.
+/// The sending side of a GRE network, for one switcher.
 pub struct GreTx {
     params: GreParams,
-    q: GreSendQueue,
 }
 
 impl GreTx {
     pub fn new(params: GreParams) -> Self {
-        GreTx { params, q: GreSendQueue::default() }
+        GreTx { params }
     }
 
     pub fn header_len(&self) -> usize {
         self.params.repr.header_len()
+    }
+
+    /// The raw socket the frames go out on.
+    pub fn socket(&self) -> &GreSocket {
+        &self.params.sock
     }
 
     /// Write the GRE header in front of the frame at `buf[at..at + len]` (the checksum, if
@@ -64,41 +67,17 @@ impl GreTx {
         self.params.repr.emit_gathered(head, payload);
     }
 
-    /// Send the segments of one super-frame, `per_msg` iovecs each, to `dst` with one
-    /// `sendmmsg` (see [`GreSocket::send_each`]).
-    pub fn send_each(&self, dst: IpAddr, tos: u8, iovs: &mut [libc::iovec], per_msg: usize, hdrs: &mut Vec<libc::mmsghdr>) -> (usize, Option<std::io::Error>) {
-        self.params.sock.send_each(dst, self.params.ttl, tos, iovs, per_msg, hdrs)
+    /// Send `t` (the segments of one super-frame) on the GRE socket with the network's outer
+    /// TTL: one packet per segment, with one `sendmmsg`.
+    pub fn send(&self, t: Transmit<'_>, scratch: &mut TxScratch) -> Sent {
+        self.params.sock.send(&t.tos_ttl(t.tos, self.params.ttl), scratch)
     }
 
-    /// Queue the frame at `arena[at..at + len]`, encapsulated by [`GreTx::encap`], for `dst`.
+    /// The queue item for the frame at `arena[at..at + len]`, encapsulated by
+    /// [`GreTx::encap`], to `dst`.
     #[inline]
-    pub fn push(&mut self, at: usize, len: usize, dst: IpAddr, tos: u8, tag: u16) {
+    pub fn item(&self, at: usize, len: usize, dst: IpAddr, tos: u8, tag: u16) -> TxItem {
         let h = self.header_len();
-        self.q.push(GreTxItem {
-            buf: 0,
-            start: (at - h) as u32,
-            len: (len + h) as u32,
-            dst,
-            ttl: self.params.ttl,
-            tos,
-            tag,
-        });
-    }
-
-    /// Send the batch; per-peer counters and drops are charged to `net`.
-    pub fn flush(&mut self, net: &Network, arena: &[u8], shard: Shard, rl: &mut RateLimit, now: Instant) {
-        if self.q.is_empty() {
-            return;
-        }
-        self.q.flush(&self.params.sock, std::slice::from_ref(&arena), |it, r| match r {
-            Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
-            Err(e) => {
-                let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
-                net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
-                if let Some(muted) = rl.allow(now) {
-                    tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "GRE send to peer failed");
-                }
-            }
-        });
+        TxItem { buf: 0, start: (at - h) as u32, len: (len + h) as u32, dst: SocketAddr::new(dst, 0), ttl: self.params.ttl, tos, tag }
     }
 }

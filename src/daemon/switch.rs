@@ -6,7 +6,7 @@
 //! socket). TCP super-frames from an offloading TAP are cut into segments by [`Segmenter`],
 //! the payload left in place.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -18,7 +18,8 @@ use crate::core::wire::ethernet::EthernetFrame;
 use crate::core::wire::vxlan;
 use crate::core::{Action, DropReason, Instant, LocalPort, Network, PeerIdx, Port};
 use crate::io::tap::MAX_FRAME;
-use crate::io::udp::{BATCH, GSO_MAX_BYTES, GSO_MAX_SEGMENTS, GsoError, SendQueue, TxItem, TxSockets};
+use crate::io::udp::{BATCH, GSO_MAX_SEGMENTS, TxSockets};
+use crate::io::{SendQueue, Sent, Transmit, TransmitSocket, TxItem, TxScratch};
 
 use super::forward::{Ctx, Forwarder, PmtuSignals};
 use super::gre::{GreParams, GreTx};
@@ -105,20 +106,11 @@ impl FrameBatch {
 const SEG_HDR_MAX: usize = 160;
 
 /// Per-thread scratch space for sending the segments of TSO super-frames: each segment is
-/// two iovecs, its headers (in `arena`) and its payload (in place, in the read buffer), so the
+/// two pieces, its headers (in `arena`) and its payload (in place, in the read buffer), so the
 /// payload is copied by the kernel only.
 struct Segmenter {
     arena: Vec<u8>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    warned: bool,
-}
-
-/// What became of one super-frame sent to one peer.
-struct Sent {
-    segments: usize,
-    bytes: usize,
-    error: Option<io::Error>,
+    scratch: TxScratch,
 }
 
 /// Where the segments of a super-frame go.
@@ -141,64 +133,45 @@ impl Tunnel<'_> {
 
 impl Segmenter {
     fn new() -> Self {
-        Segmenter {
-            arena: vec![0; GSO_MAX_SEGMENTS * SEG_HDR_MAX],
-            iovs: Vec::with_capacity(2 * GSO_MAX_SEGMENTS),
-            hdrs: Vec::with_capacity(BATCH),
-            warned: false,
-        }
+        Segmenter { arena: vec![0; GSO_MAX_SEGMENTS * SEG_HDR_MAX], scratch: TxScratch::new() }
     }
 
     /// Cut `frame` (planned by `plan`) into tunnel packets and send them, up to 64 segments
-    /// a call: VXLAN with UDP GSO (at most 65507 bytes a call) if the peer takes it (it runs
-    /// overlayd) and the kernel allows it, else one datagram per segment batched with
-    /// `sendmmsg`; GRE (raw sockets have no GSO) always the latter.
+    /// a [`Transmit`]: the socket sends each run with UDP GSO or one datagram per segment
+    /// (see [`crate::io::transmit`]).
     fn send(&mut self, to: &Tunnel<'_>, frame: &[u8], plan: &TsoPlan) -> Sent {
         let tun = to.header_len();
         let seg_hdr = tun + plan.header_len();
-        let per_call = match to {
-            Tunnel::Vxlan { .. } => GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / (seg_hdr + plan.mss)).max(1),
-            Tunnel::Gre { .. } => GSO_MAX_SEGMENTS,
+        let mut out = Sent::default();
+        let Ok(seg) = u16::try_from(seg_hdr + plan.mss) else {
+            out.error = Some(io::Error::from_raw_os_error(libc::EMSGSIZE));
+            return out;
         };
-        let mut out = Sent { segments: 0, bytes: 0, error: None };
         let mut i = 0;
         while i < plan.segments {
-            let n = per_call.min(plan.segments - i);
-            self.iovs.clear();
+            let n = GSO_MAX_SEGMENTS.min(plan.segments - i);
             for k in 0..n {
                 let h = &mut self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr];
-                let payload = &frame[plan.payload_range(i + k)];
                 plan.write_header(frame, i + k, &mut h[tun..]);
                 match to {
                     Tunnel::Vxlan { vni, .. } => vxlan::emit(&mut h[..tun], *vni),
                     // after the inner headers: a GRE checksum covers them
-                    Tunnel::Gre { gre, .. } => gre.emit_segment(h, payload),
+                    Tunnel::Gre { gre, .. } => gre.emit_segment(h, &frame[plan.payload_range(i + k)]),
                 }
-                self.iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: seg_hdr });
-                self.iovs.push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
             }
-            let (sent, err) = match *to {
-                Tunnel::Vxlan { tx, hash, gso, dst, .. } => {
-                    let gso_result = if gso && tx.gso_enabled() { Some(tx.send_gso(hash, dst, &self.iovs, (seg_hdr + plan.mss) as u16)) } else { None };
-                    match gso_result {
-                        Some(Ok(())) => (n, None),
-                        Some(Err(GsoError::Io(e))) => (0, Some(e)),
-                        Some(Err(GsoError::Unavailable(e))) => {
-                            if !self.warned {
-                                self.warned = true;
-                                tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
-                            }
-                            tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs)
-                        }
-                        None => tx.send_each(tx.slot(hash, gso), dst, &mut self.iovs, 2, &mut self.hdrs),
-                    }
-                }
-                Tunnel::Gre { gre, dst, tos } => gre.send_each(dst, tos, &mut self.iovs, 2, &mut self.hdrs),
+            let mut data = [IoSlice::new(&[]); 2 * GSO_MAX_SEGMENTS];
+            for k in 0..n {
+                data[2 * k] = IoSlice::new(&self.arena[k * SEG_HDR_MAX..k * SEG_HDR_MAX + seg_hdr]);
+                data[2 * k + 1] = IoSlice::new(&frame[plan.payload_range(i + k)]);
+            }
+            let s = match *to {
+                Tunnel::Vxlan { tx, hash, gso, dst, .. } => tx.send(&Transmit::new(dst, &data[..2 * n]).segments(seg).flow(hash, gso), &mut self.scratch),
+                Tunnel::Gre { gre, dst, tos } => gre.send(Transmit::new(SocketAddr::new(dst, 0), &data[..2 * n]).segments(seg).tos_ttl(tos, 0), &mut self.scratch),
             };
-            out.segments += sent;
-            out.bytes += (0..sent).map(|k| self.iovs[2 * k].iov_len + self.iovs[2 * k + 1].iov_len).sum::<usize>();
-            if err.is_some() {
-                out.error = err;
+            out.datagrams += s.datagrams;
+            out.bytes += s.bytes;
+            if s.error.is_some() {
+                out.error = s.error;
             }
             i += n;
         }
@@ -206,19 +179,26 @@ impl Segmenter {
     }
 }
 
-/// The sending side of a switcher: frames encapsulated in place go into send queues, flushed
-/// once per batch; super-frames go out at once, segment by segment.
+/// The sending side of a switcher: frames encapsulated in place go into one send queue for
+/// the network's tunnel socket, flushed once per batch; super-frames go out at once, segment
+/// by segment.
 struct Sender {
     tx: Arc<TxSockets>,
-    q: SendQueue,
     /// `Some` for a GRE network: frames for peers go out on the raw GRE socket.
     gre: Option<GreTx>,
+    q: SendQueue,
     seg: Segmenter,
     rl_send: RateLimit,
     rl_gso: RateLimit,
 }
 
 impl Sender {
+    fn new(tx: Arc<TxSockets>, gre: Option<GreParams>) -> Sender {
+        let gre = gre.map(GreTx::new);
+        let q = SendQueue::new(gre.as_ref().map_or(tx.slots(), |g| g.socket().slots()));
+        Sender { tx, gre, q, seg: Segmenter::new(), rl_send: RateLimit::default(), rl_gso: RateLimit::default() }
+    }
+
     /// Length of the tunnel header: VXLAN's, or the GRE network's.
     fn header_len(&self) -> usize {
         self.gre.as_ref().map_or(vxlan::HEADER_LEN, GreTx::header_len)
@@ -247,11 +227,11 @@ impl Sender {
     #[inline]
     fn queue(&mut self, net: &Network, at: usize, len: usize, peer: PeerIdx, hash: usize, tos: u8) {
         let Some(p) = net.peers.get(usize::from(peer.0)) else { return };
-        match self.gre.as_mut() {
-            Some(g) => g.push(at, len, p.addr.ip(), tos, peer.0),
+        match &self.gre {
+            Some(g) => self.q.push(0, g.item(at, len, p.addr.ip(), tos, peer.0)),
             None => {
                 let h = vxlan::HEADER_LEN;
-                let item = TxItem { buf: 0, start: (at - h) as u32, len: (len + h) as u32, dst: p.addr, tag: peer.0 };
+                let item = TxItem { buf: 0, start: (at - h) as u32, len: (len + h) as u32, dst: p.addr, tos: 0, ttl: 0, tag: peer.0 };
                 self.q.push(self.tx.slot(hash, p.liveness.takes_gso()), item);
             }
         }
@@ -259,20 +239,24 @@ impl Sender {
 
     /// Send what is queued; per-peer counters and drops are charged to `net`.
     fn flush(&mut self, net: &Network, arena: &[u8], shard: Shard, now: Instant) {
-        if !self.q.is_empty() {
-            let rl = &mut self.rl_send;
-            self.q.flush(&self.tx, std::slice::from_ref(&arena), |it, r| match r {
-                Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
-                Err(e) => {
-                    net.stats.count_drop(shard, DropReason::SendFailed);
-                    if let Some(muted) = rl.allow(now) {
-                        tracing::warn!(network = net.name(), peer = %it.dst, error = %e, muted, "send to peer failed");
-                    }
-                }
-            });
+        if self.q.is_empty() {
+            return;
         }
-        if let Some(g) = self.gre.as_mut() {
-            g.flush(net, arena, shard, &mut self.rl_send, now);
+        let rl = &mut self.rl_send;
+        let done = |it: &TxItem, r: io::Result<()>| match r {
+            Ok(()) => net.stats.peer_tx(shard, usize::from(it.tag), it.len as usize),
+            Err(e) => {
+                let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
+                net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
+                if let Some(muted) = rl.allow(now) {
+                    tracing::warn!(network = net.name(), peer = %it.dst.ip(), error = %e, muted, "send to peer failed");
+                }
+            }
+        };
+        let bufs = std::slice::from_ref(&arena);
+        match &self.gre {
+            Some(g) => self.q.flush(g.socket(), bufs, done),
+            None => self.q.flush(&*self.tx, bufs, done),
         }
     }
 
@@ -286,7 +270,7 @@ impl Sender {
             None => Tunnel::Vxlan { tx: &self.tx, hash: self.hash(frame), gso: p.liveness.takes_gso(), dst: p.addr, vni: net.spec.vni },
         };
         let s = self.seg.send(&to, frame, plan);
-        net.stats.peer_tx_n(shard, usize::from(peer.0), s.segments, s.bytes);
+        net.stats.peer_tx_n(shard, usize::from(peer.0), s.datagrams, s.bytes);
         if let Some(e) = s.error {
             let too_big = e.raw_os_error() == Some(libc::EMSGSIZE);
             net.stats.count_drop(shard, if too_big { DropReason::MtuExceeded } else { DropReason::SendFailed });
@@ -314,8 +298,7 @@ impl Switcher {
     /// A switcher for frames from `port` of the network `io`; frames for peers go out over GRE
     /// with `gre` (a GRE network), else VXLAN on `tx`.
     pub fn new(io: Arc<NetIo>, tx: Arc<TxSockets>, port: LocalPort, gre: Option<GreParams>) -> Switcher {
-        let out = Sender { q: SendQueue::new(tx.slots()), tx, gre: gre.map(GreTx::new), seg: Segmenter::new(), rl_send: RateLimit::default(), rl_gso: RateLimit::default() };
-        Switcher { io, port, out, fwd: Forwarder::default(), signals: PmtuSignals::default(), scratch: Vec::new(), answer: [0; neigh::REPLY_MAX] }
+        Switcher { io, port, out: Sender::new(tx, gre), fwd: Forwarder::default(), signals: PmtuSignals::default(), scratch: Vec::new(), answer: [0; neigh::REPLY_MAX] }
     }
 
     /// The port the next batch comes from.
@@ -544,7 +527,7 @@ mod tests {
         let mut seg = Segmenter::new();
         let s = seg.send(&Tunnel::Gre { gre: &gre, dst: lo, tos: 0 }, &frame, &plan);
         assert!(s.error.is_none(), "{:?}", s.error);
-        assert_eq!(s.segments, 11);
+        assert_eq!(s.datagrams, 11);
         assert_eq!(s.bytes, 11 * (12 + 54) + payload.len());
         let mut joined = Vec::new();
         let mut n_seen = 0;

@@ -10,7 +10,7 @@ use crate::core::liveness::{KEEPALIVE_LEN, PeerState};
 use crate::core::wire::vxlan;
 use crate::core::{Encap, Instant, Port};
 use crate::core::Network;
-use crate::io::gre::{GreSendQueue, GreTxItem};
+use crate::io::{SendQueue, TransmitSocket, TxItem};
 use crate::io::udp::TxSockets;
 
 use super::gre::GreParams;
@@ -107,16 +107,16 @@ impl Watch {
         buf[AT..].copy_from_slice(frame);
         gre.repr.emit(&mut buf[AT - h..]);
         let tos = gre.dscp.for_frame(frame) << 2;
-        let mut q = GreSendQueue::default();
+        let mut q = SendQueue::new(gre.sock.slots());
         for (i, p) in net.peers.iter().enumerate() {
             let len = (h + KEEPALIVE_LEN) as u32;
-            q.push(GreTxItem { buf: 0, start: (AT - h) as u32, len, dst: p.addr.ip(), ttl: gre.ttl, tos, tag: i as u16 });
+            q.push(0, TxItem { buf: 0, start: (AT - h) as u32, len, dst: p.addr, ttl: gre.ttl, tos, tag: i as u16 });
         }
         q.flush(&gre.sock, &[&buf[..]], |it, r| {
             if let Err(err) = r {
                 let mut rl = self.send_errors.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(muted) = rl.allow(now) {
-                    tracing::debug!(network = net.name(), peer = %it.dst, error = %err, muted, "keepalive not sent");
+                    tracing::debug!(network = net.name(), peer = %it.dst.ip(), error = %err, muted, "keepalive not sent");
                 }
             }
         });

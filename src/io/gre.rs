@@ -22,8 +22,8 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// Messages per `recvmmsg`/`sendmmsg` call.
-pub const BATCH: usize = 64;
+use super::transmit::{Ctrl, Sent, Transmit, TransmitSocket, TxScratch, send_each};
+
 const RCVBUF: usize = 4 << 20;
 const SNDBUF: usize = 4 << 20;
 const IPPROTO_GRE: i32 = 47;
@@ -83,158 +83,38 @@ impl GreSocket {
     }
 }
 
-/// Write the outer TTL / hop limit and TOS / traffic class control messages into `ctrl`;
-/// returns the length of control data to send.
-fn ttl_tos_cmsgs(ctrl: &mut [u64; CMSG_SPACE / 8], v6: bool, ttl: u8, tos: u8) -> usize {
-    let (level, ttl_opt, tos_opt) = if v6 {
-        (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT, libc::IPV6_TCLASS)
-    } else {
-        (libc::IPPROTO_IP, libc::IP_TTL, libc::IP_TOS)
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let one = unsafe { libc::CMSG_SPACE(mem::size_of::<i32>() as u32) } as usize;
-    debug_assert!(2 * one <= CMSG_SPACE);
-    // SAFETY: msghdr is a plain C struct; zero is valid. It only frames `ctrl` for the CMSG
-    // macros below.
-    let mut m: libc::msghdr = unsafe { mem::zeroed() };
-    m.msg_control = ctrl.as_mut_ptr().cast();
-    m.msg_controllen = (2 * one) as _;
-    // SAFETY: msg_control points at CMSG_SPACE bytes (u64-aligned) owned by `ctrl`, and
-    // msg_controllen covers exactly two int cmsgs inside it.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&m);
-        (*c).cmsg_level = level;
-        (*c).cmsg_type = ttl_opt;
-        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<i32>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), i32::from(ttl));
-        let c = libc::CMSG_NXTHDR(&m, c);
-        (*c).cmsg_level = level;
-        (*c).cmsg_type = tos_opt;
-        (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<i32>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), i32::from(tos));
+impl TransmitSocket for GreSocket {
+    /// One GRE packet per segment (a raw socket has no GSO), with one `sendmmsg` per
+    /// [`super::transmit::BATCH`] packets, all with the outer TTL and TOS of `t`.
+    fn send(&self, t: &Transmit<'_>, scratch: &mut TxScratch) -> Sent {
+        let mut out = Sent::default();
+        match self.address(t.dst) {
+            Ok(name) => send_each(self.fd(), &name, &Ctrl::tos_ttl(t.dst, t.tos, t.ttl), t, 0, scratch, &mut out),
+            Err(e) => out.error = Some(e),
+        }
+        out
     }
-    2 * one
-}
 
-impl GreSocket {
-    /// Send one GRE packet per `per_msg` consecutive iovecs of `iovs` to `dst`, all with the
-    /// same outer TTL and TOS, with `sendmmsg` (the segments of one super-frame: headers and
-    /// payload apart). Returns how many were sent and the error that stopped the rest, if any.
-    pub fn send_each(&self, dst: IpAddr, ttl: u8, tos: u8, iovs: &mut [libc::iovec], per_msg: usize, hdrs: &mut Vec<libc::mmsghdr>) -> (usize, Option<io::Error>) {
+    /// One socket.
+    fn slots(&self) -> usize {
+        1
+    }
+
+    fn slot(&self, _flow: usize, _offload: bool) -> usize {
+        0
+    }
+
+    fn slot_fd(&self, _slot: usize) -> RawFd {
+        self.fd()
+    }
+
+    /// `dst` without its port: an IPv6 raw socket refuses a non-zero port other than its
+    /// protocol.
+    fn address(&self, dst: SocketAddr) -> io::Result<SockAddr> {
         if dst.is_ipv6() != self.is_ipv6() {
-            return (0, Some(io::Error::other("peer address family differs from the GRE socket's")));
+            return Err(io::Error::other("peer address family differs from the GRE socket's"));
         }
-        let mut ctrl = [0u64; CMSG_SPACE / 8];
-        let len = ttl_tos_cmsgs(&mut ctrl, self.is_ipv6(), ttl, tos);
-        // port 0: an IPv6 raw socket refuses a non-zero port other than its protocol
-        let name = SockAddr::from(SocketAddr::new(dst, 0));
-        super::sys::sendmmsg_each(self.fd(), &name, &ctrl[..len / 8], iovs, per_msg, BATCH, hdrs)
-    }
-}
-
-/// One GRE packet queued for sending: a byte range of one of the caller's buffers.
-#[derive(Debug, Clone, Copy)]
-pub struct GreTxItem {
-    pub buf: u16,
-    pub start: u32,
-    pub len: u32,
-    pub dst: IpAddr,
-    /// Outer TTL / hop limit.
-    pub ttl: u8,
-    /// Outer TOS / traffic class byte (DSCP << 2).
-    pub tos: u8,
-    /// Caller's tag, handed back with the result (e.g. the peer index).
-    pub tag: u16,
-}
-
-/// Room for two `int` control messages per packet.
-const CMSG_SPACE: usize = 2 * 24;
-
-/// Packets collected during one batch, flushed with `sendmmsg`.
-pub struct GreSendQueue {
-    items: Vec<GreTxItem>,
-    names: Vec<SockAddr>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    cmsgs: Vec<[u64; CMSG_SPACE / 8]>,
-}
-
-impl Default for GreSendQueue {
-    fn default() -> Self {
-        GreSendQueue {
-            items: Vec::with_capacity(BATCH),
-            names: Vec::with_capacity(BATCH),
-            iovs: Vec::with_capacity(BATCH),
-            hdrs: Vec::with_capacity(BATCH),
-            cmsgs: vec![[0; CMSG_SPACE / 8]; BATCH],
-        }
-    }
-}
-
-impl GreSendQueue {
-    #[inline]
-    pub fn push(&mut self, item: GreTxItem) {
-        self.items.push(item);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    /// Send everything queued; `done(item, result)` is called once per item.
-    pub fn flush<B: AsRef<[u8]>>(&mut self, sock: &GreSocket, bufs: &[B], mut done: impl FnMut(&GreTxItem, io::Result<()>)) {
-        let items = mem::take(&mut self.items);
-        let mut rest: &[GreTxItem] = &items;
-        while !rest.is_empty() {
-            let chunk = &rest[..rest.len().min(BATCH)];
-            let sent = self.send_chunk(sock, chunk, bufs, &mut done);
-            rest = &rest[sent..];
-        }
-        self.items = items;
-        self.items.clear();
-    }
-
-    /// Send `chunk` with one `sendmmsg`; returns how many items were dealt with, at least one.
-    fn send_chunk<B: AsRef<[u8]>>(
-        &mut self,
-        sock: &GreSocket,
-        chunk: &[GreTxItem],
-        bufs: &[B],
-        done: &mut impl FnMut(&GreTxItem, io::Result<()>),
-    ) -> usize {
-        self.names.clear();
-        self.iovs.clear();
-        self.hdrs.clear();
-        let v6 = sock.is_ipv6();
-        for it in chunk {
-            let range = it.start as usize..(it.start as usize + it.len as usize);
-            let Some(bytes) = bufs.get(usize::from(it.buf)).and_then(|b| b.as_ref().get(range)) else {
-                done(it, Err(io::Error::other("send item outside its buffer")));
-                return 1;
-            };
-            if it.dst.is_ipv6() != v6 {
-                done(it, Err(io::Error::other("peer address family differs from the GRE socket's")));
-                return 1;
-            }
-            // port 0: an IPv6 raw socket refuses a non-zero port other than its protocol
-            self.names.push(SockAddr::from(SocketAddr::new(it.dst, 0)));
-            self.iovs.push(libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() });
-        }
-        for (i, it) in chunk.iter().enumerate() {
-            let ctrl = &mut self.cmsgs[i];
-            let ctrl_len = ttl_tos_cmsgs(ctrl, v6, it.ttl, it.tos);
-            // SAFETY: mmsghdr is a plain C struct; zero is valid and we fill what matters.
-            let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-            h.msg_hdr.msg_name = self.names[i].as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = self.names[i].len();
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = ctrl.as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = ctrl_len as _;
-            self.hdrs.push(h);
-        }
-        // SAFETY: hdrs[..] point into names, iovs, cmsgs and the caller's buffers, all alive.
-        unsafe { super::sys::sendmmsg_chunk(sock.fd(), &mut self.hdrs, chunk, done) }
+        Ok(SockAddr::from(SocketAddr::new(dst.ip(), 0)))
     }
 }
 
@@ -267,8 +147,9 @@ pub(crate) fn recv_keyed_v4(sock: &GreSocket, key: u32, want: usize) -> Vec<Vec<
 mod tests {
     use super::*;
     use crate::core::wire::gre::{GreHeader, GreRepr};
-    use crate::io::udp::RecvBatch;
     use crate::core::wire::ip::Ipv4Packet;
+    use crate::io::transmit::{SendQueue, TxItem};
+    use crate::io::udp::RecvBatch;
 
     /// A key unlikely to be used by anyone else sending GRE on this host's loopback right now.
     fn marker() -> u32 {
@@ -283,8 +164,8 @@ mod tests {
         let repr = GreRepr { key: Some(marker()), checksum: false };
         let mut buf = vec![0u8; repr.header_len() + 20];
         repr.emit(&mut buf);
-        let mut q = GreSendQueue::default();
-        q.push(GreTxItem { buf: 0, start: 0, len: buf.len() as u32, dst: lo, ttl: 9, tos: 10 << 2, tag: 0 });
+        let mut q = SendQueue::new(sock.slots());
+        q.push(0, TxItem { buf: 0, start: 0, len: buf.len() as u32, dst: SocketAddr::new(lo, 0), ttl: 9, tos: 10 << 2, tag: 0 });
         q.flush(&sock, &[&buf], |_, r| r.unwrap());
         let mut rb = RecvBatch::new(2048);
         for _ in 0..100 {
@@ -302,15 +183,16 @@ mod tests {
         panic!("no GRE packet came back over ::1");
     }
 
-    /// The segments of one super-frame: several packets of two pieces each (headers apart
-    /// from payload) in one call, every one with the TTL and TOS asked for.
+    /// The segments of one super-frame as one [`Transmit`]: several packets of two pieces each
+    /// (headers apart from payload, the last payload shorter) in one call, every one with the
+    /// TTL and TOS asked for.
     #[test]
-    fn send_each_sends_gathered_packets_with_ttl_and_tos() {
+    fn a_run_of_segments_leaves_as_gathered_packets_with_ttl_and_tos() {
         let lo: IpAddr = [127, 0, 0, 1].into();
         let sock = GreSocket::open(lo).expect("raw GRE socket on 127.0.0.1 (run the tests as root)");
         let key = marker();
         let repr = GreRepr { key: Some(key), checksum: true };
-        let payloads: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i + 1; 30 + usize::from(i)]).collect();
+        let payloads: Vec<Vec<u8>> = [32usize, 32, 20].iter().zip(1u8..).map(|(&n, i)| vec![i; n]).collect();
         let mut heads: Vec<Vec<u8>> = (0..3u8).map(|i| {
             let mut h = vec![0u8; repr.header_len() + 14];
             h[repr.header_len()..].fill(0xe0 | i);
@@ -319,15 +201,17 @@ mod tests {
         for (h, p) in heads.iter_mut().zip(&payloads) {
             repr.emit_gathered(h, p);
         }
-        let mut iovs: Vec<libc::iovec> = Vec::new();
+        let mut data = Vec::new();
         for (h, p) in heads.iter().zip(&payloads) {
-            iovs.push(libc::iovec { iov_base: h.as_ptr() as *mut libc::c_void, iov_len: h.len() });
-            iovs.push(libc::iovec { iov_base: p.as_ptr() as *mut libc::c_void, iov_len: p.len() });
+            data.push(std::io::IoSlice::new(h));
+            data.push(std::io::IoSlice::new(p));
         }
-        let mut hdrs = Vec::new();
-        let (sent, err) = sock.send_each(lo, 7, 10 << 2, &mut iovs, 2, &mut hdrs);
-        assert!(err.is_none(), "{err:?}");
-        assert_eq!(sent, 3);
+        let seg = (heads[0].len() + 32) as u16;
+        let mut scratch = TxScratch::new();
+        let t = Transmit::new(SocketAddr::new(lo, 0), &data).segments(seg).tos_ttl(10 << 2, 7);
+        let s = sock.send(&t, &mut scratch);
+        assert!(s.error.is_none(), "{:?}", s.error);
+        assert_eq!((s.datagrams, s.bytes), (3, t.len()));
         let mut got = Vec::new();
         for data in recv_keyed_v4(&sock, key, 3) {
             let ip = Ipv4Packet::new_checked(&data[..]).unwrap();
@@ -339,9 +223,9 @@ mod tests {
         let want: Vec<Vec<u8>> = heads.iter().zip(&payloads).map(|(h, p)| [&h[..], &p[..]].concat()).collect();
         assert_eq!(got, want, "the three packets, in order, each header then payload");
         // a peer of the other family is refused without sending
-        let (sent, err) = sock.send_each(std::net::Ipv6Addr::LOCALHOST.into(), 7, 0, &mut iovs, 2, &mut hdrs);
-        assert_eq!(sent, 0);
-        assert!(err.is_some());
+        let s = sock.send(&Transmit::new(SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), 0), &data), &mut scratch);
+        assert_eq!(s.datagrams, 0);
+        assert!(s.error.is_some());
     }
 
     /// Send GRE to ourselves over loopback and read it back (needs CAP_NET_RAW; the CI and the
@@ -355,8 +239,8 @@ mod tests {
         let mut buf = vec![0u8; repr.header_len() + 20];
         buf[repr.header_len()..].copy_from_slice(&[7u8; 20]);
         repr.emit(&mut buf);
-        let mut q = GreSendQueue::default();
-        q.push(GreTxItem { buf: 0, start: 0, len: buf.len() as u32, dst: lo, ttl: 9, tos: 46 << 2, tag: 3 });
+        let mut q = SendQueue::new(sock.slots());
+        q.push(0, TxItem { buf: 0, start: 0, len: buf.len() as u32, dst: SocketAddr::new(lo, 0), ttl: 9, tos: 46 << 2, tag: 3 });
         let mut ok = 0;
         q.flush(&sock, &[&buf], |it, r| {
             r.unwrap();

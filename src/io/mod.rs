@@ -8,5 +8,8 @@ pub mod gre;
 pub mod packet;
 pub mod sys;
 pub mod tap;
+pub mod transmit;
 pub mod udp;
 pub mod vmsock;
+
+pub use transmit::{SendQueue, Sent, Transmit, TransmitSocket, TxItem, TxScratch};

@@ -34,51 +34,6 @@ pub unsafe fn sendmmsg_chunk<T>(fd: RawFd, hdrs: &mut [libc::mmsghdr], chunk: &[
     }
 }
 
-/// Send one message per `per_msg` consecutive iovecs of `iovs`, every one to `name` with the
-/// same control messages `ctrl` (empty for none), with `sendmmsg` in chunks of at most
-/// `batch`; `hdrs` is the caller's scratch space. Returns how many messages were sent and the
-/// error that stopped the rest, if any.
-pub fn sendmmsg_each(
-    fd: RawFd,
-    name: &socket2::SockAddr,
-    ctrl: &[u64],
-    iovs: &mut [libc::iovec],
-    per_msg: usize,
-    batch: usize,
-    hdrs: &mut Vec<libc::mmsghdr>,
-) -> (usize, Option<io::Error>) {
-    let total = iovs.len() / per_msg.max(1);
-    let mut sent = 0;
-    while sent < total {
-        hdrs.clear();
-        for k in sent..total.min(sent + batch.max(1)) {
-            // SAFETY: mmsghdr is a plain C struct; zero is valid and we fill what matters.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = name.len();
-            h.msg_hdr.msg_iov = iovs[k * per_msg..].as_mut_ptr();
-            h.msg_hdr.msg_iovlen = per_msg as _;
-            if !ctrl.is_empty() {
-                // the kernel only reads a send's control data
-                h.msg_hdr.msg_control = ctrl.as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_controllen = std::mem::size_of_val(ctrl) as _;
-            }
-            hdrs.push(h);
-        }
-        // SAFETY: hdrs point into name, ctrl and the caller's iovecs, alive for the call.
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), hdrs.len() as u32, 0) };
-        if r <= 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return (sent, Some(e));
-        }
-        sent += r as usize;
-    }
-    (sent, None)
-}
-
 /// An eventfd that, once raised, wakes every thread polling on it (it stays readable).
 #[derive(Debug)]
 pub struct StopFd(OwnedFd);

@@ -5,12 +5,12 @@
 //!
 //! With offloads, the receiving socket has `UDP_GRO` on: one message may hold many datagrams
 //! of equal size (the last may be shorter) back to back, the size given by a control message
-//! ([`RecvBatch::with_gro`], [`RecvBatch::stride`]). Sending a TSO super-frame's segments
-//! uses UDP GSO: one `sendmsg` with a `UDP_SEGMENT` control message, the kernel cutting the
-//! gathered bytes into datagrams ([`TxSockets::send_gso`]). If the kernel refuses GSO (EIO
-//! when the egress device cannot checksum, e.g. after `ethtool -K dev tx off`), it is turned
-//! off for good and the caller sends the segments as separate messages
-//! ([`TxSockets::send_each`]).
+//! ([`RecvBatch::with_gro`], [`RecvBatch::stride`]). Sending is a [`Transmit`] (see
+//! [`super::transmit`]): the segments of a TSO super-frame leave with UDP GSO, one `sendmsg`
+//! with a `UDP_SEGMENT` control message, the kernel cutting the gathered bytes into datagrams.
+//! If the kernel refuses GSO (EIO before Linux 6.11 when the egress device cannot checksum,
+//! e.g. after `ethtool -K dev tx off`; EINVAL on a socket without UDP checksums), it is
+//! turned off for good and the segments leave as separate datagrams, batched with `sendmmsg`.
 //!
 //! Sending: RFC 7348 §5 asks for an outer UDP source port derived from the inner flow, so
 //! that underlay routers spread flows over equal-cost paths. A UDP socket has one source port,
@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use super::transmit::{Ctrl, Sent, Transmit, TransmitSocket, TxScratch, as_iovecs, send_each};
+
 /// `SOL_UDP` socket options (linux/udp.h); not in every libc target.
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
@@ -42,7 +44,7 @@ const CMSG_SPACE: usize = 64;
 /// Number of send sockets, i.e. distinct outer source ports per daemon.
 pub const SOURCE_PORTS: usize = 16;
 /// Messages per `recvmmsg`/`sendmmsg` call.
-pub const BATCH: usize = 64;
+pub const BATCH: usize = super::transmit::BATCH;
 /// Receive buffer we ask for; bursts from several peers must not overflow it.
 const RCVBUF: usize = 4 << 20;
 const SNDBUF: usize = 4 << 20;
@@ -257,10 +259,10 @@ pub struct TxSockets {
     gso: AtomicBool,
 }
 
-/// Why [`TxSockets::send_gso`] did not send.
+/// Why a GSO send did not send.
 #[derive(Debug)]
-pub enum GsoError {
-    /// The kernel cannot do GSO here (now turned off): send the segments one by one.
+enum GsoError {
+    /// The kernel cannot do GSO here: send the segments one by one.
     Unavailable(io::Error),
     /// An ordinary send error (counted by the caller as a failed send).
     Io(io::Error),
@@ -292,16 +294,16 @@ impl TxSockets {
         Ok(TxSockets { socks, plain, gso: AtomicBool::new(true) })
     }
 
-    /// Number of slots (see [`TxSockets`]); a [`SendQueue`] needs one queue per slot.
+    /// Number of slots (see [`TxSockets`]); a [`super::SendQueue`] needs one queue per slot.
     pub fn slots(&self) -> usize {
         self.socks.len() + self.plain.len()
     }
 
-    /// The slot for a datagram of flow `hash` to a peer: an ordinary socket if the peer is
-    /// known to take GSO (or the underlay is IPv6), a zero-checksum one otherwise.
+    /// The slot for a datagram of flow `hash` to a peer: an ordinary socket if the peer takes
+    /// offloaded packets (or the underlay is IPv6), a zero-checksum one otherwise.
     #[inline]
-    pub fn slot(&self, hash: usize, takes_gso: bool) -> usize {
-        if takes_gso || self.plain.is_empty() {
+    pub fn slot(&self, hash: usize, offload: bool) -> usize {
+        if offload || self.plain.is_empty() {
             hash % self.socks.len().max(1)
         } else {
             self.socks.len() + hash % self.plain.len()
@@ -323,62 +325,33 @@ impl TxSockets {
         self.gso.store(false, Relaxed);
     }
 
-    /// Send the bytes gathered from `iovs` to `dst` from the ordinary socket of flow `hash`
-    /// as datagrams of `segment` bytes (the last may be shorter) in one call. The caller keeps
-    /// to the limits: at most [`GSO_MAX_SEGMENTS`] datagrams and [`GSO_MAX_BYTES`] bytes.
-    pub fn send_gso(&self, hash: usize, dst: SocketAddr, iovs: &[libc::iovec], segment: u16) -> Result<(), GsoError> {
-        let s = &self.socks[hash % self.socks.len()];
-        let name = SockAddr::from(dst);
-        let mut ctrl = [0u64; CMSG_SPACE / 8];
+    /// Send the bytes gathered from `iovs` to `name` from `fd` as datagrams of `segment` bytes
+    /// (the last may be shorter) in one call, with the control messages of `ctrl` besides the
+    /// segment size. The caller keeps to the limits: at most [`GSO_MAX_SEGMENTS`] datagrams
+    /// and [`GSO_MAX_BYTES`] bytes.
+    fn send_gso(fd: RawFd, name: &SockAddr, iovs: &[libc::iovec], segment: u16, ctrl: &Ctrl) -> Result<(), GsoError> {
+        let mut ctrl = *ctrl;
+        ctrl.push(SOL_UDP, UDP_SEGMENT, &segment.to_ne_bytes());
         // SAFETY: msghdr is a plain C struct; zero is valid and we fill what matters.
         let mut m: libc::msghdr = unsafe { mem::zeroed() };
         m.msg_name = name.as_ptr() as *mut libc::c_void;
         m.msg_namelen = name.len();
         m.msg_iov = iovs.as_ptr() as *mut libc::iovec;
         m.msg_iovlen = iovs.len() as _;
-        m.msg_control = ctrl.as_mut_ptr().cast();
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        m.msg_controllen = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as _;
-        // SAFETY: the control buffer is CMSG_SPACE bytes (more than msg_controllen), so the first
-        // header and its 2 data bytes are inside it.
-        unsafe {
-            let c = libc::CMSG_FIRSTHDR(&m);
-            (*c).cmsg_level = SOL_UDP;
-            (*c).cmsg_type = UDP_SEGMENT;
-            (*c).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
-        }
+        ctrl.attach(&mut m);
         loop {
             // SAFETY: m points at name, ctrl and the caller's iovecs, all alive for the call.
-            let r = unsafe { libc::sendmsg(s.as_raw_fd(), &m, 0) };
+            let r = unsafe { libc::sendmsg(fd, &m, 0) };
             if r >= 0 {
                 return Ok(());
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP) => {
-                    self.disable_gso();
-                    return Err(GsoError::Unavailable(e));
-                }
+                Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP) => return Err(GsoError::Unavailable(e)),
                 _ => return Err(GsoError::Io(e)),
             }
         }
-    }
-
-    /// Send one datagram per `per_msg` consecutive iovecs of `iovs` to `dst` from send socket
-    /// `slot` ([`TxSockets::slot`]), with `sendmmsg` (for peers that get no GSO, and when GSO
-    /// is off). Returns how many datagrams were sent and the error that stopped the rest, if any.
-    pub fn send_each(
-        &self,
-        slot: usize,
-        dst: SocketAddr,
-        iovs: &mut [libc::iovec],
-        per_msg: usize,
-        hdrs: &mut Vec<libc::mmsghdr>,
-    ) -> (usize, Option<io::Error>) {
-        let s = self.by_slot(slot);
-        super::sys::sendmmsg_each(s.as_raw_fd(), &SockAddr::from(dst), &[], iovs, per_msg, BATCH, hdrs)
     }
 
     pub fn len(&self) -> usize {
@@ -402,106 +375,78 @@ impl TxSockets {
     }
 }
 
-/// One datagram queued for sending: a byte range of one of the caller's buffers.
-#[derive(Debug, Clone, Copy)]
-pub struct TxItem {
-    pub buf: u16,
-    pub start: u32,
-    pub len: u32,
-    pub dst: SocketAddr,
-    /// Caller's tag, handed back with the result (e.g. the peer index).
-    pub tag: u16,
-}
-
-/// Datagrams collected per send socket during one batch, flushed with `sendmmsg`.
-pub struct SendQueue {
-    per_sock: Vec<Vec<TxItem>>,
-    names: Vec<SockAddr>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-impl SendQueue {
-    /// One queue per slot: `SendQueue::new(tx.slots())`.
-    pub fn new(sockets: usize) -> Self {
-        SendQueue {
-            per_sock: (0..sockets).map(|_| Vec::with_capacity(BATCH)).collect(),
-            names: Vec::with_capacity(BATCH),
-            iovs: Vec::with_capacity(BATCH),
-            hdrs: Vec::with_capacity(BATCH),
+impl TransmitSocket for TxSockets {
+    /// UDP GSO if the receiver takes offloaded packets ([`Transmit::offload`]) and the kernel
+    /// has not refused it before, in calls of at most [`GSO_MAX_SEGMENTS`] datagrams and
+    /// [`GSO_MAX_BYTES`] bytes; else, and for what is left once the kernel refuses GSO (which
+    /// turns it off for good, with one warning), one datagram per segment.
+    fn send(&self, t: &Transmit<'_>, scratch: &mut TxScratch) -> Sent {
+        let mut out = Sent::default();
+        if self.socks.is_empty() {
+            out.error = Some(io::Error::other("no send socket"));
+            return out;
         }
-    }
-
-    /// Queue `item` on send socket slot `sock` ([`TxSockets::slot`]; taken modulo the count).
-    #[inline]
-    pub fn push(&mut self, sock: usize, item: TxItem) {
-        let n = self.per_sock.len();
-        self.per_sock[sock % n].push(item);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.per_sock.iter().all(Vec::is_empty)
-    }
-
-    /// Send everything queued; `done(item, result)` is called once per item.
-    pub fn flush<B: AsRef<[u8]>>(
-        &mut self,
-        socks: &TxSockets,
-        bufs: &[B],
-        mut done: impl FnMut(&TxItem, io::Result<()>),
-    ) {
-        for (si, items) in self.per_sock.iter_mut().enumerate() {
-            if si >= socks.slots() {
-                items.drain(..).for_each(|it| done(&it, Err(io::Error::other("no such send socket"))));
-                continue;
+        let fd = self.slot_fd(self.slot(t.flow, t.offload));
+        let name = SockAddr::from(t.dst);
+        let ctrl = Ctrl::tos_ttl(t.dst, t.tos, t.ttl);
+        let len = t.len();
+        let mut pos = 0;
+        if let Some(seg) = t.segment_size.filter(|&s| s > 0)
+            && t.offload
+            && t.datagrams() > 1
+            && self.gso_enabled()
+        {
+            let seg_len = usize::from(seg);
+            let per_call = GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / seg_len);
+            while per_call > 1 && pos < len {
+                let n = (per_call * seg_len).min(len - pos);
+                let iovs = if pos == 0 && n == len {
+                    as_iovecs(t.data)
+                } else {
+                    scratch.iovs_for(t.data, pos, n)
+                };
+                match Self::send_gso(fd, &name, iovs, seg, &ctrl) {
+                    Ok(()) => {
+                        out.datagrams += n.div_ceil(seg_len);
+                        out.bytes += n;
+                        pos += n;
+                    }
+                    Err(GsoError::Io(e)) => {
+                        out.error = Some(e);
+                        return out;
+                    }
+                    Err(GsoError::Unavailable(e)) => {
+                        if self.gso.swap(false, Relaxed) {
+                            tracing::warn!(error = %e, "the kernel refused UDP GSO; sending segments one datagram each from now on");
+                        }
+                        break;
+                    }
+                }
             }
-            let sock = socks.by_slot(si);
-            let mut rest: &[TxItem] = items;
-            while !rest.is_empty() {
-                let chunk = &rest[..rest.len().min(BATCH)];
-                let sent = send_chunk(sock.as_raw_fd(), chunk, bufs, &mut self.names, &mut self.iovs, &mut self.hdrs, &mut done);
-                rest = &rest[sent..];
+            if pos >= len {
+                return out;
             }
-            items.clear();
         }
+        send_each(fd, &name, &ctrl, t, pos, scratch, &mut out);
+        out
     }
-}
 
-/// Send `chunk` with one `sendmmsg`; returns how many items were dealt with (sent, or failed
-/// and reported), at least one.
-fn send_chunk<B: AsRef<[u8]>>(
-    fd: RawFd,
-    chunk: &[TxItem],
-    bufs: &[B],
-    names: &mut Vec<SockAddr>,
-    iovs: &mut Vec<libc::iovec>,
-    hdrs: &mut Vec<libc::mmsghdr>,
-    done: &mut impl FnMut(&TxItem, io::Result<()>),
-) -> usize {
-    names.clear();
-    iovs.clear();
-    hdrs.clear();
-    for it in chunk {
-        let range = it.start as usize..(it.start as usize + it.len as usize);
-        let Some(bytes) = bufs.get(usize::from(it.buf)).and_then(|b| b.as_ref().get(range)) else {
-            // a caller bug, not a wire problem: report it and skip the item
-            done(it, Err(io::Error::other("send item outside its buffer")));
-            return 1;
-        };
-        names.push(SockAddr::from(it.dst));
-        iovs.push(libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() });
+    /// `0..count` are the ordinary sockets, `count..2 * count` the zero-checksum ones (IPv4).
+    fn slots(&self) -> usize {
+        TxSockets::slots(self)
     }
-    for i in 0..chunk.len() {
-        // SAFETY: mmsghdr is a plain C struct; zero is valid and we fill what matters.
-        let mut h: libc::mmsghdr = unsafe { mem::zeroed() };
-        h.msg_hdr.msg_name = names[i].as_ptr() as *mut libc::c_void;
-        h.msg_hdr.msg_namelen = names[i].len();
-        h.msg_hdr.msg_iov = &mut iovs[i];
-        h.msg_hdr.msg_iovlen = 1;
-        hdrs.push(h);
+
+    fn slot(&self, flow: usize, offload: bool) -> usize {
+        TxSockets::slot(self, flow, offload)
     }
-    // SAFETY: hdrs[..] point into names, iovs and the caller's buffers, all alive now.
-    unsafe { super::sys::sendmmsg_chunk(fd, hdrs, chunk, done) }
+
+    fn slot_fd(&self, slot: usize) -> RawFd {
+        self.by_slot(slot).as_raw_fd()
+    }
+
+    fn address(&self, dst: SocketAddr) -> io::Result<SockAddr> {
+        Ok(SockAddr::from(dst))
+    }
 }
 
 /// The address the kernel wrote into a `sockaddr_storage`, if it is IPv4 or IPv6.
@@ -518,5 +463,220 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
             Some(SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port))))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Over loopback, without privileges: what a [`Transmit`] puts on the wire, with UDP GSO
+    //! and without.
+    use super::*;
+    use std::io::IoSlice;
+    use std::net::Ipv4Addr;
+
+    const LO: std::net::IpAddr = std::net::IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    fn receiver(gro: bool) -> (RxSocket, SocketAddr) {
+        receiver_on(LO, gro)
+    }
+
+    fn receiver_on(ip: std::net::IpAddr, gro: bool) -> (RxSocket, SocketAddr) {
+        let rx = RxSocket::bind(SocketAddr::new(ip, 0)).unwrap();
+        if gro {
+            assert!(rx.enable_gro(), "UDP_GRO on a loopback socket");
+        }
+        let at = rx.sock.local_addr().unwrap().as_socket().unwrap();
+        (rx, at)
+    }
+
+    /// What reaches `rx` within about a second, until `want` datagrams came: each message's
+    /// bytes and its GRO stride.
+    fn receive(rx: &RxSocket, rb: &mut RecvBatch, want: usize) -> Vec<(Vec<u8>, Option<usize>)> {
+        let mut got: Vec<(Vec<u8>, Option<usize>)> = Vec::new();
+        let count = |got: &[(Vec<u8>, Option<usize>)]| got.iter().map(|(d, s)| s.map_or(1, |s| d.len().div_ceil(s))).sum::<usize>();
+        for _ in 0..100 {
+            let n = rb.recv(rx.fd()).unwrap();
+            for i in 0..n {
+                let (_, data, trunc) = rb.get(i).unwrap();
+                assert!(!trunc);
+                got.push((data.to_vec(), rb.stride(i)));
+            }
+            if count(&got) >= want {
+                break;
+            }
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        got
+    }
+
+    /// `segments` segments of `head` header bytes and `mss` payload bytes, the last payload
+    /// `last` bytes: the pieces (header, payload, header, ...) and the datagrams they make.
+    fn run(segments: usize, head: usize, mss: usize, last: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut pieces = Vec::new();
+        for k in 0..segments {
+            let p = if k + 1 == segments { last } else { mss };
+            pieces.push(vec![0xa0 | (k as u8 & 0xf); head]);
+            pieces.push((0..p).map(|i| (i * 7 + k * 13) as u8).collect());
+        }
+        let want = pieces.chunks(2).map(|c| c.concat()).collect();
+        (pieces, want)
+    }
+
+    fn slices(pieces: &[Vec<u8>]) -> Vec<IoSlice<'_>> {
+        pieces.iter().map(|p| IoSlice::new(p)).collect()
+    }
+
+    /// Check `t` left whole: all its datagrams, its bytes, no error.
+    fn sent_whole(s: &Sent, t: &Transmit<'_>) {
+        assert!(s.error.is_none(), "{:?}", s.error);
+        assert_eq!((s.datagrams, s.bytes), (t.datagrams(), t.len()));
+    }
+
+    #[test]
+    fn a_gso_run_arrives_as_one_datagram_per_segment_the_last_short() {
+        let (rx, at) = receiver(false);
+        let tx = TxSockets::bind(LO, 2).unwrap();
+        let (pieces, want) = run(5, 20, 100, 37);
+        let data = slices(&pieces);
+        let t = Transmit::new(at, &data).segments(120).flow(1, true);
+        let s = tx.send(&t, &mut TxScratch::new());
+        sent_whole(&s, &t);
+        assert!(tx.gso_enabled(), "the kernel took GSO on loopback");
+        let got: Vec<Vec<u8>> = receive(&rx, &mut RecvBatch::new(2048), 5).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(got, want);
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [120, 120, 120, 120, 57]);
+    }
+
+    /// With `UDP_GRO` on the receiving socket, a GSO run reaches it as it left: one message,
+    /// its stride the segment size. The same run sent one datagram per segment (a receiver
+    /// that does not take offloads) arrives as separate datagrams: proof that the first one
+    /// did leave with GSO. Over IPv4 and IPv6, with an outer TOS and TTL asked for.
+    #[test]
+    fn a_gso_run_reads_back_as_one_gro_message_whose_stride_is_the_segment_size() {
+        for ip in [LO, std::net::Ipv6Addr::LOCALHOST.into()] {
+            let (rx, at) = receiver_on(ip, true);
+            let tx = TxSockets::bind(ip, 1).unwrap();
+            let (pieces, want) = run(4, 16, 1000, 300);
+            let data = slices(&pieces);
+            let mut rb = RecvBatch::with_gro(65_536, 8);
+            let mut scratch = TxScratch::new();
+            let t = Transmit::new(at, &data).segments(1016).flow(0, true).tos_ttl(46 << 2, 9);
+            sent_whole(&tx.send(&t, &mut scratch), &t);
+            let got = receive(&rx, &mut rb, 4);
+            assert_eq!(got.len(), 1, "one coalesced message ({ip})");
+            assert_eq!(got[0].1, Some(1016), "stride ({ip})");
+            assert_eq!(got[0].0, want.concat());
+            let t = t.flow(0, false);
+            sent_whole(&tx.send(&t, &mut scratch), &t);
+            let got = receive(&rx, &mut rb, 4);
+            assert_eq!(got.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(), want, "{ip}");
+            // over IPv6 every socket takes GSO (no zero-checksum set): it still is not used
+            // for a receiver that takes no offloads
+            assert!(got.iter().all(|(_, s)| s.is_none()), "no stride for single datagrams ({ip}): {got:?}");
+        }
+    }
+
+    /// Without GSO the same run puts the same datagrams on the wire: for a receiver that
+    /// takes no offloads (the zero-checksum sockets), once GSO is turned off, and once the
+    /// kernel refuses it (which turns it off).
+    #[test]
+    fn without_gso_the_same_run_arrives_as_the_same_datagrams() {
+        let (rx, at) = receiver(false);
+        let mut rb = RecvBatch::new(2048);
+        let mut scratch = TxScratch::new();
+        let (pieces, want) = run(6, 24, 1400, 1);
+        let data = slices(&pieces);
+        let t = Transmit::new(at, &data).segments(1424);
+        let check = |tx: &TxSockets, t: Transmit<'_>, scratch: &mut TxScratch, rb: &mut RecvBatch| {
+            sent_whole(&tx.send(&t, scratch), &t);
+            let got: Vec<Vec<u8>> = receive(&rx, rb, 6).into_iter().map(|(d, _)| d).collect();
+            assert_eq!(got, want);
+        };
+        // a receiver that takes no offloads
+        let tx = TxSockets::bind(LO, 2).unwrap();
+        check(&tx, t.flow(3, false), &mut scratch, &mut rb);
+        assert!(tx.gso_enabled(), "not tried, so not refused");
+        // GSO turned off
+        tx.disable_gso();
+        check(&tx, t.flow(3, true), &mut scratch, &mut rb);
+        // the kernel refuses GSO on a socket without UDP checksums
+        let tx = TxSockets::bind(LO, 2).unwrap();
+        for s in &tx.socks {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with a pointer to a live c_int and its size.
+            let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NO_CHECK, (&one as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as u32) };
+            assert_eq!(r, 0);
+        }
+        assert!(tx.gso_enabled());
+        check(&tx, t.flow(3, true), &mut scratch, &mut rb);
+        assert!(!tx.gso_enabled(), "refused once, off for good");
+        check(&tx, t.flow(4, true), &mut scratch, &mut rb);
+    }
+
+    /// Datagram boundaries come from the segment size, not from the pieces: a run gathered
+    /// from pieces that do not line up with its segments, and one packet without a segment
+    /// size, leave the same way with GSO and without.
+    #[test]
+    fn segments_are_cut_from_the_gathered_bytes_wherever_the_pieces_end() {
+        let (rx, at) = receiver(false);
+        let mut rb = RecvBatch::new(4096);
+        let mut scratch = TxScratch::new();
+        let whole: Vec<u8> = (0..2345u32).map(|i| (i % 251) as u8).collect();
+        let (a, rest) = whole.split_at(7);
+        let (b, c) = rest.split_at(1500);
+        let data = [IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)];
+        let want: Vec<Vec<u8>> = whole.chunks(500).map(<[u8]>::to_vec).collect();
+        let tx = TxSockets::bind(LO, 1).unwrap();
+        for offload in [true, false] {
+            let t = Transmit::new(at, &data).segments(500).flow(0, offload);
+            sent_whole(&tx.send(&t, &mut scratch), &t);
+            let got: Vec<Vec<u8>> = receive(&rx, &mut rb, want.len()).into_iter().map(|(d, _)| d).collect();
+            assert_eq!(got, want, "offload {offload}");
+            let t = Transmit::new(at, &data).flow(0, offload);
+            sent_whole(&tx.send(&t, &mut scratch), &t);
+            assert_eq!(receive(&rx, &mut rb, 1), [(whole.clone(), None)], "offload {offload}");
+        }
+        assert!(tx.gso_enabled());
+    }
+
+    /// A run larger than one GSO call may carry (65507 bytes) leaves in several, in order.
+    #[test]
+    fn a_run_over_the_gso_byte_limit_leaves_in_several_calls_in_order() {
+        let (rx, at) = receiver(false);
+        let tx = TxSockets::bind(LO, 1).unwrap();
+        let (pieces, want) = run(64, 50, 1350, 999);
+        let data = slices(&pieces);
+        let t = Transmit::new(at, &data).segments(1400).flow(0, true);
+        assert!(t.len() > GSO_MAX_BYTES);
+        sent_whole(&tx.send(&t, &mut TxScratch::new()), &t);
+        assert!(tx.gso_enabled());
+        let got: Vec<Vec<u8>> = receive(&rx, &mut RecvBatch::new(2048), 64).into_iter().map(|(d, _)| d).collect();
+        assert_eq!(got.len(), 64);
+        assert!(got == want, "the 64 datagrams, in order");
+    }
+
+    /// The queue of single datagrams: one per item, from the slot asked for, and the caller
+    /// hears of each with its tag.
+    #[test]
+    fn the_send_queue_reports_every_item_with_its_tag() {
+        let (rx, at) = receiver(false);
+        let tx = TxSockets::bind(LO, 2).unwrap();
+        let buf: Vec<u8> = (0..300u32).map(|i| i as u8).collect();
+        let mut q = crate::io::SendQueue::new(tx.slots());
+        for (k, slot) in [(0u16, tx.slot(5, true)), (1, tx.slot(5, false)), (2, tx.slot(6, false))] {
+            q.push(slot, crate::io::TxItem { buf: 0, start: u32::from(k) * 100, len: 100, dst: at, tos: 0, ttl: 0, tag: k });
+        }
+        // outside its buffer: reported, the rest sent
+        q.push(0, crate::io::TxItem { buf: 1, start: 0, len: 1, dst: at, tos: 0, ttl: 0, tag: 9 });
+        let mut heard = Vec::new();
+        q.flush(&tx, &[&buf[..]], |it, r| heard.push((it.tag, r.is_ok())));
+        heard.sort();
+        assert_eq!(heard, [(0, true), (1, true), (2, true), (9, false)]);
+        assert!(q.is_empty());
+        let mut got: Vec<Vec<u8>> = receive(&rx, &mut RecvBatch::new(2048), 3).into_iter().map(|(d, _)| d).collect();
+        got.sort();
+        assert_eq!(got, buf.chunks(100).map(<[u8]>::to_vec).collect::<Vec<_>>());
     }
 }
