@@ -503,4 +503,15 @@ mod tests {
         assert_eq!(snap.peers[1], PeerSnapshot { tx_packets: 2, tx_bytes: 15, ..Default::default() });
         assert_eq!(snap.peers[0], PeerSnapshot::default());
     }
+
+    #[test]
+    fn a_send_of_segments_counts_its_exact_bytes() {
+        let s = NetStats::new(1);
+        // 3 segments of 1514 + 1514 + 100 bytes: no share of the total dropped per segment
+        s.peer_tx_n(Shard::LOCAL, 0, 3, 3128);
+        s.run_frames(Shard::UNDERLAY, 4);
+        let snap = s.snapshot();
+        assert_eq!((snap.peers[0].tx_packets, snap.peers[0].tx_bytes), (3, 3128));
+        assert_eq!(snap.run_frames, 4);
+    }
 }
