@@ -349,40 +349,31 @@ impl Switcher {
                 continue;
             }
             let frame = &batch.arena[at..at + len];
-            let action = net.from_local(port, frame, now);
-            let (mut answered, mut hash) = (0, 0);
-            match action {
+            match net.from_local(port, frame, now) {
                 Action::Drop(DropReason::MtuExceeded) => self.signals.too_big(&mut self.fwd, &cx, port, frame),
                 Action::Drop(r) => net.stats.count_drop(shard, r),
-                Action::Consumed | Action::Peer(_) => {}
+                Action::Consumed => {}
                 Action::Local(p) => self.fwd.deliver(&cx, p, frame),
-                Action::Flood => {
-                    if net.neigh.enabled() {
-                        answered = net.answer_neigh(frame, &mut self.answer, now).unwrap_or(0);
-                    }
-                    if answered == 0 {
-                        net.stats.flooded(shard);
-                        self.fwd.flood(&cx, Some(port), frame);
-                    }
-                }
-            }
-            if matches!(action, Action::Peer(_) | Action::Flood) {
-                hash = self.out.hash(frame);
-            }
-            match action {
                 Action::Peer(p) => {
+                    let hash = self.out.hash(frame);
                     let tos = self.out.encap(&mut batch.arena, at, len, &net);
                     self.out.queue(&net, at, len, p, hash, tos);
                 }
-                // ARP/ND suppression: answered on the asking port, nothing flooded
-                Action::Flood if answered > 0 => self.fwd.deliver(&cx, port, &self.answer[..answered]),
                 Action::Flood => {
+                    // ARP/ND suppression: answered on the asking port, nothing flooded
+                    let answered = if net.neigh.enabled() { net.answer_neigh(frame, &mut self.answer, now).unwrap_or(0) } else { 0 };
+                    if answered > 0 {
+                        self.fwd.deliver(&cx, port, &self.answer[..answered]);
+                        continue;
+                    }
+                    net.stats.flooded(shard);
+                    self.fwd.flood(&cx, Some(port), frame);
+                    let hash = self.out.hash(frame);
                     let tos = self.out.encap(&mut batch.arena, at, len, &net);
                     for p in net.flood_peers(ingress) {
                         self.out.queue(&net, at, len, p, hash, tos);
                     }
                 }
-                Action::Drop(_) | Action::Consumed | Action::Local(_) => {}
             }
         }
         self.out.flush(&net, &batch.arena, shard, now);
