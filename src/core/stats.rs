@@ -527,4 +527,15 @@ mod tests {
         assert_eq!((snap.peers[0].tx_packets, snap.peers[0].tx_bytes), (3, 3128));
         assert_eq!(snap.run_frames, 4);
     }
+
+    #[test]
+    fn a_udp_super_frame_is_one_tap_frame_and_its_datagrams_are_counted_coalesced() {
+        let s = NetStats::new(1);
+        s.tap_tx(Shard::UNDERLAY, 14 + 20 + 8 + 3 * 64);
+        s.tap_tx_udp_coalesced(Shard::UNDERLAY, 3);
+        s.tap_tx_udp_coalesced(Shard::LOCAL, 2);
+        let snap = s.snapshot();
+        assert_eq!((snap.tap_tx_frames, snap.tap_tx_bytes, snap.tap_tx_udp_coalesced), (1, 234, 5));
+        assert_eq!(snap.since(&NetSnapshot { tap_tx_udp_coalesced: 2, ..snap.clone() }).tap_tx_udp_coalesced, 3);
+    }
 }

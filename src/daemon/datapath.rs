@@ -16,7 +16,9 @@
 //! - the underlay thread receives with `UDP_GRO` (many datagrams per message; GRE: 64 packets
 //!   per `recvmmsg`), and chains consecutive TCP segments of a flow into a [`Run`] that is
 //!   written to the TAP as one super-frame with `writev`, its payload straight from the
-//!   receive buffer.
+//!   receive buffer; on a TAP with UDP segmentation offload ([`Tap::uso`]) datagrams of one
+//!   UDP flow are chained the same way into one `UDP_L4` super-frame, each still decided on
+//!   its own.
 //!
 //! Nothing here allocates per frame, takes a lock, or logs per frame: errors are counted and
 //! logged at most once a second per thread with the number suppressed.
