@@ -56,6 +56,8 @@ const TCP_ACK: u8 = 0x10;
 const TCP_CWR: u8 = 0x80;
 /// Offset of the checksum field in a TCP header.
 pub const TCP_CSUM_OFFSET: u16 = 16;
+/// Offset of the checksum field in a UDP header.
+pub const UDP_CSUM_OFFSET: u16 = 6;
 /// Largest IPv4 total length / IPv6 payload length.
 const IP_MAX: usize = 65_535;
 /// Most segments coalesced into one frame (the kernel's GRO limit, too).
@@ -258,12 +260,24 @@ pub struct TcpLayout {
     /// Length of all headers: offset of the TCP payload.
     pub hdr_len: usize,
     pub v6: bool,
+    /// A UDP header (8 bytes) instead of TCP ([`TcpLayout::parse_udp`]).
+    pub udp: bool,
 }
 
 impl TcpLayout {
     /// Find the TCP header behind Ethernet (up to two VLAN tags) and IPv4 (any options) or
     /// IPv6 (no extension headers).
     pub fn parse(frame: &[u8]) -> Result<TcpLayout, OffloadError> {
+        Self::parse_l4(frame, false)
+    }
+
+    /// The same for a UDP header behind Ethernet and IPv4 or IPv6.
+    pub fn parse_udp(frame: &[u8]) -> Result<TcpLayout, OffloadError> {
+        Self::parse_l4(frame, true)
+    }
+
+    fn parse_l4(frame: &[u8], udp: bool) -> Result<TcpLayout, OffloadError> {
+        let proto = if udp { 17 } else { 6 };
         let eth = EthernetFrame::new_checked(frame).map_err(|_| OffloadError::Malformed)?;
         let (l3, et) = eth.l3().ok_or(OffloadError::Malformed)?;
         let (l4, v6) = match et {
@@ -273,7 +287,7 @@ impl TcpLayout {
                 if ip[0] >> 4 != 4 || ihl < 20 {
                     return Err(OffloadError::Malformed);
                 }
-                if ip[9] != 6 {
+                if ip[9] != proto {
                     return Err(OffloadError::Unsupported);
                 }
                 (l3 + ihl, false)
@@ -283,18 +297,24 @@ impl TcpLayout {
                 if ip[0] >> 4 != 6 {
                     return Err(OffloadError::Malformed);
                 }
-                if ip[6] != 6 {
+                if ip[6] != proto {
                     return Err(OffloadError::Unsupported);
                 }
                 (l3 + 40, true)
             }
             _ => return Err(OffloadError::Unsupported),
         };
+        if udp {
+            if l4 + 8 > frame.len() {
+                return Err(OffloadError::Malformed);
+            }
+            return Ok(TcpLayout { l3, l4, hdr_len: l4 + 8, v6, udp });
+        }
         let doff = usize::from(*frame.get(l4 + 12).ok_or(OffloadError::Malformed)? >> 4) * 4;
         if doff < 20 || l4 + doff > frame.len() {
             return Err(OffloadError::Malformed);
         }
-        Ok(TcpLayout { l3, l4, hdr_len: l4 + doff, v6 })
+        Ok(TcpLayout { l3, l4, hdr_len: l4 + doff, v6, udp })
     }
 
     /// Where the IP packet of `frame` ends by its length field; `None` for an IPv4 fragment.
@@ -309,15 +329,16 @@ impl TcpLayout {
         Some(self.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]])))
     }
 
-    /// Pseudo-header sum for a TCP segment of `l4_len` bytes (header + payload).
+    /// Pseudo-header sum for a TCP (UDP) segment of `l4_len` bytes (header + payload).
     fn pseudo(&self, hdr: &[u8], l4_len: usize) -> u64 {
         let ip = &hdr[self.l3..];
+        let proto = if self.udp { 17 } else { 6 };
         if self.v6 {
             let (s, d) = (ip[8..24].try_into().unwrap_or([0; 16]), ip[24..40].try_into().unwrap_or([0; 16]));
-            checksum::pseudo_v6(&s, &d, 6, l4_len as u32)
+            checksum::pseudo_v6(&s, &d, proto, l4_len as u32)
         } else {
             let (s, d) = (ip[12..16].try_into().unwrap_or([0; 4]), ip[16..20].try_into().unwrap_or([0; 4]));
-            checksum::pseudo_v4(&s, &d, 6, l4_len as u32)
+            checksum::pseudo_v4(&s, &d, proto, l4_len as u32)
         }
     }
 
@@ -340,7 +361,8 @@ impl TcpLayout {
     }
 }
 
-/// How to cut one TCP super-frame into MSS-sized segments.
+/// How to cut one TCP super-frame into MSS-sized segments, or a UDP one (`gso_type`
+/// `UDP_L4`, a sender's UDP GSO) into datagrams of `gso_size` payload bytes each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TsoPlan {
     pub layout: TcpLayout,
@@ -355,14 +377,17 @@ impl TsoPlan {
     /// Check a super-frame against its virtio-net header. The header's `hdr_len` is not
     /// trusted (the kernel may set it to more than the headers); offsets are recomputed.
     pub fn new(frame: &[u8], h: &VnetHdr) -> Result<TsoPlan, OffloadError> {
-        let layout = TcpLayout::parse(frame)?;
+        let udp = h.gso_type == gso::UDP_L4;
+        let layout = if udp { TcpLayout::parse_udp(frame)? } else { TcpLayout::parse(frame)? };
         match h.gso_type & !gso::ECN {
             gso::TCPV4 if !layout.v6 => {}
             gso::TCPV6 if layout.v6 => {}
+            gso::UDP_L4 => {}
             gso::TCPV4 | gso::TCPV6 => return Err(OffloadError::Malformed),
             _ => return Err(OffloadError::Unsupported),
         }
-        if h.needs_csum() && (usize::from(h.csum_start) != layout.l4 || h.csum_offset != TCP_CSUM_OFFSET) {
+        let csum_offset = if udp { UDP_CSUM_OFFSET } else { TCP_CSUM_OFFSET };
+        if h.needs_csum() && (usize::from(h.csum_start) != layout.l4 || h.csum_offset != csum_offset) {
             return Err(OffloadError::Malformed);
         }
         let mss = usize::from(h.gso_size);
@@ -397,6 +422,19 @@ impl TsoPlan {
         let last = i + 1 == self.segments;
         let id = if l.v6 { None } else { Some(u16::from_be_bytes([frame[l.l3 + 4], frame[l.l3 + 5]]).wrapping_add(i as u16)) };
         l.set_ip_len(hdr, seg_len, id);
+        if l.udp {
+            // one datagram per segment: its UDP length, its full checksum (zero sent as all ones)
+            let udp_len = 8 + seg_len;
+            hdr[l.l4 + 4..l.l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            hdr[l.l4 + 6..l.l4 + 8].copy_from_slice(&[0, 0]);
+            let acc = checksum::sum(&frame[range], checksum::sum(&hdr[l.l4..], l.pseudo(hdr, udp_len)));
+            let c = match checksum::finish(acc) {
+                0 => 0xffff,
+                c => c,
+            };
+            hdr[l.l4 + 6..l.l4 + 8].copy_from_slice(&c.to_be_bytes());
+            return;
+        }
         let tcp = &mut hdr[l.l4..];
         let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]).wrapping_add((i * self.mss) as u32);
         tcp[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -583,6 +621,153 @@ impl Run {
     }
 }
 
+/// UDP ports whose datagrams are never coalesced: DHCP and DHCPv6, which the host's daemons
+/// (and the snooping) must see one by one.
+const UDP_NO_COALESCE: [u16; 4] = [67, 68, 546, 547];
+
+/// A complete Ethernet + IPv4/IPv6 + UDP datagram that may be coalesced with its neighbours
+/// into a UDP super-frame (`gso_type` `UDP_L4`) for a TAP that takes `TUN_F_USO4/6`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSeg {
+    pub layout: TcpLayout,
+    /// UDP payload bytes (from the lengths; Ethernet padding excluded).
+    pub payload_len: usize,
+}
+
+impl UdpSeg {
+    /// Parse a frame as one UDP datagram; `None` for anything else, IPv4 with options or
+    /// fragments included, and for a datagram whose UDP length disagrees with the IP length.
+    pub fn parse(frame: &[u8]) -> Option<UdpSeg> {
+        let layout = TcpLayout::parse_udp(frame).ok()?;
+        if !layout.v6 && layout.l4 - layout.l3 != 20 {
+            return None;
+        }
+        let ip_end = layout.ip_end(frame)?;
+        if ip_end < layout.hdr_len || ip_end > frame.len() {
+            return None;
+        }
+        let udp_len = usize::from(u16::from_be_bytes([frame[layout.l4 + 4], frame[layout.l4 + 5]]));
+        if udp_len != ip_end - layout.l4 {
+            return None;
+        }
+        Some(UdpSeg { layout, payload_len: ip_end - layout.hdr_len })
+    }
+
+    /// The frame without Ethernet padding.
+    pub fn frame_len(&self) -> usize {
+        self.layout.hdr_len + self.payload_len
+    }
+
+    /// The UDP payload of `frame`.
+    pub fn payload<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        &frame[self.layout.hdr_len..self.frame_len()]
+    }
+
+    fn ports(frame: &[u8], l: &TcpLayout) -> [u16; 2] {
+        [u16::from_be_bytes([frame[l.l4], frame[l.l4 + 1]]), u16::from_be_bytes([frame[l.l4 + 2], frame[l.l4 + 3]])]
+    }
+
+    /// Whether this datagram may be part of a coalesced run at all: it carries data and is
+    /// not DHCP/DHCPv6.
+    pub fn mergeable(&self, frame: &[u8]) -> bool {
+        self.payload_len > 0 && !Self::ports(frame, &self.layout).iter().any(|p| UDP_NO_COALESCE.contains(p))
+    }
+
+    /// Whether the IPv4 header checksum and the UDP checksum are correct (zero, "none", is
+    /// correct over IPv4 only).
+    pub fn checksums_ok(&self, frame: &[u8]) -> bool {
+        let l = &self.layout;
+        if !l.v6 && !checksum::verify(&frame[l.l3..l.l4], 0) {
+            return false;
+        }
+        if frame[l.l4 + 6..l.l4 + 8] == [0, 0] {
+            return !l.v6;
+        }
+        let l4_len = self.frame_len() - l.l4;
+        checksum::verify(&frame[l.l4..self.frame_len()], l.pseudo(frame, l4_len))
+    }
+}
+
+/// A chain of datagrams of one UDP flow that go to the host as one `UDP_L4` super-frame: the
+/// host's stack cuts it back into the datagrams (or hands it whole to a socket with
+/// `UDP_GRO`). The kernel's UDP GRO rules: same Ethernet header, same IP header but for
+/// length, ID and checksum, same ports, every payload as long as the first but a shorter last.
+///
+/// Segmented, every datagram gets the first one's IPv4 ID plus its index; the IDs the sender
+/// chose are not kept (they mean nothing for datagrams that are not fragments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpRun {
+    pub first: UdpSeg,
+    /// Payload size of every datagram but the last (the first one's size).
+    pub size: usize,
+    pub payload_len: usize,
+    pub segments: usize,
+    /// A shorter datagram ended the run.
+    closed: bool,
+}
+
+impl UdpRun {
+    /// Start a run with a [`UdpSeg::mergeable`] datagram.
+    pub fn start(first: UdpSeg) -> UdpRun {
+        UdpRun { first, size: first.payload_len, payload_len: first.payload_len, segments: 1, closed: false }
+    }
+
+    /// Append `seg` (from `frame`) if it continues the run whose first frame is `first_frame`.
+    pub fn try_push(&mut self, first_frame: &[u8], seg: &UdpSeg, frame: &[u8]) -> bool {
+        let (a, b) = (&self.first.layout, &seg.layout);
+        if self.closed || self.segments >= MAX_RUN_SEGMENTS || a != b || seg.payload_len == 0 || seg.payload_len > self.size {
+            return false;
+        }
+        if a.l3 + IP_MAX < a.hdr_len + self.payload_len + seg.payload_len {
+            return false;
+        }
+        let (f, g) = (first_frame, frame);
+        if f[..a.l3] != g[..a.l3] {
+            return false;
+        }
+        let (p, q) = (&f[a.l3..a.l4], &g[a.l3..a.l4]);
+        let same_ip = if a.v6 {
+            p[..4] == q[..4] && p[6..40] == q[6..40]
+        } else {
+            // version/IHL/TOS; flags (DF) and offset; TTL, protocol; addresses
+            p[0..2] == q[0..2] && p[6..10] == q[6..10] && p[12..20] == q[12..20]
+        };
+        if !same_ip || f[a.l4..a.l4 + 4] != g[a.l4..a.l4 + 4] {
+            return false;
+        }
+        self.payload_len += seg.payload_len;
+        self.segments += 1;
+        if seg.payload_len < self.size {
+            self.closed = true;
+        }
+        true
+    }
+
+    /// Write the headers of the coalesced frame (the first datagram's, with IP and UDP lengths
+    /// of the whole and a partial UDP checksum) into `out[..first.layout.hdr_len]`, and return
+    /// the virtio-net header for it: `NEEDS_CSUM` and, for more than one datagram, `UDP_L4`
+    /// with the run's payload size.
+    pub fn header(&self, first_frame: &[u8], out: &mut [u8]) -> VnetHdr {
+        let l = &self.first.layout;
+        let hdr = &mut out[..l.hdr_len];
+        hdr.copy_from_slice(&first_frame[..l.hdr_len]);
+        l.set_ip_len(hdr, self.payload_len, None);
+        let udp_len = 8 + self.payload_len;
+        hdr[l.l4 + 4..l.l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+        let partial = checksum::fold(l.pseudo(hdr, udp_len));
+        hdr[l.l4 + 6..l.l4 + 8].copy_from_slice(&partial.to_be_bytes());
+        let gso = self.segments > 1;
+        VnetHdr {
+            flags: flags::NEEDS_CSUM,
+            gso_type: if gso { gso::UDP_L4 } else { gso::NONE },
+            hdr_len: l.hdr_len as u16,
+            gso_size: if gso { self.size as u16 } else { 0 },
+            csum_start: l.l4 as u16,
+            csum_offset: UDP_CSUM_OFFSET,
+        }
+    }
+}
+
 /// Room for the headers of a run's frame ([`TcpLayout::parse`] takes at most Ethernet with
 /// two VLAN tags, 22 bytes, IPv4 with the longest options, 60, and TCP with the longest, 60:
 /// 142 bytes).
@@ -595,29 +780,62 @@ pub const MAX_HEADER_LEN: usize = 160;
 /// [`Coalescer::payloads`] in that order, behind the virtio-net header it returns.
 #[derive(Debug, Clone)]
 pub struct Coalescer<'a> {
-    run: Run,
+    run: Chain,
     first: &'a [u8],
     payloads: [&'a [u8]; MAX_RUN_SEGMENTS],
     n: usize,
 }
 
+/// What a [`Coalescer`] chains: TCP segments or UDP datagrams.
+#[derive(Debug, Clone, Copy)]
+enum Chain {
+    Tcp(Run),
+    Udp(UdpRun),
+}
+
 impl<'a> Coalescer<'a> {
+    fn with(run: Chain, first: &'a [u8], payload: &'a [u8]) -> Self {
+        let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
+        payloads[0] = payload;
+        Coalescer { run, first, payloads, n: 1 }
+    }
+
     /// A run of one segment, `seg` parsed from `frame`.
     pub fn start(seg: TcpSeg, frame: &'a [u8]) -> Self {
-        let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
-        payloads[0] = seg.payload(frame);
-        Coalescer { run: Run::start(seg), first: frame, payloads, n: 1 }
+        Self::with(Chain::Tcp(Run::start(seg)), frame, seg.payload(frame))
+    }
+
+    /// A run of one [`UdpSeg::mergeable`] datagram, `seg` parsed from `frame`.
+    pub fn start_udp(seg: UdpSeg, frame: &'a [u8]) -> Self {
+        Self::with(Chain::Udp(UdpRun::start(seg)), frame, seg.payload(frame))
     }
 
     /// Take `seg` (from `frame`) if it continues the run ([`Run::try_push`]); false leaves
     /// the run as it was, for the caller to write it and start the next one with `seg`.
     pub fn push(&mut self, seg: &TcpSeg, frame: &'a [u8]) -> bool {
-        if self.n >= MAX_RUN_SEGMENTS || !self.run.try_push(self.first, seg, frame) {
+        let Chain::Tcp(run) = &mut self.run else { return false };
+        if self.n >= MAX_RUN_SEGMENTS || !run.try_push(self.first, seg, frame) {
             return false;
         }
         self.payloads[self.n] = seg.payload(frame);
         self.n += 1;
         true
+    }
+
+    /// Take the datagram `seg` (from `frame`) if it continues a UDP run ([`UdpRun::try_push`]).
+    pub fn push_udp(&mut self, seg: &UdpSeg, frame: &'a [u8]) -> bool {
+        let Chain::Udp(run) = &mut self.run else { return false };
+        if self.n >= MAX_RUN_SEGMENTS || !run.try_push(self.first, seg, frame) {
+            return false;
+        }
+        self.payloads[self.n] = seg.payload(frame);
+        self.n += 1;
+        true
+    }
+
+    /// Whether this is a run of UDP datagrams.
+    pub fn is_udp(&self) -> bool {
+        matches!(self.run, Chain::Udp(_))
     }
 
     /// Write the frame's headers into `out` and return their length with the virtio-net
@@ -626,7 +844,10 @@ impl<'a> Coalescer<'a> {
     /// # Panics
     /// If `out` is shorter than the first segment's headers ([`MAX_HEADER_LEN`] always fits).
     pub fn header(&self, out: &mut [u8]) -> (VnetHdr, usize) {
-        (self.run.header(self.first, out), self.run.first.layout.hdr_len)
+        match &self.run {
+            Chain::Tcp(r) => (r.header(self.first, out), r.first.layout.hdr_len),
+            Chain::Udp(r) => (r.header(self.first, out), r.first.layout.hdr_len),
+        }
     }
 
     /// The segments' payloads, in order, to follow the headers.
@@ -636,7 +857,10 @@ impl<'a> Coalescer<'a> {
 
     /// Length of the coalesced frame (headers and payloads, no virtio-net header).
     pub fn frame_len(&self) -> usize {
-        self.run.first.layout.hdr_len + self.run.payload_len
+        match &self.run {
+            Chain::Tcp(r) => r.first.layout.hdr_len + r.payload_len,
+            Chain::Udp(r) => r.first.layout.hdr_len + r.payload_len,
+        }
     }
 }
 
@@ -1008,6 +1232,246 @@ mod tests {
             assert!(tunnel_super_frame(&f, 40).is_none());
             // not larger than the MTU: an ordinary (if odd) frame, not a burst
             assert!(tunnel_super_frame(&f, 9000).is_none());
+        }
+    }
+
+    /// `sizes.len()` UDP datagrams of one flow (IPv4 with DF and rising IDs, or IPv6;
+    /// optionally VLAN 100), payload `i` of `sizes[i]` bytes, complete checksums.
+    fn udp_datagrams(v6: bool, vlan: bool, sizes: &[usize]) -> Vec<Vec<u8>> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+                let b = if v6 { b.ipv6(SRC6, DST6, 64) } else { b.ipv4([198, 51, 100, 1], [198, 51, 100, 2], 64) };
+                let payload: Vec<u8> = data(n + i).split_off(i);
+                let mut f = Vec::new();
+                b.udp(40000, 5201).write(&mut f, &payload).unwrap();
+                if !v6 {
+                    f[14 + 6] |= 0x40;
+                    f[14 + 4..14 + 6].copy_from_slice(&(0xfff0u16.wrapping_add(i as u16 * 3)).to_be_bytes());
+                    fix_ip_checksum(&mut f, 14);
+                }
+                if vlan {
+                    f.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
+                }
+                f
+            })
+            .collect()
+    }
+
+    fn fix_ip_checksum(f: &mut [u8], l3: usize) {
+        f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+        let c = checksum::finish(checksum::sum(&f[l3..l3 + 20], 0));
+        f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn fix_udp_checksum(f: &mut [u8]) {
+        let l = TcpLayout::parse_udp(f).unwrap();
+        f[l.l4 + 6..l.l4 + 8].copy_from_slice(&[0, 0]);
+        let v = checksum::finish(checksum::sum(&f[l.l4..], l.pseudo(f, f.len() - l.l4)));
+        f[l.l4 + 6..l.l4 + 8].copy_from_slice(&v.to_be_bytes());
+    }
+
+    /// Coalesce datagrams with [`Coalescer`] as the underlay thread does (only those that
+    /// parse, are mergeable and have good checksums; others pass alone as `None`), then
+    /// cut every super-frame back with [`TsoPlan`] and return each run's frames.
+    fn udp_round_trip(frames: &[Vec<u8>]) -> Vec<(Option<VnetHdr>, Vec<Vec<u8>>)> {
+        let cut = |c: Coalescer<'_>| {
+            assert!(c.is_udp());
+            let mut hdr = [0u8; MAX_HEADER_LEN];
+            let (h, hlen) = c.header(&mut hdr);
+            let mut f = hdr[..hlen].to_vec();
+            for p in c.payloads() {
+                f.extend_from_slice(p);
+            }
+            assert_eq!(f.len(), c.frame_len());
+            let out = if h.is_gso() {
+                let plan = TsoPlan::new(&f, &h).unwrap();
+                (0..plan.segments)
+                    .map(|i| {
+                        let mut o = Vec::new();
+                        plan.segment_into(&f, i, &mut o);
+                        o
+                    })
+                    .collect()
+            } else {
+                finish_partial_checksum(&mut f, &h).unwrap();
+                vec![f]
+            };
+            (Some(h), out)
+        };
+        let mut out = Vec::new();
+        let mut cur: Option<Coalescer<'_>> = None;
+        for fr in frames {
+            let seg = UdpSeg::parse(fr).filter(|s| s.mergeable(fr) && s.checksums_ok(fr));
+            let Some(seg) = seg else {
+                out.extend(cur.take().map(cut));
+                out.push((None, vec![fr.clone()]));
+                continue;
+            };
+            if cur.as_mut().is_some_and(|c| c.push_udp(&seg, fr)) {
+                continue;
+            }
+            out.extend(cur.replace(Coalescer::start_udp(seg, fr)).map(cut));
+        }
+        out.extend(cur.map(cut));
+        out
+    }
+
+    /// A datagram checked by etherparse: (UDP payload, IPv4 ID), every checksum verified.
+    fn udp_oracle(frame: &[u8]) -> (Vec<u8>, Option<u16>) {
+        let p = SlicedPacket::from_ethernet(frame).unwrap();
+        let Some(TransportSlice::Udp(udp)) = p.transport.clone() else { panic!("no udp") };
+        assert_eq!(usize::from(udp.length()), 8 + udp.payload().len());
+        match p.net.as_ref().unwrap() {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header().to_header();
+                assert_eq!(h.header_checksum, h.calc_header_checksum(), "ipv4 header checksum");
+                assert_eq!(udp.to_header().calc_checksum_ipv4(&h, udp.payload()).unwrap(), udp.checksum(), "udp checksum");
+                (udp.payload().to_vec(), Some(h.identification))
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header().to_header();
+                assert_eq!(udp.to_header().calc_checksum_ipv6(&h, udp.payload()).unwrap(), udp.checksum(), "udp checksum");
+                (udp.payload().to_vec(), None)
+            }
+            _ => panic!("not ip"),
+        }
+    }
+
+    #[test]
+    fn udp_datagrams_coalesce_and_cut_back_into_the_same_datagrams() {
+        for (v6, vlan) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut sizes = vec![64; 40];
+            sizes.push(20);
+            let frames = udp_datagrams(v6, vlan, &sizes);
+            let runs = udp_round_trip(&frames);
+            assert_eq!(runs.len(), 1, "one run (v6={v6} vlan={vlan})");
+            let (h, segs) = &runs[0];
+            let h = h.unwrap();
+            let l = TcpLayout::parse_udp(&frames[0]).unwrap();
+            assert_eq!((h.flags, h.gso_type, h.gso_size), (flags::NEEDS_CSUM, gso::UDP_L4, 64));
+            assert_eq!((usize::from(h.csum_start), h.csum_offset, usize::from(h.hdr_len)), (l.l4, 6, l.hdr_len));
+            assert_eq!(segs.len(), frames.len());
+            for (i, (seg, orig)) in segs.iter().zip(&frames).enumerate() {
+                let (payload, id) = udp_oracle(seg);
+                let (want, orig_id) = udp_oracle(orig);
+                assert_eq!(payload, want, "payload of datagram {i}");
+                // every header but the IPv4 ID and header checksum is the original's; IDs are
+                // the first one's plus the index
+                if !v6 {
+                    assert_eq!(id, orig_id.map(|_| 0xfff0u16.wrapping_add(i as u16)));
+                    let mut a = seg.clone();
+                    a[l.l3 + 4..l.l3 + 6].copy_from_slice(&orig[l.l3 + 4..l.l3 + 6]);
+                    fix_ip_checksum(&mut a, l.l3);
+                    assert_eq!(&a, orig);
+                } else {
+                    assert_eq!(seg, orig);
+                }
+            }
+        }
+        // 64 datagrams at most; 64 KB at most
+        let frames = udp_datagrams(false, false, &[100; 100]);
+        assert_eq!(udp_round_trip(&frames).iter().map(|r| r.1.len()).collect::<Vec<_>>(), [64, 36]);
+        let frames = udp_datagrams(false, false, &[1472; 50]);
+        let runs = udp_round_trip(&frames);
+        assert!(runs.len() == 2 && runs[0].1.len() == (65_535 - 20 - 8) / 1472, "{:?}", runs.iter().map(|r| r.1.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn udp_coalescing_stops_at_what_must_reach_the_host_alone() {
+        let count = |frames: &[Vec<u8>]| udp_round_trip(frames).iter().map(|(h, f)| (h.is_some(), f.len())).collect::<Vec<_>>();
+        let good = udp_datagrams(false, false, &[64; 6]);
+        assert_eq!(count(&good), [(true, 6)]);
+        // a wrong UDP checksum: that datagram goes on its own, as it came, and ends the run
+        let mut bad = good.clone();
+        bad[2][50] ^= 0x55;
+        let runs = udp_round_trip(&bad);
+        assert_eq!(runs.iter().map(|(h, f)| (h.is_some(), f.len())).collect::<Vec<_>>(), [(true, 2), (false, 1), (true, 3)]);
+        assert_eq!(runs[1].1[0], bad[2]);
+        // a wrong IPv4 header checksum
+        let mut bad = good.clone();
+        bad[2][14 + 8] ^= 1;
+        assert_eq!(count(&bad), [(true, 2), (false, 1), (true, 3)]);
+        // a zero UDP checksum: "none" over IPv4 (coalesced), wrong over IPv6 (alone)
+        let mut zero = good.clone();
+        zero[2][34 + 6..34 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(count(&zero), [(true, 6)]);
+        let mut zero6 = udp_datagrams(true, false, &[64; 6]);
+        zero6[2][54 + 6..54 + 8].copy_from_slice(&[0, 0]);
+        assert_eq!(count(&zero6), [(true, 2), (false, 1), (true, 3)]);
+        // another flow (source port)
+        let mut other = good.clone();
+        other[2][35] ^= 1;
+        fix_udp_checksum(&mut other[2]);
+        assert_eq!(count(&other), [(true, 2), (true, 1), (true, 3)]);
+        // another TTL, TOS, DF
+        for (at, bit) in [(14 + 8, 1u8), (14 + 1, 4), (14 + 6, 0x40)] {
+            let mut o = good.clone();
+            o[2][at] ^= bit;
+            fix_ip_checksum(&mut o[2], 14);
+            assert_eq!(count(&o), [(true, 2), (true, 1), (true, 3)], "byte {at}");
+        }
+        // a different size in the middle: a shorter one ends the run, a longer one starts the next
+        let sizes = udp_datagrams(false, false, &[64, 64, 30, 64, 64, 100, 100]);
+        assert_eq!(count(&sizes), [(true, 3), (true, 2), (true, 2)]);
+        // a fragment, IPv4 options: not taken at all
+        let mut frag = good.clone();
+        frag[2][14 + 6] |= 0x20; // MF
+        fix_ip_checksum(&mut frag[2], 14);
+        assert_eq!(UdpSeg::parse(&frag[2]), None);
+        assert_eq!(count(&frag), [(true, 2), (false, 1), (true, 3)]);
+        let mut opt = good[2].clone();
+        opt[14] = 0x46;
+        opt.splice(34..34, [1, 1, 1, 0]); // four bytes of NOPs and EOL
+        let total = (opt.len() - 14) as u16;
+        opt[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+        fix_ip_checksum(&mut opt, 14);
+        assert_eq!(UdpSeg::parse(&opt), None);
+        // DHCP is never coalesced
+        let mut dhcp = good.clone();
+        for f in &mut dhcp {
+            f[36..38].copy_from_slice(&67u16.to_be_bytes());
+            fix_udp_checksum(f);
+        }
+        assert_eq!(count(&dhcp), [(false, 1); 6]);
+        // a UDP length that disagrees with the IP length; truncations never panic
+        let mut lie = good[0].clone();
+        lie[38] ^= 1;
+        assert_eq!(UdpSeg::parse(&lie), None);
+        for n in 0..good[0].len() {
+            let _ = UdpSeg::parse(&good[0][..n]);
+        }
+    }
+
+    #[test]
+    fn a_udp_gso_super_frame_is_cut_into_datagrams() {
+        for v6 in [false, true] {
+            let frames = udp_datagrams(v6, false, &[1200, 1200, 1200, 500]);
+            let runs = udp_round_trip(&frames);
+            assert_eq!(runs.len(), 1);
+            // the super-frame as a sender's UDP GSO hands it to the TAP, rebuilt from its segments
+            let mut hdr = [0u8; MAX_HEADER_LEN];
+            let mut c = Coalescer::start_udp(UdpSeg::parse(&frames[0]).unwrap(), &frames[0]);
+            for f in &frames[1..] {
+                assert!(c.push_udp(&UdpSeg::parse(f).unwrap(), f));
+            }
+            let (h, hlen) = c.header(&mut hdr);
+            let mut f = hdr[..hlen].to_vec();
+            c.payloads().iter().for_each(|p| f.extend_from_slice(p));
+            let plan = TsoPlan::new(&f, &h).unwrap();
+            assert_eq!((plan.segments, plan.mss, plan.payload_len, plan.header_len()), (4, 1200, 4100, hlen));
+            // a UDP plan refuses a TCP frame and a wrong checksum offset
+            assert_eq!(TsoPlan::new(&f, &VnetHdr { csum_offset: 16, ..h }), Err(OffloadError::Malformed));
+            let (t, th) = super_frame(v6, false, &data(3000));
+            assert_eq!(TsoPlan::new(&t, &VnetHdr { gso_type: gso::UDP_L4, ..th }), Err(OffloadError::Unsupported));
+            for n in 0..f.len().min(120) {
+                if let Ok(p) = TsoPlan::new(&f[..n], &h) {
+                    let mut out = vec![0u8; p.header_len()];
+                    p.write_header(&f[..n], 0, &mut out);
+                }
+            }
         }
     }
 }

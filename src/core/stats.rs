@@ -123,6 +123,9 @@ pub struct NetCounters {
     /// Frames from peers that took the receive decision of their GRO run's first datagram
     /// (see [`super::network::run`]); also in the peers' receive counters.
     pub run_frames: AtomicU64,
+    /// UDP datagrams from peers written to a TAP inside a super-frame of several (UDP
+    /// segmentation offload); each super-frame counts once in `tap_tx_frames`.
+    pub tap_tx_udp_coalesced: AtomicU64,
     pub drops: [AtomicU64; DropReason::COUNT],
     pub pmtu: [AtomicU64; PmtuEvent::COUNT],
 }
@@ -191,6 +194,7 @@ pub struct NetSnapshot {
     pub partial_checksums: u64,
     pub tap_rx_inline_frames: u64,
     pub run_frames: u64,
+    pub tap_tx_udp_coalesced: u64,
     pub drops: [u64; DropReason::COUNT],
     /// By [`PmtuEvent`].
     pub pmtu: [u64; PmtuEvent::COUNT],
@@ -226,6 +230,7 @@ impl NetSnapshot {
             partial_checksums: d(self.partial_checksums, earlier.partial_checksums),
             tap_rx_inline_frames: d(self.tap_rx_inline_frames, earlier.tap_rx_inline_frames),
             run_frames: d(self.run_frames, earlier.run_frames),
+            tap_tx_udp_coalesced: d(self.tap_tx_udp_coalesced, earlier.tap_tx_udp_coalesced),
             drops,
             pmtu,
             peers: self
@@ -315,6 +320,12 @@ impl NetStats {
         add(&self.shard(s).run_frames, frames as u64);
     }
 
+    /// `datagrams` written to a TAP as one UDP super-frame, once per super-frame.
+    #[inline]
+    pub fn tap_tx_udp_coalesced(&self, s: Shard, datagrams: usize) {
+        add(&self.shard(s).tap_tx_udp_coalesced, datagrams as u64);
+    }
+
     #[inline]
     pub fn peer_tx(&self, s: Shard, peer: usize, bytes: usize) {
         self.peer_tx_n(s, peer, 1, bytes);
@@ -363,6 +374,7 @@ impl NetStats {
         wadd(&c.partial_checksums, d.partial_checksums);
         wadd(&c.tap_rx_inline_frames, d.tap_rx_inline_frames);
         wadd(&c.run_frames, d.run_frames);
+        wadd(&c.tap_tx_udp_coalesced, d.tap_tx_udp_coalesced);
         for (a, n) in c.drops.iter().zip(&d.drops) {
             wadd(a, *n);
         }
@@ -391,6 +403,7 @@ impl NetStats {
             s.partial_checksums += c.partial_checksums.load(Relaxed);
             s.tap_rx_inline_frames += c.tap_rx_inline_frames.load(Relaxed);
             s.run_frames += c.run_frames.load(Relaxed);
+            s.tap_tx_udp_coalesced += c.tap_tx_udp_coalesced.load(Relaxed);
             for (d, a) in s.drops.iter_mut().zip(&c.drops) {
                 *d += a.load(Relaxed);
             }
@@ -513,5 +526,16 @@ mod tests {
         let snap = s.snapshot();
         assert_eq!((snap.peers[0].tx_packets, snap.peers[0].tx_bytes), (3, 3128));
         assert_eq!(snap.run_frames, 4);
+    }
+
+    #[test]
+    fn a_udp_super_frame_is_one_tap_frame_and_its_datagrams_are_counted_coalesced() {
+        let s = NetStats::new(1);
+        s.tap_tx(Shard::UNDERLAY, 14 + 20 + 8 + 3 * 64);
+        s.tap_tx_udp_coalesced(Shard::UNDERLAY, 3);
+        s.tap_tx_udp_coalesced(Shard::LOCAL, 2);
+        let snap = s.snapshot();
+        assert_eq!((snap.tap_tx_frames, snap.tap_tx_bytes, snap.tap_tx_udp_coalesced), (1, 234, 5));
+        assert_eq!(snap.since(&NetSnapshot { tap_tx_udp_coalesced: 2, ..snap.clone() }).tap_tx_udp_coalesced, 3);
     }
 }

@@ -16,7 +16,9 @@
 //! - the underlay thread receives with `UDP_GRO` (many datagrams per message; GRE: 64 packets
 //!   per `recvmmsg`), and chains consecutive TCP segments of a flow into a [`Run`] that is
 //!   written to the TAP as one super-frame with `writev`, its payload straight from the
-//!   receive buffer.
+//!   receive buffer; on a TAP with UDP segmentation offload ([`Tap::uso`]) datagrams of one
+//!   UDP flow are chained the same way into one `UDP_L4` super-frame, each still decided on
+//!   its own.
 //!
 //! Nothing here allocates per frame, takes a lock, or logs per frame: errors are counted and
 //! logged at most once a second per thread with the number suppressed.
@@ -29,7 +31,7 @@ use std::sync::Arc;
 
 use crate::core::fabric::{Classified, NetEntry};
 use crate::core::network::run::Run;
-use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, tunnel_super_frame};
+use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, UdpSeg, tunnel_super_frame};
 use crate::core::stats::{GlobalDrops, Shard};
 use crate::core::wire::ethernet;
 use crate::core::wire::ip::Ipv4Packet;
@@ -247,8 +249,8 @@ const GRO_BATCH: usize = BATCH;
 /// Receive slot with GRO: a whole coalesced message.
 const GRO_SLOT: usize = 65_536;
 
-/// A run of TCP segments (inside the current receive batch) on its way to one TAP; the
-/// coalescing itself is [`Coalescer`]'s.
+/// A run of TCP segments or UDP datagrams (inside the current receive batch) on its way to
+/// one TAP; the coalescing itself is [`Coalescer`]'s.
 struct Pending<'a> {
     net: &'a Network,
     port: LocalPort,
@@ -259,6 +261,16 @@ struct Pending<'a> {
 impl<'a> Pending<'a> {
     fn new(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: TcpSeg, frame: &'a [u8]) -> Self {
         Pending { net, port, tap, run: Coalescer::start(seg, frame) }
+    }
+
+    /// A run of UDP datagrams, for a TAP that takes UDP segmentation offload.
+    fn new_udp(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: UdpSeg, frame: &'a [u8]) -> Self {
+        Pending { net, port, tap, run: Coalescer::start_udp(seg, frame) }
+    }
+
+    /// Add a datagram if it continues this (UDP) run to the same port.
+    fn push_udp(&mut self, net: &Network, port: LocalPort, seg: &UdpSeg, frame: &'a [u8]) -> bool {
+        std::ptr::eq(self.net, net) && self.port == port && self.run.push_udp(seg, frame)
     }
 
     /// Add a segment if it continues this run to the same port.
@@ -280,7 +292,12 @@ impl<'a> Pending<'a> {
             *part = IoSlice::new(p);
         }
         match self.tap.write_vectored(&parts[..2 + payloads.len()]) {
-            Ok(_) => self.net.stats.tap_tx(shard, self.run.frame_len()),
+            Ok(_) => {
+                self.net.stats.tap_tx(shard, self.run.frame_len());
+                if self.run.is_udp() && payloads.len() > 1 {
+                    self.net.stats.tap_tx_udp_coalesced(shard, payloads.len());
+                }
+            }
             Err(e) => {
                 self.net.stats.count_drop(shard, DropReason::TapWriteFailed);
                 if let Some(muted) = rl.allow(now) {
@@ -471,6 +488,18 @@ impl UnderlayThread {
                                         }
                                         flush(&mut pending, shard, &mut rl_write, now);
                                         pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                        continue;
+                                    }
+                                    // small UDP: datagrams of a flow in one UDP_L4 super-frame;
+                                    // one with a wrong checksum goes alone, for the host to count
+                                    if tap.uso()
+                                        && let Some(seg) = UdpSeg::parse(c.inner).filter(|s| s.mergeable(c.inner) && (partial.is_some() || s.checksums_ok(c.inner)))
+                                    {
+                                        if pending.as_mut().is_some_and(|pd| pd.push_udp(net, p, &seg, c.inner)) {
+                                            continue;
+                                        }
+                                        flush(&mut pending, shard, &mut rl_write, now);
+                                        pending = Some(Pending::new_udp(net, p, tap.clone(), seg, c.inner));
                                         continue;
                                     }
                                 }

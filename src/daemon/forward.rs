@@ -97,13 +97,14 @@ impl Forwarder {
         }
     }
 
-    /// Deliver a TCP super-frame (read from an offloading TAP, or a kernel peer's tunnel GSO
-    /// packet) with its virtio-net header `vh`: as is to a TAP that takes offloads, cut into
+    /// Deliver a TCP or UDP super-frame (read from an offloading TAP, or a kernel peer's tunnel
+    /// GSO packet) with its virtio-net header `vh`: as is to a TAP that takes offloads, cut into
     /// ordinary frames for any other port.
     pub fn deliver_super(&mut self, cx: &Ctx<'_>, port: LocalPort, vh: &VnetHdr, frame: &[u8], plan: &TsoPlan) {
         let Ctx { net, ports, shard, now } = *cx;
         match ports.get(port) {
-            Some(LocalIo::Tap(tap)) if tap.vnet_hdr() => match tap.write_vectored(&[IoSlice::new(&vh.to_bytes()), IoSlice::new(frame)]) {
+            // a UDP super-frame only to a TAP that takes UDP segmentation offload
+            Some(LocalIo::Tap(tap)) if tap.vnet_hdr() && (tap.uso() || !plan.layout.udp) => match tap.write_vectored(&[IoSlice::new(&vh.to_bytes()), IoSlice::new(frame)]) {
                 Ok(_) => net.stats.tap_tx(shard, frame.len()),
                 Err(e) => {
                     net.stats.count_drop(shard, DropReason::TapWriteFailed);

@@ -380,7 +380,7 @@ impl Switcher {
         batch.items.clear();
     }
 
-    /// A TCP super-frame from an offloading TAP: decided once, its segments sent after what
+    /// A TCP or UDP super-frame from an offloading TAP: decided once, its segments sent after what
     /// is queued, with UDP GSO (VXLAN) or one `sendmmsg` (GRE).
     fn super_frame(&mut self, cx: &Ctx<'_>, arena: &[u8], at: usize, len: usize, vh: &VnetHdr) {
         let Ctx { net, ports, shard, now } = *cx;

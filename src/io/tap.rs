@@ -7,11 +7,13 @@
 //! readiness with `poll` and then drains the device.
 //!
 //! With offloads (the default), the TAP is opened with `IFF_VNET_HDR` and its offload mask
-//! set to `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`: every read starts with a 10-byte
-//! virtio-net header ([`crate::core::offload::VnetHdr`]) and may return a TCP super-frame of
-//! up to 64 KiB with a partial checksum; every write starts with such a header too (all zero
-//! for a complete, ordinary frame). We leave out `TUN_F_USO4/6` (UDP segmentation offload):
-//! the host then segments UDP itself and hands us ordinary frames.
+//! set to `TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6`: every read starts
+//! with a 10-byte virtio-net header ([`crate::core::offload::VnetHdr`]) and may return a TCP
+//! super-frame, or a UDP one from a sender using UDP GSO, of up to 64 KiB with a partial
+//! checksum; every write starts with such a header too (all zero for a complete, ordinary
+//! frame), and may carry a super-frame of coalesced TCP segments or UDP datagrams. A kernel
+//! older than 6.2 refuses UDP segmentation offload (`EINVAL`): the TAP is then opened without
+//! it ([`Tap::uso`] false), the host segments UDP itself and we write datagrams one by one.
 #![allow(unsafe_code)]
 
 use std::io::{self, IoSlice};
@@ -28,12 +30,18 @@ pub struct Tap {
     name: String,
     created: bool,
     vnet_hdr: bool,
+    /// The TAP takes (and may hand us) UDP super-frames, `TUN_F_USO4/6`.
+    uso: bool,
 }
 
 /// `TUNSETOFFLOAD`: `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 /// The offloads we accept from the host: checksum and TCP segmentation (IPv4 and IPv6).
 const OFFLOADS: libc::c_uint = (libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6) as libc::c_uint;
+/// `TUN_F_USO4 | TUN_F_USO6`: UDP segmentation offload (Linux 6.2).
+const USO: libc::c_uint = 0x20 | 0x40;
+/// Whether the missing UDP segmentation offload has been logged (once per process).
+static NO_USO_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// The header in front of an ordinary frame we write.
 const PLAIN_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
@@ -95,21 +103,38 @@ impl Tap {
             io::Error::new(e.kind(), format!("tap {name}: {e}{hint}"))
         })?;
         dev.set_nonblocking(true)?;
+        let mut uso = false;
         if offload {
-            // tun-rs also turns on UDP segmentation when the kernel has it; we segment TCP only
-            // SAFETY: ioctl on our own TAP descriptor with an integer argument.
-            let r = unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETOFFLOAD as _, OFFLOADS as libc::c_ulong) };
-            if r != 0 {
-                let e = io::Error::last_os_error();
-                return Err(io::Error::new(e.kind(), format!("tap {name}: TUNSETOFFLOAD: {e}")));
+            let set = |flags: libc::c_uint| {
+                // SAFETY: ioctl on our own TAP descriptor with an integer argument.
+                let r = unsafe { libc::ioctl(dev.as_raw_fd(), TUNSETOFFLOAD as _, flags as libc::c_ulong) };
+                if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+            };
+            uso = match set(OFFLOADS | USO) {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    if !NO_USO_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!(tap = name, "the kernel takes no UDP segmentation offload on TAPs (Linux < 6.2): small UDP is written to TAPs one datagram at a time");
+                    }
+                    false
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("tap {name}: TUNSETOFFLOAD: {e}"))),
+            };
+            if !uso {
+                set(OFFLOADS).map_err(|e| io::Error::new(e.kind(), format!("tap {name}: TUNSETOFFLOAD: {e}")))?;
             }
         }
-        Ok(Tap { dev, name: name.to_string(), created: !existed, vnet_hdr: offload })
+        Ok(Tap { dev, name: name.to_string(), created: !existed, vnet_hdr: offload, uso })
     }
 
     /// Whether reads and writes carry a virtio-net header.
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr
+    }
+
+    /// Whether the TAP takes UDP super-frames (`gso_type` `UDP_L4`) and may hand us some.
+    pub fn uso(&self) -> bool {
+        self.uso
     }
 
     pub fn name(&self) -> &str {

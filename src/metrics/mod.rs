@@ -53,6 +53,7 @@ struct Families {
     partial_checksums: IntCounterVec,
     tap_rx_inline: IntCounterVec,
     run_frames: IntCounterVec,
+    udp_coalesced: IntCounterVec,
     fdb_entries: IntGaugeVec,
     fdb_max_entries: IntGaugeVec,
     fdb_events: IntCounterVec,
@@ -130,6 +131,11 @@ impl Families {
             run_frames: counter(
                 "overlayd_tunnel_rx_run_frames_total",
                 "Tunnel packets from peers that took the forwarding decision of the first datagram of their GRO run (same headers, a TCP segment): decided once per run; also in overlayd_tunnel_packets_total.",
+                &["network"],
+            )?,
+            udp_coalesced: counter(
+                "overlayd_tap_tx_udp_coalesced_total",
+                "UDP datagrams from peers written to a TAP inside one super-frame of several (UDP segmentation offload, Linux >= 6.2): the host cuts it back into the datagrams; each super-frame counts once in overlayd_tap_frames_total.",
                 &["network"],
             )?,
             fdb_entries: gauge("overlayd_fdb_entries", "MAC addresses in the network's forwarding table.", &["network"])?,
@@ -224,7 +230,7 @@ impl Families {
         })
     }
 
-    fn counters(&self) -> [&IntCounterVec; 20] {
+    fn counters(&self) -> [&IntCounterVec; 21] {
         [
             &self.tap_frames,
             &self.tap_bytes,
@@ -235,6 +241,7 @@ impl Families {
             &self.partial_checksums,
             &self.tap_rx_inline,
             &self.run_frames,
+            &self.udp_coalesced,
             &self.fdb_events,
             &self.vm_connections,
             &self.pmtu_signals,
@@ -314,6 +321,7 @@ impl Families {
             self.partial_checksums.with_label_values(&[net]).inc_by(n.partial_checksums);
             self.tap_rx_inline.with_label_values(&[net]).inc_by(n.tap_rx_inline_frames);
             self.run_frames.with_label_values(&[net]).inc_by(n.run_frames);
+            self.udp_coalesced.with_label_values(&[net]).inc_by(n.tap_tx_udp_coalesced);
             for (reason, v) in &n.drops {
                 self.drops.with_label_values(&[net, reason.as_str()]).inc_by(*v);
             }

@@ -48,6 +48,10 @@ pub struct NetSample {
     /// (per-run receive decisions); also in the peers' `rx_packets`.
     #[serde(default)]
     pub run_frames: u64,
+    /// UDP datagrams from peers written to a TAP inside a super-frame of several; each
+    /// super-frame is one of `tap_tx_frames`.
+    #[serde(default)]
+    pub tap_tx_udp_coalesced: u64,
     /// Reason label -> count; every reason of `DropReason::ALL` is present.
     pub drops: BTreeMap<String, u64>,
     pub fdb_entries: u64,
@@ -245,6 +249,7 @@ pub fn take<P>(fabric: &Fabric<P>, global: &GlobalDrops, now: Instant, unix_now:
                 partial_checksums: s.partial_checksums,
                 tap_rx_inline_frames: s.tap_rx_inline_frames,
                 run_frames: s.run_frames,
+                tap_tx_udp_coalesced: s.tap_tx_udp_coalesced,
                 drops: drop_map(&s.drops),
                 fdb_entries: net.fdb.len() as u64,
                 fdb_max_entries: net.fdb.config().max_entries as u64,
