@@ -329,6 +329,36 @@ impl TcpLayout {
         Some(self.l3 + usize::from(u16::from_be_bytes([ip[2], ip[3]])))
     }
 
+    /// Whether `frame` may join a run of this layout that `first` started, up to its
+    /// transport header: the run's `payload` bytes fit one IP packet, the Ethernet header is
+    /// the same, and so is the IP header but for length, ID and checksum (IPv4 with `df`: only
+    /// with DF set; fragments are never parsed into runs).
+    fn continues(&self, first: &[u8], frame: &[u8], payload: usize, df: bool) -> bool {
+        if self.l3 + IP_MAX < self.hdr_len + payload || first[..self.l3] != frame[..self.l3] {
+            return false;
+        }
+        let (p, q) = (&first[self.l3..self.l4], &frame[self.l3..self.l4]);
+        if self.v6 {
+            p[..4] == q[..4] && p[6..40] == q[6..40]
+        } else {
+            // version/IHL/TOS; flags+fragment; TTL, protocol; addresses; options
+            p[0..2] == q[0..2] && (!df || p[6] & 0x40 != 0) && p[6..10] == q[6..10] && p[12..] == q[12..]
+        }
+    }
+
+    /// The first frame's headers in `out[..hdr_len]` for a run of `payload` bytes: IP lengths
+    /// (and IPv4 checksum) set, and the transport checksum at `csum_offset` set to the
+    /// pseudo-header sum (partial: the host finishes it, `NEEDS_CSUM`).
+    fn run_header<'a>(&self, first: &[u8], out: &'a mut [u8], payload: usize, csum_offset: u16) -> &'a mut [u8] {
+        let hdr = &mut out[..self.hdr_len];
+        hdr.copy_from_slice(&first[..self.hdr_len]);
+        self.set_ip_len(hdr, payload, None);
+        let partial = checksum::fold(self.pseudo(hdr, self.hdr_len - self.l4 + payload));
+        let at = self.l4 + usize::from(csum_offset);
+        hdr[at..at + 2].copy_from_slice(&partial.to_be_bytes());
+        hdr
+    }
+
     /// Pseudo-header sum for a TCP (UDP) segment of `l4_len` bytes (header + payload).
     fn pseudo(&self, hdr: &[u8], l4_len: usize) -> u64 {
         let ip = &hdr[self.l3..];
@@ -553,25 +583,11 @@ impl Run {
         if self.closed || self.segments >= MAX_RUN_SEGMENTS || a != b || !seg.mergeable() || seg.seq != self.next_seq || seg.payload_len > self.mss {
             return false;
         }
-        if a.l3 + IP_MAX < a.hdr_len + self.payload_len + seg.payload_len {
+        // the ID may differ only with DF set (RFC 6864)
+        if !a.continues(first_frame, frame, self.payload_len + seg.payload_len, true) {
             return false;
         }
-        let (f, g) = (first_frame, frame);
-        if f[..a.l3] != g[..a.l3] {
-            return false;
-        }
-        let (p, q) = (&f[a.l3..a.l4], &g[a.l3..a.l4]);
-        let same_ip = if a.v6 {
-            p[..4] == q[..4] && p[6..40] == q[6..40]
-        } else {
-            // version/IHL/TOS; flags+fragment (DF, and we refuse fragments); TTL, protocol;
-            // addresses; options. The ID may differ (DF set: RFC 6864).
-            p[0..2] == q[0..2] && p[6] & 0x40 != 0 && p[6..10] == q[6..10] && p[12..] == q[12..]
-        };
-        if !same_ip {
-            return false;
-        }
-        let (s, t) = (&f[a.l4..a.hdr_len], &g[a.l4..a.hdr_len]);
+        let (s, t) = (&first_frame[a.l4..a.hdr_len], &frame[a.l4..a.hdr_len]);
         // ports, ACK number, data offset, window, options (flags may add PSH)
         if s[0..4] != t[0..4] || s[8..13] != t[8..13] || s[14..16] != t[14..16] || s[20..] != t[20..] {
             return false;
@@ -596,15 +612,10 @@ impl Run {
     /// segment, GSO TCPV4/TCPV6 with the run's MSS.
     pub fn header(&self, first_frame: &[u8], out: &mut [u8]) -> VnetHdr {
         let l = &self.first.layout;
-        let hdr = &mut out[..l.hdr_len];
-        hdr.copy_from_slice(&first_frame[..l.hdr_len]);
-        l.set_ip_len(hdr, self.payload_len, None);
+        let hdr = l.run_header(first_frame, out, self.payload_len, TCP_CSUM_OFFSET);
         if self.psh {
             hdr[l.l4 + 13] |= TCP_PSH;
         }
-        let l4_len = l.hdr_len - l.l4 + self.payload_len;
-        let partial = checksum::fold(l.pseudo(hdr, l4_len));
-        hdr[l.l4 + 16..l.l4 + 18].copy_from_slice(&partial.to_be_bytes());
         let gso_type = match (self.segments > 1, l.v6) {
             (false, _) => gso::NONE,
             (true, false) => gso::TCPV4,
@@ -718,21 +729,8 @@ impl UdpRun {
         if self.closed || self.segments >= MAX_RUN_SEGMENTS || a != b || seg.payload_len == 0 || seg.payload_len > self.size {
             return false;
         }
-        if a.l3 + IP_MAX < a.hdr_len + self.payload_len + seg.payload_len {
-            return false;
-        }
-        let (f, g) = (first_frame, frame);
-        if f[..a.l3] != g[..a.l3] {
-            return false;
-        }
-        let (p, q) = (&f[a.l3..a.l4], &g[a.l3..a.l4]);
-        let same_ip = if a.v6 {
-            p[..4] == q[..4] && p[6..40] == q[6..40]
-        } else {
-            // version/IHL/TOS; flags (DF) and offset; TTL, protocol; addresses
-            p[0..2] == q[0..2] && p[6..10] == q[6..10] && p[12..20] == q[12..20]
-        };
-        if !same_ip || f[a.l4..a.l4 + 4] != g[a.l4..a.l4 + 4] {
+        // same ports
+        if !a.continues(first_frame, frame, self.payload_len + seg.payload_len, false) || first_frame[a.l4..a.l4 + 4] != frame[a.l4..a.l4 + 4] {
             return false;
         }
         self.payload_len += seg.payload_len;
@@ -749,13 +747,8 @@ impl UdpRun {
     /// with the run's payload size.
     pub fn header(&self, first_frame: &[u8], out: &mut [u8]) -> VnetHdr {
         let l = &self.first.layout;
-        let hdr = &mut out[..l.hdr_len];
-        hdr.copy_from_slice(&first_frame[..l.hdr_len]);
-        l.set_ip_len(hdr, self.payload_len, None);
-        let udp_len = 8 + self.payload_len;
-        hdr[l.l4 + 4..l.l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-        let partial = checksum::fold(l.pseudo(hdr, udp_len));
-        hdr[l.l4 + 6..l.l4 + 8].copy_from_slice(&partial.to_be_bytes());
+        let hdr = l.run_header(first_frame, out, self.payload_len, UDP_CSUM_OFFSET);
+        hdr[l.l4 + 4..l.l4 + 6].copy_from_slice(&((8 + self.payload_len) as u16).to_be_bytes());
         let gso = self.segments > 1;
         VnetHdr {
             flags: flags::NEEDS_CSUM,
