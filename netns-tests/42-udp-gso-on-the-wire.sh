@@ -37,8 +37,7 @@ ping_ok "$H1" "$U2" 2
 log "overlayd on both hosts, userspace data path, offload on (the default)"
 for i in 1 2; do
   j=$((3 - i))
-  write_config "$WORK/h$i.toml" "192.0.2.$i"
-  sed -i 's/^underlay = .*/&\ndatapath = "userspace"/' "$WORK/h$i.toml"
+  write_config "$WORK/h$i.toml" "192.0.2.$i" datapath='"userspace"'
   add_network "$WORK/h$i.toml" blue 42 "$TAP" "198.51.100.$i/24" "192.0.2.$j"
   start_daemon "$PREFIX-h$i" "d$i" "$WORK/h$i.toml"
 done

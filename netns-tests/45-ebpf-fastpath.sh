@@ -41,8 +41,7 @@ quiet_ipv6 "$H1" "$H2"
 add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
 
 ebpf_config() { # FILE UNDERLAY OVERLAY PEER
-  write_config "$1" "$2"
-  sed -i 's/^underlay = .*/&\ndatapath = "ebpf"/' "$1"
+  write_config "$1" "$2" datapath='"ebpf"'
   add_network "$1" blue 42 "$TAP" "$3/24" "$4" fdb_ageing_secs=4
 }
 ebpf_config "$WORK/h1.toml" "$U1" "$O1" "$U2"

@@ -38,8 +38,7 @@ add_veth "$H1" "${PREFIX}u1" "$V1/64" "$H2" "${PREFIX}u2" "$V2/64"
 ping_ok "$H1" "$V2" 2
 
 ebpf_config() { # FILE UNDERLAY OVERLAY PEER
-  write_config "$1" "$2"
-  sed -i 's/^underlay = .*/&\ndatapath = "ebpf"/' "$1"
+  write_config "$1" "$2" datapath='"ebpf"'
   add_network "$1" blue 42 "$TAP" "$3/24" "$4"
 }
 ebpf_config "$WORK/h1.toml" "$V1" "$O1" "$V2"

@@ -47,8 +47,7 @@ add_veth "$H1" "${PREFIX}u1" "$U1/24" "$H2" "${PREFIX}u2" "$U2/24"
 ping_ok "$H1" "$U2" 1
 
 userspace_config() { # FILE UNDERLAY OVERLAY PEER
-  write_config "$1" "$2"
-  sed -i 's/^underlay = .*/&\ndatapath = "userspace"/' "$1"
+  write_config "$1" "$2" datapath='"userspace"'
   add_network "$1" blue 42 "$TAP" "$3/24" "$4"
 }
 userspace_config "$WORK/h1.toml" "$U1" "$O1" "$U2"

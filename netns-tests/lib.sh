@@ -261,12 +261,17 @@ wait_exit() {
 }
 
 # ----------------------------------------------------------------------------- daemon
-# write_config FILE UNDERLAY - start a daemon config: [node] and [admin] (socket in $WORK, so
-# daemons of one run never share the default /run/overlayd/overlayd.sock)
+# write_config FILE UNDERLAY [KEY=TOML_VALUE...] - start a daemon config: [node] (with the
+# given keys, e.g. datapath='"userspace"') and [admin] (socket in $WORK, so daemons of one run
+# never share the default /run/overlayd/overlayd.sock)
 write_config() {
-  local file=$1 underlay=$2 sock
+  local file=$1 underlay=$2 sock kv; shift 2
   sock=$WORK/$(basename "$file" .toml).sock
-  printf '[node]\nunderlay = "%s"\n\n[admin]\nsocket = "%s"\n' "$underlay" "$sock" >"$file"
+  {
+    printf '[node]\nunderlay = "%s"\n' "$underlay"
+    for kv; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}"; done
+    printf '\n[admin]\nsocket = "%s"\n' "$sock"
+  } >"$file"
 }
 
 # add_network FILE NAME VNI TAP ADDRESS "PEER..." [KEY=TOML_VALUE...] - append a [[networks]]
