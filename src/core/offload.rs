@@ -786,44 +786,75 @@ enum Chain {
     Udp(UdpRun),
 }
 
+/// What a [`Coalescer`] takes: a TCP segment or a UDP datagram, parsed from its frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Segment {
+    Tcp(TcpSeg),
+    Udp(UdpSeg),
+}
+
+impl From<TcpSeg> for Segment {
+    fn from(s: TcpSeg) -> Self {
+        Segment::Tcp(s)
+    }
+}
+
+impl From<UdpSeg> for Segment {
+    fn from(s: UdpSeg) -> Self {
+        Segment::Udp(s)
+    }
+}
+
+impl Segment {
+    /// `frame` as something a run may take: a mergeable TCP segment, or (`udp`: the TAP takes
+    /// UDP segmentation offload) a mergeable UDP datagram, with its checksums verified unless
+    /// they are `partial` (a run goes to the TAP with a partial checksum anyway). A datagram
+    /// with a wrong checksum is none: it goes alone, for the host to count.
+    pub fn parse(frame: &[u8], partial: bool, udp: bool) -> Option<Segment> {
+        if let Some(s) = TcpSeg::parse(frame) {
+            return (s.mergeable() && (partial || s.checksums_ok(frame))).then_some(Segment::Tcp(s));
+        }
+        let s = UdpSeg::parse(frame).filter(|_| udp)?;
+        (s.mergeable(frame) && (partial || s.checksums_ok(frame))).then_some(Segment::Udp(s))
+    }
+
+    fn payload<'a>(&self, frame: &'a [u8]) -> &'a [u8] {
+        match self {
+            Segment::Tcp(s) => s.payload(frame),
+            Segment::Udp(s) => s.payload(frame),
+        }
+    }
+}
+
 impl<'a> Coalescer<'a> {
-    fn with(run: Chain, first: &'a [u8], payload: &'a [u8]) -> Self {
+    /// A run of one segment or datagram, `seg` parsed from `frame`.
+    pub fn start(seg: impl Into<Segment>, frame: &'a [u8]) -> Self {
+        let seg = seg.into();
+        let run = match seg {
+            Segment::Tcp(s) => Chain::Tcp(Run::start(s)),
+            Segment::Udp(s) => Chain::Udp(UdpRun::start(s)),
+        };
         let mut payloads: [&'a [u8]; MAX_RUN_SEGMENTS] = [&[]; MAX_RUN_SEGMENTS];
-        payloads[0] = payload;
-        Coalescer { run, first, payloads, n: 1 }
+        payloads[0] = seg.payload(frame);
+        Coalescer { run, first: frame, payloads, n: 1 }
     }
 
-    /// A run of one segment, `seg` parsed from `frame`.
-    pub fn start(seg: TcpSeg, frame: &'a [u8]) -> Self {
-        Self::with(Chain::Tcp(Run::start(seg)), frame, seg.payload(frame))
-    }
-
-    /// A run of one [`UdpSeg::mergeable`] datagram, `seg` parsed from `frame`.
-    pub fn start_udp(seg: UdpSeg, frame: &'a [u8]) -> Self {
-        Self::with(Chain::Udp(UdpRun::start(seg)), frame, seg.payload(frame))
-    }
-
-    /// Take `seg` (from `frame`) if it continues the run ([`Run::try_push`]); false leaves
-    /// the run as it was, for the caller to write it and start the next one with `seg`.
-    pub fn push(&mut self, seg: &TcpSeg, frame: &'a [u8]) -> bool {
-        let Chain::Tcp(run) = &mut self.run else { return false };
-        if self.n >= MAX_RUN_SEGMENTS || !run.try_push(self.first, seg, frame) {
-            return false;
+    /// Take `seg` (from `frame`) if it continues the run ([`Run::try_push`],
+    /// [`UdpRun::try_push`]); false leaves the run as it was, for the caller to write it and
+    /// start the next one with `seg`.
+    pub fn push(&mut self, seg: impl Into<Segment>, frame: &'a [u8]) -> bool {
+        let seg = seg.into();
+        let taken = self.n < MAX_RUN_SEGMENTS
+            && match (&mut self.run, &seg) {
+                (Chain::Tcp(r), Segment::Tcp(s)) => r.try_push(self.first, s, frame),
+                (Chain::Udp(r), Segment::Udp(s)) => r.try_push(self.first, s, frame),
+                (Chain::Tcp(_), Segment::Udp(_)) | (Chain::Udp(_), Segment::Tcp(_)) => false,
+            };
+        if taken {
+            self.payloads[self.n] = seg.payload(frame);
+            self.n += 1;
         }
-        self.payloads[self.n] = seg.payload(frame);
-        self.n += 1;
-        true
-    }
-
-    /// Take the datagram `seg` (from `frame`) if it continues a UDP run ([`UdpRun::try_push`]).
-    pub fn push_udp(&mut self, seg: &UdpSeg, frame: &'a [u8]) -> bool {
-        let Chain::Udp(run) = &mut self.run else { return false };
-        if self.n >= MAX_RUN_SEGMENTS || !run.try_push(self.first, seg, frame) {
-            return false;
-        }
-        self.payloads[self.n] = seg.payload(frame);
-        self.n += 1;
-        true
+        taken
     }
 
     /// Whether this is a run of UDP datagrams.
@@ -1047,7 +1078,7 @@ mod tests {
         for fr in frames {
             let seg = TcpSeg::parse(fr).unwrap();
             assert!(seg.checksums_ok(fr));
-            if cur.as_mut().is_some_and(|c| c.push(&seg, fr)) {
+            if cur.as_mut().is_some_and(|c| c.push(seg, fr)) {
                 continue;
             }
             out.extend(cur.replace(Coalescer::start(seg, fr)).map(write));
@@ -1303,10 +1334,10 @@ mod tests {
                 out.push((None, vec![fr.clone()]));
                 continue;
             };
-            if cur.as_mut().is_some_and(|c| c.push_udp(&seg, fr)) {
+            if cur.as_mut().is_some_and(|c| c.push(seg, fr)) {
                 continue;
             }
-            out.extend(cur.replace(Coalescer::start_udp(seg, fr)).map(cut));
+            out.extend(cur.replace(Coalescer::start(seg, fr)).map(cut));
         }
         out.extend(cur.map(cut));
         out
@@ -1446,9 +1477,9 @@ mod tests {
             assert_eq!(runs.len(), 1);
             // the super-frame as a sender's UDP GSO hands it to the TAP, rebuilt from its segments
             let mut hdr = [0u8; MAX_HEADER_LEN];
-            let mut c = Coalescer::start_udp(UdpSeg::parse(&frames[0]).unwrap(), &frames[0]);
+            let mut c = Coalescer::start(UdpSeg::parse(&frames[0]).unwrap(), &frames[0]);
             for f in &frames[1..] {
-                assert!(c.push_udp(&UdpSeg::parse(f).unwrap(), f));
+                assert!(c.push(UdpSeg::parse(f).unwrap(), f));
             }
             let (h, hlen) = c.header(&mut hdr);
             let mut f = hdr[..hlen].to_vec();

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use crate::core::fabric::{Classified, NetEntry};
 use crate::core::network::run::Run;
-use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, TcpSeg, UdpSeg, tunnel_super_frame};
+use crate::core::offload::{Coalescer, MAX_HEADER_LEN, MAX_RUN_SEGMENTS, PartialCsum, Segment, tunnel_super_frame};
 use crate::core::stats::{GlobalDrops, Shard};
 use crate::core::wire::ethernet;
 use crate::core::wire::ip::Ipv4Packet;
@@ -259,22 +259,12 @@ struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    fn new(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: TcpSeg, frame: &'a [u8]) -> Self {
+    fn new(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: Segment, frame: &'a [u8]) -> Self {
         Pending { net, port, tap, run: Coalescer::start(seg, frame) }
     }
 
-    /// A run of UDP datagrams, for a TAP that takes UDP segmentation offload.
-    fn new_udp(net: &'a Network, port: LocalPort, tap: Arc<Tap>, seg: UdpSeg, frame: &'a [u8]) -> Self {
-        Pending { net, port, tap, run: Coalescer::start_udp(seg, frame) }
-    }
-
-    /// Add a datagram if it continues this (UDP) run to the same port.
-    fn push_udp(&mut self, net: &Network, port: LocalPort, seg: &UdpSeg, frame: &'a [u8]) -> bool {
-        std::ptr::eq(self.net, net) && self.port == port && self.run.push_udp(seg, frame)
-    }
-
-    /// Add a segment if it continues this run to the same port.
-    fn push(&mut self, net: &Network, port: LocalPort, seg: &TcpSeg, frame: &'a [u8]) -> bool {
+    /// Add a segment or datagram if it continues this run to the same port.
+    fn push(&mut self, net: &Network, port: LocalPort, seg: Segment, frame: &'a [u8]) -> bool {
         std::ptr::eq(self.net, net) && self.port == port && self.run.push(seg, frame)
     }
 
@@ -480,28 +470,14 @@ impl UnderlayThread {
                                 let ports = Forwarder::ports(&c.entry.io);
                                 if coalesce
                                     && let Some(LocalIo::Tap(tap)) = ports.get(p).filter(|io| matches!(io, LocalIo::Tap(t) if t.vnet_hdr()))
+                                    && let Some(seg) = Segment::parse(c.inner, partial.is_some(), tap.uso())
                                 {
-                                    // a run's frame goes to the TAP with a partial checksum anyway
-                                    if let Some(seg) = TcpSeg::parse(c.inner).filter(|s| s.mergeable() && (partial.is_some() || s.checksums_ok(c.inner))) {
-                                        if pending.as_mut().is_some_and(|pd| pd.push(net, p, &seg, c.inner)) {
-                                            continue;
-                                        }
-                                        flush(&mut pending, shard, &mut rl_write, now);
-                                        pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                    if pending.as_mut().is_some_and(|pd| pd.push(net, p, seg, c.inner)) {
                                         continue;
                                     }
-                                    // small UDP: datagrams of a flow in one UDP_L4 super-frame;
-                                    // one with a wrong checksum goes alone, for the host to count
-                                    if tap.uso()
-                                        && let Some(seg) = UdpSeg::parse(c.inner).filter(|s| s.mergeable(c.inner) && (partial.is_some() || s.checksums_ok(c.inner)))
-                                    {
-                                        if pending.as_mut().is_some_and(|pd| pd.push_udp(net, p, &seg, c.inner)) {
-                                            continue;
-                                        }
-                                        flush(&mut pending, shard, &mut rl_write, now);
-                                        pending = Some(Pending::new_udp(net, p, tap.clone(), seg, c.inner));
-                                        continue;
-                                    }
+                                    flush(&mut pending, shard, &mut rl_write, now);
+                                    pending = Some(Pending::new(net, p, tap.clone(), seg, c.inner));
+                                    continue;
                                 }
                                 flush(&mut pending, shard, &mut rl_write, now);
                                 let cx = Ctx { net, ports: &ports, shard, now };
